@@ -1,0 +1,368 @@
+//! `agent diag`: the Calico-relevant part of the observed dataplane, summarised for an operator
+//! in the middle of an incident. Building the summary is pure; [`render`] turns it into text.
+
+mod mode;
+pub mod render;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::mode::{Mode, detect_modes};
+use crate::observed::{
+    FdbEntry, Link, Neighbour, ObservedDataplane, PROTO_BIRD, PROTO_CALICO, Route, RouteType,
+    Unavailable, iptables::Backend,
+};
+
+/// Devices Felix creates for each encapsulation (`dataplanedefs`, `wireguard.go`).
+pub const VXLAN_V4: &str = "vxlan.calico";
+pub const VXLAN_V6: &str = "vxlan-v6.calico";
+pub const IPIP: &str = "tunl0";
+pub const WIREGUARD_V4: &str = "wireguard.cali";
+pub const WIREGUARD_V6: &str = "wg-v6.cali";
+pub const TUNNEL_DEVICES: [&str; 5] = [VXLAN_V4, VXLAN_V6, IPIP, WIREGUARD_V4, WIREGUARD_V6];
+/// Felix's default workload interface prefix (`InterfacePrefix`).
+pub const WORKLOAD_PREFIX: &str = "cali";
+
+pub fn is_workload_iface(name: &str) -> bool {
+    name.starts_with(WORKLOAD_PREFIX) && !name.contains('.')
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diag {
+    pub node: String,
+    pub calico_found: bool,
+    pub modes: Vec<Mode>,
+    /// Why each mode was detected.
+    pub evidence: Vec<String>,
+    /// What looks wrong, most severe first.
+    pub anomalies: Vec<Anomaly>,
+    pub tunnels: Vec<Tunnel>,
+    pub routes: RouteGroups,
+    pub vxlan_fdb: Vec<FdbEntry>,
+    pub vxlan_neighbours: Vec<Neighbour>,
+    pub workloads: Vec<Workload>,
+    pub felix_chains: Vec<ChainSource>,
+    /// The iptables backend (or nftables) holding Felix's rules.
+    pub rules_backend: Option<String>,
+    pub sysctls: SysctlSummary,
+    pub unavailable: Vec<Unavailable>,
+    pub missing_capabilities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    Warning,
+    Info,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub severity: Severity,
+    pub subject: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub name: String,
+    pub kind: Option<String>,
+    pub up: bool,
+    pub oper_state: String,
+    pub mtu: u32,
+    pub mac: Option<String>,
+    pub addresses: Vec<String>,
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<String>,
+    pub parent: Option<String>,
+    pub learning: Option<bool>,
+}
+
+/// Calico's routes, by what they are for. Routes Felix and BIRD do not own are only counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteGroups {
+    pub local_blackholes: Vec<Route>,
+    pub remote_via_tunnel: Vec<Route>,
+    pub remote_via_underlay: Vec<Route>,
+    /// Host routes on tunnel devices: remote tunnel addresses and borrowed IPs.
+    pub tunnel_hosts: Vec<Route>,
+    pub workload: Vec<Route>,
+    /// Routes in tables other than main that lead to a Calico device (WireGuard's table).
+    pub other_tables: Vec<Route>,
+    pub not_calico: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub iface: String,
+    pub mtu: u32,
+    pub up: bool,
+    pub routes: Vec<String>,
+    pub proxy_arp: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainSource {
+    /// `iptables-nft`, `iptables-legacy`, `ip6tables-nft`, `nft ip calico`…
+    pub source: String,
+    pub felix_chains: usize,
+    pub felix_rules: usize,
+    /// Hooks from built-in/base chains into Felix's chains, e.g. `filter INPUT -> cali-INPUT`.
+    pub hooks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysctlSummary {
+    pub ip_forward: Option<u8>,
+    pub rp_filter_all: Option<u8>,
+    pub rp_filter_default: Option<u8>,
+    /// Calico-relevant interfaces whose rp_filter is strict (1).
+    pub rp_filter_strict: Vec<String>,
+    /// Workload interfaces without proxy_arp=1.
+    pub proxy_arp_off: Vec<String>,
+    pub conntrack: Option<(u64, u64)>,
+}
+
+/// Summarises the observed dataplane.
+pub fn build(obs: &ObservedDataplane) -> Diag {
+    let (modes, evidence) = detect_modes(obs);
+    let routes = group_routes(obs);
+    let tunnels: Vec<Tunnel> = TUNNEL_DEVICES
+        .iter()
+        .filter_map(|n| obs.link(n))
+        .map(|l| tunnel(obs, l))
+        .collect();
+    let vxlan_index: Vec<u32> = [VXLAN_V4, VXLAN_V6].iter().filter_map(|n| obs.link(n)).map(|l| l.index).collect();
+    let vxlan_fdb = obs.fdb.iter().filter(|f| vxlan_index.contains(&f.ifindex)).cloned().collect();
+    let vxlan_neighbours =
+        obs.neighbours.iter().filter(|n| vxlan_index.contains(&n.ifindex)).cloned().collect();
+    let workloads = workloads(obs);
+    let felix_chains = felix_chains(obs);
+    let rules_backend = rules_backend(&felix_chains);
+    let sysctls = sysctl_summary(obs, &tunnels);
+    let calico_found = !modes.is_empty();
+    let mut d = Diag {
+        node: obs.node_name.clone(),
+        calico_found,
+        modes,
+        evidence,
+        anomalies: Vec::new(),
+        tunnels,
+        routes,
+        vxlan_fdb,
+        vxlan_neighbours,
+        workloads,
+        felix_chains,
+        rules_backend,
+        sysctls,
+        unavailable: obs.unavailable.clone(),
+        missing_capabilities: obs.missing_capabilities.clone(),
+    };
+    d.anomalies = anomalies(&d);
+    d
+}
+
+fn tunnel(obs: &ObservedDataplane, l: &Link) -> Tunnel {
+    let vx = l.vxlan.as_ref();
+    Tunnel {
+        name: l.name.clone(),
+        kind: l.kind.clone(),
+        up: l.is_up(),
+        oper_state: l.oper_state.clone(),
+        mtu: l.mtu,
+        mac: l.mac.clone(),
+        addresses: obs.addresses_of(&l.name).map(|a| a.address.to_string()).collect(),
+        vni: vx.and_then(|v| v.vni),
+        port: vx.and_then(|v| v.port),
+        local: vx.and_then(|v| v.local).map(|ip| ip.to_string()),
+        parent: vx.and_then(|v| v.parent_name.clone()),
+        learning: vx.map(|v| v.learning),
+    }
+}
+
+fn is_tunnel_dev(dev: Option<&str>) -> bool {
+    dev.is_some_and(|d| TUNNEL_DEVICES.contains(&d))
+}
+
+pub fn group_routes(obs: &ObservedDataplane) -> RouteGroups {
+    let mut g = RouteGroups::default();
+    for r in &obs.routes {
+        let dev = r.dev.as_deref();
+        let host = r.destination.prefix_len() == r.destination.max_prefix_len();
+        let calico_proto = r.protocol == PROTO_CALICO || r.protocol == PROTO_BIRD;
+        if r.table != crate::observed::TABLE_MAIN {
+            if is_tunnel_dev(dev) || (r.kind == RouteType::Throw && r.table < 253 && obs.link(WIREGUARD_V4).is_some()) {
+                g.other_tables.push(r.clone());
+            } else {
+                g.not_calico += 1;
+            }
+            continue;
+        }
+        if dev.is_some_and(is_workload_iface) {
+            g.workload.push(r.clone());
+        } else if r.kind == RouteType::Blackhole && calico_proto {
+            g.local_blackholes.push(r.clone());
+        } else if is_tunnel_dev(dev) && r.kind == RouteType::Unicast {
+            if host { g.tunnel_hosts.push(r.clone()) } else { g.remote_via_tunnel.push(r.clone()) }
+        } else if calico_proto && r.kind == RouteType::Unicast && r.gateway.is_some() {
+            g.remote_via_underlay.push(r.clone());
+        } else {
+            g.not_calico += 1;
+        }
+    }
+    g
+}
+
+fn workloads(obs: &ObservedDataplane) -> Vec<Workload> {
+    obs.links
+        .iter()
+        .filter(|l| is_workload_iface(&l.name))
+        .map(|l| Workload {
+            iface: l.name.clone(),
+            mtu: l.mtu,
+            up: l.is_up(),
+            routes: obs
+                .routes
+                .iter()
+                .filter(|r| r.dev.as_deref() == Some(&l.name))
+                .map(|r| crate::observed::host_or_net(&r.destination))
+                .collect(),
+            proxy_arp: obs.sysctls.proxy_arp.get(&l.name).copied(),
+        })
+        .collect()
+}
+
+fn felix_chains(obs: &ObservedDataplane) -> Vec<ChainSource> {
+    let mut out = Vec::new();
+    for dump in &obs.iptables {
+        let mut src = ChainSource { source: dump.label(), felix_chains: 0, felix_rules: 0, hooks: Vec::new() };
+        for t in &dump.tables {
+            src.felix_chains += t.chains.iter().filter(|c| c.name.starts_with("cali-")).count();
+            src.felix_rules += t.rules.iter().filter(|r| r.chain.starts_with("cali-") || r.felix_hash().is_some()).count();
+            for r in &t.rules {
+                let builtin = t.chain(&r.chain).is_some_and(|c| c.policy.is_some());
+                if let Some(target) = r.target.as_deref().filter(|t| builtin && t.starts_with("cali-")) {
+                    src.hooks.push(format!("{} {} -> {target}", t.name, r.chain));
+                }
+            }
+        }
+        if src.felix_chains > 0 || !src.hooks.is_empty() {
+            out.push(src);
+        }
+    }
+    if let Some(nft) = &obs.nft {
+        for fam in ["ip", "ip6"] {
+            if nft.calico_table(fam).is_none() {
+                continue;
+            }
+            let chains: Vec<_> = nft.chains_of(fam, "calico").collect();
+            let mut src = ChainSource {
+                source: format!("nft {fam} calico"),
+                felix_chains: chains.len(),
+                felix_rules: nft.rules.iter().filter(|r| r.family == fam && r.table == "calico").count(),
+                hooks: Vec::new(),
+            };
+            for c in chains.iter().filter(|c| c.hook.is_some()) {
+                for r in nft.rules.iter().filter(|r| r.family == fam && r.table == "calico" && r.chain == c.name) {
+                    if let Some(t) = &r.target {
+                        src.hooks.push(format!("{} -> {t}", c.name));
+                    }
+                }
+            }
+            out.push(src);
+        }
+    }
+    out
+}
+
+fn rules_backend(sources: &[ChainSource]) -> Option<String> {
+    let mut names: Vec<&str> = sources
+        .iter()
+        .map(|s| {
+            if s.source.starts_with("nft ") {
+                "nftables"
+            } else if s.source.ends_with(Backend::Legacy.name()) {
+                "iptables-legacy"
+            } else {
+                "iptables-nft"
+            }
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    (!names.is_empty()).then(|| names.join(" + "))
+}
+
+fn sysctl_summary(obs: &ObservedDataplane, tunnels: &[Tunnel]) -> SysctlSummary {
+    let s = &obs.sysctls;
+    let relevant = |name: &str| is_workload_iface(name) || tunnels.iter().any(|t| t.name == name);
+    SysctlSummary {
+        ip_forward: s.ip_forward,
+        rp_filter_all: s.rp_filter.get("all").copied(),
+        rp_filter_default: s.rp_filter.get("default").copied(),
+        rp_filter_strict: s.rp_filter.iter().filter(|(n, v)| **v == 1 && relevant(n)).map(|(n, _)| n.clone()).collect(),
+        proxy_arp_off: s.proxy_arp.iter().filter(|(_, v)| **v != 1).map(|(n, _)| n.clone()).collect(),
+        conntrack: s.conntrack_count.zip(s.conntrack_max),
+    }
+}
+
+/// Plain observations that are wrong on any Calico node whatever its configuration. The
+/// configuration-dependent checks belong to `verify/`.
+fn anomalies(d: &Diag) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    if !d.calico_found {
+        return out;
+    }
+    for t in d.tunnels.iter().filter(|t| !t.up) {
+        out.push(Anomaly {
+            severity: Severity::Critical,
+            subject: t.name.clone(),
+            message: format!("tunnel device is down (oper state {}): traffic to other nodes' pods is lost", t.oper_state),
+        });
+    }
+    if d.sysctls.ip_forward == Some(0) {
+        out.push(Anomaly {
+            severity: Severity::Critical,
+            subject: "net.ipv4.ip_forward".into(),
+            message: "IPv4 forwarding is off: pods cannot reach anything beyond this node".into(),
+        });
+    }
+    let backends: BTreeMap<&str, usize> = d
+        .felix_chains
+        .iter()
+        .filter(|s| s.source.starts_with("iptables"))
+        .map(|s| (s.source.as_str(), s.felix_chains))
+        .collect();
+    if backends.len() > 1 {
+        out.push(Anomaly {
+            severity: Severity::Warning,
+            subject: "iptables".into(),
+            message: format!(
+                "Felix chains exist in both iptables backends ({}); only one is in use and the other is stale",
+                backends.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    if !d.missing_capabilities.is_empty() {
+        out.push(Anomaly {
+            severity: Severity::Warning,
+            subject: "privileges".into(),
+            message: format!(
+                "running without {}: iptables/nftables state is not observable and drift there cannot be seen",
+                d.missing_capabilities.join(", ")
+            ),
+        });
+    }
+    for u in &d.unavailable {
+        out.push(Anomaly {
+            severity: Severity::Info,
+            subject: u.source.clone(),
+            message: format!("not observable: {}", u.reason),
+        });
+    }
+    out.sort_by_key(|a| a.severity);
+    out
+}

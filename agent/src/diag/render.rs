@@ -1,0 +1,185 @@
+//! Human rendering of [`Diag`]: anomalies first, then the dataplane section by section, then a
+//! one-line summary. Plain text that fits an 100-column terminal; long lists are elided.
+
+use std::fmt::Write as _;
+
+use super::{Diag, Severity};
+use crate::observed::Route;
+
+/// Rows shown per route group before eliding the rest.
+const MAX_ROWS: usize = 12;
+
+pub fn text(d: &Diag) -> String {
+    let mut o = String::new();
+    if !d.calico_found {
+        let _ = writeln!(o, "node {}: no Calico dataplane found on this node", d.node);
+        if !d.missing_capabilities.is_empty() {
+            let _ = writeln!(
+                o,
+                "  (in what could be read: running without {}, so Felix's chains could not be looked at)",
+                d.missing_capabilities.join(", ")
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  (no Calico tunnel devices, cali* workload interfaces, Felix chains, Calico routes or eBPF maps)"
+        );
+        for u in &d.unavailable {
+            let _ = writeln!(o, "  not observable: {}: {}", u.source, u.reason);
+        }
+        return o;
+    }
+    let modes: Vec<&str> = d.modes.iter().map(|m| m.name()).collect();
+    let _ = writeln!(o, "node {}  mode: {}", d.node, modes.join(" + "));
+    for e in &d.evidence {
+        let _ = writeln!(o, "  · {e}");
+    }
+
+    let _ = writeln!(o, "\nANOMALIES");
+    if d.anomalies.is_empty() {
+        let _ = writeln!(o, "  none observed");
+    }
+    for a in &d.anomalies {
+        let tag = match a.severity {
+            Severity::Critical => "CRIT",
+            Severity::Warning => "WARN",
+            Severity::Info => "info",
+        };
+        let _ = writeln!(o, "  {tag}  {}: {}", a.subject, a.message);
+    }
+
+    let _ = writeln!(o, "\nTUNNELS");
+    if d.tunnels.is_empty() {
+        let _ = writeln!(o, "  none");
+    }
+    for t in &d.tunnels {
+        let mut line = format!(
+            "  {:<15} {:<5} mtu {:<5} {}",
+            t.name,
+            if t.up { "up" } else { "DOWN" },
+            t.mtu,
+            t.addresses.join(",")
+        );
+        if let Some(vni) = t.vni {
+            let _ = write!(line, "  vni {vni}");
+        }
+        if let Some(p) = t.port {
+            let _ = write!(line, " port {p}");
+        }
+        if let Some(l) = &t.local {
+            let _ = write!(line, " local {l}");
+        }
+        if let Some(p) = &t.parent {
+            let _ = write!(line, " dev {p}");
+        }
+        if let Some(learning) = t.learning {
+            line.push_str(if learning { " learning" } else { " nolearning" });
+        }
+        if let Some(m) = &t.mac {
+            let _ = write!(line, " mac {m}");
+        }
+        let _ = writeln!(o, "{line}");
+    }
+
+    let g = &d.routes;
+    let _ = writeln!(o, "\nROUTES (Calico-owned; {} others not shown)", g.not_calico);
+    section(&mut o, "local block blackholes", &g.local_blackholes);
+    section(&mut o, "remote blocks via tunnel", &g.remote_via_tunnel);
+    section(&mut o, "remote blocks via underlay", &g.remote_via_underlay);
+    section(&mut o, "tunnel host routes", &g.tunnel_hosts);
+    section(&mut o, "workload routes", &g.workload);
+    if !g.other_tables.is_empty() {
+        section(&mut o, "other tables", &g.other_tables);
+    }
+
+    if !d.vxlan_fdb.is_empty() || !d.vxlan_neighbours.is_empty() || d.tunnels.iter().any(|t| t.vni.is_some()) {
+        let _ = writeln!(o, "\nVXLAN FDB / ARP");
+        for f in &d.vxlan_fdb {
+            let dst = f.destination.map(|ip| format!(" dst {ip}")).unwrap_or_default();
+            let _ = writeln!(o, "  fdb   {} dev {}{dst} {}", f.mac, f.dev, f.state.to_lowercase());
+        }
+        for n in &d.vxlan_neighbours {
+            let _ = writeln!(
+                o,
+                "  neigh {} dev {} lladdr {} {}",
+                n.destination,
+                n.dev,
+                n.lladdr.as_deref().unwrap_or("-"),
+                n.state
+            );
+        }
+        if d.vxlan_fdb.is_empty() && d.vxlan_neighbours.is_empty() {
+            let _ = writeln!(o, "  none");
+        }
+    }
+
+    let _ = writeln!(o, "\nWORKLOADS ({})", d.workloads.len());
+    for w in d.workloads.iter().take(MAX_ROWS) {
+        let _ = writeln!(
+            o,
+            "  {:<15} {:<5} mtu {:<5} {}{}",
+            w.iface,
+            if w.up { "up" } else { "DOWN" },
+            w.mtu,
+            w.routes.join(","),
+            if w.proxy_arp == Some(1) { "" } else { "  proxy_arp off" }
+        );
+    }
+    elided(&mut o, d.workloads.len());
+
+    let _ = writeln!(o, "\nFELIX RULES (backend in use: {})", d.rules_backend.as_deref().unwrap_or("none found"));
+    for s in &d.felix_chains {
+        let _ = writeln!(o, "  {:<16} {} chains, {} rules", s.source, s.felix_chains, s.felix_rules);
+        for h in &s.hooks {
+            let _ = writeln!(o, "    {h}");
+        }
+    }
+
+    let s = &d.sysctls;
+    let _ = writeln!(o, "\nSYSCTLS");
+    let _ = writeln!(
+        o,
+        "  ip_forward={}  rp_filter all={} default={}{}",
+        opt(s.ip_forward),
+        opt(s.rp_filter_all),
+        opt(s.rp_filter_default),
+        s.conntrack.map(|(c, m)| format!("  conntrack {c}/{m}")).unwrap_or_default()
+    );
+    if !s.rp_filter_strict.is_empty() {
+        let _ = writeln!(o, "  strict rp_filter on: {}", s.rp_filter_strict.join(", "));
+    }
+    if !s.proxy_arp_off.is_empty() {
+        let _ = writeln!(o, "  proxy_arp off on: {}", s.proxy_arp_off.join(", "));
+    }
+
+    let crit = d.anomalies.iter().filter(|a| a.severity == Severity::Critical).count();
+    let warn = d.anomalies.iter().filter(|a| a.severity == Severity::Warning).count();
+    let _ = writeln!(
+        o,
+        "\nsummary: {} | {} tunnel(s), {} local block(s), {} remote block route(s), {} workload(s) | {crit} critical, {warn} warning",
+        modes.join(" + "),
+        d.tunnels.len(),
+        g.local_blackholes.len(),
+        g.remote_via_tunnel.len() + g.remote_via_underlay.len(),
+        d.workloads.len()
+    );
+    o
+}
+
+fn section(o: &mut String, title: &str, routes: &[Route]) {
+    let _ = writeln!(o, "  {title} ({})", routes.len());
+    for r in routes.iter().take(MAX_ROWS) {
+        let _ = writeln!(o, "    {}", r.display());
+    }
+    elided(o, routes.len());
+}
+
+fn elided(o: &mut String, n: usize) {
+    if n > MAX_ROWS {
+        let _ = writeln!(o, "    … {} more (use --json for all)", n - MAX_ROWS);
+    }
+}
+
+fn opt(v: Option<u8>) -> String {
+    v.map_or_else(|| "?".into(), |v| v.to_string())
+}

@@ -1,0 +1,7 @@
+//! Calico dataplane agent: reads this node's kernel dataplane and explains it against what
+//! Calico Felix programs. See `shared/DESIGN.md` for the architecture.
+
+pub mod diag;
+pub mod flows;
+pub mod node;
+pub mod observed;

@@ -1,0 +1,105 @@
+//! The node's real kernel state, read into one [`ObservedDataplane`] snapshot.
+
+pub mod caps;
+mod exec;
+pub mod iptables;
+pub mod model;
+pub mod netlink;
+pub mod nft;
+pub mod sysctl;
+
+pub use model::*;
+
+use self::netlink::Netlink;
+
+/// Reads every source from the calling thread's network namespace. A source that fails is
+/// listed in `unavailable` with the reason (and the missing capability, when that is the
+/// cause); the rest of the snapshot is still returned.
+pub async fn read_live(node_name: &str) -> ObservedDataplane {
+    let mut obs = ObservedDataplane {
+        node_name: node_name.to_string(),
+        captured_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ..Default::default()
+    };
+    if let Some(set) = caps::effective() {
+        for (cap, name) in [(caps::CAP_NET_ADMIN, "CAP_NET_ADMIN")] {
+            if !caps::has(set, cap) {
+                obs.missing_capabilities.push(name.to_string());
+            }
+        }
+    }
+    let mut unavailable = Vec::new();
+    match Netlink::open() {
+        Ok(nl) => read_netlink(&nl, &mut obs, &mut unavailable).await,
+        Err(e) => unavailable.push(Unavailable { source: "netlink".into(), reason: error_chain(&e) }),
+    }
+    obs.sysctls = sysctl::read_live(&mut unavailable);
+    obs.iptables = iptables::read_all(&mut unavailable).await;
+    match nft::read().await {
+        Ok(rs) => obs.nft = Some(rs),
+        Err(reason) if reason.contains("not installed") => {}
+        Err(reason) => unavailable.push(Unavailable { source: "nft".into(), reason }),
+    }
+    obs.calico_bpf_pins = calico_bpf_pins(std::path::Path::new(CALICO_BPF_PIN_DIR));
+    obs.unavailable = unavailable;
+    obs
+}
+
+async fn read_netlink(nl: &Netlink, obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) {
+    let mut note = |what: &str, e: &netlink::NetlinkError| {
+        unavailable.push(Unavailable { source: format!("netlink {what}"), reason: error_chain(e) });
+    };
+    match nl.links().await {
+        Ok(l) => obs.links = l,
+        Err(e) => note("links", &e),
+    }
+    match nl.addresses(&obs.links).await {
+        Ok(a) => obs.addresses = a,
+        Err(e) => note("addresses", &e),
+    }
+    match nl.routes(&obs.links).await {
+        Ok(r) => obs.routes = r,
+        Err(e) => note("routes", &e),
+    }
+    match nl.neighbours(&obs.links).await {
+        Ok(n) => obs.neighbours = n,
+        Err(e) => note("neighbours", &e),
+    }
+    match nl.fdb(&obs.links).await {
+        Ok(f) => obs.fdb = f,
+        Err(e) => note("fdb", &e),
+    }
+    match nl.rules().await {
+        Ok(r) => obs.rules = r,
+        Err(e) => note("rules", &e),
+    }
+}
+
+/// Where Felix pins its maps in eBPF mode (`felix/bpf/bpfdefs` `GlobalPinDir`).
+pub const CALICO_BPF_PIN_DIR: &str = "/sys/fs/bpf/tc/globals";
+
+fn calico_bpf_pins(dir: &std::path::Path) -> Vec<String> {
+    let mut pins: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("cali_"))
+        .collect();
+    pins.sort();
+    pins
+}
+
+/// An error with its sources, `a: b: c`, for one-line reports.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
