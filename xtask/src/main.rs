@@ -1,1 +1,138 @@
-fn main() {}
+//! `cargo xtask …`: setup, test, demo and the lab.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use xtask::{
+    lab::{Fault, Lab},
+    setup, sh,
+};
+
+/// Namespace prefix of the interactive lab; integration tests use their own prefixes.
+const LAB_PREFIX: &str = "cdpa";
+/// Prefix shared by every test lab, for the final sweep after the test run.
+const TEST_PREFIX: &str = "cdpt";
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "Calico dataplane agent project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what this machine lacks: rust-src, bpf-linker, Debian packages. Idempotent.
+    Setup,
+    /// Setup, then fmt, clippy, unit and integration tests; cleans up after itself.
+    Test,
+    /// Build, bring the lab up, and show `agent diag` on one of its nodes.
+    Demo {
+        /// Leave the lab up afterwards (remove it with `cargo xtask lab down`).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The fake Calico node lab in network namespaces.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabAction {
+    /// Create the lab (replacing an existing one).
+    Up,
+    /// Remove every namespace of the lab.
+    Down,
+    /// Inject one fault into a node.
+    Fault {
+        fault: Fault,
+        #[arg(long, default_value = "node-a")]
+        node: String,
+    },
+    /// Re-apply Felix's intended state everywhere, undoing every fault.
+    Repair,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::setup(),
+        Command::Test => test(),
+        Command::Demo { keep } => demo(keep),
+        Command::Lab { action } => lab(action),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let mut argv = vec!["cargo"];
+    argv.extend_from_slice(args);
+    sh::stream_env(&argv, &[("CI", "true"), ("INSTA_UPDATE", "no")])
+}
+
+fn test() -> anyhow::Result<()> {
+    setup::setup()?;
+    std::env::set_current_dir(workspace_root()).context("entering the workspace")?;
+    let result = cargo(&["fmt", "--all", "--", "--check"])
+        .and_then(|()| cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]))
+        .and_then(|()| cargo(&["test", "--", "--test-threads=2"]));
+    sweep_test_namespaces();
+    result?;
+    println!("xtask test: all passed");
+    Ok(())
+}
+
+/// Removes namespaces a crashed test run may have left behind (only our own prefix).
+fn sweep_test_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{TEST_PREFIX}-")) || name.starts_with(&format!("{TEST_PREFIX}_")) {
+            let _ = sh::run(&["ip", "netns", "del", &name]);
+        }
+    }
+}
+
+fn demo(keep: bool) -> anyhow::Result<()> {
+    std::env::set_current_dir(workspace_root()).context("entering the workspace")?;
+    cargo(&["build", "--quiet", "-p", "agent"])?;
+    let agent = workspace_root().join("target/debug/agent");
+    let lab = Lab::new(LAB_PREFIX);
+    println!("== bringing up the lab: two Calico VXLAN nodes with two pods each");
+    lab.up()?;
+    let result = (|| -> anyhow::Result<()> {
+        lab.check_connectivity()?;
+        println!("== pods reach each other across vxlan.calico");
+        let node = &lab.spec.nodes[0];
+        println!("== ip netns exec {} agent diag --node-name {}\n", node.netns, node.name);
+        sh::stream(&["ip", "netns", "exec", &node.netns, &agent.to_string_lossy(), "diag", "--node-name", &node.name])
+    })();
+    if keep {
+        println!("\nlab left up: `ip netns exec {LAB_PREFIX}-a target/debug/agent diag`, `cargo xtask lab down`");
+    } else {
+        lab.down();
+    }
+    result
+}
+
+fn lab(action: LabAction) -> anyhow::Result<()> {
+    let lab = Lab::new(LAB_PREFIX);
+    match action {
+        LabAction::Up => {
+            lab.up()?;
+            lab.check_connectivity()?;
+            println!("lab up; namespaces: {}", lab.spec.all_netns().join(" "));
+            println!("try: ip netns exec {LAB_PREFIX}-a target/debug/agent diag --node-name node-a");
+        }
+        LabAction::Down => lab.down(),
+        LabAction::Fault { fault, node } => lab.fault(&node, fault)?,
+        LabAction::Repair => lab.repair()?,
+    }
+    Ok(())
+}

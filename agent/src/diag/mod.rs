@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::mode::{Mode, detect_modes};
 use crate::observed::{
-    FdbEntry, Link, Neighbour, ObservedDataplane, PROTO_BIRD, PROTO_CALICO, Route, RouteType,
+    FdbEntry, Link, Neighbour, ObservedDataplane, PROTO_BIRD, PROTO_CALICO, PROTO_KERNEL, Route, RouteType, TABLE_LOCAL,
     Unavailable, iptables::Backend,
 };
 
@@ -137,8 +137,9 @@ pub fn build(obs: &ObservedDataplane) -> Diag {
         .collect();
     let vxlan_index: Vec<u32> = [VXLAN_V4, VXLAN_V6].iter().filter_map(|n| obs.link(n)).map(|l| l.index).collect();
     let vxlan_fdb = obs.fdb.iter().filter(|f| vxlan_index.contains(&f.ifindex)).cloned().collect();
+    // Multicast/NOARP entries are the kernel's (IPv6 MLD); Felix writes PERMANENT ones.
     let vxlan_neighbours =
-        obs.neighbours.iter().filter(|n| vxlan_index.contains(&n.ifindex)).cloned().collect();
+        obs.neighbours.iter().filter(|n| vxlan_index.contains(&n.ifindex) && n.state != "NOARP").cloned().collect();
     let workloads = workloads(obs);
     let felix_chains = felix_chains(obs);
     let rules_backend = rules_backend(&felix_chains);
@@ -193,6 +194,12 @@ pub fn group_routes(obs: &ObservedDataplane) -> RouteGroups {
         let dev = r.dev.as_deref();
         let host = r.destination.prefix_len() == r.destination.max_prefix_len();
         let calico_proto = r.protocol == PROTO_CALICO || r.protocol == PROTO_BIRD;
+        // The local table and kernel-made routes (connected subnets, IPv6 link-local) are the
+        // kernel's, never Felix's.
+        if r.table == TABLE_LOCAL || r.protocol == PROTO_KERNEL || matches!(r.kind, RouteType::Local | RouteType::Multicast | RouteType::Broadcast) {
+            g.not_calico += 1;
+            continue;
+        }
         if r.table != crate::observed::TABLE_MAIN {
             if is_tunnel_dev(dev) || (r.kind == RouteType::Throw && r.table < 253 && obs.link(WIREGUARD_V4).is_some()) {
                 g.other_tables.push(r.clone());
@@ -227,7 +234,7 @@ fn workloads(obs: &ObservedDataplane) -> Vec<Workload> {
             routes: obs
                 .routes
                 .iter()
-                .filter(|r| r.dev.as_deref() == Some(&l.name))
+                .filter(|r| r.dev.as_deref() == Some(&l.name) && r.kind == RouteType::Unicast && r.protocol != PROTO_KERNEL)
                 .map(|r| crate::observed::host_or_net(&r.destination))
                 .collect(),
             proxy_arp: obs.sysctls.proxy_arp.get(&l.name).copied(),

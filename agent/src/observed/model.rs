@@ -150,6 +150,8 @@ pub const PROTO_BOOT: u8 = 3;
 pub const PROTO_BIRD: u8 = 12;
 /// The main routing table.
 pub const TABLE_MAIN: u32 = 254;
+/// The kernel's local table (local and broadcast addresses).
+pub const TABLE_LOCAL: u32 = 255;
 
 /// Name of a route protocol as iproute2's `rt_protos` spells it; numbers it does not name
 /// (Calico's 80 among them) print as the number.

@@ -142,8 +142,7 @@ impl Netlink {
                 let mut lladdr = None;
                 for a in &m.attributes {
                     match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(IpAddr::V4(*ip)),
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => dst = Some(IpAddr::V6(*ip)),
+                        NeighbourAttribute::Destination(a) => dst = neigh_addr(a),
                         NeighbourAttribute::LinkLayerAddress(mac) => lladdr = Some(mac_string(mac)),
                         _ => {}
                     }
@@ -187,8 +186,7 @@ impl Netlink {
                 for a in &m.attributes {
                     match a {
                         NeighbourAttribute::LinkLayerAddress(mac) => e.mac = mac_string(mac),
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => e.destination = Some(IpAddr::V4(*ip)),
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => e.destination = Some(IpAddr::V6(*ip)),
+                        NeighbourAttribute::Destination(a) => e.destination = neigh_addr(a),
                         NeighbourAttribute::Vni(v) => e.vni = Some(*v),
                         NeighbourAttribute::Port(p) => e.port = Some(*p),
                         NeighbourAttribute::Controller(c) => e.controller = Some(name_of(links, *c)),
@@ -234,20 +232,39 @@ fn mac_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// The NUD state's most significant bit, named as iproute2 does. States can combine bits
+/// (VXLAN FDB entries are PERMANENT|NOARP), so they are tested in order of importance.
 fn nud_name(state: NeighbourState) -> String {
-    match state {
-        NeighbourState::Incomplete => "INCOMPLETE",
-        NeighbourState::Reachable => "REACHABLE",
-        NeighbourState::Stale => "STALE",
-        NeighbourState::Delay => "DELAY",
-        NeighbourState::Probe => "PROBE",
-        NeighbourState::Failed => "FAILED",
-        NeighbourState::Noarp => "NOARP",
-        NeighbourState::Permanent => "PERMANENT",
-        NeighbourState::None => "NONE",
-        _ => "OTHER",
+    const NAMES: [(u16, &str); 9] = [
+        (0x80, "PERMANENT"),
+        (0x40, "NOARP"),
+        (0x02, "REACHABLE"),
+        (0x04, "STALE"),
+        (0x08, "DELAY"),
+        (0x10, "PROBE"),
+        (0x20, "FAILED"),
+        (0x01, "INCOMPLETE"),
+        (0x00, "NONE"),
+    ];
+    let bits = u16::from(state);
+    NAMES
+        .iter()
+        .find(|(bit, _)| bits & bit != 0 || (*bit == 0 && bits == 0))
+        .map_or_else(|| format!("0x{bits:x}"), |(_, n)| (*n).to_string())
+}
+
+/// Bridge-family messages carry the VTEP address untyped; its length says the family.
+fn neigh_addr(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        NeighbourAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(|o| IpAddr::from(o)),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(|o| IpAddr::from(o)),
+            _ => None,
+        },
+        _ => None,
     }
-    .to_string()
 }
 
 fn link_from(m: &LinkMessage) -> Link {

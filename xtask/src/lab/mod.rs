@@ -1,0 +1,266 @@
+//! A fake Calico node lab in network namespaces, shaped exactly like what Felix and the CNI
+//! plugin program on a VXLAN node (shared/reference/calico-dataplane.md §1–§4).
+//!
+//! ```text
+//!   <prefix>-net:  br0 10.99.0.1/24 ── ul-a ─┐           ┌─ ul-b
+//!   <prefix>-a (node-a): eth0 10.99.0.11 ────┘           └── eth0 10.99.0.12 (node-b) <prefix>-b
+//!       vxlan.calico 10.244.0.0/32 (VNI 4096)               vxlan.calico 10.244.1.0/32
+//!       cali… ── <prefix>-a-pod-a1 10.244.0.1               cali… ── <prefix>-b-pod-b1 10.244.1.1
+//! ```
+//!
+//! Only namespaces named `<prefix>-…` are created, changed or deleted; [`Lab::down`] removes
+//! them all, and a failed [`Lab::up`] cleans up after itself.
+
+pub mod felix_rules;
+pub mod spec;
+
+use anyhow::{Context as _, bail};
+
+pub use self::spec::{LabSpec, NodeSpec, PodSpec};
+use self::spec::{
+    PROTO_CALICO, UNDERLAY_DEV, UNDERLAY_GATEWAY, UNDERLAY_MTU, UNDERLAY_PREFIX, VNI, VXLAN_DEV, VXLAN_MTU,
+    VXLAN_PORT, WORKLOAD_HOST_MAC,
+};
+use crate::sh;
+
+/// Faults the lab can inject into one node; each is undone by [`Lab::repair`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// Delete the route to a remote node's block.
+    RouteDelete,
+    /// Point the remote block route at the underlay device instead of the tunnel.
+    RouteUnderlay,
+    /// Delete the local block's blackhole route.
+    BlackholeDelete,
+    /// Set vxlan.calico's MTU to the underlay's 1500.
+    TunnelMtu,
+    /// Raise one pod veth's MTU above the tunnel's.
+    PodMtu,
+    /// Delete the FDB entry for the remote VTEP.
+    FdbFlush,
+    /// Delete the ARP entry for the remote tunnel address.
+    ArpDelete,
+    /// Set vxlan.calico down.
+    TunnelDown,
+    /// Give vxlan.calico an address outside the node's block.
+    TunnelAddress,
+    /// Delete the tcp:22 rule from cali-failsafe-in.
+    FailsafeDelete,
+    /// Delete the INPUT -> cali-INPUT jump.
+    InputJumpDelete,
+}
+
+pub struct Lab {
+    pub spec: LabSpec,
+}
+
+impl Lab {
+    pub fn new(prefix: &str) -> Self {
+        Self { spec: LabSpec::new(prefix) }
+    }
+
+    /// Creates the lab from scratch (removing a previous one with the same prefix first).
+    pub fn up(&self) -> anyhow::Result<()> {
+        self.down();
+        if let Err(e) = self.create().and_then(|()| self.program_all()) {
+            self.down();
+            return Err(e.context("bringing the lab up (cleaned up again)"));
+        }
+        Ok(())
+    }
+
+    /// Deletes every namespace of this lab; interfaces inside go with them. Idempotent.
+    pub fn down(&self) {
+        for ns in self.spec.all_netns() {
+            if netns_exists(&ns) {
+                let _ = sh::run(&["ip", "netns", "del", &ns]);
+            }
+        }
+    }
+
+    /// Re-applies Felix's intended state on every node: undoes any injected fault.
+    pub fn repair(&self) -> anyhow::Result<()> {
+        self.program_all()
+    }
+
+    fn create(&self) -> anyhow::Result<()> {
+        let sw = self.spec.switch_netns();
+        sh::run(&["ip", "netns", "add", &sw])?;
+        ip(&sw, &["link", "add", "br0", "type", "bridge"])?;
+        ip(&sw, &["addr", "add", &format!("{UNDERLAY_GATEWAY}/{UNDERLAY_PREFIX}"), "dev", "br0"])?;
+        ip(&sw, &["link", "set", "br0", "up"])?;
+        ip(&sw, &["link", "set", "lo", "up"])?;
+        for node in &self.spec.nodes {
+            sh::run(&["ip", "netns", "add", &node.netns])?;
+            ip(&node.netns, &["link", "set", "lo", "up"])?;
+            ip(
+                &sw,
+                &["link", "add", &node.switch_port, "type", "veth", "peer", "name", UNDERLAY_DEV, "netns", &node.netns],
+            )?;
+            ip(&sw, &["link", "set", &node.switch_port, "master", "br0", "up"])?;
+            ip(&node.netns, &["link", "set", UNDERLAY_DEV, "mtu", &UNDERLAY_MTU.to_string(), "up"])?;
+            ip(&node.netns, &["addr", "add", &format!("{}/{UNDERLAY_PREFIX}", node.ip), "dev", UNDERLAY_DEV])?;
+            // Proxy ARP for 169.254.1.1 only answers when the node has a route to it.
+            ip(&node.netns, &["route", "add", "default", "via", &UNDERLAY_GATEWAY.to_string(), "dev", UNDERLAY_DEV])?;
+            ip(
+                &node.netns,
+                &[
+                    "link", "add", VXLAN_DEV, "type", "vxlan", "id", &VNI.to_string(), "dstport",
+                    &VXLAN_PORT.to_string(), "local", &node.ip.to_string(), "dev", UNDERLAY_DEV, "nolearning",
+                ],
+            )?;
+            // The MAC can only change while the device is down, so it is set once, here.
+            ip(&node.netns, &["link", "set", VXLAN_DEV, "address", &node.vtep_mac])?;
+            for pod in &node.pods {
+                sh::run(&["ip", "netns", "add", &pod.netns])?;
+                ip(&node.netns, &["link", "add", &pod.veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns])?;
+                ip(&node.netns, &["link", "set", &pod.veth, "address", WORKLOAD_HOST_MAC])?;
+                ip(&pod.netns, &["link", "set", "lo", "up"])?;
+                ip(&pod.netns, &["link", "set", "eth0", "address", &pod.mac, "mtu", &VXLAN_MTU.to_string(), "up"])?;
+                ip(&pod.netns, &["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"])?;
+                ip(&pod.netns, &["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
+                ip(&pod.netns, &["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn program_all(&self) -> anyhow::Result<()> {
+        for node in &self.spec.nodes {
+            self.program(node).with_context(|| format!("programming {}", node.name))?;
+        }
+        Ok(())
+    }
+
+    /// Everything Felix and the CNI plugin keep in sync on a node; idempotent.
+    fn program(&self, node: &NodeSpec) -> anyhow::Result<()> {
+        let ns = &node.netns;
+        sysctl(ns, "net.ipv4.ip_forward", "1")?;
+        ip(ns, &["link", "set", VXLAN_DEV, "mtu", &VXLAN_MTU.to_string(), "up"])?;
+        // Felix keeps only its own address on the tunnel.
+        ip(ns, &["addr", "flush", "dev", VXLAN_DEV])?;
+        ip(ns, &["addr", "add", &format!("{}/32", node.tunnel_ip), "dev", VXLAN_DEV])?;
+        ip(ns, &["route", "replace", "blackhole", &node.block.to_string(), "proto", &PROTO_CALICO.to_string()])?;
+        for remote in self.spec.remotes_of(node) {
+            ip(
+                ns,
+                &[
+                    "route", "replace", &remote.block.to_string(), "via", &remote.tunnel_ip.to_string(), "dev",
+                    VXLAN_DEV, "onlink", "proto", "boot", "mtu", &VXLAN_MTU.to_string(),
+                ],
+            )?;
+            ip(
+                ns,
+                &[
+                    "neigh", "replace", &remote.tunnel_ip.to_string(), "dev", VXLAN_DEV, "lladdr", &remote.vtep_mac,
+                    "nud", "permanent",
+                ],
+            )?;
+            sh::run(&[
+                "bridge", "-n", ns, "fdb", "replace", &remote.vtep_mac, "dev", VXLAN_DEV, "dst",
+                &remote.ip.to_string(), "self", "permanent",
+            ])?;
+        }
+        for pod in &node.pods {
+            let v = &pod.veth;
+            ip(ns, &["link", "set", v, "mtu", &VXLAN_MTU.to_string(), "up"])?;
+            for (key, value) in [
+                (format!("net.ipv4.conf.{v}.proxy_arp"), "1"),
+                (format!("net.ipv4.neigh.{v}.proxy_delay"), "0"),
+                (format!("net.ipv4.conf.{v}.forwarding"), "1"),
+                (format!("net.ipv4.conf.{v}.route_localnet"), "1"),
+            ] {
+                sysctl(ns, &key, value)?;
+            }
+            // Felix v3.32+: workload route with metric 1024, proto boot, scope link.
+            ip(ns, &["route", "replace", &pod.ip.to_string(), "dev", v, "scope", "link", "proto", "boot", "metric", "1024"])?;
+            ip(ns, &["neigh", "replace", &pod.ip.to_string(), "dev", v, "lladdr", &pod.mac, "nud", "permanent"])?;
+        }
+        let ipsets = felix_rules::ipset_restore(&self.spec, node);
+        sh::run_with_input(&["ip", "netns", "exec", ns, "ipset", "restore"], Some(&ipsets))?;
+        let rules = felix_rules::iptables_restore(node);
+        sh::run_with_input(&["ip", "netns", "exec", ns, "iptables-nft-restore"], Some(&rules))?;
+        Ok(())
+    }
+
+    /// Injects `fault` into `node`.
+    pub fn fault(&self, node: &str, fault: Fault) -> anyhow::Result<()> {
+        let node = self.spec.node(node)?;
+        let remote = self.spec.remotes_of(node).next().context("lab has a single node")?;
+        let ns = node.netns.as_str();
+        match fault {
+            Fault::RouteDelete => ip(ns, &["route", "del", &remote.block.to_string()])?,
+            Fault::RouteUnderlay => ip(
+                ns,
+                &["route", "replace", &remote.block.to_string(), "via", &remote.ip.to_string(), "dev", UNDERLAY_DEV],
+            )?,
+            Fault::BlackholeDelete => ip(ns, &["route", "del", "blackhole", &node.block.to_string()])?,
+            Fault::TunnelMtu => ip(ns, &["link", "set", VXLAN_DEV, "mtu", &UNDERLAY_MTU.to_string()])?,
+            Fault::PodMtu => {
+                let pod = node.pods.first().context("node without pods")?;
+                ip(ns, &["link", "set", &pod.veth, "mtu", &UNDERLAY_MTU.to_string()])?;
+            }
+            Fault::FdbFlush => {
+                sh::run(&["bridge", "-n", ns, "fdb", "del", &remote.vtep_mac, "dev", VXLAN_DEV, "dst", &remote.ip.to_string(), "self"])?;
+            }
+            Fault::ArpDelete => ip(ns, &["neigh", "del", &remote.tunnel_ip.to_string(), "dev", VXLAN_DEV])?,
+            Fault::TunnelDown => ip(ns, &["link", "set", VXLAN_DEV, "down"])?,
+            Fault::TunnelAddress => {
+                ip(ns, &["addr", "flush", "dev", VXLAN_DEV])?;
+                ip(ns, &["addr", "add", "10.244.200.1/32", "dev", VXLAN_DEV])?;
+            }
+            Fault::FailsafeDelete => {
+                sh::run(&[
+                    "ip", "netns", "exec", ns, "iptables-nft", "-t", "filter", "-D", "cali-failsafe-in", "1",
+                ])?;
+            }
+            Fault::InputJumpDelete => {
+                sh::run(&["ip", "netns", "exec", ns, "iptables-nft", "-t", "filter", "-D", "INPUT", "1"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pings `to` from the pod `from` (by pod name); true when a reply came back.
+    pub fn ping(&self, from: &str, to: std::net::Ipv4Addr) -> anyhow::Result<bool> {
+        let pod = self.pod(from)?;
+        Ok(sh::ok(&["ip", "netns", "exec", &pod.netns, "ping", "-c", "1", "-W", "2", &to.to_string()]))
+    }
+
+    pub fn pod(&self, name: &str) -> anyhow::Result<&PodSpec> {
+        self.spec
+            .nodes
+            .iter()
+            .flat_map(|n| &n.pods)
+            .find(|p| p.name == name)
+            .with_context(|| format!("no lab pod named {name:?}"))
+    }
+
+    /// Checks that every pod reaches every pod on the other node through the tunnel.
+    pub fn check_connectivity(&self) -> anyhow::Result<()> {
+        for node in &self.spec.nodes {
+            for remote in self.spec.remotes_of(node) {
+                for (from, to) in node.pods.iter().zip(&remote.pods) {
+                    if !self.ping(&from.name, to.ip)? {
+                        bail!("{} ({}) cannot reach {} ({}) across {VXLAN_DEV}", from.name, from.ip, to.name, to.ip);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut argv = vec!["ip", "-n", ns];
+    argv.extend_from_slice(args);
+    sh::run(&argv).map(drop)
+}
+
+fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    sh::run(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("{key}={value}")]).map(drop)
+}
+
+fn netns_exists(name: &str) -> bool {
+    std::path::Path::new("/var/run/netns").join(name).exists()
+}

@@ -1,0 +1,108 @@
+//! `cargo xtask setup`: installs what a fresh machine of this kind lacks, and nothing else.
+//! Every step checks first, so a second run finishes in seconds.
+
+use anyhow::{Context as _, bail};
+
+use crate::sh;
+
+/// bpf-linker must match the nightly's LLVM (22); see shared/reference/crates.md §0.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_FEATURE: &str = "llvm-22";
+
+/// Binaries the tests and the lab run, and the Debian package that ships each.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("bridge", "iproute2"),
+    ("iptables-legacy-save", "iptables"),
+    ("iptables-nft-save", "iptables"),
+    ("nft", "nftables"),
+    ("conntrack", "conntrack"),
+    ("ipset", "ipset"),
+    ("wg", "wireguard-tools"),
+    ("ping", "iputils-ping"),
+    ("iperf3", "iperf3"),
+    ("bpftool", "bpftool"),
+    ("sysctl", "procps"),
+    ("setpriv", "util-linux"),
+];
+
+pub fn setup() -> anyhow::Result<()> {
+    rust_components()?;
+    bpf_linker()?;
+    apt_packages()?;
+    println!("setup: all tools present");
+    Ok(())
+}
+
+fn rust_components() -> anyhow::Result<()> {
+    if !sh::ok(&["rustc", "+nightly", "--version"]) {
+        bail!(
+            "no `nightly` toolchain: machines of this kind ship nightly 1.97 (LLVM 22) under that name, \
+             which aya-build needs to build agent-ebpf"
+        );
+    }
+    let installed = sh::run(&["rustup", "component", "list", "--toolchain", "nightly", "--installed"])?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("setup: adding rust-src to nightly");
+        sh::stream(&["rustup", "component", "add", "rust-src", "--toolchain", "nightly"])?;
+    }
+    if !sh::ok(&["cargo", "clippy", "--version"]) || !sh::ok(&["cargo", "fmt", "--version"]) {
+        println!("setup: adding clippy and rustfmt");
+        sh::stream(&["rustup", "component", "add", "clippy", "rustfmt"])?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if sh::run(&["bpf-linker", "--version"]).is_ok_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's libLLVM");
+    // The nightly ships libLLVM.so.<ver> but no libLLVM.so link name; give it one in a prefix.
+    let sysroot = sh::run(&["rustc", "+nightly", "--print", "sysroot"])?;
+    let nightly_lib = std::path::Path::new(sysroot.trim()).join("lib");
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    let prefix = std::path::Path::new(&home).join(".cache/llvm-rust-nightly");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let mut so = None;
+    for entry in std::fs::read_dir(&nightly_lib).with_context(|| format!("reading {}", nightly_lib.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("libLLVM") {
+            let link = lib.join(&name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(entry.path(), &link)?;
+            if name.starts_with("libLLVM.so.") {
+                so = Some(entry.path());
+            }
+        }
+    }
+    let so = so.with_context(|| format!("no libLLVM.so.* in {}", nightly_lib.display()))?;
+    let link = lib.join("libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(so, &link)?;
+    let prefix = prefix.to_string_lossy().into_owned();
+    sh::stream_env(
+        &[
+            "cargo", "install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features",
+            "--features", BPF_LINKER_FEATURE,
+        ],
+        &[("LLVM_PREFIX", &prefix)],
+    )
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = TOOLS.iter().filter(|(bin, _)| !sh::on_path(bin)).map(|(_, pkg)| *pkg).collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing Debian packages: {}", missing.join(" "));
+    // A fresh machine's package lists are empty.
+    sh::stream(&["apt-get", "update", "-qq"])?;
+    let mut argv = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    argv.extend(missing);
+    sh::stream_env(&argv, &[("DEBIAN_FRONTEND", "noninteractive")])
+}
