@@ -30,7 +30,10 @@ fn count(ctx: &TcContext, dir: u32) {
     // SAFETY: the context pointer is valid for the program's run; ifindex and len are plain
     // __sk_buff fields readable by every TC program.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    let key = IfaceKey { ifindex, direction: dir };
+    let key = IfaceKey {
+        ifindex,
+        direction: dir,
+    };
     match IFACE_COUNTERS.get_ptr_mut(&key) {
         Some(c) => {
             // SAFETY: per-CPU value: no other CPU writes this slot, and the pointer is valid
@@ -41,7 +44,10 @@ fn count(ctx: &TcContext, dir: u32) {
             }
         }
         None => {
-            let first = IfaceCounters { packets: 1, bytes: u64::from(len) };
+            let first = IfaceCounters {
+                packets: 1,
+                bytes: u64::from(len),
+            };
             // A full map only loses this interface's counts; the packet is never affected.
             let _ = IFACE_COUNTERS.insert(&key, &first, 0);
         }

@@ -7,7 +7,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "agent", version, about = "Calico dataplane agent: what Felix programmed on this node, and what is wrong with it")]
+#[command(
+    name = "agent",
+    version,
+    about = "Calico dataplane agent: what Felix programmed on this node, and what is wrong with it"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `agent=debug`.
     #[arg(long, env = "AGENT_LOG", default_value = "warn", global = true)]
@@ -67,7 +71,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let obs = rt.block_on(observed::read_live(&name));
             let d = diag::build(&obs);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&d).context("encoding JSON")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&d).context("encoding JSON")?
+                );
             } else {
                 print!("{}", diag::render::text(&d));
             }

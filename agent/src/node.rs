@@ -4,7 +4,11 @@
 /// downward API), else the hostname (Felix's `FelixHostname` default).
 pub fn resolve_name(explicit: Option<&str>) -> String {
     let env = std::env::var("NODENAME").ok();
-    if let Some(n) = explicit.or(env.as_deref()).map(str::trim).filter(|n| !n.is_empty()) {
+    if let Some(n) = explicit
+        .or(env.as_deref())
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
         return n.to_string();
     }
     std::fs::read_to_string("/proc/sys/kernel/hostname")

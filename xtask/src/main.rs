@@ -67,7 +67,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
@@ -90,10 +93,14 @@ fn test() -> anyhow::Result<()> {
 
 /// Removes namespaces a crashed test run may have left behind (only our own prefix).
 fn sweep_test_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return };
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{TEST_PREFIX}-")) || name.starts_with(&format!("{TEST_PREFIX}_")) {
+        if name.starts_with(&format!("{TEST_PREFIX}-"))
+            || name.starts_with(&format!("{TEST_PREFIX}_"))
+        {
             let _ = sh::run(&["ip", "netns", "del", &name]);
         }
     }
@@ -110,11 +117,25 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         lab.check_connectivity()?;
         println!("== pods reach each other across vxlan.calico");
         let node = &lab.spec.nodes[0];
-        println!("== ip netns exec {} agent diag --node-name {}\n", node.netns, node.name);
-        sh::stream(&["ip", "netns", "exec", &node.netns, &agent.to_string_lossy(), "diag", "--node-name", &node.name])
+        println!(
+            "== ip netns exec {} agent diag --node-name {}\n",
+            node.netns, node.name
+        );
+        sh::stream(&[
+            "ip",
+            "netns",
+            "exec",
+            &node.netns,
+            &agent.to_string_lossy(),
+            "diag",
+            "--node-name",
+            &node.name,
+        ])
     })();
     if keep {
-        println!("\nlab left up: `ip netns exec {LAB_PREFIX}-a target/debug/agent diag`, `cargo xtask lab down`");
+        println!(
+            "\nlab left up: `ip netns exec {LAB_PREFIX}-a target/debug/agent diag`, `cargo xtask lab down`"
+        );
     } else {
         lab.down();
     }
@@ -128,7 +149,9 @@ fn lab(action: LabAction) -> anyhow::Result<()> {
             lab.up()?;
             lab.check_connectivity()?;
             println!("lab up; namespaces: {}", lab.spec.all_netns().join(" "));
-            println!("try: ip netns exec {LAB_PREFIX}-a target/debug/agent diag --node-name node-a");
+            println!(
+                "try: ip netns exec {LAB_PREFIX}-a target/debug/agent diag --node-name node-a"
+            );
         }
         LabAction::Down => lab.down(),
         LabAction::Fault { fault, node } => lab.fault(&node, fault)?,

@@ -41,10 +41,24 @@ fn rust_components() -> anyhow::Result<()> {
              which aya-build needs to build agent-ebpf"
         );
     }
-    let installed = sh::run(&["rustup", "component", "list", "--toolchain", "nightly", "--installed"])?;
+    let installed = sh::run(&[
+        "rustup",
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ])?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("setup: adding rust-src to nightly");
-        sh::stream(&["rustup", "component", "add", "rust-src", "--toolchain", "nightly"])?;
+        sh::stream(&[
+            "rustup",
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ])?;
     }
     if !sh::ok(&["cargo", "clippy", "--version"]) || !sh::ok(&["cargo", "fmt", "--version"]) {
         println!("setup: adding clippy and rustfmt");
@@ -66,7 +80,9 @@ fn bpf_linker() -> anyhow::Result<()> {
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
     let mut so = None;
-    for entry in std::fs::read_dir(&nightly_lib).with_context(|| format!("reading {}", nightly_lib.display()))? {
+    for entry in std::fs::read_dir(&nightly_lib)
+        .with_context(|| format!("reading {}", nightly_lib.display()))?
+    {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("libLLVM") {
@@ -85,15 +101,24 @@ fn bpf_linker() -> anyhow::Result<()> {
     let prefix = prefix.to_string_lossy().into_owned();
     sh::stream_env(
         &[
-            "cargo", "install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features",
-            "--features", BPF_LINKER_FEATURE,
+            "cargo",
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            BPF_LINKER_FEATURE,
         ],
         &[("LLVM_PREFIX", &prefix)],
     )
 }
 
 fn apt_packages() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = TOOLS.iter().filter(|(bin, _)| !sh::on_path(bin)).map(|(_, pkg)| *pkg).collect();
+    let mut missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(bin, _)| !sh::on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {

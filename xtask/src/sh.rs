@@ -17,15 +17,23 @@ pub fn run_with_input(argv: &[&str], input: Option<&str>) -> anyhow::Result<Stri
     let (prog, args) = argv.split_first().context("empty command")?;
     let mut child = Command::new(prog)
         .args(args)
-        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {prog}"))?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).with_context(|| format!("writing to {prog}"))?;
+        stdin
+            .write_all(text.as_bytes())
+            .with_context(|| format!("writing to {prog}"))?;
     }
-    let out = child.wait_with_output().with_context(|| format!("waiting for {prog}"))?;
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {prog}"))?;
     if !out.status.success() {
         bail!(
             "`{}` failed ({}): {}",
@@ -39,7 +47,9 @@ pub fn run_with_input(argv: &[&str], input: Option<&str>) -> anyhow::Result<Stri
 
 /// Runs `argv` and reports only whether it succeeded (for probes and best-effort cleanup).
 pub fn ok(argv: &[&str]) -> bool {
-    let Some((prog, args)) = argv.split_first() else { return false };
+    let Some((prog, args)) = argv.split_first() else {
+        return false;
+    };
     Command::new(prog)
         .args(args)
         .stdin(Stdio::null())

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::mode::{Mode, detect_modes};
 use crate::observed::{
-    FdbEntry, Link, Neighbour, ObservedDataplane, PROTO_BIRD, PROTO_CALICO, PROTO_KERNEL, Route, RouteType, TABLE_LOCAL,
-    Unavailable, iptables::Backend,
+    FdbEntry, Link, Neighbour, ObservedDataplane, PROTO_BIRD, PROTO_CALICO, PROTO_KERNEL, Route,
+    RouteType, TABLE_LOCAL, Unavailable, iptables::Backend,
 };
 
 /// Devices Felix creates for each encapsulation (`dataplanedefs`, `wireguard.go`).
@@ -135,11 +135,24 @@ pub fn build(obs: &ObservedDataplane) -> Diag {
         .filter_map(|n| obs.link(n))
         .map(|l| tunnel(obs, l))
         .collect();
-    let vxlan_index: Vec<u32> = [VXLAN_V4, VXLAN_V6].iter().filter_map(|n| obs.link(n)).map(|l| l.index).collect();
-    let vxlan_fdb = obs.fdb.iter().filter(|f| vxlan_index.contains(&f.ifindex)).cloned().collect();
+    let vxlan_index: Vec<u32> = [VXLAN_V4, VXLAN_V6]
+        .iter()
+        .filter_map(|n| obs.link(n))
+        .map(|l| l.index)
+        .collect();
+    let vxlan_fdb = obs
+        .fdb
+        .iter()
+        .filter(|f| vxlan_index.contains(&f.ifindex))
+        .cloned()
+        .collect();
     // Multicast/NOARP entries are the kernel's (IPv6 MLD); Felix writes PERMANENT ones.
-    let vxlan_neighbours =
-        obs.neighbours.iter().filter(|n| vxlan_index.contains(&n.ifindex) && n.state != "NOARP").cloned().collect();
+    let vxlan_neighbours = obs
+        .neighbours
+        .iter()
+        .filter(|n| vxlan_index.contains(&n.ifindex) && n.state != "NOARP")
+        .cloned()
+        .collect();
     let workloads = workloads(obs);
     let felix_chains = felix_chains(obs);
     let rules_backend = rules_backend(&felix_chains);
@@ -175,7 +188,10 @@ fn tunnel(obs: &ObservedDataplane, l: &Link) -> Tunnel {
         oper_state: l.oper_state.clone(),
         mtu: l.mtu,
         mac: l.mac.clone(),
-        addresses: obs.addresses_of(&l.name).map(|a| a.address.to_string()).collect(),
+        addresses: obs
+            .addresses_of(&l.name)
+            .map(|a| a.address.to_string())
+            .collect(),
         vni: vx.and_then(|v| v.vni),
         port: vx.and_then(|v| v.port),
         local: vx.and_then(|v| v.local).map(|ip| ip.to_string()),
@@ -196,12 +212,20 @@ pub fn group_routes(obs: &ObservedDataplane) -> RouteGroups {
         let calico_proto = r.protocol == PROTO_CALICO || r.protocol == PROTO_BIRD;
         // The local table and kernel-made routes (connected subnets, IPv6 link-local) are the
         // kernel's, never Felix's.
-        if r.table == TABLE_LOCAL || r.protocol == PROTO_KERNEL || matches!(r.kind, RouteType::Local | RouteType::Multicast | RouteType::Broadcast) {
+        if r.table == TABLE_LOCAL
+            || r.protocol == PROTO_KERNEL
+            || matches!(
+                r.kind,
+                RouteType::Local | RouteType::Multicast | RouteType::Broadcast
+            )
+        {
             g.not_calico += 1;
             continue;
         }
         if r.table != crate::observed::TABLE_MAIN {
-            if is_tunnel_dev(dev) || (r.kind == RouteType::Throw && r.table < 253 && obs.link(WIREGUARD_V4).is_some()) {
+            if is_tunnel_dev(dev)
+                || (r.kind == RouteType::Throw && r.table < 253 && obs.link(WIREGUARD_V4).is_some())
+            {
                 g.other_tables.push(r.clone());
             } else {
                 g.not_calico += 1;
@@ -213,7 +237,11 @@ pub fn group_routes(obs: &ObservedDataplane) -> RouteGroups {
         } else if r.kind == RouteType::Blackhole && calico_proto {
             g.local_blackholes.push(r.clone());
         } else if is_tunnel_dev(dev) && r.kind == RouteType::Unicast {
-            if host { g.tunnel_hosts.push(r.clone()) } else { g.remote_via_tunnel.push(r.clone()) }
+            if host {
+                g.tunnel_hosts.push(r.clone())
+            } else {
+                g.remote_via_tunnel.push(r.clone())
+            }
         } else if calico_proto && r.kind == RouteType::Unicast && r.gateway.is_some() {
             g.remote_via_underlay.push(r.clone());
         } else {
@@ -234,7 +262,11 @@ fn workloads(obs: &ObservedDataplane) -> Vec<Workload> {
             routes: obs
                 .routes
                 .iter()
-                .filter(|r| r.dev.as_deref() == Some(&l.name) && r.kind == RouteType::Unicast && r.protocol != PROTO_KERNEL)
+                .filter(|r| {
+                    r.dev.as_deref() == Some(&l.name)
+                        && r.kind == RouteType::Unicast
+                        && r.protocol != PROTO_KERNEL
+                })
                 .map(|r| crate::observed::host_or_net(&r.destination))
                 .collect(),
             proxy_arp: obs.sysctls.proxy_arp.get(&l.name).copied(),
@@ -245,14 +277,32 @@ fn workloads(obs: &ObservedDataplane) -> Vec<Workload> {
 fn felix_chains(obs: &ObservedDataplane) -> Vec<ChainSource> {
     let mut out = Vec::new();
     for dump in &obs.iptables {
-        let mut src = ChainSource { source: dump.label(), felix_chains: 0, felix_rules: 0, hooks: Vec::new() };
+        let mut src = ChainSource {
+            source: dump.label(),
+            felix_chains: 0,
+            felix_rules: 0,
+            hooks: Vec::new(),
+        };
         for t in &dump.tables {
-            src.felix_chains += t.chains.iter().filter(|c| c.name.starts_with("cali-")).count();
-            src.felix_rules += t.rules.iter().filter(|r| r.chain.starts_with("cali-") || r.felix_hash().is_some()).count();
+            src.felix_chains += t
+                .chains
+                .iter()
+                .filter(|c| c.name.starts_with("cali-"))
+                .count();
+            src.felix_rules += t
+                .rules
+                .iter()
+                .filter(|r| r.chain.starts_with("cali-") || r.felix_hash().is_some())
+                .count();
             for r in &t.rules {
                 let builtin = t.chain(&r.chain).is_some_and(|c| c.policy.is_some());
-                if let Some(target) = r.target.as_deref().filter(|t| builtin && t.starts_with("cali-")) {
-                    src.hooks.push(format!("{} {} -> {target}", t.name, r.chain));
+                if let Some(target) = r
+                    .target
+                    .as_deref()
+                    .filter(|t| builtin && t.starts_with("cali-"))
+                {
+                    src.hooks
+                        .push(format!("{} {} -> {target}", t.name, r.chain));
                 }
             }
         }
@@ -269,11 +319,19 @@ fn felix_chains(obs: &ObservedDataplane) -> Vec<ChainSource> {
             let mut src = ChainSource {
                 source: format!("nft {fam} calico"),
                 felix_chains: chains.len(),
-                felix_rules: nft.rules.iter().filter(|r| r.family == fam && r.table == "calico").count(),
+                felix_rules: nft
+                    .rules
+                    .iter()
+                    .filter(|r| r.family == fam && r.table == "calico")
+                    .count(),
                 hooks: Vec::new(),
             };
             for c in chains.iter().filter(|c| c.hook.is_some()) {
-                for r in nft.rules.iter().filter(|r| r.family == fam && r.table == "calico" && r.chain == c.name) {
+                for r in nft
+                    .rules
+                    .iter()
+                    .filter(|r| r.family == fam && r.table == "calico" && r.chain == c.name)
+                {
                     if let Some(t) = &r.target {
                         src.hooks.push(format!("{} -> {t}", c.name));
                     }
@@ -310,8 +368,18 @@ fn sysctl_summary(obs: &ObservedDataplane, tunnels: &[Tunnel]) -> SysctlSummary 
         ip_forward: s.ip_forward,
         rp_filter_all: s.rp_filter.get("all").copied(),
         rp_filter_default: s.rp_filter.get("default").copied(),
-        rp_filter_strict: s.rp_filter.iter().filter(|(n, v)| **v == 1 && relevant(n)).map(|(n, _)| n.clone()).collect(),
-        proxy_arp_off: s.proxy_arp.iter().filter(|(_, v)| **v != 1).map(|(n, _)| n.clone()).collect(),
+        rp_filter_strict: s
+            .rp_filter
+            .iter()
+            .filter(|(n, v)| **v == 1 && relevant(n))
+            .map(|(n, _)| n.clone())
+            .collect(),
+        proxy_arp_off: s
+            .proxy_arp
+            .iter()
+            .filter(|(_, v)| **v != 1)
+            .map(|(n, _)| n.clone())
+            .collect(),
         conntrack: s.conntrack_count.zip(s.conntrack_max),
     }
 }
@@ -327,7 +395,10 @@ fn anomalies(d: &Diag) -> Vec<Anomaly> {
         out.push(Anomaly {
             severity: Severity::Critical,
             subject: t.name.clone(),
-            message: format!("tunnel device is down (oper state {}): traffic to other nodes' pods is lost", t.oper_state),
+            message: format!(
+                "tunnel device is down (oper state {}): traffic to other nodes' pods is lost",
+                t.oper_state
+            ),
         });
     }
     if d.sysctls.ip_forward == Some(0) {

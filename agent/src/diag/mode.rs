@@ -47,10 +47,16 @@ pub fn detect_modes(obs: &ObservedDataplane) -> (Vec<Mode>, Vec<String>) {
     // is off, so only an address or routes through it count.
     if obs.link(IPIP).is_some() {
         let addrs = obs.addresses_of(IPIP).count();
-        let routes = obs.routes.iter().filter(|r| r.dev.as_deref() == Some(IPIP)).count();
+        let routes = obs
+            .routes
+            .iter()
+            .filter(|r| r.dev.as_deref() == Some(IPIP))
+            .count();
         if addrs > 0 || routes > 0 {
             push(&mut modes, Mode::Ipip);
-            why.push(format!("{IPIP} has {addrs} address(es) and {routes} route(s)"));
+            why.push(format!(
+                "{IPIP} has {addrs} address(es) and {routes} route(s)"
+            ));
         }
     }
     for dev in [WIREGUARD_V4, WIREGUARD_V6] {
@@ -67,34 +73,61 @@ pub fn detect_modes(obs: &ObservedDataplane) -> (Vec<Mode>, Vec<String>) {
                 && r.kind == RouteType::Unicast
                 && (r.protocol == PROTO_CALICO || r.protocol == PROTO_BIRD)
                 && r.gateway.is_some()
-                && !r.dev.as_deref().is_some_and(|d| d == IPIP || d.contains(".cali") || is_workload_iface(d))
+                && !r
+                    .dev
+                    .as_deref()
+                    .is_some_and(|d| d == IPIP || d.contains(".cali") || is_workload_iface(d))
         })
         .count();
     if underlay > 0 {
         push(&mut modes, Mode::NoEncap);
-        why.push(format!("{underlay} block route(s) via the underlay with proto 80/bird"));
+        why.push(format!(
+            "{underlay} block route(s) via the underlay with proto 80/bird"
+        ));
     }
-    let bpf_devs = ["bpfin.cali", "bpfout.cali"].iter().any(|d| obs.link(d).is_some());
+    let bpf_devs = ["bpfin.cali", "bpfout.cali"]
+        .iter()
+        .any(|d| obs.link(d).is_some());
     if bpf_devs || !obs.calico_bpf_pins.is_empty() {
         push(&mut modes, Mode::CalicoEbpf);
         why.push(format!(
             "eBPF mode: {} Calico map(s) pinned{}",
             obs.calico_bpf_pins.len(),
-            if bpf_devs { ", bpfin.cali/bpfout.cali present" } else { "" }
+            if bpf_devs {
+                ", bpfin.cali/bpfout.cali present"
+            } else {
+                ""
+            }
         ));
     }
     if modes.is_empty() {
-        let workloads = obs.links.iter().filter(|l| is_workload_iface(&l.name)).count();
-        let chains = obs.iptables.iter().map(|d| d.felix_chain_count()).sum::<usize>()
-            + obs.nft.as_ref().map_or(0, |n| usize::from(n.calico_table("ip").is_some()));
+        let workloads = obs
+            .links
+            .iter()
+            .filter(|l| is_workload_iface(&l.name))
+            .count();
+        let chains = obs
+            .iptables
+            .iter()
+            .map(|d| d.felix_chain_count())
+            .sum::<usize>()
+            + obs
+                .nft
+                .as_ref()
+                .map_or(0, |n| usize::from(n.calico_table("ip").is_some()));
         let blackholes = obs
             .routes
             .iter()
-            .filter(|r| r.kind == RouteType::Blackhole && (r.protocol == PROTO_CALICO || r.protocol == PROTO_BIRD))
+            .filter(|r| {
+                r.kind == RouteType::Blackhole
+                    && (r.protocol == PROTO_CALICO || r.protocol == PROTO_BIRD)
+            })
             .count();
         if blackholes > 0 {
             push(&mut modes, Mode::NoEncap);
-            why.push(format!("{blackholes} local block blackhole(s), no tunnel device"));
+            why.push(format!(
+                "{blackholes} local block blackhole(s), no tunnel device"
+            ));
         } else if chains > 0 || workloads > 0 {
             push(&mut modes, Mode::PolicyOnly);
             why.push(format!(

@@ -82,7 +82,11 @@ pub fn text(d: &Diag) -> String {
     }
 
     let g = &d.routes;
-    let _ = writeln!(o, "\nROUTES (Calico-owned; {} others not shown)", g.not_calico);
+    let _ = writeln!(
+        o,
+        "\nROUTES (Calico-owned; {} others not shown)",
+        g.not_calico
+    );
     section(&mut o, "local block blackholes", &g.local_blackholes);
     section(&mut o, "remote blocks via tunnel", &g.remote_via_tunnel);
     section(&mut o, "remote blocks via underlay", &g.remote_via_underlay);
@@ -92,11 +96,23 @@ pub fn text(d: &Diag) -> String {
         section(&mut o, "other tables", &g.other_tables);
     }
 
-    if !d.vxlan_fdb.is_empty() || !d.vxlan_neighbours.is_empty() || d.tunnels.iter().any(|t| t.vni.is_some()) {
+    if !d.vxlan_fdb.is_empty()
+        || !d.vxlan_neighbours.is_empty()
+        || d.tunnels.iter().any(|t| t.vni.is_some())
+    {
         let _ = writeln!(o, "\nVXLAN FDB / ARP");
         for f in &d.vxlan_fdb {
-            let dst = f.destination.map(|ip| format!(" dst {ip}")).unwrap_or_default();
-            let _ = writeln!(o, "  fdb   {} dev {}{dst} {}", f.mac, f.dev, f.state.to_lowercase());
+            let dst = f
+                .destination
+                .map(|ip| format!(" dst {ip}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  fdb   {} dev {}{dst} {}",
+                f.mac,
+                f.dev,
+                f.state.to_lowercase()
+            );
         }
         for n in &d.vxlan_neighbours {
             let _ = writeln!(
@@ -122,14 +138,26 @@ pub fn text(d: &Diag) -> String {
             if w.up { "up" } else { "DOWN" },
             w.mtu,
             w.routes.join(","),
-            if w.proxy_arp == Some(1) { "" } else { "  proxy_arp off" }
+            if w.proxy_arp == Some(1) {
+                ""
+            } else {
+                "  proxy_arp off"
+            }
         );
     }
     elided(&mut o, d.workloads.len());
 
-    let _ = writeln!(o, "\nFELIX RULES (backend in use: {})", d.rules_backend.as_deref().unwrap_or("none found"));
+    let _ = writeln!(
+        o,
+        "\nFELIX RULES (backend in use: {})",
+        d.rules_backend.as_deref().unwrap_or("none found")
+    );
     for s in &d.felix_chains {
-        let _ = writeln!(o, "  {:<16} {} chains, {} rules", s.source, s.felix_chains, s.felix_rules);
+        let _ = writeln!(
+            o,
+            "  {:<16} {} chains, {} rules",
+            s.source, s.felix_chains, s.felix_rules
+        );
         for h in &s.hooks {
             let _ = writeln!(o, "    {h}");
         }
@@ -143,17 +171,31 @@ pub fn text(d: &Diag) -> String {
         opt(s.ip_forward),
         opt(s.rp_filter_all),
         opt(s.rp_filter_default),
-        s.conntrack.map(|(c, m)| format!("  conntrack {c}/{m}")).unwrap_or_default()
+        s.conntrack
+            .map(|(c, m)| format!("  conntrack {c}/{m}"))
+            .unwrap_or_default()
     );
     if !s.rp_filter_strict.is_empty() {
-        let _ = writeln!(o, "  strict rp_filter on: {}", s.rp_filter_strict.join(", "));
+        let _ = writeln!(
+            o,
+            "  strict rp_filter on: {}",
+            s.rp_filter_strict.join(", ")
+        );
     }
     if !s.proxy_arp_off.is_empty() {
         let _ = writeln!(o, "  proxy_arp off on: {}", s.proxy_arp_off.join(", "));
     }
 
-    let crit = d.anomalies.iter().filter(|a| a.severity == Severity::Critical).count();
-    let warn = d.anomalies.iter().filter(|a| a.severity == Severity::Warning).count();
+    let crit = d
+        .anomalies
+        .iter()
+        .filter(|a| a.severity == Severity::Critical)
+        .count();
+    let warn = d
+        .anomalies
+        .iter()
+        .filter(|a| a.severity == Severity::Warning)
+        .count();
     let _ = writeln!(
         o,
         "\nsummary: {} | {} tunnel(s), {} local block(s), {} remote block route(s), {} workload(s) | {crit} critical, {warn} warning",

@@ -71,9 +71,13 @@ impl IfaceCounterProbe {
                 .ok_or(FlowsError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| FlowsError::Program { name, source })?;
-            prog.load().map_err(|source| FlowsError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| FlowsError::Program { name, source })?;
         }
-        Ok(Self { ebpf, attached: Vec::new() })
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+        })
     }
 
     /// Attaches both directions to `iface` (in the calling thread's network namespace).
@@ -99,9 +103,12 @@ impl IfaceCounterProbe {
             } else {
                 TcAttachOptions::Netlink(NlOptions::default())
             };
-            prog.attach_with_options(iface, attach_type, options).map_err(|source| {
-                FlowsError::Attach { iface: iface.to_string(), direction: dir, source }
-            })?;
+            prog.attach_with_options(iface, attach_type, options)
+                .map_err(|source| FlowsError::Attach {
+                    iface: iface.to_string(),
+                    direction: dir,
+                    source,
+                })?;
         }
         self.attached.push(iface.to_string());
         Ok(())
@@ -114,7 +121,9 @@ impl IfaceCounterProbe {
     /// Counters per (ifindex, direction), summed over all CPUs.
     pub fn counts(&self) -> Result<BTreeMap<(u32, Direction), Counts>, FlowsError> {
         let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = PerCpuHashMap::try_from(
-            self.ebpf.map(IFACE_COUNTERS_MAP).ok_or(FlowsError::MissingMap(IFACE_COUNTERS_MAP))?,
+            self.ebpf
+                .map(IFACE_COUNTERS_MAP)
+                .ok_or(FlowsError::MissingMap(IFACE_COUNTERS_MAP))?,
         )
         .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
         let mut out = BTreeMap::new();
@@ -143,7 +152,11 @@ pub enum Direction {
 
 impl Direction {
     fn from_raw(raw: u32) -> Self {
-        if raw == direction::EGRESS { Self::Egress } else { Self::Ingress }
+        if raw == direction::EGRESS {
+            Self::Egress
+        } else {
+            Self::Ingress
+        }
     }
 }
 
@@ -154,10 +167,25 @@ mod tests {
     #[test]
     fn sums_every_cpu_slot() {
         let slots = [
-            IfaceCounters { packets: 3, bytes: 300 },
-            IfaceCounters { packets: 0, bytes: 0 },
-            IfaceCounters { packets: 7, bytes: 700 },
+            IfaceCounters {
+                packets: 3,
+                bytes: 300,
+            },
+            IfaceCounters {
+                packets: 0,
+                bytes: 0,
+            },
+            IfaceCounters {
+                packets: 7,
+                bytes: 700,
+            },
         ];
-        assert_eq!(sum_per_cpu(slots.iter()), Counts { packets: 10, bytes: 1000 });
+        assert_eq!(
+            sum_per_cpu(slots.iter()),
+            Counts {
+                packets: 10,
+                bytes: 1000
+            }
+        );
     }
 }

@@ -13,8 +13,14 @@ pub enum ExecError {
     #[error("{program} is not installed")]
     NotFound { program: String },
     #[error("{program} failed ({status}): {stderr}")]
-    Failed { program: String, status: String, stderr: String },
-    #[error("{program} lacks a privilege: {stderr} (needs CAP_NET_ADMIN in the node's network namespace)")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    #[error(
+        "{program} lacks a privilege: {stderr} (needs CAP_NET_ADMIN in the node's network namespace)"
+    )]
     Permission { program: String, stderr: String },
     #[error("{program} did not finish within {}s", TIMEOUT.as_secs())]
     Timeout { program: String },
@@ -30,20 +36,38 @@ pub enum ExecError {
 pub async fn run(program: &str, args: &[&str]) -> Result<String, ExecError> {
     let child = Command::new(program).args(args).kill_on_drop(true).output();
     let out = match tokio::time::timeout(TIMEOUT, child).await {
-        Err(_) => return Err(ExecError::Timeout { program: program.into() }),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ExecError::NotFound { program: program.into() });
+        Err(_) => {
+            return Err(ExecError::Timeout {
+                program: program.into(),
+            });
         }
-        Ok(Err(source)) => return Err(ExecError::Spawn { program: program.into(), source }),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ExecError::NotFound {
+                program: program.into(),
+            });
+        }
+        Ok(Err(source)) => {
+            return Err(ExecError::Spawn {
+                program: program.into(),
+                source,
+            });
+        }
         Ok(Ok(out)) => out,
     };
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() {
         let lower = stderr.to_lowercase();
         if lower.contains("permission denied") || lower.contains("operation not permitted") {
-            return Err(ExecError::Permission { program: program.into(), stderr });
+            return Err(ExecError::Permission {
+                program: program.into(),
+                stderr,
+            });
         }
-        return Err(ExecError::Failed { program: program.into(), status: out.status.to_string(), stderr });
+        return Err(ExecError::Failed {
+            program: program.into(),
+            status: out.status.to_string(),
+            stderr,
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -96,7 +96,11 @@ impl IptablesDump {
     }
 
     pub fn label(&self) -> String {
-        let bin = if self.family == 6 { "ip6tables" } else { "iptables" };
+        let bin = if self.family == 6 {
+            "ip6tables"
+        } else {
+            "iptables"
+        };
         match self.backend {
             Some(b) => format!("{bin}-{}", b.name()),
             None => bin.to_string(),
@@ -106,7 +110,11 @@ impl IptablesDump {
 
 /// Parses `iptables-save` output, with or without `-c` counters.
 pub fn parse(text: &str, backend: Option<Backend>, family: u8) -> IptablesDump {
-    let mut dump = IptablesDump { backend, family, ..Default::default() };
+    let mut dump = IptablesDump {
+        backend,
+        family,
+        ..Default::default()
+    };
     let mut current: Option<IptTable> = None;
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -118,7 +126,10 @@ pub fn parse(text: &str, backend: Option<Backend>, family: u8) -> IptablesDump {
             if let Some(t) = current.take() {
                 dump.tables.push(t);
             }
-            current = Some(IptTable { name: name.trim().to_string(), ..Default::default() });
+            current = Some(IptTable {
+                name: name.trim().to_string(),
+                ..Default::default()
+            });
             continue;
         }
         if line == "COMMIT" {
@@ -128,11 +139,14 @@ pub fn parse(text: &str, backend: Option<Backend>, family: u8) -> IptablesDump {
             continue;
         }
         let Some(table) = current.as_mut() else {
-            dump.errors.push(format!("line {lineno}: outside a table: {line}"));
+            dump.errors
+                .push(format!("line {lineno}: outside a table: {line}"));
             continue;
         };
         let parsed = if let Some(rest) = line.strip_prefix(':') {
-            parse_chain(rest).map(|c| table.chains.push(c)).map_err(String::from)
+            parse_chain(rest)
+                .map(|c| table.chains.push(c))
+                .map_err(String::from)
         } else {
             parse_rule(line).map(|r| table.rules.push(r))
         };
@@ -142,7 +156,10 @@ pub fn parse(text: &str, backend: Option<Backend>, family: u8) -> IptablesDump {
     }
     if let Some(t) = current.take() {
         // A dump cut off before COMMIT still yields what it has.
-        dump.errors.push(format!("table {} not terminated by COMMIT (truncated dump?)", t.name));
+        dump.errors.push(format!(
+            "table {} not terminated by COMMIT (truncated dump?)",
+            t.name
+        ));
         dump.tables.push(t);
     }
     dump
@@ -156,7 +173,12 @@ fn parse_chain(rest: &str) -> Result<IptChain, &'static str> {
         Some(c) => parse_counters(c).ok_or("bad chain counters")?,
         None => (None, None),
     };
-    Ok(IptChain { name, policy, packets, bytes })
+    Ok(IptChain {
+        name,
+        policy,
+        packets,
+        bytes,
+    })
 }
 
 fn parse_counters(token: &str) -> Option<(Option<u64>, Option<u64>)> {
@@ -259,7 +281,10 @@ pub async fn read_all(unavailable: &mut Vec<super::Unavailable>) -> Vec<Iptables
             Err(ExecError::NotFound { .. }) => {}
             Err(e) => {
                 any_binary = true;
-                unavailable.push(super::Unavailable { source: bin.into(), reason: e.to_string() });
+                unavailable.push(super::Unavailable {
+                    source: bin.into(),
+                    reason: e.to_string(),
+                });
             }
         }
     }
@@ -271,9 +296,10 @@ pub async fn read_all(unavailable: &mut Vec<super::Unavailable>) -> Vec<Iptables
                     let backend = detect_backend_from_version(bin).await;
                     dumps.push(parse(&out, backend, family));
                 }
-                Err(e) => {
-                    unavailable.push(super::Unavailable { source: bin.into(), reason: e.to_string() })
-                }
+                Err(e) => unavailable.push(super::Unavailable {
+                    source: bin.into(),
+                    reason: e.to_string(),
+                }),
             }
         }
     }
@@ -313,10 +339,17 @@ mod tests {
         assert_eq!((jump.packets, jump.bytes), (Some(1043), Some(95117)));
         let vxlan = filter
             .rules_of("cali-INPUT")
-            .find(|r| r.comments.iter().any(|c| c == "Allow IPv4 VXLAN packets from allowed hosts"))
+            .find(|r| {
+                r.comments
+                    .iter()
+                    .any(|c| c == "Allow IPv4 VXLAN packets from allowed hosts")
+            })
             .expect("vxlan allow rule");
         assert_eq!(vxlan.target.as_deref(), Some("ACCEPT"));
-        let goto = filter.rules_of("cali-INPUT").find(|r| r.goto).expect("goto rule");
+        let goto = filter
+            .rules_of("cali-INPUT")
+            .find(|r| r.goto)
+            .expect("goto rule");
         assert_eq!(goto.target.as_deref(), Some("cali-wl-to-host"));
         assert!(dump.errors.is_empty(), "{:?}", dump.errors);
     }
@@ -337,6 +370,9 @@ mod tests {
     #[test]
     fn tokenizer_handles_escaped_quotes() {
         let t = tokenize(r#"-m comment --comment "a \"quoted\" word" -j X"#).expect("tokens");
-        assert_eq!(t, ["-m", "comment", "--comment", "a \"quoted\" word", "-j", "X"]);
+        assert_eq!(
+            t,
+            ["-m", "comment", "--comment", "a \"quoted\" word", "-j", "X"]
+        );
     }
 }

@@ -33,23 +33,36 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
     let mut unavailable = Vec::new();
     match Netlink::open() {
         Ok(nl) => read_netlink(&nl, &mut obs, &mut unavailable).await,
-        Err(e) => unavailable.push(Unavailable { source: "netlink".into(), reason: error_chain(&e) }),
+        Err(e) => unavailable.push(Unavailable {
+            source: "netlink".into(),
+            reason: error_chain(&e),
+        }),
     }
     obs.sysctls = sysctl::read_live(&mut unavailable);
     obs.iptables = iptables::read_all(&mut unavailable).await;
     match nft::read().await {
         Ok(rs) => obs.nft = Some(rs),
         Err(reason) if reason.contains("not installed") => {}
-        Err(reason) => unavailable.push(Unavailable { source: "nft".into(), reason }),
+        Err(reason) => unavailable.push(Unavailable {
+            source: "nft".into(),
+            reason,
+        }),
     }
     obs.calico_bpf_pins = calico_bpf_pins(std::path::Path::new(CALICO_BPF_PIN_DIR));
     obs.unavailable = unavailable;
     obs
 }
 
-async fn read_netlink(nl: &Netlink, obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) {
+async fn read_netlink(
+    nl: &Netlink,
+    obs: &mut ObservedDataplane,
+    unavailable: &mut Vec<Unavailable>,
+) {
     let mut note = |what: &str, e: &netlink::NetlinkError| {
-        unavailable.push(Unavailable { source: format!("netlink {what}"), reason: error_chain(e) });
+        unavailable.push(Unavailable {
+            source: format!("netlink {what}"),
+            reason: error_chain(e),
+        });
     };
     match nl.links().await {
         Ok(l) => obs.links = l,

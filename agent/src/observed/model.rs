@@ -65,7 +65,11 @@ pub struct Link {
 impl Link {
     /// Up in the sense that matters for forwarding: admin up and not operationally down.
     pub fn is_up(&self) -> bool {
-        self.admin_up && !matches!(self.oper_state.as_str(), "down" | "lowerlayerdown" | "notpresent")
+        self.admin_up
+            && !matches!(
+                self.oper_state.as_str(),
+                "down" | "lowerlayerdown" | "notpresent"
+            )
     }
 }
 
@@ -323,7 +327,11 @@ impl IpRule {
         if self.invert {
             s.push_str("not ");
         }
-        s.push_str(&self.source.map_or("from all".into(), |n| format!("from {}", host_or_net(&n))));
+        s.push_str(
+            &self
+                .source
+                .map_or("from all".into(), |n| format!("from {}", host_or_net(&n))),
+        );
         if let Some(d) = self.destination {
             s.push_str(&format!(" to {}", host_or_net(&d)));
         }

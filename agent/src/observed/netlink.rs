@@ -12,9 +12,16 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType as NlRouteType},
+        link::{
+            InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+        },
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        },
+        route::{
+            RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol,
+            RouteScope, RouteType as NlRouteType,
+        },
         rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage},
     },
 };
@@ -54,15 +61,21 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(|source| NetlinkError::Dump { what: "link", source })?;
+            .map_err(|source| NetlinkError::Dump {
+                what: "link",
+                source,
+            })?;
         let mut links: Vec<Link> = msgs.iter().map(link_from).collect();
         // The VXLAN parent is an index; name it once every link is known.
         let names: Vec<(u32, String)> = links.iter().map(|l| (l.index, l.name.clone())).collect();
         for l in &mut links {
             if let Some(vx) = l.vxlan.as_mut() {
-                vx.parent_name = vx
-                    .parent_index
-                    .and_then(|i| names.iter().find(|(idx, _)| *idx == i).map(|(_, n)| n.clone()));
+                vx.parent_name = vx.parent_index.and_then(|i| {
+                    names
+                        .iter()
+                        .find(|(idx, _)| *idx == i)
+                        .map(|(_, n)| n.clone())
+                });
             }
         }
         Ok(links)
@@ -76,7 +89,10 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(|source| NetlinkError::Dump { what: "address", source })?;
+            .map_err(|source| NetlinkError::Dump {
+                what: "address",
+                source,
+            })?;
         let mut out = Vec::new();
         for m in msgs {
             // IFA_LOCAL is the interface's own address on point-to-point links; prefer it.
@@ -89,7 +105,9 @@ impl Netlink {
                 }
             }
             let Some(ip) = addr else { continue };
-            let Ok(net) = IpNet::new(ip, m.header.prefix_len) else { continue };
+            let Ok(net) = IpNet::new(ip, m.header.prefix_len) else {
+                continue;
+            };
             out.push(Address {
                 ifindex: m.header.index,
                 ifname: name_of(links, m.header.index),
@@ -105,8 +123,14 @@ impl Netlink {
     pub async fn routes(&self, links: &[Link]) -> Result<Vec<Route>, NetlinkError> {
         let mut out = Vec::new();
         let requests = [
-            RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).protocol(RouteProtocol::Unspec).build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().table_id(0).protocol(RouteProtocol::Unspec).build(),
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .table_id(0)
+                .protocol(RouteProtocol::Unspec)
+                .build(),
+            RouteMessageBuilder::<Ipv6Addr>::new()
+                .table_id(0)
+                .protocol(RouteProtocol::Unspec)
+                .build(),
         ];
         for mut msg in requests {
             msg.header.scope = RouteScope::Universe;
@@ -118,7 +142,10 @@ impl Netlink {
                 .execute()
                 .try_collect()
                 .await
-                .map_err(|source| NetlinkError::Dump { what: "route", source })?;
+                .map_err(|source| NetlinkError::Dump {
+                    what: "route",
+                    source,
+                })?;
             out.extend(msgs.iter().filter_map(|m| route_from(m, links)));
         }
         Ok(out)
@@ -133,7 +160,10 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(|source| NetlinkError::Dump { what: "neighbour", source })?;
+            .map_err(|source| NetlinkError::Dump {
+                what: "neighbour",
+                source,
+            })?;
         Ok(msgs
             .iter()
             .filter(|m| matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6))
@@ -168,7 +198,10 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(|source| NetlinkError::Dump { what: "fdb", source })?;
+            .map_err(|source| NetlinkError::Dump {
+                what: "fdb",
+                source,
+            })?;
         Ok(msgs
             .iter()
             .filter_map(|m| {
@@ -189,7 +222,9 @@ impl Netlink {
                         NeighbourAttribute::Destination(a) => e.destination = neigh_addr(a),
                         NeighbourAttribute::Vni(v) => e.vni = Some(*v),
                         NeighbourAttribute::Port(p) => e.port = Some(*p),
-                        NeighbourAttribute::Controller(c) => e.controller = Some(name_of(links, *c)),
+                        NeighbourAttribute::Controller(c) => {
+                            e.controller = Some(name_of(links, *c))
+                        }
                         _ => {}
                     }
                 }
@@ -208,7 +243,10 @@ impl Netlink {
                 .execute()
                 .try_collect()
                 .await
-                .map_err(|source| NetlinkError::Dump { what: "rule", source })?;
+                .map_err(|source| NetlinkError::Dump {
+                    what: "rule",
+                    source,
+                })?;
             out.extend(msgs.iter().map(|m| rule_from(m, family)));
         }
         Ok(out)
@@ -229,7 +267,11 @@ fn name_of(links: &[Link], index: u32) -> String {
 }
 
 fn mac_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The NUD state's most significant bit, named as iproute2 does. States can combine bits
@@ -259,8 +301,12 @@ fn neigh_addr(a: &NeighbourAddress) -> Option<IpAddr> {
         NeighbourAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
         NeighbourAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
         NeighbourAddress::Other(b) => match b.len() {
-            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(|o| IpAddr::from(o)),
-            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(|o| IpAddr::from(o)),
+            4 => <[u8; 4]>::try_from(b.as_slice())
+                .ok()
+                .map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice())
+                .ok()
+                .map(IpAddr::from),
             _ => None,
         },
         _ => None,
@@ -292,7 +338,9 @@ fn link_from(m: &LinkMessage) -> Link {
                 for info in infos {
                     match info {
                         LinkInfo::Kind(k) => link.kind = Some(kind_name(k)),
-                        LinkInfo::Data(InfoData::Vxlan(attrs)) => link.vxlan = Some(vxlan_from(attrs)),
+                        LinkInfo::Data(InfoData::Vxlan(attrs)) => {
+                            link.vxlan = Some(vxlan_from(attrs))
+                        }
                         _ => {}
                     }
                 }

@@ -76,11 +76,19 @@ pub struct NftSet {
 impl NftRuleset {
     /// Felix's nftables-mode table, `ip calico` (or `ip6 calico`).
     pub fn calico_table(&self, family: &str) -> Option<&NftTable> {
-        self.tables.iter().find(|t| t.family == family && t.name == "calico")
+        self.tables
+            .iter()
+            .find(|t| t.family == family && t.name == "calico")
     }
 
-    pub fn chains_of<'a>(&'a self, family: &'a str, table: &'a str) -> impl Iterator<Item = &'a NftChain> {
-        self.chains.iter().filter(move |c| c.family == family && c.table == table)
+    pub fn chains_of<'a>(
+        &'a self,
+        family: &'a str,
+        table: &'a str,
+    ) -> impl Iterator<Item = &'a NftChain> {
+        self.chains
+            .iter()
+            .filter(move |c| c.family == family && c.table == table)
     }
 }
 
@@ -95,7 +103,10 @@ pub enum NftParseError {
 /// Parses the JSON that `nft -j list ruleset` prints.
 pub fn parse_json(text: &str) -> Result<NftRuleset, NftParseError> {
     let root: Value = serde_json::from_str(text)?;
-    let items = root.get("nftables").and_then(Value::as_array).ok_or(NftParseError::Shape)?;
+    let items = root
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or(NftParseError::Shape)?;
     let mut rs = NftRuleset::default();
     for (i, item) in items.iter().enumerate() {
         let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
@@ -104,7 +115,10 @@ pub fn parse_json(text: &str) -> Result<NftRuleset, NftParseError> {
         };
         match kind.as_str() {
             "metainfo" => {}
-            "table" => rs.tables.push(NftTable { family: str_of(body, "family"), name: str_of(body, "name") }),
+            "table" => rs.tables.push(NftTable {
+                family: str_of(body, "family"),
+                name: str_of(body, "name"),
+            }),
             "chain" => rs.chains.push(NftChain {
                 family: str_of(body, "family"),
                 table: str_of(body, "table"),
@@ -121,7 +135,10 @@ pub fn parse_json(text: &str) -> Result<NftRuleset, NftParseError> {
                 name: str_of(body, "name"),
                 is_map: kind == "map",
                 set_type: type_of(body.get("type")),
-                elements: body.get("elem").and_then(Value::as_array).map_or(0, Vec::len),
+                elements: body
+                    .get("elem")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len),
             }),
             // flowtables, counters, quotas, ct helpers…: not needed for verification.
             _ => {}
@@ -139,7 +156,12 @@ fn parse_rule(body: &Value) -> NftRule {
         comment: opt_str(body, "comment"),
         ..Default::default()
     };
-    for expr in body.get("expr").and_then(Value::as_array).into_iter().flatten() {
+    for expr in body
+        .get("expr")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let Some((name, arg)) = expr.as_object().and_then(|o| o.iter().next()) else {
             continue;
         };
@@ -149,9 +171,14 @@ fn parse_rule(body: &Value) -> NftRule {
                 rule.packets = arg.get("packets").and_then(Value::as_u64);
                 rule.bytes = arg.get("bytes").and_then(Value::as_u64);
             }
-            "accept" | "drop" | "return" | "continue" | "reject" => rule.verdict = Some(name.clone()),
+            "accept" | "drop" | "return" | "continue" | "reject" => {
+                rule.verdict = Some(name.clone())
+            }
             "jump" | "goto" => {
-                let target = arg.get("target").and_then(Value::as_str).map(str::to_string);
+                let target = arg
+                    .get("target")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 rule.verdict = Some(format!("{name} {}", target.as_deref().unwrap_or("?")));
                 rule.target = target;
             }
@@ -175,14 +202,20 @@ fn opt_str(v: &Value, key: &str) -> Option<String> {
 fn type_of(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" . "),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" . "),
         _ => String::new(),
     }
 }
 
 /// Reads the live ruleset with `nft -j list ruleset`.
 pub async fn read() -> Result<NftRuleset, String> {
-    let out = exec::run("nft", &["-j", "list", "ruleset"]).await.map_err(|e| e.to_string())?;
+    let out = exec::run("nft", &["-j", "list", "ruleset"])
+        .await
+        .map_err(|e| e.to_string())?;
     if out.trim().is_empty() {
         // nft prints nothing at all when there is no table in this namespace.
         return Ok(NftRuleset::default());
@@ -206,8 +239,15 @@ mod tests {
     fn finds_felix_hooks_and_hashes() {
         let rs = parse_json(CALICO_NFT).expect("valid JSON");
         assert!(rs.calico_table("ip").is_some());
-        let input = rs.chains.iter().find(|c| c.name == "filter-INPUT").expect("base chain");
-        assert_eq!((input.hook.as_deref(), input.priority), (Some("input"), Some(0)));
+        let input = rs
+            .chains
+            .iter()
+            .find(|c| c.name == "filter-INPUT")
+            .expect("base chain");
+        assert_eq!(
+            (input.hook.as_deref(), input.priority),
+            (Some("input"), Some(0))
+        );
         let jump = rs
             .rules
             .iter()
@@ -237,6 +277,9 @@ mod tests {
     #[test]
     fn rejects_non_ruleset_json_with_a_reason() {
         assert!(matches!(parse_json("{\"x\":1}"), Err(NftParseError::Shape)));
-        assert!(matches!(parse_json("table ip calico {"), Err(NftParseError::Json(_))));
+        assert!(matches!(
+            parse_json("table ip calico {"),
+            Err(NftParseError::Json(_))
+        ));
     }
 }

@@ -10,7 +10,10 @@ const ROOT: &str = "/proc/sys/net";
 /// Reads the sysctls below `root` (normally `/proc/sys/net`; tests point it at a fixture tree).
 /// `workloads` are the interface names that get the per-workload settings (`cali*`).
 pub fn read(root: &Path, unavailable: &mut Vec<Unavailable>) -> Sysctls {
-    let mut s = Sysctls { ip_forward: read_u8(&root.join("ipv4/ip_forward")), ..Default::default() };
+    let mut s = Sysctls {
+        ip_forward: read_u8(&root.join("ipv4/ip_forward")),
+        ..Default::default()
+    };
     let conf = root.join("ipv4/conf");
     match std::fs::read_dir(&conf) {
         Ok(entries) => {
@@ -73,7 +76,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cdpa-sysctl-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         write(&dir, "ipv4/ip_forward", "1\n");
-        for (iface, rp) in [("all", "0"), ("default", "1"), ("eth0", "2"), ("cali1a2b3c4d5e6", "1")] {
+        for (iface, rp) in [
+            ("all", "0"),
+            ("default", "1"),
+            ("eth0", "2"),
+            ("cali1a2b3c4d5e6", "1"),
+        ] {
             write(&dir, &format!("ipv4/conf/{iface}/rp_filter"), rp);
         }
         write(&dir, "ipv4/conf/cali1a2b3c4d5e6/proxy_arp", "1");

@@ -12,7 +12,9 @@ use std::fmt::Write as _;
 
 use sha2::{Digest as _, Sha224};
 
-use super::spec::{FAILSAFE_IN, FAILSAFE_OUT, LabSpec, NodeSpec, UNDERLAY_DEV, VXLAN_DEV, VXLAN_PORT};
+use super::spec::{
+    FAILSAFE_IN, FAILSAFE_OUT, LabSpec, NodeSpec, UNDERLAY_DEV, VXLAN_DEV, VXLAN_PORT,
+};
 
 /// A chain and its rules (rule text without `-A <chain>` and without the hash comment).
 struct Chain {
@@ -22,7 +24,10 @@ struct Chain {
 
 impl Chain {
     fn new(name: &str, rules: Vec<String>) -> Self {
-        Self { name: name.into(), rules }
+        Self {
+            name: name.into(),
+            rules,
+        }
     }
 }
 
@@ -46,7 +51,10 @@ fn base64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
         }
@@ -58,8 +66,18 @@ fn base64url(bytes: &[u8]) -> String {
 pub fn iptables_restore(node: &NodeSpec) -> String {
     let mut out = String::new();
     render_table(&mut out, "raw", &["PREROUTING", "OUTPUT"], &raw_chains());
-    render_table(&mut out, "nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"], &nat_chains());
-    render_table(&mut out, "filter", &["INPUT", "FORWARD", "OUTPUT"], &filter_chains(node));
+    render_table(
+        &mut out,
+        "nat",
+        &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        &nat_chains(),
+    );
+    render_table(
+        &mut out,
+        "filter",
+        &["INPUT", "FORWARD", "OUTPUT"],
+        &filter_chains(node),
+    );
     out
 }
 
@@ -68,7 +86,12 @@ pub fn ipset_restore(spec: &LabSpec, node: &NodeSpec) -> String {
     let mut out = String::new();
     let pool = spec.pool;
     for (name, members) in [
-        ("cali40all-vxlan-net", spec.remotes_of(node).map(|n| n.ip.to_string()).collect::<Vec<_>>()),
+        (
+            "cali40all-vxlan-net",
+            spec.remotes_of(node)
+                .map(|n| n.ip.to_string())
+                .collect::<Vec<_>>(),
+        ),
         ("cali40masq-ipam-pools", vec![pool.to_string()]),
         ("cali40network-ip-pools", vec![pool.to_string()]),
     ] {
@@ -86,13 +109,20 @@ fn render_table(out: &mut String, table: &str, builtins: &[&str], chains: &[Chai
     for b in builtins {
         let _ = writeln!(out, ":{b} ACCEPT [0:0]");
     }
-    for c in chains.iter().filter(|c| !builtins.contains(&c.name.as_str())) {
+    for c in chains
+        .iter()
+        .filter(|c| !builtins.contains(&c.name.as_str()))
+    {
         let _ = writeln!(out, ":{} - [0:0]", c.name);
     }
     for c in chains {
         let hashes = felix_rule_hashes(&c.name, &c.rules);
         for (rule, hash) in c.rules.iter().zip(hashes) {
-            let _ = writeln!(out, "-A {} -m comment --comment \"cali:{hash}\" {rule}", c.name);
+            let _ = writeln!(
+                out,
+                "-A {} -m comment --comment \"cali:{hash}\" {rule}",
+                c.name
+            );
         }
     }
     let _ = writeln!(out, "COMMIT");
@@ -116,7 +146,10 @@ fn raw_chains() -> Vec<Chain> {
         ),
         Chain::new(
             "cali-OUTPUT",
-            vec![s("--jump MARK --set-xmark 0x0/0x1b0000"), format!("-p udp --dport {VXLAN_PORT} --jump NOTRACK")],
+            vec![
+                s("--jump MARK --set-xmark 0x0/0x1b0000"),
+                format!("-p udp --dport {VXLAN_PORT} --jump NOTRACK"),
+            ],
         ),
     ]
 }
@@ -157,7 +190,9 @@ fn filter_chains(node: &NodeSpec) -> Vec<Chain> {
             "FORWARD",
             vec![
                 s("--jump cali-FORWARD"),
-                format!("-m comment --comment \"Policy explicitly accepted packet.\" {accept_mark} --jump ACCEPT"),
+                format!(
+                    "-m comment --comment \"Policy explicitly accepted packet.\" {accept_mark} --jump ACCEPT"
+                ),
                 s("--jump MARK --set-xmark 0x10000/0x10000"),
             ],
         ),
@@ -186,7 +221,9 @@ fn filter_chains(node: &NodeSpec) -> Vec<Chain> {
                 format!("{accept_mark} --jump ACCEPT"),
                 s("--jump MARK --set-xmark 0x0/0x1b0000"),
                 s("--jump cali-from-host-endpoint"),
-                format!("-m comment --comment \"Host endpoint policy accepted packet.\" {accept_mark} --jump ACCEPT"),
+                format!(
+                    "-m comment --comment \"Host endpoint policy accepted packet.\" {accept_mark} --jump ACCEPT"
+                ),
             ],
         ),
         Chain::new(
@@ -199,7 +236,9 @@ fn filter_chains(node: &NodeSpec) -> Vec<Chain> {
                 ),
                 s("--jump MARK --set-xmark 0x0/0x1b0000"),
                 s("-m conntrack ! --ctstate DNAT --jump cali-to-host-endpoint"),
-                format!("-m comment --comment \"Host endpoint policy accepted packet.\" {accept_mark} --jump ACCEPT"),
+                format!(
+                    "-m comment --comment \"Host endpoint policy accepted packet.\" {accept_mark} --jump ACCEPT"
+                ),
             ],
         ),
         Chain::new(
@@ -212,12 +251,21 @@ fn filter_chains(node: &NodeSpec) -> Vec<Chain> {
         Chain::new("cali-from-hep-forward", vec![]),
         Chain::new("cali-to-hep-forward", vec![]),
         Chain::new("cali-cidr-block", vec![]),
-        Chain::new("cali-from-host-endpoint", vec![format!("-i {UNDERLAY_DEV} --goto cali-fh-{UNDERLAY_DEV}")]),
-        Chain::new("cali-to-host-endpoint", vec![format!("-o {UNDERLAY_DEV} --goto cali-th-{UNDERLAY_DEV}")]),
+        Chain::new(
+            "cali-from-host-endpoint",
+            vec![format!("-i {UNDERLAY_DEV} --goto cali-fh-{UNDERLAY_DEV}")],
+        ),
+        Chain::new(
+            "cali-to-host-endpoint",
+            vec![format!("-o {UNDERLAY_DEV} --goto cali-th-{UNDERLAY_DEV}")],
+        ),
         host_endpoint_chain(&format!("cali-fh-{UNDERLAY_DEV}"), "cali-failsafe-in"),
         host_endpoint_chain(&format!("cali-th-{UNDERLAY_DEV}"), "cali-failsafe-out"),
         Chain::new("cali-failsafe-in", failsafe_rules(FAILSAFE_IN, "--dports")),
-        Chain::new("cali-failsafe-out", failsafe_rules(FAILSAFE_OUT, "--dports")),
+        Chain::new(
+            "cali-failsafe-out",
+            failsafe_rules(FAILSAFE_OUT, "--dports"),
+        ),
         Chain::new("cali-pri-kns.default", profile_rules()),
         Chain::new("cali-pro-kns.default", profile_rules()),
     ];
@@ -227,8 +275,16 @@ fn filter_chains(node: &NodeSpec) -> Vec<Chain> {
         let v = &pod.veth;
         from_dispatch.push(format!("-i {v} --goto cali-fw-{v}"));
         to_dispatch.push(format!("-o {v} --goto cali-tw-{v}"));
-        chains.push(workload_chain(&format!("cali-fw-{v}"), "cali-pro-kns.default", true));
-        chains.push(workload_chain(&format!("cali-tw-{v}"), "cali-pri-kns.default", false));
+        chains.push(workload_chain(
+            &format!("cali-fw-{v}"),
+            "cali-pro-kns.default",
+            true,
+        ));
+        chains.push(workload_chain(
+            &format!("cali-tw-{v}"),
+            "cali-pri-kns.default",
+            false,
+        ));
     }
     let unknown = s("-m comment --comment \"Unknown interface\" --jump DROP");
     from_dispatch.push(unknown.clone());
@@ -239,7 +295,10 @@ fn filter_chains(node: &NodeSpec) -> Vec<Chain> {
 }
 
 fn failsafe_rules(ports: &[(&str, u16)], flag: &str) -> Vec<String> {
-    ports.iter().map(|(proto, port)| format!("-p {proto} -m multiport {flag} {port} --jump ACCEPT")).collect()
+    ports
+        .iter()
+        .map(|(proto, port)| format!("-p {proto} -m multiport {flag} {port} --jump ACCEPT"))
+        .collect()
 }
 
 fn host_endpoint_chain(name: &str, failsafe: &str) -> Chain {
@@ -251,8 +310,12 @@ fn host_endpoint_chain(name: &str, failsafe: &str) -> Chain {
             format!("--jump {failsafe}"),
             s("--jump MARK --set-xmark 0x0/0x10000"),
             // The auto host endpoint's default-allow profile.
-            s("-m comment --comment \"Allow by profile projectcalico-default-allow\" --jump MARK --set-xmark 0x10000/0x10000"),
-            s("-m comment --comment \"Return if profile accepted\" -m mark --mark 0x10000/0x10000 --jump RETURN"),
+            s(
+                "-m comment --comment \"Allow by profile projectcalico-default-allow\" --jump MARK --set-xmark 0x10000/0x10000",
+            ),
+            s(
+                "-m comment --comment \"Return if profile accepted\" -m mark --mark 0x10000/0x10000 --jump RETURN",
+            ),
             s("-m comment --comment \"Drop if no profiles matched\" --jump DROP"),
         ],
     )
@@ -272,12 +335,17 @@ fn workload_chain(name: &str, profile: &str, from_workload: bool) -> Chain {
     }
     rules.push(format!("--jump {profile}"));
     rules.push(s("-m comment --comment \"Return if profile accepted\" -m mark --mark 0x10000/0x10000 --jump RETURN"));
-    rules.push(s("-m comment --comment \"Drop if no profiles matched\" --jump DROP"));
+    rules.push(s(
+        "-m comment --comment \"Drop if no profiles matched\" --jump DROP",
+    ));
     Chain::new(name, rules)
 }
 
 fn profile_rules() -> Vec<String> {
-    vec![s("--jump MARK --set-xmark 0x10000/0x10000"), s("-m mark --mark 0x10000/0x10000 --jump RETURN")]
+    vec![
+        s("--jump MARK --set-xmark 0x10000/0x10000"),
+        s("-m mark --mark 0x10000/0x10000 --jump RETURN"),
+    ]
 }
 
 #[cfg(test)]
@@ -287,9 +355,18 @@ mod tests {
     #[test]
     fn hook_hashes_match_felix() {
         // Verified values from shared/reference/calico-dataplane.md §4.1.
-        assert_eq!(felix_rule_hashes("INPUT", &[s("--jump cali-INPUT")]), ["Cz_u1IQiXIMmKD4c"]);
-        assert_eq!(felix_rule_hashes("FORWARD", &[s("--jump cali-FORWARD")]), ["wUHhoiAYhphO9Mso"]);
-        assert_eq!(felix_rule_hashes("OUTPUT", &[s("--jump cali-OUTPUT")]), ["tVnHkvAo15HuiPy0"]);
+        assert_eq!(
+            felix_rule_hashes("INPUT", &[s("--jump cali-INPUT")]),
+            ["Cz_u1IQiXIMmKD4c"]
+        );
+        assert_eq!(
+            felix_rule_hashes("FORWARD", &[s("--jump cali-FORWARD")]),
+            ["wUHhoiAYhphO9Mso"]
+        );
+        assert_eq!(
+            felix_rule_hashes("OUTPUT", &[s("--jump cali-OUTPUT")]),
+            ["tVnHkvAo15HuiPy0"]
+        );
     }
 
     #[test]
@@ -303,8 +380,15 @@ mod tests {
     fn failsafe_chain_lists_every_default_port() {
         let spec = LabSpec::new("t");
         let text = iptables_restore(&spec.nodes[0]);
-        let failsafe_in = text.lines().filter(|l| l.starts_with("-A cali-failsafe-in ")).count();
+        let failsafe_in = text
+            .lines()
+            .filter(|l| l.starts_with("-A cali-failsafe-in "))
+            .count();
         assert_eq!(failsafe_in, FAILSAFE_IN.len());
-        assert!(text.contains("-A INPUT -m comment --comment \"cali:Cz_u1IQiXIMmKD4c\" --jump cali-INPUT"));
+        assert!(
+            text.contains(
+                "-A INPUT -m comment --comment \"cali:Cz_u1IQiXIMmKD4c\" --jump cali-INPUT"
+            )
+        );
     }
 }

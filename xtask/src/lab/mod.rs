@@ -18,8 +18,8 @@ use anyhow::{Context as _, bail};
 
 pub use self::spec::{LabSpec, NodeSpec, PodSpec};
 use self::spec::{
-    PROTO_CALICO, UNDERLAY_DEV, UNDERLAY_GATEWAY, UNDERLAY_MTU, UNDERLAY_PREFIX, VNI, VXLAN_DEV, VXLAN_MTU,
-    VXLAN_PORT, WORKLOAD_HOST_MAC,
+    PROTO_CALICO, UNDERLAY_DEV, UNDERLAY_GATEWAY, UNDERLAY_MTU, UNDERLAY_PREFIX, VNI, VXLAN_DEV,
+    VXLAN_MTU, VXLAN_PORT, WORKLOAD_HOST_MAC,
 };
 use crate::sh;
 
@@ -56,7 +56,9 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(prefix: &str) -> Self {
-        Self { spec: LabSpec::new(prefix) }
+        Self {
+            spec: LabSpec::new(prefix),
+        }
     }
 
     /// Creates the lab from scratch (removing a previous one with the same prefix first).
@@ -87,7 +89,16 @@ impl Lab {
         let sw = self.spec.switch_netns();
         sh::run(&["ip", "netns", "add", &sw])?;
         ip(&sw, &["link", "add", "br0", "type", "bridge"])?;
-        ip(&sw, &["addr", "add", &format!("{UNDERLAY_GATEWAY}/{UNDERLAY_PREFIX}"), "dev", "br0"])?;
+        ip(
+            &sw,
+            &[
+                "addr",
+                "add",
+                &format!("{UNDERLAY_GATEWAY}/{UNDERLAY_PREFIX}"),
+                "dev",
+                "br0",
+            ],
+        )?;
         ip(&sw, &["link", "set", "br0", "up"])?;
         ip(&sw, &["link", "set", "lo", "up"])?;
         for node in &self.spec.nodes {
@@ -95,31 +106,136 @@ impl Lab {
             ip(&node.netns, &["link", "set", "lo", "up"])?;
             ip(
                 &sw,
-                &["link", "add", &node.switch_port, "type", "veth", "peer", "name", UNDERLAY_DEV, "netns", &node.netns],
+                &[
+                    "link",
+                    "add",
+                    &node.switch_port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    UNDERLAY_DEV,
+                    "netns",
+                    &node.netns,
+                ],
             )?;
-            ip(&sw, &["link", "set", &node.switch_port, "master", "br0", "up"])?;
-            ip(&node.netns, &["link", "set", UNDERLAY_DEV, "mtu", &UNDERLAY_MTU.to_string(), "up"])?;
-            ip(&node.netns, &["addr", "add", &format!("{}/{UNDERLAY_PREFIX}", node.ip), "dev", UNDERLAY_DEV])?;
-            // Proxy ARP for 169.254.1.1 only answers when the node has a route to it.
-            ip(&node.netns, &["route", "add", "default", "via", &UNDERLAY_GATEWAY.to_string(), "dev", UNDERLAY_DEV])?;
+            ip(
+                &sw,
+                &["link", "set", &node.switch_port, "master", "br0", "up"],
+            )?;
             ip(
                 &node.netns,
                 &[
-                    "link", "add", VXLAN_DEV, "type", "vxlan", "id", &VNI.to_string(), "dstport",
-                    &VXLAN_PORT.to_string(), "local", &node.ip.to_string(), "dev", UNDERLAY_DEV, "nolearning",
+                    "link",
+                    "set",
+                    UNDERLAY_DEV,
+                    "mtu",
+                    &UNDERLAY_MTU.to_string(),
+                    "up",
+                ],
+            )?;
+            ip(
+                &node.netns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/{UNDERLAY_PREFIX}", node.ip),
+                    "dev",
+                    UNDERLAY_DEV,
+                ],
+            )?;
+            // Proxy ARP for 169.254.1.1 only answers when the node has a route to it.
+            ip(
+                &node.netns,
+                &[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &UNDERLAY_GATEWAY.to_string(),
+                    "dev",
+                    UNDERLAY_DEV,
+                ],
+            )?;
+            ip(
+                &node.netns,
+                &[
+                    "link",
+                    "add",
+                    VXLAN_DEV,
+                    "type",
+                    "vxlan",
+                    "id",
+                    &VNI.to_string(),
+                    "dstport",
+                    &VXLAN_PORT.to_string(),
+                    "local",
+                    &node.ip.to_string(),
+                    "dev",
+                    UNDERLAY_DEV,
+                    "nolearning",
                 ],
             )?;
             // The MAC can only change while the device is down, so it is set once, here.
-            ip(&node.netns, &["link", "set", VXLAN_DEV, "address", &node.vtep_mac])?;
+            ip(
+                &node.netns,
+                &["link", "set", VXLAN_DEV, "address", &node.vtep_mac],
+            )?;
             for pod in &node.pods {
                 sh::run(&["ip", "netns", "add", &pod.netns])?;
-                ip(&node.netns, &["link", "add", &pod.veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns])?;
-                ip(&node.netns, &["link", "set", &pod.veth, "address", WORKLOAD_HOST_MAC])?;
+                ip(
+                    &node.netns,
+                    &[
+                        "link", "add", &pod.veth, "type", "veth", "peer", "name", "eth0", "netns",
+                        &pod.netns,
+                    ],
+                )?;
+                ip(
+                    &node.netns,
+                    &["link", "set", &pod.veth, "address", WORKLOAD_HOST_MAC],
+                )?;
                 ip(&pod.netns, &["link", "set", "lo", "up"])?;
-                ip(&pod.netns, &["link", "set", "eth0", "address", &pod.mac, "mtu", &VXLAN_MTU.to_string(), "up"])?;
-                ip(&pod.netns, &["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"])?;
-                ip(&pod.netns, &["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
-                ip(&pod.netns, &["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
+                ip(
+                    &pod.netns,
+                    &[
+                        "link",
+                        "set",
+                        "eth0",
+                        "address",
+                        &pod.mac,
+                        "mtu",
+                        &VXLAN_MTU.to_string(),
+                        "up",
+                    ],
+                )?;
+                ip(
+                    &pod.netns,
+                    &["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"],
+                )?;
+                ip(
+                    &pod.netns,
+                    &[
+                        "route",
+                        "add",
+                        "169.254.1.1",
+                        "dev",
+                        "eth0",
+                        "scope",
+                        "link",
+                    ],
+                )?;
+                ip(
+                    &pod.netns,
+                    &[
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        "169.254.1.1",
+                        "dev",
+                        "eth0",
+                    ],
+                )?;
             }
         }
         Ok(())
@@ -127,7 +243,8 @@ impl Lab {
 
     fn program_all(&self) -> anyhow::Result<()> {
         for node in &self.spec.nodes {
-            self.program(node).with_context(|| format!("programming {}", node.name))?;
+            self.program(node)
+                .with_context(|| format!("programming {}", node.name))?;
         }
         Ok(())
     }
@@ -136,29 +253,85 @@ impl Lab {
     fn program(&self, node: &NodeSpec) -> anyhow::Result<()> {
         let ns = &node.netns;
         sysctl(ns, "net.ipv4.ip_forward", "1")?;
-        ip(ns, &["link", "set", VXLAN_DEV, "mtu", &VXLAN_MTU.to_string(), "up"])?;
+        ip(
+            ns,
+            &[
+                "link",
+                "set",
+                VXLAN_DEV,
+                "mtu",
+                &VXLAN_MTU.to_string(),
+                "up",
+            ],
+        )?;
         // Felix keeps only its own address on the tunnel.
         ip(ns, &["addr", "flush", "dev", VXLAN_DEV])?;
-        ip(ns, &["addr", "add", &format!("{}/32", node.tunnel_ip), "dev", VXLAN_DEV])?;
-        ip(ns, &["route", "replace", "blackhole", &node.block.to_string(), "proto", &PROTO_CALICO.to_string()])?;
+        ip(
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/32", node.tunnel_ip),
+                "dev",
+                VXLAN_DEV,
+            ],
+        )?;
+        ip(
+            ns,
+            &[
+                "route",
+                "replace",
+                "blackhole",
+                &node.block.to_string(),
+                "proto",
+                &PROTO_CALICO.to_string(),
+            ],
+        )?;
         for remote in self.spec.remotes_of(node) {
             ip(
                 ns,
                 &[
-                    "route", "replace", &remote.block.to_string(), "via", &remote.tunnel_ip.to_string(), "dev",
-                    VXLAN_DEV, "onlink", "proto", "boot", "mtu", &VXLAN_MTU.to_string(),
+                    "route",
+                    "replace",
+                    &remote.block.to_string(),
+                    "via",
+                    &remote.tunnel_ip.to_string(),
+                    "dev",
+                    VXLAN_DEV,
+                    "onlink",
+                    "proto",
+                    "boot",
+                    "mtu",
+                    &VXLAN_MTU.to_string(),
                 ],
             )?;
             ip(
                 ns,
                 &[
-                    "neigh", "replace", &remote.tunnel_ip.to_string(), "dev", VXLAN_DEV, "lladdr", &remote.vtep_mac,
-                    "nud", "permanent",
+                    "neigh",
+                    "replace",
+                    &remote.tunnel_ip.to_string(),
+                    "dev",
+                    VXLAN_DEV,
+                    "lladdr",
+                    &remote.vtep_mac,
+                    "nud",
+                    "permanent",
                 ],
             )?;
             sh::run(&[
-                "bridge", "-n", ns, "fdb", "replace", &remote.vtep_mac, "dev", VXLAN_DEV, "dst",
-                &remote.ip.to_string(), "self", "permanent",
+                "bridge",
+                "-n",
+                ns,
+                "fdb",
+                "replace",
+                &remote.vtep_mac,
+                "dev",
+                VXLAN_DEV,
+                "dst",
+                &remote.ip.to_string(),
+                "self",
+                "permanent",
             ])?;
         }
         for pod in &node.pods {
@@ -173,37 +346,112 @@ impl Lab {
                 sysctl(ns, &key, value)?;
             }
             // Felix v3.32+: workload route with metric 1024, proto boot, scope link.
-            ip(ns, &["route", "replace", &pod.ip.to_string(), "dev", v, "scope", "link", "proto", "boot", "metric", "1024"])?;
-            ip(ns, &["neigh", "replace", &pod.ip.to_string(), "dev", v, "lladdr", &pod.mac, "nud", "permanent"])?;
+            ip(
+                ns,
+                &[
+                    "route",
+                    "replace",
+                    &pod.ip.to_string(),
+                    "dev",
+                    v,
+                    "scope",
+                    "link",
+                    "proto",
+                    "boot",
+                    "metric",
+                    "1024",
+                ],
+            )?;
+            ip(
+                ns,
+                &[
+                    "neigh",
+                    "replace",
+                    &pod.ip.to_string(),
+                    "dev",
+                    v,
+                    "lladdr",
+                    &pod.mac,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
         }
         let ipsets = felix_rules::ipset_restore(&self.spec, node);
-        sh::run_with_input(&["ip", "netns", "exec", ns, "ipset", "restore"], Some(&ipsets))?;
+        sh::run_with_input(
+            &["ip", "netns", "exec", ns, "ipset", "restore"],
+            Some(&ipsets),
+        )?;
         let rules = felix_rules::iptables_restore(node);
-        sh::run_with_input(&["ip", "netns", "exec", ns, "iptables-nft-restore"], Some(&rules))?;
+        sh::run_with_input(
+            &["ip", "netns", "exec", ns, "iptables-nft-restore"],
+            Some(&rules),
+        )?;
         Ok(())
     }
 
     /// Injects `fault` into `node`.
     pub fn fault(&self, node: &str, fault: Fault) -> anyhow::Result<()> {
         let node = self.spec.node(node)?;
-        let remote = self.spec.remotes_of(node).next().context("lab has a single node")?;
+        let remote = self
+            .spec
+            .remotes_of(node)
+            .next()
+            .context("lab has a single node")?;
         let ns = node.netns.as_str();
         match fault {
             Fault::RouteDelete => ip(ns, &["route", "del", &remote.block.to_string()])?,
             Fault::RouteUnderlay => ip(
                 ns,
-                &["route", "replace", &remote.block.to_string(), "via", &remote.ip.to_string(), "dev", UNDERLAY_DEV],
+                &[
+                    "route",
+                    "replace",
+                    &remote.block.to_string(),
+                    "via",
+                    &remote.ip.to_string(),
+                    "dev",
+                    UNDERLAY_DEV,
+                ],
             )?,
-            Fault::BlackholeDelete => ip(ns, &["route", "del", "blackhole", &node.block.to_string()])?,
-            Fault::TunnelMtu => ip(ns, &["link", "set", VXLAN_DEV, "mtu", &UNDERLAY_MTU.to_string()])?,
+            Fault::BlackholeDelete => {
+                ip(ns, &["route", "del", "blackhole", &node.block.to_string()])?
+            }
+            Fault::TunnelMtu => ip(
+                ns,
+                &["link", "set", VXLAN_DEV, "mtu", &UNDERLAY_MTU.to_string()],
+            )?,
             Fault::PodMtu => {
                 let pod = node.pods.first().context("node without pods")?;
-                ip(ns, &["link", "set", &pod.veth, "mtu", &UNDERLAY_MTU.to_string()])?;
+                ip(
+                    ns,
+                    &["link", "set", &pod.veth, "mtu", &UNDERLAY_MTU.to_string()],
+                )?;
             }
             Fault::FdbFlush => {
-                sh::run(&["bridge", "-n", ns, "fdb", "del", &remote.vtep_mac, "dev", VXLAN_DEV, "dst", &remote.ip.to_string(), "self"])?;
+                sh::run(&[
+                    "bridge",
+                    "-n",
+                    ns,
+                    "fdb",
+                    "del",
+                    &remote.vtep_mac,
+                    "dev",
+                    VXLAN_DEV,
+                    "dst",
+                    &remote.ip.to_string(),
+                    "self",
+                ])?;
             }
-            Fault::ArpDelete => ip(ns, &["neigh", "del", &remote.tunnel_ip.to_string(), "dev", VXLAN_DEV])?,
+            Fault::ArpDelete => ip(
+                ns,
+                &[
+                    "neigh",
+                    "del",
+                    &remote.tunnel_ip.to_string(),
+                    "dev",
+                    VXLAN_DEV,
+                ],
+            )?,
             Fault::TunnelDown => ip(ns, &["link", "set", VXLAN_DEV, "down"])?,
             Fault::TunnelAddress => {
                 ip(ns, &["addr", "flush", "dev", VXLAN_DEV])?;
@@ -211,11 +459,31 @@ impl Lab {
             }
             Fault::FailsafeDelete => {
                 sh::run(&[
-                    "ip", "netns", "exec", ns, "iptables-nft", "-t", "filter", "-D", "cali-failsafe-in", "1",
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "iptables-nft",
+                    "-t",
+                    "filter",
+                    "-D",
+                    "cali-failsafe-in",
+                    "1",
                 ])?;
             }
             Fault::InputJumpDelete => {
-                sh::run(&["ip", "netns", "exec", ns, "iptables-nft", "-t", "filter", "-D", "INPUT", "1"])?;
+                sh::run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "iptables-nft",
+                    "-t",
+                    "filter",
+                    "-D",
+                    "INPUT",
+                    "1",
+                ])?;
             }
         }
         Ok(())
@@ -224,7 +492,18 @@ impl Lab {
     /// Pings `to` from the pod `from` (by pod name); true when a reply came back.
     pub fn ping(&self, from: &str, to: std::net::Ipv4Addr) -> anyhow::Result<bool> {
         let pod = self.pod(from)?;
-        Ok(sh::ok(&["ip", "netns", "exec", &pod.netns, "ping", "-c", "1", "-W", "2", &to.to_string()]))
+        Ok(sh::ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &pod.netns,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &to.to_string(),
+        ]))
     }
 
     pub fn pod(&self, name: &str) -> anyhow::Result<&PodSpec> {
@@ -242,7 +521,13 @@ impl Lab {
             for remote in self.spec.remotes_of(node) {
                 for (from, to) in node.pods.iter().zip(&remote.pods) {
                     if !self.ping(&from.name, to.ip)? {
-                        bail!("{} ({}) cannot reach {} ({}) across {VXLAN_DEV}", from.name, from.ip, to.name, to.ip);
+                        bail!(
+                            "{} ({}) cannot reach {} ({}) across {VXLAN_DEV}",
+                            from.name,
+                            from.ip,
+                            to.name,
+                            to.ip
+                        );
                     }
                 }
             }
@@ -258,7 +543,16 @@ fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
-    sh::run(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("{key}={value}")]).map(drop)
+    sh::run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-qw",
+        &format!("{key}={value}"),
+    ])
+    .map(drop)
 }
 
 fn netns_exists(name: &str) -> bool {

@@ -116,7 +116,11 @@ impl LabSpec {
                 }
             })
             .collect();
-        Self { prefix: prefix.into(), pool, nodes }
+        Self {
+            prefix: prefix.into(),
+            pool,
+            nodes,
+        }
     }
 
     pub fn switch_netns(&self) -> String {
@@ -136,7 +140,11 @@ impl LabSpec {
 
     /// Every namespace the lab owns, pods first so that veths go before their nodes.
     pub fn all_netns(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.nodes.iter().flat_map(|n| n.pods.iter().map(|p| p.netns.clone())).collect();
+        let mut v: Vec<String> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.pods.iter().map(|p| p.netns.clone()))
+            .collect();
         v.extend(self.nodes.iter().map(|n| n.netns.clone()));
         v.push(self.switch_netns());
         v
@@ -168,7 +176,11 @@ fn local_mac(seed: &str) -> String {
 }
 
 fn mac(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
