@@ -301,12 +301,8 @@ fn neigh_addr(a: &NeighbourAddress) -> Option<IpAddr> {
         NeighbourAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
         NeighbourAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
         NeighbourAddress::Other(b) => match b.len() {
-            4 => <[u8; 4]>::try_from(b.as_slice())
-                .ok()
-                .map(IpAddr::from),
-            16 => <[u8; 16]>::try_from(b.as_slice())
-                .ok()
-                .map(IpAddr::from),
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
             _ => None,
         },
         _ => None,
