@@ -42,6 +42,7 @@ pub struct Diag {
     pub vxlan_fdb: Vec<FdbEntry>,
     pub vxlan_neighbours: Vec<Neighbour>,
     pub workloads: Vec<Workload>,
+    pub wireguard: Vec<WireGuard>,
     pub felix_chains: Vec<ChainSource>,
     /// The iptables backend (or nftables) holding Felix's rules.
     pub rules_backend: Option<String>,
@@ -105,6 +106,20 @@ pub struct Workload {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGuard {
+    pub name: String,
+    pub listen_port: Option<u16>,
+    pub fwmark: Option<String>,
+    pub peers: usize,
+    /// Peers that completed a handshake at least once.
+    pub peers_with_handshake: usize,
+    /// The routing rule steering unmarked traffic into WireGuard's table, as `ip rule` prints it.
+    pub rules: Vec<String>,
+    /// Routes in the tables those rules look up.
+    pub table_routes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainSource {
     /// `iptables-nft`, `iptables-legacy`, `ip6tables-nft`, `nft ip calico`…
     pub source: String,
@@ -154,6 +169,7 @@ pub fn build(obs: &ObservedDataplane) -> Diag {
         .cloned()
         .collect();
     let workloads = workloads(obs);
+    let wireguard = wireguard(obs);
     let felix_chains = felix_chains(obs);
     let rules_backend = rules_backend(&felix_chains);
     let sysctls = sysctl_summary(obs, &tunnels);
@@ -169,6 +185,7 @@ pub fn build(obs: &ObservedDataplane) -> Diag {
         vxlan_fdb,
         vxlan_neighbours,
         workloads,
+        wireguard,
         felix_chains,
         rules_backend,
         sysctls,
@@ -270,6 +287,37 @@ fn workloads(obs: &ObservedDataplane) -> Vec<Workload> {
                 .map(|r| crate::observed::host_or_net(&r.destination))
                 .collect(),
             proxy_arp: obs.sysctls.proxy_arp.get(&l.name).copied(),
+        })
+        .collect()
+}
+
+fn wireguard(obs: &ObservedDataplane) -> Vec<WireGuard> {
+    obs.wireguard
+        .iter()
+        .map(|dev| {
+            // Felix's rule: `not from all fwmark <mark>/<mark> lookup <table>`.
+            let rules: Vec<_> = obs
+                .rules
+                .iter()
+                .filter(|r| r.invert && r.fwmark.is_some() && r.action == "lookup")
+                .collect();
+            WireGuard {
+                name: dev.name.clone(),
+                listen_port: dev.listen_port,
+                fwmark: dev.fwmark.clone(),
+                peers: dev.peers.len(),
+                peers_with_handshake: dev
+                    .peers
+                    .iter()
+                    .filter(|p| p.latest_handshake.is_some())
+                    .count(),
+                table_routes: obs
+                    .routes
+                    .iter()
+                    .filter(|r| rules.iter().any(|rule| rule.table == r.table))
+                    .count(),
+                rules: rules.iter().map(|r| r.display()).collect(),
+            }
         })
         .collect()
 }

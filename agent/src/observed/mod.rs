@@ -7,6 +7,7 @@ pub mod model;
 pub mod netlink;
 pub mod nft;
 pub mod sysctl;
+pub mod wireguard;
 
 pub use model::*;
 
@@ -47,6 +48,13 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
             source: "nft".into(),
             reason,
         }),
+    }
+    if obs.links.iter().any(|l| {
+        l.kind.as_deref() == Some("wireguard")
+            || l.name.starts_with("wireguard.")
+            || l.name.starts_with("wg-")
+    }) {
+        obs.wireguard = wireguard::read(&mut unavailable).await;
     }
     obs.calico_bpf_pins = calico_bpf_pins(std::path::Path::new(CALICO_BPF_PIN_DIR));
     obs.unavailable = unavailable;

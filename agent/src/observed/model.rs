@@ -9,7 +9,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{iptables::IptablesDump, nft::NftRuleset};
+use super::{iptables::IptablesDump, nft::NftRuleset, wireguard::WgDevice};
 
 /// Everything the agent read about this node's kernel state in one pass.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,8 @@ pub struct ObservedDataplane {
     /// One dump per iptables backend and IP family that answered.
     pub iptables: Vec<IptablesDump>,
     pub nft: Option<NftRuleset>,
+    /// WireGuard devices with their peers (no private keys).
+    pub wireguard: Vec<WgDevice>,
     /// Calico eBPF-mode maps pinned under `/sys/fs/bpf/tc/globals` (`cali_*`).
     pub calico_bpf_pins: Vec<String>,
     /// Capabilities this process lacks that some sources need (live reads only).
