@@ -1,5 +1,6 @@
 //! The node's real kernel state, read into one [`ObservedDataplane`] snapshot.
 
+pub mod bundle;
 pub mod caps;
 mod exec;
 pub mod iptables;
