@@ -1,8 +1,13 @@
 //! The `agent` command line. Every flag can also be set from an `AGENT_*` environment variable.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use agent::{diag, node, observed};
+use agent::{
+    analysis::{self, Analysis},
+    desired::{Datastore, files},
+    diag, node, observed,
+    verify::{GraceTracker, Policy},
+};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
@@ -22,15 +27,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show the Calico-relevant dataplane of this node, anomalies first.
-    Diag(DiagArgs),
+    /// Show this node's Calico dataplane: findings first, then devices, routes, FDB/ARP, rules.
+    Diag {
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Verify the dataplane: exit 0 when clean, 1 when drift is found, 2 when it could not verify.
+    Check {
+        #[command(flatten)]
+        input: Input,
+    },
 }
 
 #[derive(Debug, clap::Args)]
-struct DiagArgs {
+struct Input {
     /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
     #[arg(long, env = "AGENT_NODE_NAME")]
     node_name: Option<String>,
+    /// Directory of Calico YAML (`calicoctl get … -o yaml` / `kubectl get … -o yaml`) to verify against.
+    #[arg(long, env = "AGENT_DATASTORE")]
+    datastore: Option<PathBuf>,
+    /// Report a finding only if it is still there after this many seconds (Felix's own resync
+    /// can briefly look like drift). 0 reports at once.
+    #[arg(long, env = "AGENT_GRACE_SECONDS", default_value_t = 0)]
+    grace: u64,
     /// Print JSON instead of text.
     #[arg(long, env = "AGENT_JSON")]
     json: bool,
@@ -42,7 +62,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agent: {e:#}");
+            eprintln!("agent: could not verify: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -66,19 +86,84 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Diag(args) => {
-            let name = node::resolve_name(args.node_name.as_deref());
-            let obs = rt.block_on(observed::read_live(&name));
-            let d = diag::build(&obs);
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&d).context("encoding JSON")?
-                );
-            } else {
-                print!("{}", diag::render::text(&d));
-            }
+        Command::Diag { input } => {
+            let a = rt.block_on(analyse(&input))?;
+            print(&input, &a)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check { input } => {
+            let a = rt.block_on(analyse(&input))?;
+            print(&input, &a)?;
+            Ok(match &a.verification {
+                None => {
+                    eprintln!("agent: could not verify: no Calico dataplane found on this node");
+                    ExitCode::from(2)
+                }
+                Some(v) if v.has_drift() => ExitCode::from(1),
+                Some(_) => ExitCode::SUCCESS,
+            })
+        }
     }
+}
+
+fn load_datastore(input: &Input) -> anyhow::Result<Option<Datastore>> {
+    let Some(dir) = &input.datastore else {
+        return Ok(None);
+    };
+    let ds = files::load_dir(dir).with_context(|| format!("datastore {}", dir.display()))?;
+    for w in &ds.warnings {
+        tracing::warn!("{w}");
+    }
+    if ds.is_empty() {
+        anyhow::bail!("datastore {}: no Calico objects found", dir.display());
+    }
+    Ok(Some(ds))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
+    let ds = load_datastore(input)?;
+    let name = node::resolve_name(input.node_name.as_deref());
+    let grace = Duration::from_secs(input.grace);
+    let mut tracker = GraceTracker::default();
+    let first = pass(&ds, &name, grace, &mut tracker).await?;
+    if grace.is_zero() || tracker.pending() == 0 {
+        return Ok(first);
+    }
+    // Something looked wrong: look again once the grace window has passed.
+    tokio::time::sleep(grace).await;
+    pass(&ds, &name, grace, &mut tracker).await
+}
+
+async fn pass(
+    ds: &Option<Datastore>,
+    name: &str,
+    grace: Duration,
+    tracker: &mut GraceTracker,
+) -> anyhow::Result<Analysis> {
+    let obs = observed::read_live(name).await;
+    let expected = analysis::expected_for(&obs, ds.as_ref())?;
+    let policy = Policy { grace, now: now() };
+    let mut a = analysis::analyse(&obs, expected.as_ref(), &policy);
+    a.verification = a
+        .verification
+        .map(|v| tracker.confirm(v, policy.now, grace));
+    Ok(a)
+}
+
+fn print(input: &Input, a: &Analysis) -> anyhow::Result<()> {
+    if input.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(a).context("encoding JSON")?
+        );
+    } else {
+        print!("{}", diag::render::text(a));
+    }
+    Ok(())
 }

@@ -24,8 +24,17 @@ impl Drop for Netns {
 }
 
 fn diag(ns: &Netns, unprivileged: bool, extra: &[&str]) -> (i32, String, String) {
+    agent(
+        &ns.0,
+        unprivileged,
+        &["diag", "--node-name", "plain-host"],
+        extra,
+    )
+}
+
+fn agent(netns: &str, unprivileged: bool, args: &[&str], extra: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0]);
+    cmd.args(["netns", "exec", netns]);
     if unprivileged {
         cmd.args([
             "setpriv",
@@ -38,7 +47,7 @@ fn diag(ns: &Netns, unprivileged: bool, extra: &[&str]) -> (i32, String, String)
     }
     let out = cmd
         .arg(env!("CARGO_BIN_EXE_agent"))
-        .args(["diag", "--node-name", "plain-host"])
+        .args(args)
         .args(extra)
         .output()
         .expect("run agent");
@@ -63,8 +72,9 @@ fn plain_host_says_no_calico_and_exits_zero() {
     let (code, json, _) = diag(&ns, false, &["--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
-    assert_eq!(v["calico_found"], false);
-    assert_eq!(v["node"], "plain-host");
+    assert_eq!(v["diag"]["calico_found"], false);
+    assert_eq!(v["diag"]["node"], "plain-host");
+    assert!(v["verification"].is_null());
 }
 
 #[test]
@@ -76,4 +86,59 @@ fn unprivileged_run_names_the_missing_capability() {
     assert!(out.contains("no Calico dataplane found"), "{out}");
     assert!(out.contains("running without CAP_NET_ADMIN"), "{out}");
     assert!(out.contains("not observable: iptables-nft-save"), "{out}");
+}
+
+#[test]
+fn check_exit_codes() {
+    let ns = Netns::new("chk");
+    let (code, _, err) = agent(&ns.0, false, &["check", "--node-name", "plain-host"], &[]);
+    assert_eq!(code, 2, "no Calico: could not verify");
+    assert!(err.contains("no Calico dataplane found"), "{err}");
+
+    let lab = xtask::lab::Lab::new(&format!("cdpt-cli{}", std::process::id() % 10000));
+    struct Down<'a>(&'a xtask::lab::Lab);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            self.0.down();
+        }
+    }
+    lab.up().expect("lab up");
+    let _down = Down(&lab);
+    let dir = std::env::temp_dir().join(format!("cdpt-cli-ds{}", std::process::id()));
+    lab.write_datastore(&dir).expect("datastore");
+    let ds = dir.to_string_lossy().into_owned();
+    let node = &lab.spec.nodes[0];
+    let check = |extra: &[&str]| {
+        agent(
+            &node.netns,
+            false,
+            &["check", "--node-name", "node-a", "--datastore", &ds],
+            extra,
+        )
+    };
+
+    let (code, out, err) = check(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("FINDINGS (0; against the datastore)"), "{out}");
+
+    lab.fault("node-a", xtask::lab::Fault::RouteDelete)
+        .expect("fault");
+    let (code, out, _) = check(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("CRIT  route.missing  10.244.1.0/26"), "{out}");
+    let (code, json, _) = check(&["--json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["verification"]["findings"][0]["check"], "route.missing");
+    assert_eq!(v["verification"]["with_datastore"], true);
+    lab.repair().expect("repair");
+
+    std::fs::write(dir.join("broken.yaml"), "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: bad}\nspec: {cidr: nonsense}\n").expect("write");
+    let (code, _, err) = check(&[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("broken.yaml: IPPool bad: field spec.cidr"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use agent::{
-    diag::{self, Mode, Severity},
+    diag::{self, Mode},
     observed::{
         ObservedDataplane, PROTO_BOOT, PROTO_CALICO, RouteType, TABLE_MAIN, iptables::Backend,
     },
@@ -165,12 +165,12 @@ fn faults_show_up_and_repairs_restore() {
     assert!(!obs.link(VXLAN_DEV).expect("vxlan.calico").is_up());
     assert_eq!(obs.link(&node.pods[0].veth).expect("veth").mtu, 1500);
     let d = diag::build(&obs);
-    let down = d
-        .anomalies
+    let tunnel = d
+        .tunnels
         .iter()
-        .find(|a| a.subject == VXLAN_DEV)
-        .expect("tunnel-down anomaly");
-    assert_eq!(down.severity, Severity::Critical);
+        .find(|t| t.name == VXLAN_DEV)
+        .expect("tunnel summary");
+    assert!(!tunnel.up);
 
     lab.0.fault(&node.name, Fault::RouteDelete).expect("fault");
     lab.0

@@ -142,15 +142,22 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     result
 }
 
+fn lab_datastore_dir() -> PathBuf {
+    workspace_root().join("target/lab/datastore")
+}
+
 fn lab(action: LabAction) -> anyhow::Result<()> {
     let lab = Lab::new(LAB_PREFIX);
     match action {
         LabAction::Up => {
             lab.up()?;
             lab.check_connectivity()?;
+            let ds = lab.write_datastore(&lab_datastore_dir())?;
             println!("lab up; namespaces: {}", lab.spec.all_netns().join(" "));
+            println!("datastore: {}", ds.display());
             println!(
-                "try: ip netns exec {LAB_PREFIX}-a target/debug/agent diag --node-name node-a"
+                "try: ip netns exec {LAB_PREFIX}-a target/debug/agent diag --node-name node-a --datastore {}",
+                lab_datastore_dir().display()
             );
         }
         LabAction::Down => lab.down(),

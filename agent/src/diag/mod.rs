@@ -4,9 +4,9 @@
 mod mode;
 pub mod render;
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
+
+pub use crate::verify::Severity;
 
 pub use self::mode::{Mode, detect_modes};
 use crate::observed::{
@@ -49,14 +49,6 @@ pub struct Diag {
     pub sysctls: SysctlSummary,
     pub unavailable: Vec<Unavailable>,
     pub missing_capabilities: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Critical,
-    Warning,
-    Info,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,45 +424,12 @@ fn sysctl_summary(obs: &ObservedDataplane, tunnels: &[Tunnel]) -> SysctlSummary 
     }
 }
 
-/// Plain observations that are wrong on any Calico node whatever its configuration. The
-/// configuration-dependent checks belong to `verify/`.
+/// What limits this very report: missing privileges and unreadable sources. Everything wrong
+/// with the dataplane itself is a `verify/` finding.
 fn anomalies(d: &Diag) -> Vec<Anomaly> {
     let mut out = Vec::new();
     if !d.calico_found {
         return out;
-    }
-    for t in d.tunnels.iter().filter(|t| !t.up) {
-        out.push(Anomaly {
-            severity: Severity::Critical,
-            subject: t.name.clone(),
-            message: format!(
-                "tunnel device is down (oper state {}): traffic to other nodes' pods is lost",
-                t.oper_state
-            ),
-        });
-    }
-    if d.sysctls.ip_forward == Some(0) {
-        out.push(Anomaly {
-            severity: Severity::Critical,
-            subject: "net.ipv4.ip_forward".into(),
-            message: "IPv4 forwarding is off: pods cannot reach anything beyond this node".into(),
-        });
-    }
-    let backends: BTreeMap<&str, usize> = d
-        .felix_chains
-        .iter()
-        .filter(|s| s.source.starts_with("iptables"))
-        .map(|s| (s.source.as_str(), s.felix_chains))
-        .collect();
-    if backends.len() > 1 {
-        out.push(Anomaly {
-            severity: Severity::Warning,
-            subject: "iptables".into(),
-            message: format!(
-                "Felix chains exist in both iptables backends ({}); only one is in use and the other is stale",
-                backends.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
-            ),
-        });
     }
     if !d.missing_capabilities.is_empty() {
         out.push(Anomaly {

@@ -1,15 +1,16 @@
-//! Human rendering of [`Diag`]: anomalies first, then the dataplane section by section, then a
-//! one-line summary. Plain text that fits an 100-column terminal; long lists are elided.
+//! Human rendering of an [`Analysis`]: findings first, then the dataplane section by section,
+//! then a one-line summary. Plain text that fits an 100-column terminal; long lists are elided.
 
 use std::fmt::Write as _;
 
-use super::{Diag, Severity};
-use crate::observed::Route;
+use super::Severity;
+use crate::{analysis::Analysis, observed::Route, verify::Verification};
 
 /// Rows shown per route group before eliding the rest.
 const MAX_ROWS: usize = 12;
 
-pub fn text(d: &Diag) -> String {
+pub fn text(a: &Analysis) -> String {
+    let d = &a.diag;
     let mut o = String::new();
     if !d.calico_found {
         let _ = writeln!(o, "node {}: no Calico dataplane found on this node", d.node);
@@ -35,17 +36,14 @@ pub fn text(d: &Diag) -> String {
         let _ = writeln!(o, "  · {e}");
     }
 
-    let _ = writeln!(o, "\nANOMALIES");
-    if d.anomalies.is_empty() {
-        let _ = writeln!(o, "  none observed");
+    if let Some(v) = &a.verification {
+        findings(&mut o, v);
     }
-    for a in &d.anomalies {
-        let tag = match a.severity {
-            Severity::Critical => "CRIT",
-            Severity::Warning => "WARN",
-            Severity::Info => "info",
-        };
-        let _ = writeln!(o, "  {tag}  {}: {}", a.subject, a.message);
+    if !d.anomalies.is_empty() {
+        let _ = writeln!(o, "\nLIMITS OF THIS REPORT");
+        for an in &d.anomalies {
+            let _ = writeln!(o, "  {}  {}: {}", an.severity.tag(), an.subject, an.message);
+        }
     }
 
     let _ = writeln!(o, "\nTUNNELS");
@@ -186,16 +184,10 @@ pub fn text(d: &Diag) -> String {
         let _ = writeln!(o, "  proxy_arp off on: {}", s.proxy_arp_off.join(", "));
     }
 
-    let crit = d
-        .anomalies
-        .iter()
-        .filter(|a| a.severity == Severity::Critical)
-        .count();
-    let warn = d
-        .anomalies
-        .iter()
-        .filter(|a| a.severity == Severity::Warning)
-        .count();
+    let (crit, warn) = a.verification.as_ref().map_or((0, 0), |v| {
+        let n = |s: Severity| v.findings.iter().filter(|f| f.severity == s).count();
+        (n(Severity::Critical), n(Severity::Warning))
+    });
     let _ = writeln!(
         o,
         "\nsummary: {} | {} tunnel(s), {} local block(s), {} remote block route(s), {} workload(s) | {crit} critical, {warn} warning",
@@ -206,6 +198,45 @@ pub fn text(d: &Diag) -> String {
         d.workloads.len()
     );
     o
+}
+
+/// Findings, most severe first, each with expected vs actual and the next step.
+pub fn findings(o: &mut String, v: &Verification) {
+    let basis = if v.with_datastore {
+        "against the datastore"
+    } else {
+        "inferred from the node, no datastore"
+    };
+    let _ = writeln!(o, "\nFINDINGS ({}; {basis})", v.findings.len());
+    if v.findings.is_empty() {
+        let _ = writeln!(o, "  none: the dataplane matches what Felix programs");
+    }
+    for f in &v.findings {
+        let _ = writeln!(o, "  {}  {}  {}", f.severity.tag(), f.check, f.subject);
+        let _ = writeln!(o, "        expected: {}", f.expected);
+        let _ = writeln!(o, "        actual:   {}", f.actual);
+        let _ = writeln!(o, "        hint:     {}", f.hint);
+    }
+    if !v.skipped.is_empty() {
+        let need_ds = v
+            .skipped
+            .iter()
+            .filter(|s| s.reason.contains("datastore"))
+            .count();
+        let _ = writeln!(
+            o,
+            "  {} check(s) not run{} (--json lists them with reasons)",
+            v.skipped.len(),
+            if need_ds > 0 {
+                format!(", {need_ds} of them need --datastore")
+            } else {
+                String::new()
+            }
+        );
+    }
+    for n in &v.notes {
+        let _ = writeln!(o, "  note: {n}");
+    }
 }
 
 fn section(o: &mut String, title: &str, routes: &[Route]) {

@@ -68,6 +68,12 @@ pub fn iptables_restore(node: &NodeSpec) -> String {
     render_table(&mut out, "raw", &["PREROUTING", "OUTPUT"], &raw_chains());
     render_table(
         &mut out,
+        "mangle",
+        &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+        &mangle_chains(),
+    );
+    render_table(
+        &mut out,
         "nat",
         &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
         &nat_chains(),
@@ -151,6 +157,39 @@ fn raw_chains() -> Vec<Chain> {
                 format!("-p udp --dport {VXLAN_PORT} --jump NOTRACK"),
             ],
         ),
+    ]
+}
+
+fn mangle_chains() -> Vec<Chain> {
+    let accept_mark = "-m mark --mark 0x10000/0x10000";
+    vec![
+        Chain::new("PREROUTING", vec![s("--jump cali-PREROUTING")]),
+        Chain::new("POSTROUTING", vec![s("--jump cali-POSTROUTING")]),
+        Chain::new(
+            "cali-PREROUTING",
+            vec![
+                s("-m conntrack --ctstate RELATED,ESTABLISHED --jump ACCEPT"),
+                format!("{accept_mark} --jump ACCEPT"),
+                s("--jump cali-from-host-endpoint"),
+                format!(
+                    "-m comment --comment \"Host endpoint policy accepted packet.\" {accept_mark} --jump ACCEPT"
+                ),
+            ],
+        ),
+        Chain::new(
+            "cali-POSTROUTING",
+            vec![
+                format!("{accept_mark} --jump RETURN"),
+                s("--jump MARK --set-xmark 0x0/0x1b0000"),
+                s("-m conntrack --ctstate DNAT --jump cali-to-host-endpoint"),
+                format!(
+                    "-m comment --comment \"Host endpoint policy accepted packet.\" {accept_mark} --jump RETURN"
+                ),
+            ],
+        ),
+        // Host endpoints have no mangle-table policy here: the chains exist, empty.
+        Chain::new("cali-from-host-endpoint", vec![]),
+        Chain::new("cali-to-host-endpoint", vec![]),
     ]
 }
 

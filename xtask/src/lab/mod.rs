@@ -11,6 +11,7 @@
 //! Only namespaces named `<prefix>-…` are created, changed or deleted; [`Lab::down`] removes
 //! them all, and a failed [`Lab::up`] cleans up after itself.
 
+mod datastore;
 pub mod felix_rules;
 pub mod spec;
 
@@ -32,7 +33,7 @@ pub enum Fault {
     RouteUnderlay,
     /// Delete the local block's blackhole route.
     BlackholeDelete,
-    /// Set vxlan.calico's MTU to the underlay's 1500.
+    /// Set vxlan.calico's MTU to 1400 (Felix wants the underlay's minus 50).
     TunnelMtu,
     /// Raise one pod veth's MTU above the tunnel's.
     PodMtu,
@@ -416,10 +417,9 @@ impl Lab {
             Fault::BlackholeDelete => {
                 ip(ns, &["route", "del", "blackhole", &node.block.to_string()])?
             }
-            Fault::TunnelMtu => ip(
-                ns,
-                &["link", "set", VXLAN_DEV, "mtu", &UNDERLAY_MTU.to_string()],
-            )?,
+            // The kernel refuses a VXLAN MTU above its parent's minus the overhead, so the
+            // drift an operator meets is a lower one (someone "fixing" fragmentation).
+            Fault::TunnelMtu => ip(ns, &["link", "set", VXLAN_DEV, "mtu", "1400"])?,
             Fault::PodMtu => {
                 let pod = node.pods.first().context("node without pods")?;
                 ip(
@@ -454,8 +454,19 @@ impl Lab {
             )?,
             Fault::TunnelDown => ip(ns, &["link", "set", VXLAN_DEV, "down"])?,
             Fault::TunnelAddress => {
-                ip(ns, &["addr", "flush", "dev", VXLAN_DEV])?;
+                // Add before deleting: removing a device's last IPv4 address makes the kernel
+                // flush every route and ARP entry through it, which would be a different fault.
                 ip(ns, &["addr", "add", "10.244.200.1/32", "dev", VXLAN_DEV])?;
+                ip(
+                    ns,
+                    &[
+                        "addr",
+                        "del",
+                        &format!("{}/32", node.tunnel_ip),
+                        "dev",
+                        VXLAN_DEV,
+                    ],
+                )?;
             }
             Fault::FailsafeDelete => {
                 sh::run(&[
@@ -487,6 +498,15 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Writes the lab's datastore YAML into `dir` (created if needed); returns the file.
+    pub fn write_datastore(&self, dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join("lab.yaml");
+        std::fs::write(&file, self.spec.datastore_yaml())
+            .with_context(|| format!("writing {}", file.display()))?;
+        Ok(file)
     }
 
     /// Pings `to` from the pod `from` (by pod name); true when a reply came back.

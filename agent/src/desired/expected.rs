@@ -1,0 +1,642 @@
+//! The dataplane Felix should have programmed on one node, computed from the datastore the way
+//! Felix computes it (shared/reference/calico-dataplane.md §1–§4, §8).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use regex::Regex;
+use serde::Serialize;
+use sha1::{Digest as _, Sha1};
+
+use super::{Block, Datastore, EncapMode, Node, ProtoPort};
+
+pub const VXLAN_DEV: &str = "vxlan.calico";
+pub const IPIP_DEV: &str = "tunl0";
+pub const WIREGUARD_DEV: &str = "wireguard.cali";
+const VXLAN_OVERHEAD: u32 = 50;
+const IPIP_OVERHEAD: u32 = 20;
+const WIREGUARD_OVERHEAD: u32 = 60;
+/// Felix's fallback when no interface matches `MTUIfacePattern`.
+const DEFAULT_HOST_MTU: u32 = 1460;
+/// Felix's default `MTUIfacePattern`.
+pub const DEFAULT_MTU_IFACE_PATTERN: &str = r"^((en|wl|ww|sl|ib)[Pcopsvx].*|(eth|wlan|wwan).*)";
+
+/// Failsafe defaults (`config_params.go`).
+const FAILSAFE_IN: &[(&str, u16)] = &[
+    ("tcp", 22),
+    ("udp", 68),
+    ("tcp", 179),
+    ("tcp", 2379),
+    ("tcp", 2380),
+    ("tcp", 5473),
+    ("tcp", 6443),
+    ("tcp", 6666),
+    ("tcp", 6667),
+];
+const FAILSAFE_OUT: &[(&str, u16)] = &[
+    ("udp", 53),
+    ("udp", 67),
+    ("tcp", 179),
+    ("tcp", 2379),
+    ("tcp", 2380),
+    ("tcp", 5473),
+    ("tcp", 6443),
+    ("tcp", 6666),
+    ("tcp", 6667),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Expected {
+    pub node: String,
+    pub node_ip: Option<Ipv4Net>,
+    /// Blocks affine to this node.
+    pub local_blocks: Vec<Ipv4Net>,
+    pub vxlan: Option<ExpectedTunnel>,
+    pub ipip: Option<ExpectedTunnel>,
+    pub wireguard: Option<ExpectedWireguard>,
+    pub routes: Vec<ExpectedRoute>,
+    /// Remote VTEPs: one permanent ARP entry and one FDB entry each.
+    pub vteps: Vec<Vtep>,
+    pub workloads: Vec<ExpectedWorkload>,
+    /// The largest MTU a workload interface may have: the smallest enabled tunnel MTU.
+    pub pod_mtu: u32,
+    pub host_mtu: u32,
+    pub failsafe_in: Vec<ProtoPort>,
+    pub failsafe_out: Vec<ProtoPort>,
+    /// Pools with `natOutgoing: true`.
+    pub nat_outgoing: Vec<IpNet>,
+    pub bpf: bool,
+    /// What could not be derived, e.g. a remote node without a VTEP yet.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpectedTunnel {
+    pub device: String,
+    pub mtu: u32,
+    pub address: Option<Ipv4Addr>,
+    /// VXLAN only: VNI, port, the VTEP MAC, and the node IP the device must be bound to.
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub mac: Option<String>,
+    pub local: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpectedWireguard {
+    pub device: String,
+    pub mtu: u32,
+    pub listen_port: u16,
+    pub rule_priority: u32,
+    pub peers: Vec<WireguardPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WireguardPeer {
+    pub node: String,
+    pub public_key: String,
+    pub allowed_ips: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum RouteTarget {
+    /// `blackhole <block>`: a local block.
+    Blackhole,
+    /// `<dst> via <gateway> dev <device> onlink` (or a device route when `gateway` is None).
+    Device {
+        device: String,
+        gateway: Option<Ipv4Addr>,
+    },
+    /// Same-subnet / no-encap: `<dst> via <node IP> dev <underlay> onlink`.
+    Underlay { gateway: Ipv4Addr },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpectedRoute {
+    pub destination: Ipv4Net,
+    pub target: RouteTarget,
+    /// Why the route exists: "block of node-b", "local block", "tunnel address of node-c".
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vtep {
+    pub node: String,
+    pub tunnel_ip: Ipv4Addr,
+    pub mac: String,
+    pub node_ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpectedWorkload {
+    pub ip: Ipv4Addr,
+    pub iface: String,
+    pub pod: String,
+}
+
+/// Facts about the node that Felix reads from the kernel rather than the datastore.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    /// (name, mtu, oper-up) of every link.
+    pub links: Vec<(String, u32, bool)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExpectedError {
+    #[error(
+        "node {0:?} is not in the datastore (node name follows Felix: --node-name, NODENAME, hostname)"
+    )]
+    UnknownNode(String),
+    #[error("FelixConfiguration mtuIfacePattern {pattern:?} is not a valid regex")]
+    BadPattern {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
+/// Felix's VTEP MAC for a node when `vxlanTunnelMACAddr` is unset: `0x66` + sha1(name)[0..5].
+pub fn vtep_mac(node: &str) -> String {
+    let h = Sha1::digest(node.as_bytes());
+    std::iter::once(0x66u8)
+        .chain(h[..5].iter().copied())
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Calico's workload interface name: `cali` + sha1("<namespace>.<pod>")[..11].
+pub fn workload_iface(namespace: &str, pod: &str) -> String {
+    let h = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cali{}", &hex[..11])
+}
+
+/// The smallest MTU of the oper-up links matching `pattern`, or Felix's 1460 fallback.
+pub fn host_mtu(facts: &HostFacts, pattern: &Regex) -> u32 {
+    facts
+        .links
+        .iter()
+        .filter(|(name, _, up)| *up && pattern.is_match(name))
+        .map(|(_, mtu, _)| *mtu)
+        .min()
+        .unwrap_or(DEFAULT_HOST_MTU)
+}
+
+fn v4(net: &IpNet) -> Option<Ipv4Net> {
+    match net {
+        IpNet::V4(n) => Some(*n),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn ports(configured: Option<&Vec<ProtoPort>>, defaults: &[(&str, u16)]) -> Vec<ProtoPort> {
+    configured.cloned().unwrap_or_else(|| {
+        defaults
+            .iter()
+            .map(|(p, port)| ProtoPort {
+                protocol: (*p).into(),
+                port: *port,
+                net: None,
+            })
+            .collect()
+    })
+}
+
+/// Computes what Felix should program on `node`.
+pub fn compute(ds: &Datastore, node: &str, facts: &HostFacts) -> Result<Expected, ExpectedError> {
+    let me = ds
+        .node(node)
+        .ok_or_else(|| ExpectedError::UnknownNode(node.to_string()))?;
+    let cfg = ds.felix_config(node);
+    let pattern_src = cfg
+        .mtu_iface_pattern
+        .clone()
+        .unwrap_or_else(|| DEFAULT_MTU_IFACE_PATTERN.into());
+    let pattern = Regex::new(&pattern_src).map_err(|source| ExpectedError::BadPattern {
+        pattern: pattern_src,
+        source,
+    })?;
+    let host_mtu = host_mtu(facts, &pattern);
+    let v4_pools: Vec<_> = ds
+        .pools
+        .iter()
+        .filter(|p| p.cidr.addr().is_ipv4() && p.routes_workloads())
+        .collect();
+    let vxlan_on = cfg
+        .vxlan_enabled
+        .unwrap_or_else(|| v4_pools.iter().any(|p| p.vxlan.enabled()));
+    let ipip_on = cfg
+        .ipip_enabled
+        .unwrap_or_else(|| v4_pools.iter().any(|p| p.ipip.enabled()));
+    let wg_on = cfg.wireguard_enabled.unwrap_or(false);
+    let configured = |v: Option<u32>| v.filter(|m| *m > 0);
+    let vxlan_mtu = configured(cfg.vxlan_mtu).unwrap_or(host_mtu.saturating_sub(VXLAN_OVERHEAD));
+    let ipip_mtu = configured(cfg.ipip_mtu).unwrap_or(host_mtu.saturating_sub(IPIP_OVERHEAD));
+    let wg_mtu =
+        configured(cfg.wireguard_mtu).unwrap_or(host_mtu.saturating_sub(WIREGUARD_OVERHEAD));
+    let pod_mtu = [(vxlan_on, vxlan_mtu), (ipip_on, ipip_mtu), (wg_on, wg_mtu)]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, m)| *m)
+        .min()
+        .unwrap_or(host_mtu);
+
+    let node_ip = me.ipv4;
+    let mut notes = Vec::new();
+    let blocks: Vec<&Block> = ds.blocks.iter().filter(|b| !b.deleted).collect();
+    let local_blocks: Vec<Ipv4Net> = blocks
+        .iter()
+        .filter(|b| b.affinity.as_deref() == Some(node))
+        .filter_map(|b| v4(&b.cidr))
+        .collect();
+
+    let vxlan = vxlan_on.then(|| ExpectedTunnel {
+        device: VXLAN_DEV.into(),
+        mtu: vxlan_mtu,
+        address: me.ipv4_vxlan_tunnel,
+        vni: Some(cfg.vxlan_vni.unwrap_or(4096)),
+        port: Some(cfg.vxlan_port.unwrap_or(4789)),
+        mac: Some(me.vxlan_mac.clone().unwrap_or_else(|| vtep_mac(node))),
+        local: node_ip.map(|n| n.addr()),
+    });
+    let ipip = ipip_on.then(|| ExpectedTunnel {
+        device: IPIP_DEV.into(),
+        mtu: ipip_mtu,
+        address: me.ipv4_ipip_tunnel,
+        vni: None,
+        port: None,
+        mac: None,
+        local: None,
+    });
+
+    let mut routes = Vec::new();
+    let mut vteps = Vec::new();
+    for remote in ds.nodes.iter().filter(|n| n.name != node) {
+        if vxlan_on {
+            match (remote.ipv4, remote.ipv4_vxlan_tunnel) {
+                (Some(ip), Some(tun)) => vteps.push(Vtep {
+                    node: remote.name.clone(),
+                    tunnel_ip: tun,
+                    mac: remote.vxlan_mac.clone().unwrap_or_else(|| vtep_mac(&remote.name)),
+                    node_ip: ip.addr(),
+                }),
+                _ => notes.push(format!("node {} has no VXLAN tunnel address or node IP yet: Felix programs no VTEP for it", remote.name)),
+            }
+        }
+    }
+    for b in &blocks {
+        let (Some(owner), Some(cidr)) = (b.affinity.as_deref(), v4(&b.cidr)) else {
+            continue;
+        };
+        let Some(pool) = ds.pool_for(&b.cidr) else {
+            notes.push(format!("block {cidr} is in no IP pool: no route expected"));
+            continue;
+        };
+        if !pool.routes_workloads() {
+            continue;
+        }
+        if owner == node {
+            routes.push(ExpectedRoute {
+                destination: cidr,
+                target: RouteTarget::Blackhole,
+                reason: "local block".into(),
+            });
+            continue;
+        }
+        let Some(remote) = ds.node(owner) else {
+            notes.push(format!("block {cidr} is affine to {owner}, which is not in the datastore: no route expected"));
+            continue;
+        };
+        if let Some(target) =
+            remote_target(pool.vxlan, pool.ipip, node_ip, remote, &vteps, &mut notes)
+        {
+            routes.push(ExpectedRoute {
+                destination: cidr,
+                target,
+                reason: format!("block of {owner}"),
+            });
+        }
+    }
+    // Borrowed addresses: an allocation whose owner is not the block's node gets a /32 to its
+    // owner, which beats the block route by longest prefix.
+    for b in &blocks {
+        for a in &b.allocations {
+            let (Some(owner), IpAddr::V4(ip)) = (a.attrs.get("node"), a.ip) else {
+                continue;
+            };
+            if Some(owner.as_str()) == b.affinity.as_deref() || owner == node {
+                continue;
+            }
+            let (Some(pool), Some(remote)) = (ds.pool_for(&b.cidr), ds.node(owner)) else {
+                continue;
+            };
+            if let Some(target) =
+                remote_target(pool.vxlan, pool.ipip, node_ip, remote, &vteps, &mut notes)
+            {
+                routes.push(ExpectedRoute {
+                    destination: Ipv4Net::from(ip),
+                    target,
+                    reason: format!("address borrowed by {owner}"),
+                });
+            }
+        }
+    }
+    // A remote tunnel address outside its owner's blocks is routed as a device route.
+    for v in &vteps {
+        let in_own_block = blocks.iter().any(|b| {
+            b.affinity.as_deref() == Some(v.node.as_str())
+                && b.cidr.contains(&IpAddr::V4(v.tunnel_ip))
+        });
+        if !in_own_block
+            && !routes
+                .iter()
+                .any(|r| r.destination == Ipv4Net::from(v.tunnel_ip))
+        {
+            routes.push(ExpectedRoute {
+                destination: Ipv4Net::from(v.tunnel_ip),
+                target: RouteTarget::Device {
+                    device: VXLAN_DEV.into(),
+                    gateway: None,
+                },
+                reason: format!("tunnel address of {}", v.node),
+            });
+        }
+    }
+
+    let workloads = workloads(ds, node, &blocks);
+    let wireguard = wg_on.then(|| wireguard(ds, node, &blocks, &cfg, wg_mtu));
+    Ok(Expected {
+        node: node.to_string(),
+        node_ip,
+        local_blocks,
+        vxlan,
+        ipip,
+        wireguard,
+        routes,
+        vteps,
+        workloads,
+        pod_mtu,
+        host_mtu,
+        failsafe_in: ports(cfg.failsafe_inbound_host_ports.as_ref(), FAILSAFE_IN),
+        failsafe_out: ports(cfg.failsafe_outbound_host_ports.as_ref(), FAILSAFE_OUT),
+        nat_outgoing: ds
+            .pools
+            .iter()
+            .filter(|p| p.nat_outgoing && !p.disabled)
+            .map(|p| p.cidr)
+            .collect(),
+        bpf: cfg.bpf_enabled.unwrap_or(false),
+        notes,
+    })
+}
+
+/// How this node reaches a block or address owned by `remote`, per the pool's encapsulation.
+fn remote_target(
+    vxlan: EncapMode,
+    ipip: EncapMode,
+    local_ip: Option<Ipv4Net>,
+    remote: &Node,
+    vteps: &[Vtep],
+    notes: &mut Vec<String>,
+) -> Option<RouteTarget> {
+    let remote_ip = remote.ipv4.map(|n| n.addr());
+    let same_subnet = local_ip
+        .zip(remote_ip)
+        .is_some_and(|(mine, theirs)| mine.trunc().contains(&theirs));
+    let cross_subnet = vxlan == EncapMode::CrossSubnet || ipip == EncapMode::CrossSubnet;
+    if cross_subnet && same_subnet {
+        return remote_ip.map(|gateway| RouteTarget::Underlay { gateway });
+    }
+    if vxlan.enabled() {
+        let vtep = vteps.iter().find(|v| v.node == remote.name);
+        if vtep.is_none() {
+            notes.push(format!(
+                "no route to {}'s blocks until its VTEP is known",
+                remote.name
+            ));
+        }
+        return vtep.map(|v| RouteTarget::Device {
+            device: VXLAN_DEV.into(),
+            gateway: Some(v.tunnel_ip),
+        });
+    }
+    let Some(gateway) = remote_ip else {
+        notes.push(format!(
+            "node {} has no IPv4 address: no route to its blocks",
+            remote.name
+        ));
+        return None;
+    };
+    if ipip.enabled() {
+        Some(RouteTarget::Device {
+            device: IPIP_DEV.into(),
+            gateway: Some(gateway),
+        })
+    } else {
+        Some(RouteTarget::Underlay { gateway })
+    }
+}
+
+/// Pods on this node, from the IPAM allocations that name them.
+fn workloads(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedWorkload> {
+    let prefix_ok = ds
+        .felix_config(node)
+        .interface_prefix
+        .is_none_or(|p| p.split(',').next() == Some("cali"));
+    if !prefix_ok {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for b in blocks {
+        for a in &b.allocations {
+            let IpAddr::V4(ip) = a.ip else { continue };
+            let owner = a
+                .attrs
+                .get("node")
+                .map(String::as_str)
+                .or(b.affinity.as_deref());
+            if owner != Some(node) {
+                continue;
+            }
+            if let (Some(ns), Some(pod)) = (a.attrs.get("namespace"), a.attrs.get("pod")) {
+                out.push(ExpectedWorkload {
+                    ip,
+                    iface: workload_iface(ns, pod),
+                    pod: format!("{ns}/{pod}"),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn wireguard(
+    ds: &Datastore,
+    node: &str,
+    blocks: &[&Block],
+    cfg: &super::FelixConfigurationSpec,
+    mtu: u32,
+) -> ExpectedWireguard {
+    let peers = ds
+        .nodes
+        .iter()
+        .filter(|n| n.name != node)
+        .filter_map(|n| {
+            let key = n.wireguard_public_key.clone()?;
+            let mut allowed: Vec<IpNet> = blocks
+                .iter()
+                .filter(|b| b.affinity.as_deref() == Some(n.name.as_str()))
+                .map(|b| b.cidr)
+                .collect();
+            for tun in [n.ipv4_vxlan_tunnel, n.ipv4_ipip_tunnel, n.wireguard_ipv4]
+                .into_iter()
+                .flatten()
+            {
+                let net = IpNet::from(IpAddr::V4(tun));
+                if !allowed.iter().any(|a| a.contains(&net)) {
+                    allowed.push(net);
+                }
+            }
+            Some(WireguardPeer {
+                node: n.name.clone(),
+                public_key: key,
+                allowed_ips: allowed,
+            })
+        })
+        .collect();
+    ExpectedWireguard {
+        device: cfg
+            .wireguard_interface_name
+            .clone()
+            .unwrap_or_else(|| WIREGUARD_DEV.into()),
+        mtu,
+        listen_port: cfg.wireguard_listening_port.unwrap_or(51820),
+        rule_priority: cfg.wireguard_routing_rule_priority.unwrap_or(99),
+        peers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::files::load_text;
+
+    fn ds(text: &str) -> Datastore {
+        let mut ds = Datastore::default();
+        load_text(&mut ds, "t.yaml", text).expect("valid");
+        ds
+    }
+
+    fn facts() -> HostFacts {
+        HostFacts {
+            links: vec![
+                ("eth0".into(), 1500, true),
+                ("lo".into(), 65536, true),
+                ("vxlan.calico".into(), 1450, true),
+            ],
+        }
+    }
+
+    const TWO_NODES: &str = "
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: p}
+spec: {cidr: 10.244.0.0/16, vxlanMode: Always, natOutgoing: true}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: a}
+spec: {bgp: {ipv4Address: 10.0.0.1/24}, ipv4VXLANTunnelAddr: 10.244.0.0}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: b}
+spec: {bgp: {ipv4Address: 10.0.0.2/24}, ipv4VXLANTunnelAddr: 10.244.1.0}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {name: 10-244-0-0-26}
+spec:
+  cidr: 10.244.0.0/26
+  affinity: host:a
+  allocations: [0, 1]
+  attributes:
+  - {handle_id: vxlan-tunnel-addr-a, secondary: {node: a, type: vxlanTunnelAddress}}
+  - {handle_id: k8s-pod-network.x, secondary: {namespace: default, pod: podA, node: a}}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {name: 10-244-1-0-26}
+spec:
+  cidr: 10.244.1.0/26
+  affinity: host:b
+  allocations: [0, null, 1]
+  attributes:
+  - {handle_id: vxlan-tunnel-addr-b, secondary: {node: b, type: vxlanTunnelAddress}}
+  - {handle_id: k8s-pod-network.y, secondary: {namespace: default, pod: borrowed, node: a}}
+";
+
+    #[test]
+    fn vxlan_always_two_nodes() {
+        let e = compute(&ds(TWO_NODES), "a", &facts()).expect("expected");
+        insta::assert_yaml_snapshot!(e);
+    }
+
+    #[test]
+    fn cross_subnet_uses_underlay_in_subnet_and_tunnel_outside() {
+        let text = TWO_NODES.replace("vxlanMode: Always", "vxlanMode: CrossSubnet");
+        let e = compute(&ds(&text), "a", &facts()).expect("expected");
+        let r = e
+            .routes
+            .iter()
+            .find(|r| r.reason == "block of b")
+            .expect("route");
+        assert_eq!(
+            r.target,
+            RouteTarget::Underlay {
+                gateway: Ipv4Addr::new(10, 0, 0, 2)
+            }
+        );
+        let text = text.replace("10.0.0.2/24", "10.1.0.2/24");
+        let e = compute(&ds(&text), "a", &facts()).expect("expected");
+        let r = e
+            .routes
+            .iter()
+            .find(|r| r.reason == "block of b")
+            .expect("route");
+        assert_eq!(
+            r.target,
+            RouteTarget::Device {
+                device: VXLAN_DEV.into(),
+                gateway: Some(Ipv4Addr::new(10, 244, 1, 0))
+            }
+        );
+    }
+
+    #[test]
+    fn mtu_follows_host_or_configuration() {
+        let e = compute(&ds(TWO_NODES), "a", &HostFacts::default()).expect("expected");
+        assert_eq!(
+            (e.host_mtu, e.vxlan.as_ref().map(|v| v.mtu), e.pod_mtu),
+            (1460, Some(1410), 1410)
+        );
+        let text = format!(
+            "{TWO_NODES}---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: default}}\nspec: {{vxlanMTU: 1400}}\n"
+        );
+        let e = compute(&ds(&text), "a", &facts()).expect("expected");
+        assert_eq!(e.vxlan.map(|v| v.mtu), Some(1400));
+    }
+
+    #[test]
+    fn unknown_node_is_an_error() {
+        let err = compute(&ds(TWO_NODES), "zz", &facts()).expect_err("unknown node");
+        assert!(err.to_string().contains("\"zz\" is not in the datastore"));
+    }
+
+    #[test]
+    fn derivations_match_calico() {
+        assert_eq!(vtep_mac("node1"), "66:f9:37:c3:7e:94");
+        assert_eq!(workload_iface("default", "podA"), "cali7f94ce7c295");
+    }
+}

@@ -1,0 +1,510 @@
+//! The datastore from YAML (or JSON) files: what `kubectl get … -o yaml` or `calicoctl get … -o
+//! yaml` prints, single objects, multi-document files or `List`s, in any mix.
+//!
+//! A malformed object is an error naming the file, the object and the field; unknown fields and
+//! kinds are ignored with a warning, so newer Calico versions do not break the agent.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{
+    Affinity, Allocation, Block, Datastore, EncapMode, Node, Pool, parse_v4_addr,
+    parse_v4_with_prefix,
+    resources::{
+        BlockAffinitySpec, CalicoNodeSpec, CalicoNodeStatus, FelixConfigurationSpec, IpPoolSpec,
+        IpamBlockSpec, ObjectMeta,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: not valid YAML: {message}")]
+    Yaml { file: String, message: String },
+    #[error("{file}: {object}: field {field}: {message}")]
+    Object {
+        file: String,
+        object: String,
+        field: String,
+        message: String,
+    },
+}
+
+/// Loads every `*.yaml`, `*.yml` and `*.json` file below `dir` (recursively, in name order).
+pub fn load_dir(dir: &Path) -> Result<Datastore, DatastoreError> {
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    files.sort();
+    let mut ds = Datastore::default();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|source| DatastoreError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        load_text(&mut ds, &f.display().to_string(), &text)?;
+    }
+    Ok(ds)
+}
+
+/// Loads the given files (as found in a bundle), in order.
+pub fn load_files(files: &[PathBuf]) -> Result<Datastore, DatastoreError> {
+    let mut ds = Datastore::default();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|source| DatastoreError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        load_text(&mut ds, &f.display().to_string(), &text)?;
+    }
+    Ok(ds)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DatastoreError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DatastoreError::Read {
+        path: dir.into(),
+        source,
+    })?;
+    for e in entries {
+        let path = e
+            .map_err(|source| DatastoreError::Read {
+                path: dir.into(),
+                source,
+            })?
+            .path();
+        if path.is_dir() {
+            collect(&path, out)?;
+        } else if path
+            .extension()
+            .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Adds the objects of one file's text to `ds`.
+pub fn load_text(ds: &mut Datastore, file: &str, text: &str) -> Result<(), DatastoreError> {
+    // YAML 1.2 booleans only: a node named `n` or a label `on` must stay a string.
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+            DatastoreError::Yaml {
+                file: file.into(),
+                message: e.to_string(),
+            }
+        })?;
+    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+        load_value(ds, file, &doc, None)?;
+    }
+    Ok(())
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    object: String,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: &str, message: impl Into<String>) -> DatastoreError {
+        DatastoreError::Object {
+            file: self.file.into(),
+            object: self.object.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Deserialises `v` (found at `field`), warning about unknown fields and naming the exact
+    /// path of a bad one.
+    fn de<T: DeserializeOwned>(
+        &self,
+        v: &Value,
+        field: &str,
+        warnings: &mut Vec<String>,
+        warn_unknown: bool,
+    ) -> Result<T, DatastoreError> {
+        let mut unknown = Vec::new();
+        let mut track = serde_path_to_error::Track::new();
+        let de = serde_path_to_error::Deserializer::new(v, &mut track);
+        let result = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+        match result {
+            Ok(t) => {
+                if warn_unknown {
+                    for p in unknown {
+                        warnings.push(format!(
+                            "{}: {}: unknown field {field}.{p} ignored",
+                            self.file, self.object
+                        ));
+                    }
+                }
+                Ok(t)
+            }
+            Err(e) => {
+                let path = track.path().to_string();
+                let at = if path == "." || path.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{field}.{path}")
+                };
+                Err(self.err(&at, e.to_string()))
+            }
+        }
+    }
+}
+
+fn load_value(
+    ds: &mut Datastore,
+    file: &str,
+    v: &Value,
+    list_kind: Option<&str>,
+) -> Result<(), DatastoreError> {
+    let kind = v
+        .get("kind")
+        .and_then(Value::as_str)
+        .or(list_kind)
+        .unwrap_or("");
+    if kind == "List" || kind.ends_with("List") {
+        let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+        for item in v
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            load_value(ds, file, item, item_kind)?;
+        }
+        return Ok(());
+    }
+    let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let ctx = Ctx {
+        file,
+        object: format!("{kind} {name}"),
+    };
+    let meta: ObjectMeta = match v.get("metadata") {
+        Some(m) => ctx.de(m, "metadata", &mut ds.warnings, false)?,
+        None => return Err(ctx.err("metadata", "missing")),
+    };
+    let spec = v
+        .get("spec")
+        .cloned()
+        .unwrap_or(Value::Object(Default::default()));
+    match kind {
+        "IPPool" => {
+            let s: IpPoolSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            ds.pools.push(pool(&ctx, meta.name, s)?);
+        }
+        "IPAMBlock" => {
+            let s: IpamBlockSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            ds.blocks.push(block(&ctx, meta.name, s)?);
+        }
+        "BlockAffinity" => {
+            let s: BlockAffinitySpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let cidr = s
+                .cidr
+                .parse::<IpNet>()
+                .map_err(|_| ctx.err("spec.cidr", format!("{:?} is not a CIDR", s.cidr)))?;
+            ds.affinities.push(Affinity {
+                node: s.node,
+                cidr,
+                state: s.state,
+                deleted: s.deleted,
+            });
+        }
+        "Node"
+            if api.starts_with("projectcalico.org") || api.starts_with("crd.projectcalico.org") =>
+        {
+            let s: CalicoNodeSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let status: CalicoNodeStatus = match v.get("status") {
+                Some(st) => ctx.de(st, "status", &mut ds.warnings, false)?,
+                None => CalicoNodeStatus::default(),
+            };
+            ds.nodes.push(calico_node(&ctx, &meta, &s, &status)?);
+        }
+        "Node" => ds.nodes.push(k8s_node(&ctx, &meta)?),
+        "FelixConfiguration" => {
+            let s: FelixConfigurationSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            ds.felix.insert(meta.name, s);
+        }
+        other => ds.warnings.push(format!(
+            "{file}: {other} {name}: kind not used for verification, ignored"
+        )),
+    }
+    Ok(())
+}
+
+fn pool(ctx: &Ctx<'_>, name: String, s: IpPoolSpec) -> Result<Pool, DatastoreError> {
+    let cidr = s
+        .cidr
+        .parse::<IpNet>()
+        .map_err(|_| ctx.err("spec.cidr", format!("{:?} is not a CIDR", s.cidr)))?;
+    let default_block = if cidr.addr().is_ipv4() { 26 } else { 122 };
+    Ok(Pool {
+        name,
+        cidr: cidr.trunc(),
+        vxlan: EncapMode::parse(s.vxlan_mode.as_deref())
+            .map_err(|m| ctx.err("spec.vxlanMode", m))?,
+        ipip: EncapMode::parse(s.ipip_mode.as_deref()).map_err(|m| ctx.err("spec.ipipMode", m))?,
+        nat_outgoing: s.nat_outgoing,
+        disabled: s.disabled,
+        block_size: s.block_size.unwrap_or(default_block),
+        allowed_uses: s.allowed_uses.unwrap_or_default(),
+    })
+}
+
+fn block(ctx: &Ctx<'_>, name: String, s: IpamBlockSpec) -> Result<Block, DatastoreError> {
+    let cidr = s
+        .cidr
+        .parse::<IpNet>()
+        .map_err(|_| ctx.err("spec.cidr", format!("{:?} is not a CIDR", s.cidr)))?;
+    let affinity = s
+        .affinity
+        .as_deref()
+        .and_then(|a| {
+            a.strip_prefix("host:")
+                .or_else(|| a.strip_prefix("virtual:"))
+        })
+        .map(str::to_string);
+    let mut allocations = Vec::new();
+    for (ordinal, attr) in s.allocations.iter().enumerate() {
+        let Some(attr) = attr else { continue };
+        let ip = nth_ip(&cidr, ordinal).ok_or_else(|| {
+            ctx.err(
+                &format!("spec.allocations[{ordinal}]"),
+                "ordinal beyond the block",
+            )
+        })?;
+        let a = s.attributes.get(*attr as usize).ok_or_else(|| {
+            ctx.err(
+                &format!("spec.allocations[{ordinal}]"),
+                format!(
+                    "attribute index {attr} but only {} attributes",
+                    s.attributes.len()
+                ),
+            )
+        })?;
+        allocations.push(Allocation {
+            ip,
+            handle: a.handle_id.clone(),
+            attrs: a.secondary.clone(),
+        });
+    }
+    Ok(Block {
+        name,
+        cidr: cidr.trunc(),
+        affinity,
+        allocations,
+        deleted: s.deleted,
+    })
+}
+
+fn nth_ip(net: &IpNet, n: usize) -> Option<IpAddr> {
+    let n = u128::try_from(n).ok()?;
+    match net.trunc() {
+        IpNet::V4(v4) => {
+            let base = u32::from(v4.network());
+            let ip = base.checked_add(u32::try_from(n).ok()?)?;
+            let ip = std::net::Ipv4Addr::from(ip);
+            v4.contains(&ip).then_some(IpAddr::V4(ip))
+        }
+        IpNet::V6(v6) => {
+            let ip = std::net::Ipv6Addr::from(u128::from(v6.network()).checked_add(n)?);
+            v6.contains(&ip).then_some(IpAddr::V6(ip))
+        }
+    }
+}
+
+fn opt_v4<T>(
+    ctx: &Ctx<'_>,
+    field: &str,
+    v: Option<&str>,
+    f: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, DatastoreError> {
+    v.filter(|s| !s.is_empty())
+        .map(|s| f(s).map_err(|m| ctx.err(field, m)))
+        .transpose()
+}
+
+fn calico_node(
+    ctx: &Ctx<'_>,
+    meta: &ObjectMeta,
+    s: &CalicoNodeSpec,
+    status: &CalicoNodeStatus,
+) -> Result<Node, DatastoreError> {
+    let bgp = s.bgp.clone().unwrap_or_default();
+    Ok(Node {
+        name: meta.name.clone(),
+        ipv4: opt_v4(
+            ctx,
+            "spec.bgp.ipv4Address",
+            bgp.ipv4_address.as_deref(),
+            parse_v4_with_prefix,
+        )?,
+        ipv4_vxlan_tunnel: opt_v4(
+            ctx,
+            "spec.ipv4VXLANTunnelAddr",
+            s.ipv4_vxlan_tunnel_addr.as_deref(),
+            parse_v4_addr,
+        )?,
+        vxlan_mac: s
+            .vxlan_tunnel_mac_addr
+            .clone()
+            .filter(|m| !m.is_empty())
+            .map(|m| m.to_lowercase()),
+        ipv4_ipip_tunnel: opt_v4(
+            ctx,
+            "spec.bgp.ipv4IPIPTunnelAddr",
+            bgp.ipv4_ipip_tunnel_addr.as_deref(),
+            parse_v4_addr,
+        )?,
+        wireguard_ipv4: opt_v4(
+            ctx,
+            "spec.wireguard.interfaceIPv4Address",
+            s.wireguard
+                .as_ref()
+                .and_then(|w| w.interface_ipv4_address.as_deref()),
+            parse_v4_addr,
+        )?,
+        wireguard_public_key: status
+            .wireguard_public_key
+            .clone()
+            .filter(|k| !k.is_empty()),
+    })
+}
+
+/// A Kubernetes Node: Calico keeps its node data in `projectcalico.org/*` annotations.
+fn k8s_node(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<Node, DatastoreError> {
+    let ann = |k: &str| {
+        meta.annotations
+            .get(&format!("projectcalico.org/{k}"))
+            .map(String::as_str)
+    };
+    let field = |k: &str| format!("metadata.annotations[projectcalico.org/{k}]");
+    Ok(Node {
+        name: meta.name.clone(),
+        ipv4: opt_v4(
+            ctx,
+            &field("IPv4Address"),
+            ann("IPv4Address"),
+            parse_v4_with_prefix,
+        )?,
+        ipv4_vxlan_tunnel: opt_v4(
+            ctx,
+            &field("IPv4VXLANTunnelAddr"),
+            ann("IPv4VXLANTunnelAddr"),
+            parse_v4_addr,
+        )?,
+        vxlan_mac: ann("VXLANTunnelMACAddr")
+            .filter(|m| !m.is_empty())
+            .map(str::to_lowercase),
+        ipv4_ipip_tunnel: opt_v4(
+            ctx,
+            &field("IPv4IPIPTunnelAddr"),
+            ann("IPv4IPIPTunnelAddr"),
+            parse_v4_addr,
+        )?,
+        wireguard_ipv4: opt_v4(
+            ctx,
+            &field("IPv4WireguardInterfaceAddr"),
+            ann("IPv4WireguardInterfaceAddr"),
+            parse_v4_addr,
+        )?,
+        wireguard_public_key: ann("WireguardPublicKey")
+            .filter(|k| !k.is_empty())
+            .map(str::to_string),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Datastore, DatastoreError> {
+        let mut ds = Datastore::default();
+        load_text(&mut ds, "test.yaml", text).map(|()| ds)
+    }
+
+    #[test]
+    fn reads_both_api_groups_lists_and_k8s_nodes() {
+        let ds = load(include_str!("testdata/datastore.yaml")).expect("valid datastore");
+        insta::assert_yaml_snapshot!(ds);
+    }
+
+    #[test]
+    fn bad_field_names_file_object_and_field() {
+        let err = load("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p1}\nspec: {cidr: 10.0.0.0/33}\n")
+            .expect_err("bad cidr");
+        assert_eq!(
+            err.to_string(),
+            "test.yaml: IPPool p1: field spec.cidr: \"10.0.0.0/33\" is not a CIDR"
+        );
+        let err = load("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {vxlanVNI: lots}\n")
+            .expect_err("bad vni");
+        assert!(
+            err.to_string().starts_with(
+                "test.yaml: FelixConfiguration default: field spec.vxlanVNI: invalid type"
+            ),
+            "{err}"
+        );
+        let err = load("kind: IPAMBlock\napiVersion: crd.projectcalico.org/v1\nmetadata: {name: b}\nspec: {cidr: 10.0.0.0/30, allocations: [0, 0, 0, 0, 0]}\n")
+            .expect_err("ordinal beyond the block");
+        assert!(
+            err.to_string().contains("field spec.allocations[0]"),
+            "{err}"
+        );
+        let err = load("kind: Node\napiVersion: v1\nmetadata:\n  name: n\n  annotations: {projectcalico.org/IPv4Address: not-an-ip}\n")
+            .expect_err("bad annotation");
+        assert!(
+            err.to_string()
+                .contains("metadata.annotations[projectcalico.org/IPv4Address]"),
+            "{err}"
+        );
+        assert!(matches!(
+            load("a: [unclosed"),
+            Err(DatastoreError::Yaml { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_warnings() {
+        let ds = load(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p1, uid: x}\nspec: {cidr: 10.0.0.0/16, futureField: 1}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: gnp}\n",
+        )
+        .expect("loads");
+        assert_eq!(ds.pools.len(), 1);
+        assert_eq!(
+            ds.warnings,
+            [
+                "test.yaml: IPPool p1: unknown field spec.futureField ignored",
+                "test.yaml: GlobalNetworkPolicy gnp: kind not used for verification, ignored"
+            ]
+        );
+    }
+
+    #[test]
+    fn per_node_felix_configuration_overrides_default() {
+        let ds = load(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {vxlanMTU: 1400, vxlanVNI: 4097}\n---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: node.n1}\nspec: {vxlanMTU: 1350}\n",
+        )
+        .expect("loads");
+        let c = ds.felix_config("n1");
+        assert_eq!((c.vxlan_mtu, c.vxlan_vni), (Some(1350), Some(4097)));
+        assert_eq!(ds.felix_config("n2").vxlan_mtu, Some(1400));
+    }
+}

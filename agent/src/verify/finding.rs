@@ -1,0 +1,160 @@
+//! Findings and their stable check IDs (DESIGN.md §4). IDs are extended, never renamed.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! check_ids {
+    ($($variant:ident => $id:literal, $what:literal;)*) => {
+        /// A check's stable, dotted identifier.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum CheckId {
+            $(#[serde(rename = $id)] #[doc = $what] $variant,)*
+        }
+
+        impl CheckId {
+            pub const ALL: &[CheckId] = &[$(CheckId::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(CheckId::$variant => $id,)* }
+            }
+
+            pub fn describe(self) -> &'static str {
+                match self { $(CheckId::$variant => $what,)* }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($id => Some(CheckId::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+check_ids! {
+    RouteMissing => "route.missing", "a route Felix programs for a remote block (or borrowed address) is absent";
+    RouteWrongDevice => "route.wrong-device", "a block route leaves through the wrong device";
+    RouteWrongNexthop => "route.wrong-nexthop", "a block route points at the wrong next hop";
+    RouteUnexpected => "route.unexpected", "a Felix-owned route that Felix would not program (stale)";
+    RouteBlackholeMissing => "route.blackhole.missing", "the blackhole for a local block is absent";
+    RouteWorkloadMissing => "route.workload.missing", "a local pod's /32 route is absent";
+    TunnelMissing => "tunnel.missing", "a tunnel device Felix creates is absent";
+    TunnelDown => "tunnel.down", "a tunnel device is down";
+    TunnelAddressMismatch => "tunnel.address.mismatch", "the tunnel's address differs from the node's, or lies outside its blocks";
+    TunnelVniMismatch => "tunnel.vni.mismatch", "vxlan.calico's VNI or port differs from the configuration";
+    TunnelParentMismatch => "tunnel.parent.mismatch", "the VTEP is bound to the wrong address or device";
+    VxlanFdbMissing => "vxlan.fdb.missing", "no FDB entry sends a remote VTEP's MAC to its node";
+    VxlanNeighMissing => "vxlan.neigh.missing", "no permanent ARP entry for a remote VTEP";
+    VxlanMacMismatch => "vxlan.mac.mismatch", "a VTEP MAC differs from the one Felix derives";
+    MtuTunnelMismatch => "mtu.tunnel.mismatch", "a tunnel device's MTU differs from the expected one";
+    MtuWorkloadMismatch => "mtu.workload.mismatch", "a workload interface's MTU exceeds the tunnel's";
+    MtuUnderlayTooSmall => "mtu.underlay.too-small", "the underlay cannot carry the tunnel MTU plus overhead";
+    WireguardPeerMissing => "wireguard.peer.missing", "a remote node's WireGuard peer is absent";
+    WireguardPeerStaleHandshake => "wireguard.peer.stale-handshake", "a WireGuard peer has not completed a handshake recently";
+    WireguardAllowedIpsMismatch => "wireguard.allowed-ips.mismatch", "a WireGuard peer's allowed IPs differ from its node's blocks";
+    WireguardRuleMissing => "wireguard.rule.missing", "the fwmark rule steering traffic into WireGuard's table is absent";
+    FailsafeMissing => "failsafe.missing", "a failsafe port has no rule in a referenced failsafe chain";
+    RulesFelixMissing => "rules.felix.missing", "Felix's chains are absent or not hooked into the built-in chains";
+    RulesBackendMixed => "rules.backend.mixed", "Felix's rules exist in both iptables backends";
+    NatOutgoingMissing => "nat-outgoing.missing", "a natOutgoing pool has no MASQUERADE rule";
+    SysctlForwardingOff => "sysctl.forwarding.off", "IPv4 forwarding is disabled";
+    SysctlRpFilterStrict => "sysctl.rp-filter.strict", "strict reverse-path filtering where Calico needs it loose";
+    BgpSessionDown => "bgp.session.down", "a BGP session is not Established";
+    BgpSessionFlapping => "bgp.session.flapping", "a BGP session keeps re-establishing";
+    FelixUnhealthy => "felix.unhealthy", "Felix's readiness endpoint reports not ready";
+    BpfRouteMissing => "bpf.route.missing", "Calico's eBPF route map lacks an entry";
+    ConntrackPressure => "conntrack.pressure", "the conntrack table is close to its limit";
+    DataplaneModeMismatch => "dataplane.mode.mismatch", "the configured dataplane mode is not the one in use";
+}
+
+impl std::fmt::Display for CheckId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::Critical => "CRIT",
+            Self::Warning => "WARN",
+            Self::Info => "info",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub check: CheckId,
+    pub severity: Severity,
+    /// What the finding is about: a CIDR, a device, a MAC, a chain.
+    pub subject: String,
+    pub expected: String,
+    pub actual: String,
+    /// The likely cause and the next command to run.
+    pub hint: String,
+    /// Seconds since the epoch when the finding was first seen (after the grace window).
+    pub since: u64,
+}
+
+impl Finding {
+    pub fn new(check: CheckId, severity: Severity, subject: impl Into<String>) -> Self {
+        Self {
+            check,
+            severity,
+            subject: subject.into(),
+            expected: String::new(),
+            actual: String::new(),
+            hint: String::new(),
+            since: 0,
+        }
+    }
+
+    pub fn expected(mut self, e: impl Into<String>) -> Self {
+        self.expected = e.into();
+        self
+    }
+
+    pub fn actual(mut self, a: impl Into<String>) -> Self {
+        self.actual = a.into();
+        self
+    }
+
+    pub fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = h.into();
+        self
+    }
+
+    /// Identity of a finding across runs, for the grace window.
+    pub fn key(&self) -> (CheckId, String) {
+        (self.check, self.subject.clone())
+    }
+}
+
+/// A check that could not run, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub check: CheckId,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_are_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for id in CheckId::ALL {
+            assert_eq!(CheckId::parse(id.as_str()), Some(*id));
+            assert!(seen.insert(id.as_str()), "duplicate {id}");
+            let json = serde_json::to_string(id).expect("json");
+            assert_eq!(json, format!("\"{}\"", id.as_str()));
+        }
+    }
+}

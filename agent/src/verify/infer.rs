@@ -1,0 +1,330 @@
+//! Checks that need no datastore: what is wrong on any Calico node whatever its configuration,
+//! inferred from the node's own devices, routes, ARP and FDB entries. Where the node alone
+//! cannot tell drift from a legitimate configuration, the finding is `info`.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use super::{CheckId, Finding, Severity, parent_of, present_tunnels, tunnel::overhead};
+use crate::{
+    diag::{IPIP, VXLAN_V4, is_workload_iface},
+    observed::{ObservedDataplane, PROTO_BIRD, PROTO_CALICO, RouteType, TABLE_MAIN},
+};
+
+pub(super) fn check(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    tunnels(obs, out);
+    workload_mtu(obs, out);
+    vxlan_next_hops(obs, out);
+    tunnel_addresses(obs, out);
+}
+
+fn tunnels(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    for t in present_tunnels(obs) {
+        // tunl0 exists whenever the ipip module is loaded; unaddressed, it is not Calico's.
+        if t.name == IPIP && obs.addresses_of(IPIP).next().is_none() {
+            continue;
+        }
+        if !t.is_up() {
+            out.push(
+                Finding::new(CheckId::TunnelDown, Severity::Critical, t.name.clone())
+                    .expected("up")
+                    .actual(format!("{} (admin {})", t.oper_state, if t.admin_up { "up" } else { "down" }))
+                    .hint(format!("traffic to other nodes' pods through {} is dropped and its routes are withdrawn: `ip link show {}`", t.name, t.name)),
+            );
+        }
+        if let Some(parent) = parent_of(obs, t) {
+            let oh = overhead(&t.name);
+            if t.mtu + oh < parent.mtu {
+                // Felix's auto-detected MTU is exactly the parent's minus the overhead; a
+                // lower one is legitimate only if configured, which only the datastore says.
+                out.push(
+                    Finding::new(CheckId::MtuTunnelMismatch, Severity::Info, t.name.clone())
+                        .expected(format!("MTU {} ({} MTU {} minus {oh}, Felix's auto-detection), unless configured lower", parent.mtu - oh, parent.name, parent.mtu))
+                        .actual(format!("MTU {}", t.mtu))
+                        .hint("fine if FelixConfiguration sets vxlanMTU/ipipMTU to this value; otherwise pods get a smaller MTU than the network allows. Run with --datastore to tell"),
+                );
+            }
+            if t.mtu + oh > parent.mtu {
+                out.push(
+                    Finding::new(CheckId::MtuUnderlayTooSmall, Severity::Warning, t.name.clone())
+                        .expected(format!("{} MTU ≤ {} ({} MTU {} minus {oh})", t.name, parent.mtu.saturating_sub(oh), parent.name, parent.mtu))
+                        .actual(format!("MTU {}", t.mtu))
+                        .hint("encapsulated packets exceed the underlay MTU and are dropped or fragmented: set the tunnel MTU to the underlay's minus the overhead (FelixConfiguration vxlanMTU/ipipMTU, 0 = auto)"),
+                );
+            }
+        }
+    }
+}
+
+/// The largest MTU a workload may have: the smallest MTU of the Calico tunnels in use.
+fn tunnel_mtu_limit(obs: &ObservedDataplane) -> Option<(u32, String)> {
+    present_tunnels(obs)
+        .filter(|t| t.is_up() && (t.name != IPIP || obs.addresses_of(IPIP).next().is_some()))
+        .map(|t| (t.mtu, t.name.clone()))
+        .min()
+}
+
+fn workload_mtu(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    let Some((limit, dev)) = tunnel_mtu_limit(obs) else {
+        return;
+    };
+    for l in obs
+        .links
+        .iter()
+        .filter(|l| is_workload_iface(&l.name) && l.mtu > limit)
+    {
+        out.push(
+            Finding::new(CheckId::MtuWorkloadMismatch, Severity::Warning, l.name.clone())
+                .expected(format!("MTU ≤ {limit} ({dev})"))
+                .actual(format!("MTU {}", l.mtu))
+                .hint(format!("this pod sends packets the tunnel cannot carry; the CNI plugin set its MTU at pod creation: recreate the pod after fixing the MTU configuration (`ip link show {}`)", l.name)),
+        );
+    }
+}
+
+/// Every route through vxlan.calico needs a permanent ARP entry for its next hop and an FDB
+/// entry for that MAC; every complete VTEP needs a route through it.
+fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    let Some(vx) = obs.link(VXLAN_V4).filter(|l| l.is_up()) else {
+        return;
+    };
+    let neigh_of = |ip: IpAddr| {
+        obs.neighbours
+            .iter()
+            .find(|n| n.dev == vx.name && n.destination == ip)
+    };
+    let fdb_of = |mac: &str| {
+        obs.fdb
+            .iter()
+            .find(|f| f.dev == vx.name && f.mac == mac && f.destination.is_some())
+    };
+    let via_tunnel = obs
+        .routes
+        .iter()
+        .filter(|r| r.table == TABLE_MAIN && r.dev.as_deref() == Some(VXLAN_V4));
+    let mut gateways = BTreeSet::new();
+    for r in via_tunnel {
+        if let Some(gw) = r.gateway {
+            gateways.insert(gw);
+        }
+    }
+    for gw in &gateways {
+        match neigh_of(*gw).and_then(|n| n.lladdr.as_deref().map(|m| (n, m))) {
+            None => out.push(
+                Finding::new(CheckId::VxlanNeighMissing, Severity::Critical, gw.to_string())
+                    .expected(format!("a permanent ARP entry for {gw} on {VXLAN_V4} (routes use it as next hop)"))
+                    .actual("no ARP entry")
+                    .hint(format!("vxlan.calico does not learn, so packets via {gw} are dropped; Felix rewrites it on its 90 s resync: `ip neigh show dev {VXLAN_V4}`")),
+            ),
+            Some((_, mac)) if fdb_of(mac).is_none() => out.push(
+                Finding::new(CheckId::VxlanFdbMissing, Severity::Critical, mac.to_string())
+                    .expected(format!("{mac} dev {VXLAN_V4} dst <node IP> self permanent (VTEP behind {gw})"))
+                    .actual("no FDB entry")
+                    .hint(format!("the kernel does not know which node owns {mac}; Felix rewrites the FDB on its 90 s resync: `bridge fdb show dev {VXLAN_V4}`")),
+            ),
+            Some(_) => {}
+        }
+    }
+    let vtep_nodes: BTreeSet<IpAddr> = obs
+        .fdb
+        .iter()
+        .filter(|f| f.dev == vx.name)
+        .filter_map(|f| f.destination)
+        .collect();
+    for n in obs
+        .neighbours
+        .iter()
+        .filter(|n| n.dev == vx.name && n.is_permanent())
+    {
+        let complete = n.lladdr.as_deref().is_some_and(|m| fdb_of(m).is_some());
+        let node_ip = n
+            .lladdr
+            .as_deref()
+            .and_then(fdb_of)
+            .and_then(|f| f.destination);
+        // A route via the peer's node IP instead is reported as route.wrong-device below.
+        let routed = gateways.contains(&n.destination)
+            || obs.routes.iter().any(|r| {
+                r.table == TABLE_MAIN
+                    && ((r.destination.addr() == n.destination
+                        && r.dev.as_deref() == Some(VXLAN_V4))
+                        || (r.gateway.is_some() && r.gateway == node_ip))
+            });
+        if complete && !routed {
+            out.push(
+                Finding::new(CheckId::RouteMissing, Severity::Warning, format!("via {}", n.destination))
+                    .expected(format!("at least one route via {} dev {VXLAN_V4} (the remote node's block)", n.destination))
+                    .actual("a programmed VTEP (ARP + FDB) with no route through it")
+                    .hint("the remote node's block route is gone, so its pods are unreachable from here; with the datastore (--datastore) the exact block is named: `ip route | grep vxlan.calico`"),
+            );
+        }
+    }
+    for r in obs
+        .routes
+        .iter()
+        .filter(|r| r.table == TABLE_MAIN && r.kind == RouteType::Unicast)
+    {
+        let Some(gw) = r.gateway else { continue };
+        let felix_shaped = r.protocol == PROTO_CALICO || r.protocol == PROTO_BIRD;
+        if vtep_nodes.contains(&gw)
+            && r.dev.as_deref() != Some(VXLAN_V4)
+            && !felix_shaped
+            && r.destination.prefix_len() > 0
+        {
+            let subject = crate::observed::host_or_net(&r.destination);
+            out.push(
+                Finding::new(CheckId::RouteWrongDevice, Severity::Warning, subject.clone())
+                    .expected(format!("{subject} through {VXLAN_V4} ({gw} is a VXLAN peer, and CrossSubnet routes carry proto 80)"))
+                    .actual(r.display())
+                    .hint(format!("traffic to {subject} bypasses the tunnel and the peer drops it unencapsulated: who added it? `ip -d route show {subject}`")),
+            );
+        }
+    }
+}
+
+/// A tunnel address should come from one of this node's blocks (the blackholed ones). A
+/// borrowed tunnel address is legitimate but rare, so this is only `info` without the datastore.
+fn tunnel_addresses(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    let blocks: Vec<_> = obs
+        .routes
+        .iter()
+        .filter(|r| {
+            r.table == TABLE_MAIN
+                && r.kind == RouteType::Blackhole
+                && (r.protocol == PROTO_CALICO || r.protocol == PROTO_BIRD)
+        })
+        .map(|r| r.destination)
+        .collect();
+    if blocks.is_empty() {
+        return;
+    }
+    for dev in [VXLAN_V4, IPIP] {
+        for a in obs.addresses_of(dev).filter(|a| a.address.addr().is_ipv4()) {
+            if !blocks.iter().any(|b| b.contains(&a.address.addr())) {
+                out.push(
+                    Finding::new(CheckId::TunnelAddressMismatch, Severity::Info, dev)
+                        .expected(format!("an address inside this node's blocks ({})", blocks.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
+                        .actual(a.address.to_string())
+                        .hint("either borrowed from another node's block (legitimate) or not the node's tunnel address; run with --datastore to tell: `calicoctl get node $(hostname) -o yaml | grep -i tunnel`"),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::verify::{
+        CheckId, Severity,
+        testutil::{healthy, ids, run_inferred},
+    };
+
+    #[test]
+    fn healthy_node_is_quiet_without_datastore() {
+        let (_, o) = healthy();
+        let v = run_inferred(&o);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        assert!(
+            v.skipped.iter().any(
+                |s| s.check == CheckId::RouteBlackholeMissing && s.reason.contains("datastore")
+            )
+        );
+    }
+
+    #[test]
+    fn inferred_faults() {
+        let (_, mut o) = healthy();
+        o.neighbours.clear();
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::VxlanNeighMissing, "10.244.1.0".into())]
+        );
+
+        let (_, mut o) = healthy();
+        let mac = o.fdb[0].mac.clone();
+        o.fdb.clear();
+        assert_eq!(ids(&run_inferred(&o)), [(CheckId::VxlanFdbMissing, mac)]);
+
+        let (_, mut o) = healthy();
+        o.routes
+            .retain(|r| r.destination.to_string() != "10.244.1.0/26");
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::RouteMissing, "via 10.244.1.0".into())]
+        );
+
+        let (_, mut o) = healthy();
+        let r = o
+            .routes
+            .iter_mut()
+            .find(|r| r.destination.to_string() == "10.244.1.0/26")
+            .expect("route");
+        r.dev = Some("eth0".into());
+        r.gateway = Some("10.99.0.12".parse().expect("ip"));
+        r.onlink = false;
+        let got = ids(&run_inferred(&o));
+        assert!(
+            got.contains(&(CheckId::RouteWrongDevice, "10.244.1.0/26".into())),
+            "{got:?}"
+        );
+
+        let (_, mut o) = healthy();
+        o.links
+            .iter_mut()
+            .filter(|l| l.name == "vxlan.calico")
+            .for_each(|l| l.mtu = 1500);
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::MtuUnderlayTooSmall, "vxlan.calico".into())]
+        );
+        o.links
+            .iter_mut()
+            .filter(|l| l.name == "vxlan.calico")
+            .for_each(|l| l.mtu = 1400);
+        let v = run_inferred(&o);
+        // A lower tunnel MTU may be configured (info), but the pod above it is drift.
+        assert_eq!(
+            ids(&v),
+            [
+                (CheckId::MtuWorkloadMismatch, "calidd33ceb84a6".into()),
+                (CheckId::MtuTunnelMismatch, "vxlan.calico".into())
+            ]
+        );
+        assert_eq!(v.findings[1].severity, Severity::Info);
+
+        let (_, mut o) = healthy();
+        o.links
+            .iter_mut()
+            .filter(|l| l.name.starts_with("cali"))
+            .for_each(|l| l.mtu = 1500);
+        let got = run_inferred(&o);
+        assert_eq!(got.findings.len(), 1);
+        assert_eq!(got.findings[0].check, CheckId::MtuWorkloadMismatch);
+
+        let (_, mut o) = healthy();
+        let a = o
+            .addresses
+            .iter_mut()
+            .find(|a| a.ifname == "vxlan.calico")
+            .expect("addr");
+        a.address = "10.244.200.1/32".parse().expect("net");
+        let v = run_inferred(&o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::TunnelAddressMismatch, "vxlan.calico".into())]
+        );
+        assert_eq!(v.findings[0].severity, Severity::Info);
+        assert!(!v.has_drift(), "ambiguous without the datastore: info only");
+
+        let (_, mut o) = healthy();
+        o.links
+            .iter_mut()
+            .filter(|l| l.name == "vxlan.calico")
+            .for_each(|l| l.admin_up = false);
+        o.routes
+            .retain(|r| r.dev.as_deref() != Some("vxlan.calico"));
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::TunnelDown, "vxlan.calico".into())]
+        );
+    }
+}

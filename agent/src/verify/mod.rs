@@ -1,0 +1,214 @@
+//! The verification engine: a pure function from what Felix should have programmed
+//! ([`Expected`], when the datastore is known) and what the kernel holds
+//! ([`ObservedDataplane`]) to [`Finding`]s. No I/O; every check is tested firing and quiet.
+//!
+//! Without a datastore the mode is inferred from the node and only the checks that need no
+//! datastore run; the others are listed as skipped, with the reason.
+
+pub mod finding;
+mod grace;
+mod infer;
+mod routes;
+mod rules;
+mod tunnel;
+mod wireguard;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    finding::{CheckId, Finding, Severity, Skipped},
+    grace::GraceTracker,
+};
+use crate::{
+    desired::expected::Expected,
+    diag::{TUNNEL_DEVICES, is_workload_iface},
+    observed::{Link, ObservedDataplane},
+};
+
+/// How verification behaves; the defaults are what an operator expects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Policy {
+    /// How long a finding on state Felix rewrites periodically must persist before it is
+    /// reported (Felix's own resync would otherwise be reported as drift).
+    pub grace: Duration,
+    /// Seconds since the epoch, stamped on findings as `since`.
+    pub now: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            grace: Duration::ZERO,
+            now: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Most severe first, then by check and subject.
+    pub findings: Vec<Finding>,
+    pub skipped: Vec<Skipped>,
+    /// Whether the expected state came from the datastore (else it was inferred).
+    pub with_datastore: bool,
+    pub notes: Vec<String>,
+}
+
+impl Verification {
+    /// Drift that should page someone: anything above `info`.
+    pub fn has_drift(&self) -> bool {
+        self.findings.iter().any(|f| f.severity != Severity::Info)
+    }
+}
+
+/// Checks that need the datastore; without one they are skipped with this reason.
+const NEEDS_DATASTORE: &[CheckId] = &[
+    CheckId::RouteBlackholeMissing,
+    CheckId::RouteWorkloadMissing,
+    CheckId::RouteWrongNexthop,
+    CheckId::RouteUnexpected,
+    CheckId::TunnelMissing,
+    CheckId::TunnelVniMismatch,
+    CheckId::TunnelParentMismatch,
+    CheckId::VxlanMacMismatch,
+    CheckId::MtuTunnelMismatch,
+    CheckId::FailsafeMissing,
+    CheckId::NatOutgoingMissing,
+    CheckId::WireguardPeerMissing,
+    CheckId::WireguardAllowedIpsMismatch,
+    CheckId::WireguardRuleMissing,
+    CheckId::DataplaneModeMismatch,
+];
+
+/// Checks whose source the agent does not read yet, in either mode.
+const NOT_OBSERVED: &[(CheckId, &str)] = &[
+    (
+        CheckId::BgpSessionDown,
+        "BIRD's control socket is not read by this version",
+    ),
+    (
+        CheckId::BgpSessionFlapping,
+        "BIRD's control socket is not read by this version",
+    ),
+    (
+        CheckId::FelixUnhealthy,
+        "Felix's health endpoint is not polled by this version",
+    ),
+    (
+        CheckId::BpfRouteMissing,
+        "Calico's eBPF route map is not read by this version",
+    ),
+    (
+        CheckId::ConntrackPressure,
+        "conntrack is measured by `agent flows`, not by this check run",
+    ),
+    (
+        CheckId::WireguardPeerStaleHandshake,
+        "an idle peer has an old handshake legitimately; needs traffic counters over time",
+    ),
+    (
+        CheckId::SysctlRpFilterStrict,
+        "strict rp_filter is harmless for Calico's symmetric routes; not reported",
+    ),
+];
+
+/// Verifies `obs` against `expected` (or, without it, against what can be inferred).
+pub fn verify(
+    expected: Option<&Expected>,
+    obs: &ObservedDataplane,
+    policy: &Policy,
+) -> Verification {
+    let mut v = Verification {
+        with_datastore: expected.is_some(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    rules::check(obs, expected, &mut out, &mut v.skipped);
+    sysctl(obs, &mut out);
+    match expected {
+        Some(e) => {
+            tunnel::check(e, obs, &mut out);
+            routes::check(e, obs, &mut out);
+            wireguard::check(e, obs, &mut out, &mut v.skipped);
+            mode(e, obs, &mut out);
+            v.notes.extend(e.notes.iter().cloned());
+        }
+        None => {
+            infer::check(obs, &mut out);
+            for id in NEEDS_DATASTORE {
+                v.skipped.push(Skipped {
+                    check: *id,
+                    reason:
+                        "needs the Calico datastore (--datastore DIR, or a bundle with Calico YAML)"
+                            .into(),
+                });
+            }
+        }
+    }
+    for (id, reason) in NOT_OBSERVED {
+        v.skipped.push(Skipped {
+            check: *id,
+            reason: (*reason).into(),
+        });
+    }
+    for f in &mut out {
+        f.since = policy.now;
+    }
+    out.sort_by(|a, b| (a.severity, a.check, &a.subject).cmp(&(b.severity, b.check, &b.subject)));
+    out.dedup_by(|a, b| a.key() == b.key());
+    v.findings = out;
+    v
+}
+
+fn sysctl(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    if obs.sysctls.ip_forward == Some(0) {
+        out.push(
+            Finding::new(CheckId::SysctlForwardingOff, Severity::Critical, "net.ipv4.ip_forward")
+                .expected("1 (Felix's IPForwarding=Enabled)")
+                .actual("0")
+                .hint("pods cannot reach anything beyond this node; something reset the sysctl: `sysctl net.ipv4.ip_forward`, check the node's sysctl.d and other agents"),
+        );
+    }
+    for (iface, v) in &obs.sysctls.forwarding {
+        if *v == 0 && is_workload_iface(iface) {
+            out.push(
+                Finding::new(CheckId::SysctlForwardingOff, Severity::Critical, format!("net.ipv4.conf.{iface}.forwarding"))
+                    .expected("1 (Felix sets it on every workload interface)")
+                    .actual("0")
+                    .hint(format!("`sysctl net.ipv4.conf.{iface}.forwarding`; Felix re-applies it when the interface comes up")),
+            );
+        }
+    }
+}
+
+fn mode(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    let bpf_seen = !obs.calico_bpf_pins.is_empty() || obs.link("bpfin.cali").is_some();
+    if e.bpf && !bpf_seen {
+        out.push(
+            Finding::new(CheckId::DataplaneModeMismatch, Severity::Critical, "bpfEnabled")
+                .expected("Calico eBPF dataplane (maps pinned under /sys/fs/bpf/tc/globals, bpfin.cali)")
+                .actual("no Calico eBPF maps or devices: the iptables/nftables dataplane is in use")
+                .hint("Felix has not switched to eBPF mode: check calico-node's log for BPF errors (kernel too old, bpffs not mounted): `kubectl logs -n calico-system ds/calico-node -c calico-node | grep -i bpf`"),
+        );
+    }
+}
+
+/// The device a VXLAN device is bound to, or the device holding `ip`.
+fn parent_of<'a>(obs: &'a ObservedDataplane, link: &Link) -> Option<&'a Link> {
+    link.vxlan
+        .as_ref()
+        .and_then(|v| v.parent_index)
+        .and_then(|i| obs.link_by_index(i))
+}
+
+/// Calico tunnel devices present on the node.
+fn present_tunnels(obs: &ObservedDataplane) -> impl Iterator<Item = &Link> {
+    obs.links
+        .iter()
+        .filter(|l| TUNNEL_DEVICES.contains(&l.name.as_str()))
+}
+
+#[cfg(test)]
+pub(crate) mod testutil;

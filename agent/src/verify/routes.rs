@@ -1,0 +1,329 @@
+//! Block routes, blackholes, borrowed /32s, workload routes, and stale Felix-owned routes.
+
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
+
+use super::{CheckId, Finding, Severity};
+use crate::{
+    desired::expected::{Expected, RouteTarget},
+    diag::{VXLAN_V4, is_workload_iface},
+    observed::{
+        ObservedDataplane, PROTO_BIRD, PROTO_CALICO, PROTO_KERNEL, Route, RouteType, TABLE_MAIN,
+    },
+};
+
+fn main_routes<'a>(obs: &'a ObservedDataplane, dst: &'a IpNet) -> impl Iterator<Item = &'a Route> {
+    obs.routes
+        .iter()
+        .filter(move |r| r.table == TABLE_MAIN && r.destination == *dst)
+}
+
+/// The device carrying this node's IP: where same-subnet and no-encap routes leave.
+fn underlay_dev(e: &Expected, obs: &ObservedDataplane) -> Option<String> {
+    let ip = IpAddr::V4(e.node_ip?.addr());
+    obs.addresses
+        .iter()
+        .find(|a| a.address.addr() == ip)
+        .map(|a| a.ifname.clone())
+}
+
+/// A missing or down device has no routes; tunnel.missing/tunnel.down report the cause once.
+fn device_unusable(obs: &ObservedDataplane, dev: &str) -> bool {
+    obs.link(dev).is_none_or(|l| !l.is_up())
+}
+
+pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    let underlay = underlay_dev(e, obs);
+    for exp in &e.routes {
+        let dst = IpNet::V4(exp.destination);
+        let subject = crate::observed::host_or_net(&dst);
+        match &exp.target {
+            RouteTarget::Blackhole => {
+                if !main_routes(obs, &dst).any(|r| r.kind == RouteType::Blackhole) {
+                    out.push(
+                        Finding::new(CheckId::RouteBlackholeMissing, Severity::Warning, subject.clone())
+                            .expected(format!("blackhole {subject} proto 80 ({})", exp.reason))
+                            .actual(describe(main_routes(obs, &dst)))
+                            .hint(format!(
+                                "without it, traffic to unallocated addresses of this node's block follows the default route and loops or leaks; Felix restores it on its route resync (90 s): `ip route show {subject}`"
+                            )),
+                    );
+                }
+            }
+            RouteTarget::Device { device, gateway } => {
+                if device_unusable(obs, device) {
+                    continue;
+                }
+                let want = format!(
+                    "{subject}{} dev {device}{}",
+                    gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+                    if gateway.is_some() {
+                        " onlink"
+                    } else {
+                        " scope link"
+                    }
+                );
+                compare(
+                    out,
+                    obs,
+                    &dst,
+                    &subject,
+                    &want,
+                    &exp.reason,
+                    device,
+                    gateway.map(IpAddr::V4),
+                );
+            }
+            RouteTarget::Underlay { gateway } => {
+                let dev = underlay
+                    .clone()
+                    .unwrap_or_else(|| "<node IP's device>".into());
+                let want = format!("{subject} via {gateway} dev {dev} proto 80 onlink");
+                compare(
+                    out,
+                    obs,
+                    &dst,
+                    &subject,
+                    &want,
+                    &exp.reason,
+                    &dev,
+                    Some(IpAddr::V4(*gateway)),
+                );
+            }
+        }
+    }
+    workloads(e, obs, out);
+    unexpected(e, obs, out);
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per target kind; a struct would only rename them"
+)]
+fn compare(
+    out: &mut Vec<Finding>,
+    obs: &ObservedDataplane,
+    dst: &IpNet,
+    subject: &str,
+    want: &str,
+    reason: &str,
+    device: &str,
+    gateway: Option<IpAddr>,
+) {
+    let found: Vec<&Route> = main_routes(obs, dst)
+        .filter(|r| r.kind == RouteType::Unicast)
+        .collect();
+    let expected = format!("{want} ({reason})");
+    if found.is_empty() {
+        out.push(
+            Finding::new(CheckId::RouteMissing, Severity::Critical, subject)
+                .expected(expected)
+                .actual(describe(main_routes(obs, dst)))
+                .hint(format!(
+                    "traffic to {subject} follows a less specific route or is dropped; Felix re-adds it on its next route resync (90 s) — if it stays missing, check calico-node's log for route errors: `kubectl logs -n calico-system ds/calico-node -c calico-node | grep -i route`"
+                )),
+        );
+        return;
+    }
+    if found
+        .iter()
+        .any(|r| r.dev.as_deref() == Some(device) && r.gateway == gateway)
+    {
+        return;
+    }
+    let actual = describe(found.iter().copied());
+    if !found.iter().any(|r| r.dev.as_deref() == Some(device)) {
+        out.push(
+            Finding::new(CheckId::RouteWrongDevice, Severity::Critical, subject)
+                .expected(expected)
+                .actual(actual)
+                .hint(format!(
+                    "packets to {subject} bypass {device}; something other than Felix replaced the route (another CNI, a static route, a routing daemon): `ip -d route show {subject}`"
+                )),
+        );
+    } else {
+        out.push(
+            Finding::new(CheckId::RouteWrongNexthop, Severity::Critical, subject)
+                .expected(expected)
+                .actual(actual)
+                .hint(format!(
+                    "the next hop is not the owner's tunnel/node address; the datastore and the node disagree (node IP or tunnel address changed?): `ip -d route show {subject}`, `calicoctl get node -o yaml`"
+                )),
+        );
+    }
+}
+
+fn describe<'a>(routes: impl Iterator<Item = &'a Route>) -> String {
+    let v: Vec<String> = routes.map(Route::display).collect();
+    if v.is_empty() {
+        "no route".into()
+    } else {
+        v.join("; ")
+    }
+}
+
+fn workloads(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    for w in &e.workloads {
+        // Until the CNI plugin has created the interface (or after it removed it) there is
+        // nothing to route to: that is pod churn, not drift.
+        let Some(link) = obs.link(&w.iface) else {
+            continue;
+        };
+        if !link.is_up() {
+            continue;
+        }
+        let dst = IpNet::V4(Ipv4Net::from(w.ip));
+        if main_routes(obs, &dst).any(|r| r.dev.as_deref() == Some(w.iface.as_str())) {
+            continue;
+        }
+        out.push(
+            Finding::new(CheckId::RouteWorkloadMissing, Severity::Critical, w.ip.to_string())
+                .expected(format!("{} dev {} scope link (pod {})", w.ip, w.iface, w.pod))
+                .actual(describe(main_routes(obs, &dst)))
+                .hint(format!(
+                    "the pod {} cannot receive traffic; Felix writes this route when the workload endpoint is active: check `kubectl get workloadendpoints -A | grep {}` and calico-node's log",
+                    w.pod,
+                    w.ip
+                )),
+        );
+    }
+}
+
+/// Routes Felix owns (on vxlan.calico, or with its exclusive protocol 80) that it would not
+/// program now: left over from a block that moved or a node that left.
+fn unexpected(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    for r in obs.routes.iter().filter(|r| r.table == TABLE_MAIN) {
+        if r.protocol == PROTO_KERNEL
+            || !matches!(r.kind, RouteType::Unicast | RouteType::Blackhole)
+            || r.dev.as_deref().is_some_and(is_workload_iface)
+            || r.destination.addr().is_ipv6()
+        {
+            continue;
+        }
+        let felix_owned = r.dev.as_deref() == Some(VXLAN_V4) || (r.protocol == PROTO_CALICO);
+        if !felix_owned
+            || e.routes
+                .iter()
+                .any(|x| IpNet::V4(x.destination) == r.destination)
+        {
+            continue;
+        }
+        // Pod routes for this node's workloads on the tunnel do not exist; a BIRD route is
+        // BIRD's. Anything else Felix owns and does not want is stale.
+        if r.protocol == PROTO_BIRD {
+            continue;
+        }
+        let subject = crate::observed::host_or_net(&r.destination);
+        out.push(
+            Finding::new(CheckId::RouteUnexpected, Severity::Warning, subject.clone())
+                .expected("no such route: no IPAM block or tunnel address needs it")
+                .actual(r.display())
+                .hint(format!(
+                    "a stale Felix route (block released or node removed); Felix deletes it on its next resync unless it cannot: `ip route show {subject}`, `calicoctl ipam show --show-blocks`"
+                )),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::testutil::{healthy, ids, run};
+
+    #[test]
+    fn healthy_node_is_quiet() {
+        let (e, o) = healthy();
+        assert_eq!(ids(&run(&e, &o)), Vec::<(CheckId, String)>::new());
+    }
+
+    #[test]
+    fn missing_remote_route() {
+        let (e, mut o) = healthy();
+        o.routes
+            .retain(|r| r.destination.to_string() != "10.244.1.0/26");
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::RouteMissing, "10.244.1.0/26".into())]
+        );
+    }
+
+    #[test]
+    fn route_via_underlay_is_wrong_device() {
+        let (e, mut o) = healthy();
+        let r = o
+            .routes
+            .iter_mut()
+            .find(|r| r.destination.to_string() == "10.244.1.0/26")
+            .expect("route");
+        r.dev = Some("eth0".into());
+        r.gateway = Some("10.99.0.12".parse().expect("ip"));
+        let v = run(&e, &o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::RouteWrongDevice, "10.244.1.0/26".into())]
+        );
+        assert!(v.findings[0].actual.contains("dev eth0"));
+    }
+
+    #[test]
+    fn wrong_gateway_is_wrong_nexthop() {
+        let (e, mut o) = healthy();
+        let r = o
+            .routes
+            .iter_mut()
+            .find(|r| r.destination.to_string() == "10.244.1.0/26")
+            .expect("route");
+        r.gateway = Some("10.244.1.9".parse().expect("ip"));
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::RouteWrongNexthop, "10.244.1.0/26".into())]
+        );
+    }
+
+    #[test]
+    fn missing_blackhole() {
+        let (e, mut o) = healthy();
+        o.routes.retain(|r| r.kind != RouteType::Blackhole);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::RouteBlackholeMissing, "10.244.0.0/26".into())]
+        );
+    }
+
+    #[test]
+    fn stale_block_route_is_unexpected_but_foreign_routes_are_not() {
+        let (e, mut o) = healthy();
+        let mut stale = o
+            .routes
+            .iter()
+            .find(|r| r.destination.to_string() == "10.244.1.0/26")
+            .expect("route")
+            .clone();
+        stale.destination = "10.244.7.0/26".parse().expect("net");
+        o.routes.push(stale);
+        let mut foreign = o.routes[0].clone();
+        foreign.destination = "192.168.50.0/24".parse().expect("net");
+        foreign.dev = Some("eth0".into());
+        foreign.protocol = 4;
+        o.routes.push(foreign);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::RouteUnexpected, "10.244.7.0/26".into())]
+        );
+    }
+
+    #[test]
+    fn workload_route_missing_only_when_the_interface_is_up() {
+        let (e, mut o) = healthy();
+        o.routes
+            .retain(|r| r.destination.to_string() != "10.244.0.1/32");
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::RouteWorkloadMissing, "10.244.0.1".into())]
+        );
+        // Pod being torn down: interface gone with its route; nothing to report.
+        o.links.retain(|l| l.name != e.workloads[0].iface);
+        assert!(run(&e, &o).findings.is_empty());
+    }
+}

@@ -1,0 +1,464 @@
+//! Felix's chains: present, hooked into the built-in chains, in one backend only; failsafe
+//! ports and NAT-outgoing, per shared/reference/calico-dataplane.md §4–§5.
+
+use super::{CheckId, Finding, Severity, Skipped};
+use crate::{
+    desired::{ProtoPort, expected::Expected},
+    observed::{
+        ObservedDataplane,
+        iptables::{Backend, IptTable, IptablesDump},
+        nft::NftRuleset,
+    },
+};
+
+/// (table, built-in chain, Felix chain) hooks Felix inserts in iptables mode (`setUpIptablesNormal`).
+const HOOKS: &[(&str, &str, &str)] = &[
+    ("raw", "PREROUTING", "cali-PREROUTING"),
+    ("raw", "OUTPUT", "cali-OUTPUT"),
+    ("mangle", "PREROUTING", "cali-PREROUTING"),
+    ("mangle", "POSTROUTING", "cali-POSTROUTING"),
+    ("filter", "INPUT", "cali-INPUT"),
+    ("filter", "FORWARD", "cali-FORWARD"),
+    ("filter", "OUTPUT", "cali-OUTPUT"),
+    ("nat", "PREROUTING", "cali-PREROUTING"),
+    ("nat", "OUTPUT", "cali-OUTPUT"),
+    ("nat", "POSTROUTING", "cali-POSTROUTING"),
+];
+
+/// nftables mode: base chain → Felix chain in table `ip calico`.
+const NFT_HOOKS: &[(&str, &str)] = &[
+    ("filter-INPUT", "filter-cali-INPUT"),
+    ("filter-FORWARD", "filter-cali-FORWARD"),
+    ("filter-OUTPUT", "filter-cali-OUTPUT"),
+    ("nat-PREROUTING", "nat-cali-PREROUTING"),
+    ("nat-POSTROUTING", "nat-cali-POSTROUTING"),
+];
+
+/// Where Felix's rules live on this node.
+enum RuleHome<'a> {
+    Iptables(&'a IptablesDump),
+    Nft(&'a NftRuleset),
+}
+
+fn felix_nft(obs: &ObservedDataplane) -> Option<&NftRuleset> {
+    obs.nft
+        .as_ref()
+        .filter(|n| n.chains_of("ip", "calico").any(|c| c.hook.is_some()))
+}
+
+pub(super) fn check(
+    obs: &ObservedDataplane,
+    e: Option<&Expected>,
+    out: &mut Vec<Finding>,
+    skipped: &mut Vec<Skipped>,
+) {
+    let bpf = e.is_some_and(|e| e.bpf) || !obs.calico_bpf_pins.is_empty();
+    let v4: Vec<&IptablesDump> = obs.iptables.iter().filter(|d| d.family == 4).collect();
+    let with_chains: Vec<&IptablesDump> = v4
+        .iter()
+        .copied()
+        .filter(|d| d.felix_chain_count() > 0)
+        .collect();
+    if with_chains
+        .iter()
+        .any(|d| d.backend == Some(Backend::Legacy))
+        && with_chains.iter().any(|d| d.backend == Some(Backend::Nft))
+    {
+        let counts: Vec<String> = with_chains
+            .iter()
+            .map(|d| format!("{}: {} cali- chains", d.label(), d.felix_chain_count()))
+            .collect();
+        out.push(
+            Finding::new(CheckId::RulesBackendMixed, Severity::Warning, "iptables")
+                .expected("Felix's chains in one iptables backend (the one kube-proxy uses)")
+                .actual(counts.join(", "))
+                .hint("one set is stale and may still match packets first (legacy and nft tables both run); Felix's IptablesBackend must match kube-proxy's: check FELIX_IPTABLESBACKEND and remove the stale rules with the other backend's iptables-save/restore"),
+        );
+    }
+    let home = match (
+        felix_nft(obs),
+        with_chains.iter().max_by_key(|d| d.felix_chain_count()),
+    ) {
+        (Some(n), _) => RuleHome::Nft(n),
+        (None, Some(d)) => RuleHome::Iptables(d),
+        (None, None) => {
+            if v4.is_empty() && obs.nft.is_none() {
+                skipped.push(Skipped {
+                    check: CheckId::RulesFelixMissing,
+                    reason: "neither iptables nor nftables could be read (needs CAP_NET_ADMIN and the iptables/nft binaries)".into(),
+                });
+            } else if !bpf {
+                out.push(
+                    Finding::new(CheckId::RulesFelixMissing, Severity::Critical, "cali- chains")
+                        .expected("Felix's chains (cali-INPUT, cali-FORWARD, …) in iptables, or table ip calico in nftables")
+                        .actual(format!("none in {}", sources(obs)))
+                        .hint("without them no policy, failsafe or NAT-outgoing applies; is calico-node running on this node? `kubectl get pods -n calico-system -o wide | grep $(hostname)`"),
+                );
+            }
+            return;
+        }
+    };
+    if bpf {
+        skipped.push(Skipped {
+            check: CheckId::FailsafeMissing,
+            reason: "eBPF mode keeps failsafes in the cali_v4_fsafes2 map".into(),
+        });
+        return;
+    }
+    match home {
+        RuleHome::Iptables(d) => {
+            iptables_hooks(d, out);
+            if let Some(e) = e {
+                failsafe(d, e, out);
+                nat_outgoing_iptables(d, e, out);
+            }
+        }
+        RuleHome::Nft(n) => {
+            nft_hooks(n, out);
+            if let Some(e) = e {
+                if !e.nat_outgoing.is_empty()
+                    && !n.rules.iter().any(|r| {
+                        r.table == "calico"
+                            && r.chain == "nat-cali-nat-outgoing"
+                            && r.exprs.iter().any(|x| x == "masquerade" || x == "snat")
+                    })
+                {
+                    out.push(nat_missing(
+                        "nat-cali-nat-outgoing",
+                        "no masquerade rule in table ip calico",
+                    ));
+                }
+                skipped.push(Skipped {
+                    check: CheckId::FailsafeMissing,
+                    reason:
+                        "failsafe port matches in nftables mode are not decoded by this version"
+                            .into(),
+                });
+            }
+        }
+    }
+}
+
+fn sources(obs: &ObservedDataplane) -> String {
+    let mut s: Vec<String> = obs
+        .iptables
+        .iter()
+        .filter(|d| d.family == 4)
+        .map(IptablesDump::label)
+        .collect();
+    if obs.nft.is_some() {
+        s.push("nftables".into());
+    }
+    s.join(", ")
+}
+
+fn iptables_hooks(d: &IptablesDump, out: &mut Vec<Finding>) {
+    for (table, builtin, chain) in HOOKS {
+        let Some(t) = d.table(table) else {
+            out.push(rules_missing(
+                &format!("{table} table"),
+                &format!("table {table} with {builtin} -> {chain}"),
+                &format!("no {table} table in {}", d.label()),
+            ));
+            continue;
+        };
+        if t.chain(chain).is_none() {
+            out.push(rules_missing(
+                &format!("{table} {chain}"),
+                &format!("chain {chain} in table {table}"),
+                &format!("absent from {}", d.label()),
+            ));
+        } else if !t
+            .rules_of(builtin)
+            .any(|r| r.target.as_deref() == Some(*chain))
+        {
+            out.push(rules_missing(
+                &format!("{table} {builtin}"),
+                &format!("{builtin} jumps to {chain}"),
+                &format!(
+                    "no jump in {table} {builtin} ({} rule(s) there)",
+                    t.rules_of(builtin).count()
+                ),
+            ));
+        }
+    }
+}
+
+fn nft_hooks(n: &NftRuleset, out: &mut Vec<Finding>) {
+    for (base, chain) in NFT_HOOKS {
+        let rules = n
+            .rules
+            .iter()
+            .filter(|r| r.family == "ip" && r.table == "calico" && r.chain == *base);
+        if n.chains_of("ip", "calico").all(|c| c.name != *chain) {
+            out.push(rules_missing(
+                &format!("ip calico {chain}"),
+                &format!("chain {chain}"),
+                "absent",
+            ));
+        } else if !rules
+            .into_iter()
+            .any(|r| r.target.as_deref() == Some(*chain))
+        {
+            out.push(rules_missing(
+                &format!("ip calico {base}"),
+                &format!("{base} jumps to {chain}"),
+                "no jump",
+            ));
+        }
+    }
+}
+
+fn rules_missing(subject: &str, expected: &str, actual: &str) -> Finding {
+    Finding::new(CheckId::RulesFelixMissing, Severity::Critical, subject)
+        .expected(expected.to_string())
+        .actual(actual.to_string())
+        .hint("traffic bypasses Calico policy (and failsafes) at this hook; Felix re-inserts its rules on its iptables refresh (180 s, or 5 s after its own writes) — if they vanish again, another tool (firewalld, a node script) is flushing them: `iptables-save | grep -n cali-`")
+}
+
+/// Ports named in a rule's `--dports`/`--dport`/`--destination-ports`.
+fn dports(spec: &str) -> Vec<u16> {
+    let mut words = spec.split_whitespace();
+    let mut ports = Vec::new();
+    while let Some(w) = words.next() {
+        if matches!(
+            w,
+            "--dports" | "--dport" | "--destination-ports" | "--destination-port"
+        ) && let Some(list) = words.next()
+        {
+            ports.extend(
+                list.split(',')
+                    .filter_map(|p| p.split(':').next()?.parse::<u16>().ok()),
+            );
+        }
+    }
+    ports
+}
+
+fn proto_of(spec: &str) -> Option<&str> {
+    let mut words = spec.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "-p" || w == "--protocol" {
+            return words.next();
+        }
+    }
+    None
+}
+
+fn failsafe(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
+    for t in &d.tables {
+        for (chain, ports) in [
+            ("cali-failsafe-in", &e.failsafe_in),
+            ("cali-failsafe-out", &e.failsafe_out),
+        ] {
+            // Felix programs only referenced chains: no host endpoint, no failsafe chain.
+            if t.chain(chain).is_none() {
+                continue;
+            }
+            for p in ports.iter() {
+                if !has_port(t, chain, p) {
+                    out.push(
+                        Finding::new(CheckId::FailsafeMissing, Severity::Critical, format!("{} {chain} {}:{}", t.name, p.protocol, p.port))
+                            .expected(format!("{chain} accepts {} port {} ({} table)", p.protocol, p.port, t.name))
+                            .actual(format!("no such rule among {} in {chain}", t.rules_of(chain).count()))
+                            .hint(format!(
+                                "a host endpoint policy can now lock out {}:{} (ssh, BGP, etcd, the API server…); Felix rewrites the chain on its iptables refresh: `iptables -t {} -S {chain}`",
+                                p.protocol, p.port, t.name
+                            )),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn has_port(t: &IptTable, chain: &str, p: &ProtoPort) -> bool {
+    t.rules_of(chain).any(|r| {
+        proto_of(&r.spec).is_some_and(|pr| pr.eq_ignore_ascii_case(&p.protocol))
+            && dports(&r.spec).contains(&p.port)
+    })
+}
+
+fn nat_outgoing_iptables(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
+    if e.nat_outgoing.is_empty() {
+        return;
+    }
+    let Some(nat) = d.table("nat") else { return };
+    let masq = nat.rules_of("cali-nat-outgoing").any(|r| {
+        r.spec.contains("cali40masq-ipam-pools")
+            && matches!(r.target.as_deref(), Some("MASQUERADE" | "SNAT"))
+    });
+    let hooked = nat
+        .rules_of("cali-POSTROUTING")
+        .any(|r| r.target.as_deref() == Some("cali-nat-outgoing"));
+    if !masq || !hooked {
+        let pools: Vec<String> = e.nat_outgoing.iter().map(ToString::to_string).collect();
+        out.push(nat_missing(
+            "cali-nat-outgoing",
+            &format!(
+                "{} (pools with natOutgoing: {})",
+                if masq {
+                    "cali-POSTROUTING does not jump to cali-nat-outgoing"
+                } else {
+                    "no MASQUERADE rule for cali40masq-ipam-pools"
+                },
+                pools.join(", ")
+            ),
+        ));
+    }
+}
+
+fn nat_missing(subject: &str, actual: &str) -> Finding {
+    Finding::new(CheckId::NatOutgoingMissing, Severity::Critical, subject)
+        .expected("pods' traffic to outside the pools is masqueraded (natOutgoing)")
+        .actual(actual.to_string())
+        .hint("pods reach the outside world with their pod IPs and replies never come back; Felix rewrites it on its iptables refresh: `iptables -t nat -S cali-nat-outgoing`, `ipset list cali40masq-ipam-pools`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        observed::iptables,
+        verify::testutil::{healthy, ids, run},
+    };
+
+    fn nft_dump(o: &mut ObservedDataplane) -> &mut IptablesDump {
+        o.iptables
+            .iter_mut()
+            .find(|d| d.backend == Some(Backend::Nft))
+            .expect("nft dump")
+    }
+
+    #[test]
+    fn hook_and_chain_removal_fire() {
+        let (e, mut o) = healthy();
+        let filter = nft_dump(&mut o)
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "filter")
+            .expect("filter");
+        filter
+            .rules
+            .retain(|r| !(r.chain == "INPUT" && r.target.as_deref() == Some("cali-INPUT")));
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::RulesFelixMissing, "filter INPUT".into())]
+        );
+        let nat = nft_dump(&mut o)
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "nat")
+            .expect("nat");
+        nat.chains.retain(|c| c.name != "cali-POSTROUTING");
+        let got = ids(&run(&e, &o));
+        assert!(
+            got.contains(&(CheckId::RulesFelixMissing, "nat cali-POSTROUTING".into())),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn no_felix_chains_at_all() {
+        let (e, mut o) = healthy();
+        o.iptables = vec![iptables::parse(
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n",
+            Some(Backend::Nft),
+            4,
+        )];
+        let got = ids(&run(&e, &o));
+        assert!(
+            got.contains(&(CheckId::RulesFelixMissing, "cali- chains".into())),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn mixed_backends() {
+        let (e, mut o) = healthy();
+        let mut legacy = nft_dump(&mut o).clone();
+        legacy.backend = Some(Backend::Legacy);
+        o.iptables.push(legacy);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::RulesBackendMixed, "iptables".into())]
+        );
+    }
+
+    #[test]
+    fn failsafe_port_removed() {
+        let (e, mut o) = healthy();
+        let filter = nft_dump(&mut o)
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "filter")
+            .expect("filter");
+        let idx = filter
+            .rules
+            .iter()
+            .position(|r| r.chain == "cali-failsafe-in")
+            .expect("failsafe rule");
+        filter.rules.remove(idx);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(
+                CheckId::FailsafeMissing,
+                "filter cali-failsafe-in tcp:22".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn failsafe_chains_absent_without_host_endpoints_is_quiet() {
+        let (e, mut o) = healthy();
+        for t in &mut nft_dump(&mut o).tables {
+            t.chains.retain(|c| !c.name.starts_with("cali-failsafe"));
+            t.rules.retain(|r| !r.chain.starts_with("cali-failsafe"));
+        }
+        assert!(run(&e, &o).findings.is_empty());
+    }
+
+    #[test]
+    fn nat_outgoing_rule_removed() {
+        let (e, mut o) = healthy();
+        let nat = nft_dump(&mut o)
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "nat")
+            .expect("nat");
+        nat.rules.retain(|r| r.chain != "cali-nat-outgoing");
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::NatOutgoingMissing, "cali-nat-outgoing".into())]
+        );
+    }
+
+    #[test]
+    fn unrelated_chains_are_ignored() {
+        let (e, mut o) = healthy();
+        let filter = nft_dump(&mut o)
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "filter")
+            .expect("filter");
+        let extra = iptables::parse(
+            "*filter\n:KUBE-FIREWALL - [0:0]\n:DOCKER-USER - [0:0]\n-A INPUT -j KUBE-FIREWALL\n-A KUBE-FIREWALL -m mark --mark 0x8000/0x8000 -j DROP\n-A DOCKER-USER -j RETURN\nCOMMIT\n",
+            None,
+            4,
+        );
+        let t = &extra.tables[0];
+        filter.chains.extend(t.chains.iter().cloned());
+        filter.rules.splice(0..0, t.rules.iter().cloned());
+        assert!(run(&e, &o).findings.is_empty());
+    }
+
+    #[test]
+    fn parses_port_lists() {
+        assert_eq!(
+            dports("-p tcp -m multiport --dports 22,179,6443 -j ACCEPT"),
+            [22, 179, 6443]
+        );
+        assert_eq!(dports("-p udp -m udp --dport 68 -j ACCEPT"), [68]);
+        assert_eq!(proto_of("-p udp -m udp --dport 68"), Some("udp"));
+    }
+}

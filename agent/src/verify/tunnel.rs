@@ -1,0 +1,356 @@
+//! Tunnel devices (presence, state, address, VNI/port, parent, MAC, MTU), the VXLAN VTEP
+//! ARP/FDB entries for every remote node, and workload MTUs, against the datastore.
+
+use std::net::IpAddr;
+
+use super::{CheckId, Finding, Severity, parent_of};
+use crate::{
+    desired::expected::{Expected, ExpectedTunnel},
+    diag::is_workload_iface,
+    observed::ObservedDataplane,
+};
+
+/// Encapsulation overhead per device kind (`int_dataplane.go`).
+pub(super) fn overhead(device: &str) -> u32 {
+    match device {
+        "tunl0" => 20,
+        d if d.starts_with("wireguard") || d.starts_with("wg-") => 60,
+        _ => 50,
+    }
+}
+
+pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    for t in e.vxlan.iter().chain(&e.ipip) {
+        device(e, t, obs, out);
+    }
+    if let Some(vx) = &e.vxlan {
+        vteps(e, vx, obs, out);
+    }
+    for l in obs
+        .links
+        .iter()
+        .filter(|l| is_workload_iface(&l.name) && l.mtu > e.pod_mtu)
+    {
+        out.push(
+            Finding::new(CheckId::MtuWorkloadMismatch, Severity::Warning, l.name.clone())
+                .expected(format!("MTU ≤ {} (the smallest enabled tunnel MTU)", e.pod_mtu))
+                .actual(format!("MTU {}", l.mtu))
+                .hint(format!(
+                    "this pod sends packets the tunnel cannot carry: large transfers stall (PMTUD blackhole). The CNI plugin set the MTU when the pod started (from /var/lib/calico/mtu or veth_mtu); recreate the pod after fixing the MTU config: `ip link show {}`",
+                    l.name
+                )),
+        );
+    }
+}
+
+fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    let name = t.device.as_str();
+    let Some(link) = obs.link(name) else {
+        out.push(
+            Finding::new(CheckId::TunnelMissing, Severity::Critical, name)
+                .expected(format!("device {name} (MTU {})", t.mtu))
+                .actual("absent")
+                .hint(format!(
+                    "no traffic to other nodes' pods can leave this node; Felix recreates the device within 10 s unless it fails: `kubectl logs -n calico-system ds/calico-node -c calico-node | grep -i {name}`"
+                )),
+        );
+        return;
+    };
+    if !link.is_up() {
+        let withdrawn = e.routes.iter().filter(|r| matches!(&r.target, crate::desired::expected::RouteTarget::Device { device, .. } if device == name)).count();
+        out.push(
+            Finding::new(CheckId::TunnelDown, Severity::Critical, name)
+                .expected("up")
+                .actual(format!(
+                    "{} (admin {}); the kernel withdrew the {withdrawn} route(s) through it",
+                    link.oper_state,
+                    if link.admin_up { "up" } else { "down" }
+                ))
+                .hint(format!(
+                    "traffic to other nodes' pods is dropped; Felix sets it up again on its 10 s device check — if it stays down, something keeps downing it: `ip link show {name}`, `journalctl | grep {name}`"
+                )),
+        );
+    }
+    let addrs: Vec<_> = obs
+        .addresses_of(name)
+        .filter(|a| a.address.addr().is_ipv4())
+        .map(|a| a.address.addr())
+        .collect();
+    if let Some(want) = t.address
+        && addrs != [IpAddr::V4(want)]
+    {
+        let in_blocks = addrs.iter().all(|a| {
+            e.local_blocks
+                .iter()
+                .any(|b| matches!(a, IpAddr::V4(v) if b.contains(v)))
+        });
+        out.push(
+            Finding::new(CheckId::TunnelAddressMismatch, Severity::Critical, name)
+                .expected(format!("{want}/32 (the node's tunnel address)"))
+                .actual(if addrs.is_empty() {
+                    "no IPv4 address".into()
+                } else {
+                    format!(
+                        "{}{}",
+                        addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                        if in_blocks { "" } else { " (outside this node's blocks)" }
+                    )
+                })
+                .hint(format!(
+                    "remote nodes route this node's pods via {want}; replies from this node leave with the wrong source. Felix keeps only its own address: check calico-node's log, `ip addr show {name}`"
+                )),
+        );
+    }
+    if link.mtu != t.mtu {
+        out.push(
+            Finding::new(CheckId::MtuTunnelMismatch, Severity::Warning, name)
+                .expected(format!("MTU {} ({})", t.mtu, if e.host_mtu > 0 { format!("underlay MTU {} minus {}", e.host_mtu, overhead(name)) } else { "configured".into() }))
+                .actual(format!("MTU {}", link.mtu))
+                .hint(format!(
+                    "a tunnel MTU above what the underlay carries drops large packets; below it wastes throughput. Felix resets it on its 10 s device check; if it flips back, another agent sets it: `ip link show {name}`"
+                )),
+        );
+    }
+    if let Some(parent) = parent_of(obs, link).or_else(|| underlay_of(e, obs))
+        && t.mtu + overhead(name) > parent.mtu
+    {
+        out.push(
+            Finding::new(CheckId::MtuUnderlayTooSmall, Severity::Warning, name)
+                .expected(format!("{name} MTU {} + {} ≤ {} MTU {}", t.mtu, overhead(name), parent.name, parent.mtu))
+                .actual(format!("{} > {}", t.mtu + overhead(name), parent.mtu))
+                .hint("the configured tunnel MTU does not fit the underlay: lower vxlanMTU/ipipMTU/wireguardMTU in FelixConfiguration (or leave it 0 for auto-detection)"),
+        );
+    }
+    if let (Some(vx), Some(want_vni)) = (&link.vxlan, t.vni) {
+        if vx.vni != Some(want_vni) || vx.port != t.port {
+            out.push(
+                Finding::new(CheckId::TunnelVniMismatch, Severity::Critical, name)
+                    .expected(format!("VNI {want_vni}, port {}", t.port.unwrap_or(4789)))
+                    .actual(format!(
+                        "VNI {}, port {}",
+                        vx.vni.map_or_else(|| "?".into(), |v| v.to_string()),
+                        vx.port.map_or_else(|| "?".into(), |p| p.to_string())
+                    ))
+                    .hint("other nodes encapsulate with the configured VNI/port, so this node drops their packets; Felix recreates an incompatible device: check FelixConfiguration vxlanVNI/vxlanPort"),
+            );
+        }
+        if let Some(local) = t.local {
+            if vx.local.is_some_and(|l| l != local) {
+                out.push(
+                    Finding::new(CheckId::TunnelParentMismatch, Severity::Critical, name)
+                        .expected(format!("local {local} (the node's IP)"))
+                        .actual(format!("local {}", vx.local.map_or_else(|| "?".into(), |l| l.to_string())))
+                        .hint("the VTEP sends from an address other nodes do not expect (their FDB points at the node IP): check the node's IP autodetection (IP_AUTODETECTION_METHOD)"),
+                );
+            } else if let Some(parent) = parent_of(obs, link) {
+                let carries = obs
+                    .addresses_of(&parent.name)
+                    .any(|a| a.address.addr() == IpAddr::V4(local));
+                if !carries {
+                    out.push(
+                        Finding::new(CheckId::TunnelParentMismatch, Severity::Critical, name)
+                            .expected(format!("bound to the device holding {local}"))
+                            .actual(format!("bound to {}, which does not hold {local}", parent.name))
+                            .hint("the VTEP is bound to the wrong NIC: check IP_AUTODETECTION_METHOD and `ip -d link show vxlan.calico`"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(mac) = &t.mac
+        && link.mac.as_deref() != Some(mac.as_str())
+    {
+        out.push(
+            Finding::new(CheckId::VxlanMacMismatch, Severity::Critical, name)
+                .expected(format!("MAC {mac}"))
+                .actual(format!("MAC {}", link.mac.as_deref().unwrap_or("none")))
+                .hint("other nodes' ARP/FDB entries point at the expected MAC, so they cannot reach this VTEP; Felix recreates the device: `ip link show vxlan.calico`"),
+        );
+    }
+}
+
+/// The device carrying the node IP (for tunnels without a bound parent, like tunl0).
+fn underlay_of<'a>(e: &Expected, obs: &'a ObservedDataplane) -> Option<&'a crate::observed::Link> {
+    let ip = IpAddr::V4(e.node_ip?.addr());
+    obs.addresses
+        .iter()
+        .find(|a| a.address.addr() == ip)
+        .and_then(|a| obs.link(&a.ifname))
+}
+
+fn vteps(e: &Expected, vx: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    let dev = vx.device.as_str();
+    if obs.link(dev).is_none_or(|l| !l.is_up()) {
+        // The kernel flushes a down device's neighbours; tunnel.missing/down say why.
+        return;
+    }
+    for v in &e.vteps {
+        let neigh = obs
+            .neighbours
+            .iter()
+            .find(|n| n.dev == dev && n.destination == IpAddr::V4(v.tunnel_ip));
+        match neigh {
+            None => out.push(
+                Finding::new(CheckId::VxlanNeighMissing, Severity::Critical, v.tunnel_ip.to_string())
+                    .expected(format!("{} dev {dev} lladdr {} PERMANENT (VTEP of {})", v.tunnel_ip, v.mac, v.node))
+                    .actual("no ARP entry")
+                    .hint(format!(
+                        "vxlan.calico does not learn: without this entry packets to {}'s pods are dropped. Felix rewrites it on its 90 s resync: `ip neigh show dev {dev}`",
+                        v.node
+                    )),
+            ),
+            Some(n) if n.lladdr.as_deref() != Some(v.mac.as_str()) => out.push(
+                Finding::new(CheckId::VxlanMacMismatch, Severity::Critical, v.tunnel_ip.to_string())
+                    .expected(format!("lladdr {} (VTEP of {})", v.mac, v.node))
+                    .actual(format!("lladdr {} {}", n.lladdr.as_deref().unwrap_or("none"), n.state))
+                    .hint(format!("frames for {} go to a MAC no VTEP owns: `ip neigh show {} dev {dev}`", v.node, v.tunnel_ip)),
+            ),
+            Some(_) => {}
+        }
+        let fdb: Vec<_> = obs
+            .fdb
+            .iter()
+            .filter(|f| f.dev == dev && f.mac == v.mac)
+            .collect();
+        if !fdb
+            .iter()
+            .any(|f| f.destination == Some(IpAddr::V4(v.node_ip)))
+        {
+            out.push(
+                Finding::new(CheckId::VxlanFdbMissing, Severity::Critical, v.mac.clone())
+                    .expected(format!("{} dev {dev} dst {} self permanent (VTEP of {})", v.mac, v.node_ip, v.node))
+                    .actual(if fdb.is_empty() {
+                        "no FDB entry".into()
+                    } else {
+                        fdb.iter().map(|f| format!("dst {}", f.destination.map_or_else(|| "none".into(), |d| d.to_string()))).collect::<Vec<_>>().join(", ")
+                    })
+                    .hint(format!(
+                        "the kernel does not know where to send {}'s VTEP frames, so they are dropped; Felix rewrites the FDB on its 90 s resync: `bridge fdb show dev {dev}`",
+                        v.node
+                    )),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::testutil::{healthy, ids, run};
+
+    #[test]
+    fn missing_and_down_tunnel() {
+        let (e, mut o) = healthy();
+        o.links
+            .iter_mut()
+            .filter(|l| l.name == "vxlan.calico")
+            .for_each(|l| {
+                l.admin_up = false;
+                l.oper_state = "down".into();
+            });
+        // The kernel withdraws the routes and ARP entries of a down device.
+        o.routes
+            .retain(|r| r.dev.as_deref() != Some("vxlan.calico"));
+        o.neighbours.clear();
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::TunnelDown, "vxlan.calico".into())]
+        );
+        o.links.retain(|l| l.name != "vxlan.calico");
+        o.addresses.retain(|a| a.ifname != "vxlan.calico");
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::TunnelMissing, "vxlan.calico".into())]
+        );
+    }
+
+    #[test]
+    fn tunnel_address_outside_blocks() {
+        let (e, mut o) = healthy();
+        let a = o
+            .addresses
+            .iter_mut()
+            .find(|a| a.ifname == "vxlan.calico")
+            .expect("addr");
+        a.address = "10.244.200.1/32".parse().expect("net");
+        let v = run(&e, &o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::TunnelAddressMismatch, "vxlan.calico".into())]
+        );
+        assert!(v.findings[0].actual.contains("outside this node's blocks"));
+    }
+
+    #[test]
+    fn mtus() {
+        let (e, mut o) = healthy();
+        o.links
+            .iter_mut()
+            .filter(|l| l.name == "vxlan.calico")
+            .for_each(|l| l.mtu = 1500);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::MtuTunnelMismatch, "vxlan.calico".into())]
+        );
+        let (e, mut o) = healthy();
+        let veth = e.workloads[0].iface.clone();
+        o.links
+            .iter_mut()
+            .filter(|l| l.name == veth)
+            .for_each(|l| l.mtu = 1500);
+        assert_eq!(ids(&run(&e, &o)), [(CheckId::MtuWorkloadMismatch, veth)]);
+        // A configured MTU too large for the underlay.
+        let (mut e, mut o) = healthy();
+        e.vxlan.as_mut().expect("vxlan").mtu = 1480;
+        e.pod_mtu = 1480;
+        o.links
+            .iter_mut()
+            .filter(|l| l.name == "vxlan.calico")
+            .for_each(|l| l.mtu = 1480);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::MtuUnderlayTooSmall, "vxlan.calico".into())]
+        );
+    }
+
+    #[test]
+    fn vni_parent_and_mac() {
+        let (e, mut o) = healthy();
+        let l = o
+            .links
+            .iter_mut()
+            .find(|l| l.name == "vxlan.calico")
+            .expect("vxlan");
+        l.vxlan.as_mut().expect("info").vni = Some(1);
+        l.mac = Some("66:00:00:00:00:01".into());
+        l.vxlan.as_mut().expect("info").local = Some("10.99.0.99".parse().expect("ip"));
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [
+                (CheckId::TunnelVniMismatch, "vxlan.calico".into()),
+                (CheckId::TunnelParentMismatch, "vxlan.calico".into()),
+                (CheckId::VxlanMacMismatch, "vxlan.calico".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn vtep_arp_and_fdb() {
+        let (e, mut o) = healthy();
+        o.neighbours.clear();
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::VxlanNeighMissing, "10.244.1.0".into())]
+        );
+        let (e, mut o) = healthy();
+        o.fdb.clear();
+        let mac = e.vteps[0].mac.clone();
+        assert_eq!(ids(&run(&e, &o)), [(CheckId::VxlanFdbMissing, mac)]);
+        let (e, mut o) = healthy();
+        o.neighbours[0].lladdr = Some("66:00:00:00:00:02".into());
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::VxlanMacMismatch, "10.244.1.0".into())]
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! The lab's Calico datastore as the YAML `calicoctl`/`kubectl` print: the pool, both nodes
+//! (one as a Calico v3 Node, one as a Kubernetes Node with Calico's annotations), one IPAM
+//! block per node with its tunnel address and pods, and their block affinities.
+
+use std::fmt::Write as _;
+
+use super::spec::{LabSpec, NodeSpec, UNDERLAY_PREFIX};
+
+impl LabSpec {
+    pub fn datastore_yaml(&self) -> String {
+        let mut y = String::new();
+        let _ = write!(
+            y,
+            "# calicoctl get ippools -o yaml\napiVersion: projectcalico.org/v3\nkind: IPPoolList\nitems:\n- apiVersion: projectcalico.org/v3\n  kind: IPPool\n  metadata:\n    name: default-ipv4-ippool\n  spec:\n    allowedUses: [Workload, Tunnel]\n    blockSize: 26\n    cidr: {}\n    ipipMode: Never\n    natOutgoing: true\n    nodeSelector: all()\n    vxlanMode: Always\n",
+            self.pool
+        );
+        y.push_str("---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  logSeverityScreen: Info\n  reportingInterval: 0s\n");
+        for (i, n) in self.nodes.iter().enumerate() {
+            y.push_str(&if i % 2 == 0 {
+                calico_node(n)
+            } else {
+                k8s_node(n)
+            });
+            y.push_str(&block(n, true));
+        }
+        y
+    }
+
+    /// A third node that exists in the datastore but was never programmed on any lab node.
+    pub fn unprogrammed_node_yaml(&self) -> String {
+        let n = NodeSpec {
+            name: "node-c".into(),
+            netns: String::new(),
+            ip: "10.99.0.13"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            block: "10.244.2.0/26".parse().unwrap_or_default(),
+            tunnel_ip: "10.244.2.0"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            vtep_mac: super::spec::vtep_mac("node-c"),
+            switch_port: String::new(),
+            pods: Vec::new(),
+        };
+        let mut y = calico_node(&n);
+        y.push_str(&block(&n, false));
+        y
+    }
+}
+
+fn calico_node(n: &NodeSpec) -> String {
+    format!(
+        "---\n# calicoctl get node {name} -o yaml\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  addresses:\n  - address: {ip}/{UNDERLAY_PREFIX}\n    type: CalicoNodeIP\n  bgp:\n    ipv4Address: {ip}/{UNDERLAY_PREFIX}\n  ipv4VXLANTunnelAddr: {tun}\n  orchRefs:\n  - nodeName: {name}\n    orchestrator: k8s\n",
+        name = n.name,
+        ip = n.ip,
+        tun = n.tunnel_ip
+    )
+}
+
+fn k8s_node(n: &NodeSpec) -> String {
+    format!(
+        "---\n# kubectl get node {name} -o yaml (Calico keeps its data in annotations)\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    projectcalico.org/IPv4Address: {ip}/{UNDERLAY_PREFIX}\n    projectcalico.org/IPv4VXLANTunnelAddr: {tun}\n    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    kubernetes.io/hostname: {name}\nspec:\n  podCIDR: 10.245.0.0/24\n",
+        name = n.name,
+        ip = n.ip,
+        tun = n.tunnel_ip
+    )
+}
+
+/// The node's IPAM block: ordinal 0 is the tunnel address, then one per pod.
+fn block(n: &NodeSpec, with_affinity_object: bool) -> String {
+    let base = u32::from(n.block.network());
+    let mut allocations = vec!["0".to_string()];
+    let mut attrs = format!(
+        "  - handle_id: vxlan-tunnel-addr-{name}\n    secondary:\n      node: {name}\n      type: vxlanTunnelAddress\n",
+        name = n.name
+    );
+    for (i, p) in n.pods.iter().enumerate() {
+        let ordinal = u32::from(p.ip) - base;
+        allocations.resize(ordinal as usize + 1, "null".into());
+        allocations[ordinal as usize] = (i + 1).to_string();
+        let _ = write!(
+            attrs,
+            "  - handle_id: k8s-pod-network.{handle}\n    secondary:\n      namespace: {ns}\n      node: {node}\n      pod: {pod}\n      timestamp: 2026-11-23 10:00:00.000000000 +0000 UTC\n",
+            handle = &p.veth[4..],
+            ns = p.namespace,
+            node = n.name,
+            pod = p.name
+        );
+    }
+    let name = n.block.to_string().replace(['.', '/'], "-");
+    let mut y = format!(
+        "---\napiVersion: crd.projectcalico.org/v1\nkind: IPAMBlock\nmetadata:\n  name: {name}\nspec:\n  affinity: host:{node}\n  allocations: [{allocs}]\n  attributes:\n{attrs}  cidr: {cidr}\n  deleted: false\n  strictAffinity: false\n  unallocated: []\n",
+        node = n.name,
+        allocs = allocations.join(", "),
+        cidr = n.block
+    );
+    if with_affinity_object {
+        let _ = write!(
+            y,
+            "---\napiVersion: crd.projectcalico.org/v1\nkind: BlockAffinity\nmetadata:\n  name: {node}-{name}\nspec:\n  cidr: {cidr}\n  deleted: \"false\"\n  node: {node}\n  state: confirmed\n  type: host\n",
+            node = n.name,
+            cidr = n.block
+        );
+    }
+    y
+}
