@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use agent::{
     analysis::{self, Analysis},
-    desired::{Datastore, files},
+    desired::{Datastore, files, kube},
     diag, node, observed,
     verify::{GraceTracker, Policy},
 };
@@ -45,8 +45,12 @@ struct Input {
     #[arg(long, env = "AGENT_NODE_NAME")]
     node_name: Option<String>,
     /// Directory of Calico YAML (`calicoctl get … -o yaml` / `kubectl get … -o yaml`) to verify against.
-    #[arg(long, env = "AGENT_DATASTORE")]
+    #[arg(long, env = "AGENT_DATASTORE", conflicts_with = "kube")]
     datastore: Option<PathBuf>,
+    /// Read the datastore from the Kubernetes API (in-cluster service account or KUBECONFIG),
+    /// read-only, through watchers.
+    #[arg(long, env = "AGENT_KUBE")]
+    kube: bool,
     /// Report a finding only if it is still there after this many seconds (Felix's own resync
     /// can briefly look like drift). 0 reports at once.
     #[arg(long, env = "AGENT_GRACE_SECONDS", default_value_t = 0)]
@@ -88,12 +92,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Diag { input } => {
             let a = rt.block_on(analyse(&input))?;
-            print(&input, &a)?;
+            print(&input, &a, diag::render::text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { input } => {
             let a = rt.block_on(analyse(&input))?;
-            print(&input, &a)?;
+            print(&input, &a, diag::render::check_text)?;
             Ok(match &a.verification {
                 None => {
                     eprintln!("agent: could not verify: no Calico dataplane found on this node");
@@ -106,16 +110,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load_datastore(input: &Input) -> anyhow::Result<Option<Datastore>> {
-    let Some(dir) = &input.datastore else {
+/// How long `--kube` waits for the first list of every resource.
+const KUBE_LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn load_datastore(input: &Input) -> anyhow::Result<Option<Datastore>> {
+    let ds = if input.kube {
+        let client = kube::client().await?;
+        kube::read_once(&client, KUBE_LIST_TIMEOUT)
+            .await
+            .context("reading the Calico datastore from the Kubernetes API")?
+    } else if let Some(dir) = &input.datastore {
+        files::load_dir(dir).with_context(|| format!("datastore {}", dir.display()))?
+    } else {
         return Ok(None);
     };
-    let ds = files::load_dir(dir).with_context(|| format!("datastore {}", dir.display()))?;
     for w in &ds.warnings {
         tracing::warn!("{w}");
     }
     if ds.is_empty() {
-        anyhow::bail!("datastore {}: no Calico objects found", dir.display());
+        anyhow::bail!(
+            "the datastore holds no Calico objects (IPPools, IPAMBlocks, Nodes, FelixConfigurations)"
+        );
     }
     Ok(Some(ds))
 }
@@ -127,7 +142,7 @@ fn now() -> u64 {
 }
 
 async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
-    let ds = load_datastore(input)?;
+    let ds = load_datastore(input).await?;
     let name = node::resolve_name(input.node_name.as_deref());
     let grace = Duration::from_secs(input.grace);
     let mut tracker = GraceTracker::default();
@@ -156,14 +171,14 @@ async fn pass(
     Ok(a)
 }
 
-fn print(input: &Input, a: &Analysis) -> anyhow::Result<()> {
+fn print(input: &Input, a: &Analysis, human: fn(&Analysis) -> String) -> anyhow::Result<()> {
     if input.json {
         println!(
             "{}",
             serde_json::to_string_pretty(a).context("encoding JSON")?
         );
     } else {
-        print!("{}", diag::render::text(a));
+        print!("{}", human(a));
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum as _};
 use xtask::{
     lab::{Fault, Lab},
     setup, sh,
@@ -54,6 +54,8 @@ enum LabAction {
     },
     /// Re-apply Felix's intended state everywhere, undoing every fault.
     Repair,
+    /// Write the lab's Calico datastore YAML into DIR (the lab need not be up).
+    Datastore { dir: PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,29 +111,10 @@ fn sweep_test_namespaces() {
 fn demo(keep: bool) -> anyhow::Result<()> {
     std::env::set_current_dir(workspace_root()).context("entering the workspace")?;
     cargo(&["build", "--quiet", "-p", "agent"])?;
-    let agent = workspace_root().join("target/debug/agent");
     let lab = Lab::new(LAB_PREFIX);
     println!("== bringing up the lab: two Calico VXLAN nodes with two pods each");
     lab.up()?;
-    let result = (|| -> anyhow::Result<()> {
-        lab.check_connectivity()?;
-        println!("== pods reach each other across vxlan.calico");
-        let node = &lab.spec.nodes[0];
-        println!(
-            "== ip netns exec {} agent diag --node-name {}\n",
-            node.netns, node.name
-        );
-        sh::stream(&[
-            "ip",
-            "netns",
-            "exec",
-            &node.netns,
-            &agent.to_string_lossy(),
-            "diag",
-            "--node-name",
-            &node.name,
-        ])
-    })();
+    let result = demo_steps(&lab);
     if keep {
         println!(
             "\nlab left up: `ip netns exec {LAB_PREFIX}-a target/debug/agent diag`, `cargo xtask lab down`"
@@ -140,6 +123,84 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         lab.down();
     }
     result
+}
+
+fn demo_steps(lab: &Lab) -> anyhow::Result<()> {
+    let agent = workspace_root()
+        .join("target/debug/agent")
+        .to_string_lossy()
+        .into_owned();
+    let ds_dir = lab_datastore_dir();
+    let ds_file = lab.write_datastore(&ds_dir)?;
+    let ds = ds_dir.to_string_lossy().into_owned();
+    lab.check_connectivity()?;
+    println!(
+        "== pods reach each other across vxlan.calico; datastore written to {}",
+        ds_file.display()
+    );
+    let node = &lab.spec.nodes[0];
+    let agent_cmd = |cmd: &'static str| -> Vec<String> {
+        [
+            "ip",
+            "netns",
+            "exec",
+            &node.netns,
+            &agent,
+            cmd,
+            "--node-name",
+            &node.name,
+            "--datastore",
+            &ds,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    };
+    let run = |cmd: &'static str| -> anyhow::Result<(i32, String)> {
+        let argv = agent_cmd(cmd);
+        sh::run_code(&argv.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    println!("== agent diag --node-name {} --datastore {ds}\n", node.name);
+    print!("{}", run("diag")?.1);
+
+    println!(
+        "\n== injecting faults one by one into {}: each is detected, then cleared by a repair",
+        node.name
+    );
+    for fault in Fault::value_variants() {
+        let name = fault
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        let help = fault
+            .to_possible_value()
+            .and_then(|v| v.get_help().map(ToString::to_string))
+            .unwrap_or_default();
+        println!("\n-- fault {name}: {help}");
+        lab.fault(&node.name, *fault)?;
+        let (code, out) = run("check")?;
+        print!("{out}");
+        println!("   agent check exit code: {code}");
+        lab.repair()?;
+        let (code, out) = run("check")?;
+        println!(
+            "   after repair: exit code {code}, {}",
+            out.lines().last().unwrap_or_default().trim()
+        );
+    }
+    println!("\n-- datastore fault: node-c added to the datastore but never programmed");
+    let extra = ds_dir.join("node-c.yaml");
+    std::fs::write(&extra, lab.spec.unprogrammed_node_yaml())?;
+    let (code, out) = run("check")?;
+    print!("{out}");
+    println!("   agent check exit code: {code}");
+    std::fs::remove_file(&extra)?;
+    let (code, out) = run("check")?;
+    println!(
+        "   node-c removed again: exit code {code}, {}",
+        out.lines().last().unwrap_or_default().trim()
+    );
+    Ok(())
 }
 
 fn lab_datastore_dir() -> PathBuf {
@@ -163,6 +224,7 @@ fn lab(action: LabAction) -> anyhow::Result<()> {
         LabAction::Down => lab.down(),
         LabAction::Fault { fault, node } => lab.fault(&node, fault)?,
         LabAction::Repair => lab.repair()?,
+        LabAction::Datastore { dir } => println!("{}", lab.write_datastore(&dir)?.display()),
     }
     Ok(())
 }

@@ -59,6 +59,20 @@ pub fn ok(argv: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Runs `argv` and returns its exit code and stdout, whatever the code.
+pub fn run_code(argv: &[&str]) -> anyhow::Result<(i32, String)> {
+    let (prog, args) = argv.split_first().context("empty command")?;
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {prog}"))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
 /// Runs `argv` with inherited stdio (for long builds whose progress the user should see).
 pub fn stream(argv: &[&str]) -> anyhow::Result<()> {
     stream_env(argv, &[])

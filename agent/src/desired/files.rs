@@ -112,6 +112,11 @@ pub fn load_text(ds: &mut Datastore, file: &str, text: &str) -> Result<(), Datas
     Ok(())
 }
 
+/// Adds one object (as the API server returns it) to `ds`; `source` names where it came from.
+pub fn load_object(ds: &mut Datastore, source: &str, v: &Value) -> Result<(), DatastoreError> {
+    load_value(ds, source, v, None)
+}
+
 struct Ctx<'a> {
     file: &'a str,
     object: String,

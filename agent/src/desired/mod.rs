@@ -3,6 +3,7 @@
 
 pub mod expected;
 pub mod files;
+pub mod kube;
 pub mod resources;
 
 use std::{

@@ -184,20 +184,49 @@ pub fn text(a: &Analysis) -> String {
         let _ = writeln!(o, "  proxy_arp off on: {}", s.proxy_arp_off.join(", "));
     }
 
+    summary(&mut o, a);
+    o
+}
+
+/// `agent check`: the findings and the summary line, nothing else.
+pub fn check_text(a: &Analysis) -> String {
+    let mut o = String::new();
+    match &a.verification {
+        Some(v) => findings(&mut o, v),
+        None => {
+            let _ = writeln!(
+                o,
+                "node {}: no Calico dataplane found on this node",
+                a.diag.node
+            );
+        }
+    }
+    summary(&mut o, a);
+    o
+}
+
+fn summary(o: &mut String, a: &Analysis) {
+    let d = &a.diag;
+    let g = &d.routes;
+    let modes: Vec<&str> = d.modes.iter().map(|m| m.name()).collect();
     let (crit, warn) = a.verification.as_ref().map_or((0, 0), |v| {
         let n = |s: Severity| v.findings.iter().filter(|f| f.severity == s).count();
         (n(Severity::Critical), n(Severity::Warning))
     });
     let _ = writeln!(
         o,
-        "\nsummary: {} | {} tunnel(s), {} local block(s), {} remote block route(s), {} workload(s) | {crit} critical, {warn} warning",
-        modes.join(" + "),
+        "\nsummary: node {} | {} | {} tunnel(s), {} local block(s), {} remote block route(s), {} workload(s) | {crit} critical, {warn} warning",
+        d.node,
+        if modes.is_empty() {
+            "no Calico".to_string()
+        } else {
+            modes.join(" + ")
+        },
         d.tunnels.len(),
         g.local_blackholes.len(),
         g.remote_via_tunnel.len() + g.remote_via_underlay.len(),
         d.workloads.len()
     );
-    o
 }
 
 /// Findings, most severe first, each with expected vs actual and the next step.

@@ -1,0 +1,178 @@
+//! The datastore from the Kubernetes API: one read-only watcher (with reflector store and
+//! backoff) per resource, so a long-running agent keeps an up-to-date copy and a one-shot
+//! command waits for the first full list.
+//!
+//! Calico's resources are read as the KDD CRDs (`crd.projectcalico.org/v1`) unless only the
+//! native `projectcalico.org/v3` CRDs exist (`libcalico-go/lib/backend/k8s/discovery.go`).
+//! Objects go through the same parser as YAML files, so both sources agree field for field.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject},
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
+use tokio::task::JoinHandle;
+
+use super::{Datastore, files};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("no Kubernetes client configuration (in-cluster service account or KUBECONFIG)")]
+    Config(#[source] kube::Error),
+    #[error("Kubernetes API discovery failed")]
+    Discovery(#[source] kube::Error),
+    #[error("timed out after {0:?} waiting for the first list of {1}")]
+    Timeout(Duration, String),
+    #[error("the watcher of {0} stopped before its first list")]
+    Stopped(String),
+    #[error(transparent)]
+    Object(#[from] files::DatastoreError),
+}
+
+/// Which API group holds Calico's resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalicoGroup {
+    /// `crd.projectcalico.org/v1`: the KDD CRDs every Calico version has.
+    CrdV1,
+    /// `projectcalico.org/v3` served by native CRDs (v3.32+ without the v1 CRDs).
+    V3,
+}
+
+impl CalicoGroup {
+    fn api_version(self) -> (&'static str, &'static str) {
+        match self {
+            Self::CrdV1 => ("crd.projectcalico.org", "v1"),
+            Self::V3 => ("projectcalico.org", "v3"),
+        }
+    }
+}
+
+/// Calico's choice: v1 CRDs when they exist, else v3.
+pub async fn discover_group(client: &Client) -> Result<CalicoGroup, KubeError> {
+    let groups = client
+        .list_api_groups()
+        .await
+        .map_err(KubeError::Discovery)?;
+    let has = |name: &str| groups.groups.iter().any(|g| g.name == name);
+    Ok(
+        if !has("crd.projectcalico.org") && has("projectcalico.org") {
+            CalicoGroup::V3
+        } else {
+            CalicoGroup::CrdV1
+        },
+    )
+}
+
+fn resources(group: CalicoGroup) -> Vec<ApiResource> {
+    let (g, v) = group.api_version();
+    let calico = |kind: &str, plural: &str| ApiResource {
+        group: g.into(),
+        version: v.into(),
+        api_version: format!("{g}/{v}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    vec![
+        calico("IPPool", "ippools"),
+        calico("IPAMBlock", "ipamblocks"),
+        calico("BlockAffinity", "blockaffinities"),
+        calico("FelixConfiguration", "felixconfigurations"),
+        // In KDD the Calico Node is the Kubernetes Node and its projectcalico.org annotations.
+        ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            plural: "nodes".into(),
+        },
+    ]
+}
+
+/// Watchers keeping a reflector store per resource. Dropping it stops them.
+pub struct KubeDatastore {
+    stores: Vec<(ApiResource, reflector::Store<DynamicObject>)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl KubeDatastore {
+    /// Starts one watcher per resource. Errors (API down, RBAC) are logged and retried with
+    /// backoff; they never end the watch.
+    pub fn start(client: &Client, group: CalicoGroup) -> Self {
+        let mut stores = Vec::new();
+        let mut tasks = Vec::new();
+        for ar in resources(group) {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            let writer = reflector::store::Writer::new(ar.clone());
+            stores.push((ar.clone(), writer.as_reader()));
+            let kind = ar.kind.clone();
+            let stream = watcher(api, watcher::Config::default().any_semantic()).default_backoff();
+            tasks.push(tokio::spawn(async move {
+                let mut events = std::pin::pin!(reflector(writer, stream));
+                while let Some(event) = events.next().await {
+                    if let Err(e) = event {
+                        tracing::warn!(kind = %kind, error = %e, "Watch of Calico datastore failed; retrying with backoff.");
+                    }
+                }
+            }));
+        }
+        Self { stores, tasks }
+    }
+
+    /// Waits until every resource has been listed once.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), KubeError> {
+        for (ar, store) in &self.stores {
+            match tokio::time::timeout(timeout, store.wait_until_ready()).await {
+                Err(_) => return Err(KubeError::Timeout(timeout, ar.plural.clone())),
+                Ok(Err(_)) => return Err(KubeError::Stopped(ar.plural.clone())),
+                Ok(Ok(())) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The datastore as the stores hold it now.
+    pub fn snapshot(&self) -> Result<Datastore, KubeError> {
+        let mut ds = Datastore::default();
+        for (ar, store) in &self.stores {
+            let source = format!("kube {}", ar.api_version);
+            let mut objects = store.state();
+            objects.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            for obj in objects {
+                let mut value = serde_json::to_value(obj.as_ref()).unwrap_or_default();
+                // List items of built-in kinds come without apiVersion/kind.
+                if let Some(map) = value.as_object_mut() {
+                    map.entry("apiVersion")
+                        .or_insert_with(|| ar.api_version.clone().into());
+                    map.entry("kind").or_insert_with(|| ar.kind.clone().into());
+                }
+                files::load_object(&mut ds, &source, &value)?;
+            }
+        }
+        Ok(ds)
+    }
+}
+
+impl Drop for KubeDatastore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// One-shot read for `agent check --kube`: start the watchers, wait for their first lists,
+/// take a snapshot.
+pub async fn read_once(client: &Client, timeout: Duration) -> Result<Datastore, KubeError> {
+    let group = discover_group(client).await?;
+    let kds = KubeDatastore::start(client, group);
+    kds.ready(timeout).await?;
+    kds.snapshot()
+}
+
+/// A client from the in-cluster service account or KUBECONFIG.
+pub async fn client() -> Result<Client, KubeError> {
+    Client::try_default().await.map_err(KubeError::Config)
+}

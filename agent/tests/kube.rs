@@ -1,0 +1,272 @@
+//! The Kubernetes datastore source against an in-process mock API server that replays recorded
+//! list responses (`kube-responses/`, shaped as the API server returns them: managedFields,
+//! resourceVersions, Node items without apiVersion/kind) and scripted watch events. There is no
+//! cluster on this machine; this is the real kube client and runtime against real HTTP.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use agent::desired::{
+    Datastore,
+    expected::{HostFacts, compute},
+    files,
+    kube::{CalicoGroup, KubeDatastore, KubeError, discover_group, read_once},
+};
+use axum::{
+    Router,
+    extract::{Path, RawQuery, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+#[derive(Clone, Default)]
+struct Mock {
+    /// Serve Calico resources under projectcalico.org/v3 only (no v1 CRDs).
+    v3_only: bool,
+    /// Resource plurals answered with 403 Forbidden (missing RBAC).
+    forbidden: Vec<&'static str>,
+    /// One watch event (JSON line) per plural, sent on its first watch.
+    watch_events: BTreeMap<&'static str, String>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+fn recorded(plural: &str) -> Option<&'static str> {
+    Some(match plural {
+        "ippools" => include_str!("kube-responses/ippools.json"),
+        "ipamblocks" => include_str!("kube-responses/ipamblocks.json"),
+        "blockaffinities" => include_str!("kube-responses/blockaffinities.json"),
+        "felixconfigurations" => include_str!("kube-responses/felixconfigurations.json"),
+        "nodes" => include_str!("kube-responses/nodes.json"),
+        _ => return None,
+    })
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [("content-type", "application/json")], body).into_response()
+}
+
+async fn resource(
+    mock: Mock,
+    plural: String,
+    api_version: &str,
+    query: Option<String>,
+) -> Response {
+    let watch = query
+        .as_deref()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    mock.requests.lock().expect("lock").push(format!(
+        "{api_version}/{plural}{}",
+        if watch { "?watch" } else { "" }
+    ));
+    if mock.forbidden.contains(&plural.as_str()) {
+        let status = format!(
+            r#"{{"kind":"Status","apiVersion":"v1","status":"Failure","message":"{plural} is forbidden: User \"system:serviceaccount:calico-system:calico-dataplane-agent\" cannot list resource \"{plural}\"","reason":"Forbidden","code":403}}"#
+        );
+        return json(StatusCode::FORBIDDEN, status);
+    }
+    let Some(list) = recorded(&plural) else {
+        return json(StatusCode::NOT_FOUND, "{}".into());
+    };
+    if watch {
+        // Hold the watch open briefly so the client does not spin, then end it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let events = mock
+            .watch_events
+            .get(plural.as_str())
+            .cloned()
+            .unwrap_or_default();
+        return json(StatusCode::OK, events);
+    }
+    json(
+        StatusCode::OK,
+        list.replace("crd.projectcalico.org/v1", api_version),
+    )
+}
+
+async fn serve(mock: Mock) -> (kube::Client, tokio::task::JoinHandle<()>) {
+    let calico = |m: Mock| {
+        move |Path((group, version, plural)): Path<(String, String, String)>,
+              RawQuery(q): RawQuery| {
+            let m = m.clone();
+            async move {
+                let expected = if m.v3_only {
+                    "projectcalico.org/v3"
+                } else {
+                    "crd.projectcalico.org/v1"
+                };
+                let api_version = format!("{group}/{version}");
+                if api_version != expected {
+                    return json(StatusCode::NOT_FOUND, "{}".into());
+                }
+                resource(m, plural, &api_version, q).await
+            }
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/apis",
+            get(|State(m): State<Mock>| async move {
+                let body = if m.v3_only {
+                    include_str!("kube-responses/apis-v3-only.json")
+                } else {
+                    include_str!("kube-responses/apis.json")
+                };
+                json(StatusCode::OK, body.to_string())
+            }),
+        )
+        .route(
+            "/api/v1/nodes",
+            get(|State(m): State<Mock>, RawQuery(q): RawQuery| async move {
+                resource(m, "nodes".into(), "v1", q).await
+            }),
+        )
+        .route(
+            "/apis/{group}/{version}/{plural}",
+            get(calico(mock.clone())),
+        )
+        .with_state(mock);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+    (kube::Client::try_from(config).expect("client"), server)
+}
+
+fn lab_yaml_datastore() -> Datastore {
+    let mut ds = Datastore::default();
+    files::load_text(
+        &mut ds,
+        "lab.yaml",
+        &xtask::lab::LabSpec::new("x").datastore_yaml(),
+    )
+    .expect("lab yaml");
+    ds
+}
+
+fn facts() -> HostFacts {
+    HostFacts {
+        links: vec![("eth0".into(), 1500, true)],
+    }
+}
+
+#[tokio::test]
+async fn recorded_lists_give_the_same_datastore_as_the_yaml() {
+    let mock = Mock::default();
+    let requests = mock.requests.clone();
+    let (client, server) = serve(mock).await;
+    assert_eq!(
+        discover_group(&client).await.expect("discovery"),
+        CalicoGroup::CrdV1
+    );
+    let ds = read_once(&client, Duration::from_secs(10))
+        .await
+        .expect("datastore from the API");
+    let yaml = lab_yaml_datastore();
+    assert!(ds.warnings.is_empty(), "{:?}", ds.warnings);
+    assert_eq!(ds.pools, yaml.pools);
+    assert_eq!(ds.blocks, yaml.blocks);
+    assert_eq!(ds.affinities, yaml.affinities);
+    let mut nodes = yaml.nodes.clone();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(ds.nodes, nodes);
+    for node in ["node-a", "node-b"] {
+        assert_eq!(
+            compute(&ds, node, &facts()).expect("expected"),
+            compute(&yaml, node, &facts()).expect("expected")
+        );
+    }
+    let seen = requests.lock().expect("lock").clone();
+    assert!(
+        seen.contains(&"crd.projectcalico.org/v1/ipamblocks".to_string()),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&"v1/nodes".to_string()), "{seen:?}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn v3_only_clusters_are_read_through_projectcalico_org_v3() {
+    let mock = Mock {
+        v3_only: true,
+        ..Default::default()
+    };
+    let requests = mock.requests.clone();
+    let (client, server) = serve(mock).await;
+    assert_eq!(
+        discover_group(&client).await.expect("discovery"),
+        CalicoGroup::V3
+    );
+    let ds = read_once(&client, Duration::from_secs(10))
+        .await
+        .expect("datastore");
+    assert_eq!((ds.pools.len(), ds.blocks.len(), ds.nodes.len()), (1, 2, 2));
+    let seen = requests.lock().expect("lock").clone();
+    assert!(
+        seen.iter()
+            .any(|r| r.starts_with("projectcalico.org/v3/ippools")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|r| r.starts_with("crd.projectcalico.org")),
+        "{seen:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn watch_events_update_the_store() {
+    let node_c = r#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-c","resourceVersion":"40200","annotations":{"projectcalico.org/IPv4Address":"10.99.0.13/24","projectcalico.org/IPv4VXLANTunnelAddr":"10.244.2.0"}}}}"#;
+    let mock = Mock {
+        watch_events: BTreeMap::from([("nodes", format!("{node_c}\n"))]),
+        ..Default::default()
+    };
+    let (client, server) = serve(mock).await;
+    let kds = KubeDatastore::start(&client, CalicoGroup::CrdV1);
+    kds.ready(Duration::from_secs(10))
+        .await
+        .expect("first lists");
+    let mut seen = false;
+    for _ in 0..50 {
+        if kds.snapshot().expect("snapshot").node("node-c").is_some() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the watched ADDED event never reached the store");
+    let ds = kds.snapshot().expect("snapshot");
+    assert_eq!(
+        ds.node("node-c")
+            .and_then(|n| n.ipv4_vxlan_tunnel)
+            .map(|ip| ip.to_string())
+            .as_deref(),
+        Some("10.244.2.0")
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn missing_rbac_is_named_not_hung() {
+    let mock = Mock {
+        forbidden: vec!["ipamblocks"],
+        ..Default::default()
+    };
+    let (client, server) = serve(mock).await;
+    let err = read_once(&client, Duration::from_secs(2))
+        .await
+        .expect_err("forbidden list");
+    assert!(
+        matches!(&err, KubeError::Timeout(_, plural) if plural == "ipamblocks"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ipamblocks"));
+    server.abort();
+}
