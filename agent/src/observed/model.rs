@@ -177,7 +177,7 @@ pub fn protocol_name(proto: u8) -> String {
         14 => "xorp",
         15 => "ntk",
         16 => "dhcp",
-        17 => "keepalived",
+        18 => "keepalived",
         42 => "babel",
         99 => "openr",
         186 => "bgp",

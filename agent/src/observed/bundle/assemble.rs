@@ -1,0 +1,413 @@
+//! Combining what every section of a bundle yielded into one [`ObservedDataplane`]: links
+//! merged across `ip link` and `ip addr`, names resolved to indexes, the same object seen in
+//! two dumps (`ip route show table all` and `ip -6 route …` overlap) kept once, and every
+//! source nothing was found for listed as unavailable.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    fmt::Debug,
+    path::Path,
+};
+
+use super::{
+    Bundle, LineNote,
+    classify::{Format, Origin},
+    fdb, iptables_dump,
+    link::{self, LinkBlock},
+    neigh, nft_text, route, rule,
+    sections::Section,
+    sysctl_text,
+};
+use crate::observed::{
+    iptables::IptablesDump,
+    model::{
+        FdbEntry, IpRule, Link, Neighbour, ObservedDataplane, Route, Sysctls, TABLE_LOCAL,
+        Unavailable,
+    },
+    nft::{self, NftRuleset},
+    wireguard::{self, WgDevice},
+};
+
+const NOT_IN_BUNDLE: &str = "not in the bundle";
+
+#[derive(Default)]
+pub(super) struct Assembler {
+    blocks: Vec<LinkBlock>,
+    routes: Vec<Route>,
+    neighbours: Vec<Neighbour>,
+    fdb: Vec<FdbEntry>,
+    rules: Vec<IpRule>,
+    sysctls: Option<Sysctls>,
+    iptables: Vec<IptablesDump>,
+    nft_json: Option<NftRuleset>,
+    nft_text: Option<NftRuleset>,
+    wireguard: Option<Vec<WgDevice>>,
+    node_name: Option<String>,
+    seen: BTreeSet<Format>,
+    captured_at: u64,
+    bundle: Bundle,
+}
+
+impl Assembler {
+    pub fn note(&mut self, note: String) {
+        self.bundle.notes.push(note);
+    }
+
+    /// Parses one section as `origin` says. `shown` names the file in notes; `mtime` is the
+    /// file's modification time, the best estimate of when the bundle was taken.
+    pub fn add(&mut self, path: &Path, shown: &str, section: &Section, origin: Origin, mtime: u64) {
+        let text = section.text.as_str();
+        let notes = match origin.format {
+            Format::IpRoute => extend(&mut self.routes, route::parse(text, origin.family)),
+            Format::IpLink | Format::IpAddr => extend(&mut self.blocks, link::parse(text)),
+            Format::IpNeigh => extend(&mut self.neighbours, neigh::parse(text)),
+            Format::BridgeFdb => extend(&mut self.fdb, fdb::parse(text)),
+            Format::IpRule => extend(&mut self.rules, rule::parse(text, origin.family)),
+            Format::IptablesSave => {
+                let dump = iptables_dump::parse(text, origin.backend, origin.family);
+                let notes = line_notes(&dump.errors);
+                self.iptables.push(dump);
+                notes
+            }
+            Format::NftText => {
+                let rs = nft_text::parse(text);
+                let notes = line_notes(&rs.errors);
+                merge_nft(&mut self.nft_text, rs);
+                notes
+            }
+            Format::NftJson => self.add_nft_json(text),
+            Format::Sysctl => {
+                let (s, notes) = sysctl_text::parse(text);
+                merge_sysctls(self.sysctls.get_or_insert_with(Sysctls::default), s);
+                notes
+            }
+            Format::WgDump => {
+                let (devices, errors) = wireguard::parse_dump(text);
+                self.wireguard.get_or_insert_with(Vec::new).extend(devices);
+                line_notes(&errors)
+            }
+            Format::Hostname => self.add_hostname(text),
+            Format::CalicoResources => {
+                if !self.bundle.datastore_files.iter().any(|p| p == path) {
+                    self.bundle.datastore_files.push(path.to_path_buf());
+                }
+                Vec::new()
+            }
+            Format::CaptureErrors => text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(n, l)| LineNote::new(n + 1, format!("capture failed: {}", l.trim())))
+                .collect(),
+        };
+        for n in notes {
+            let line = section.first_line + n.line.saturating_sub(1);
+            self.note(format!("{shown}:{line}: {}", n.message));
+        }
+        self.seen.insert(origin.format);
+        self.bundle
+            .recognised
+            .push((path.to_path_buf(), origin.format.name().to_string()));
+        if origin.format != Format::CaptureErrors {
+            self.captured_at = self.captured_at.max(mtime);
+        }
+    }
+
+    fn add_nft_json(&mut self, text: &str) -> Vec<LineNote> {
+        if text.trim().is_empty() {
+            // nft prints nothing at all when the namespace has no table (as the live reader
+            // treats it).
+            merge_nft(&mut self.nft_json, NftRuleset::default());
+            return Vec::new();
+        }
+        match nft::parse_json(text) {
+            Ok(rs) => {
+                let notes = rs
+                    .errors
+                    .iter()
+                    .map(|e| LineNote::new(1, format!("nft JSON: {e}")))
+                    .collect();
+                merge_nft(&mut self.nft_json, rs);
+                notes
+            }
+            Err(e) => vec![LineNote::new(1, format!("nft JSON not read: {e}"))],
+        }
+    }
+
+    fn add_hostname(&mut self, text: &str) -> Vec<LineNote> {
+        let Some((n, name)) = text
+            .lines()
+            .enumerate()
+            .map(|(n, l)| (n, l.trim()))
+            .find(|(_, l)| !l.is_empty())
+        else {
+            return vec![LineNote::new(1, "empty hostname")];
+        };
+        if name.contains(char::is_whitespace) || name.len() > 253 {
+            return vec![LineNote::new(n + 1, "not a host name")];
+        }
+        self.node_name.get_or_insert_with(|| name.to_string());
+        Vec::new()
+    }
+
+    pub fn finish(mut self) -> Bundle {
+        let mut notes = Vec::new();
+        let blocks = merge_links(std::mem::take(&mut self.blocks));
+        let links = resolve_links(&blocks, &mut notes);
+        let index: HashMap<&str, u32> = links.iter().map(|l| (l.name.as_str(), l.index)).collect();
+        let index_of = |dev: &str| index.get(dev).copied();
+
+        // The live reader dumps IPv4 before IPv6 (and iptables legacy before nft, IPv4 before
+        // IPv6); stable sorts restore that order whatever order the files were read in.
+        let mut addresses = dedupe(blocks.iter().flat_map(|b| b.addresses.clone()).collect());
+        addresses.sort_by_key(|a| a.address.addr().is_ipv6());
+        let mut routes = dedupe(std::mem::take(&mut self.routes));
+        routes.sort_by_key(|r| r.destination.addr().is_ipv6());
+        let mut rules = dedupe(std::mem::take(&mut self.rules));
+        rules.sort_by_key(|r| r.family);
+        let mut iptables = dedupe(std::mem::take(&mut self.iptables));
+        iptables.sort_by_key(|d| (d.family, d.backend));
+        for r in &mut routes {
+            r.oif = r.dev.as_deref().and_then(index_of);
+        }
+        let mut neighbours = dedupe(std::mem::take(&mut self.neighbours));
+        for n in &mut neighbours {
+            n.ifindex = index_of(&n.dev).unwrap_or(0);
+        }
+        let mut fdb = dedupe(std::mem::take(&mut self.fdb));
+        for e in &mut fdb {
+            e.ifindex = index_of(&e.dev).unwrap_or(0);
+        }
+        if !routes.is_empty() && !routes.iter().any(|r| r.table == TABLE_LOCAL) {
+            // Every node has local-table routes; `ip route` without `table all` leaves them out.
+            notes.push(
+                "routes: only table main was captured (no `table all`): the local table and \
+                 policy-routing tables are unknown"
+                    .into(),
+            );
+        }
+        if self.nft_json.is_some() && self.nft_text.is_some() {
+            notes.push("nft: both a JSON and a text listing found; the JSON one is used".into());
+        }
+        let unavailable = self.unavailable(&blocks, &links);
+        let observed = ObservedDataplane {
+            node_name: self.node_name.take().unwrap_or_default(),
+            captured_at: self.captured_at,
+            links,
+            addresses,
+            routes,
+            neighbours,
+            fdb,
+            rules,
+            sysctls: self.sysctls.take().unwrap_or_default(),
+            iptables,
+            nft: self.nft_json.take().or(self.nft_text.take()),
+            wireguard: self.wireguard.take().unwrap_or_default(),
+            calico_bpf_pins: Vec::new(),
+            missing_capabilities: Vec::new(),
+            unavailable,
+        };
+        self.bundle.notes.extend(notes);
+        Bundle {
+            observed,
+            ..self.bundle
+        }
+    }
+
+    fn unavailable(&self, blocks: &[LinkBlock], links: &[Link]) -> Vec<Unavailable> {
+        let mut out = Vec::new();
+        let mut missing = |source: &str, reason: &str| {
+            out.push(Unavailable {
+                source: source.into(),
+                reason: reason.into(),
+            });
+        };
+        let seen = |f: Format| self.seen.contains(&f);
+        if !seen(Format::IpRoute) {
+            missing(Format::IpRoute.name(), NOT_IN_BUNDLE);
+        }
+        if blocks.is_empty() {
+            missing(Format::IpLink.name(), NOT_IN_BUNDLE);
+        } else if !blocks.iter().any(|b| b.has_link_line) {
+            missing(
+                Format::IpLink.name(),
+                "not in the bundle: links are known from `ip addr` headers only (no MAC, kind \
+                 or VXLAN details)",
+            );
+        } else if !blocks.iter().any(|b| b.detailed) {
+            missing(
+                "ip -d link",
+                "not in the bundle: links were listed without -d (no kind or VXLAN details)",
+            );
+        }
+        if !seen(Format::IpAddr) {
+            missing(Format::IpAddr.name(), NOT_IN_BUNDLE);
+        }
+        for f in [
+            Format::IpNeigh,
+            Format::BridgeFdb,
+            Format::IpRule,
+            Format::Sysctl,
+        ] {
+            if !seen(f) {
+                missing(f.name(), NOT_IN_BUNDLE);
+            }
+        }
+        if !seen(Format::IptablesSave) {
+            missing(Format::IptablesSave.name(), NOT_IN_BUNDLE);
+        }
+        if !seen(Format::NftText) && !seen(Format::NftJson) {
+            missing(Format::NftText.name(), NOT_IN_BUNDLE);
+        }
+        // The live reader asks `wg` only when a WireGuard device exists; so does this.
+        let has_wireguard = links.iter().any(|l| {
+            l.kind.as_deref() == Some("wireguard")
+                || l.name.starts_with("wireguard.")
+                || l.name.starts_with("wg-")
+        });
+        if has_wireguard && !seen(Format::WgDump) {
+            missing(Format::WgDump.name(), NOT_IN_BUNDLE);
+        }
+        out
+    }
+}
+
+fn extend<T>(into: &mut Vec<T>, parsed: super::Parsed<T>) -> Vec<LineNote> {
+    into.extend(parsed.items);
+    parsed.notes
+}
+
+/// `line N: why` errors (iptables, nft, wg) as notes; others apply to line 1.
+fn line_notes(errors: &[String]) -> Vec<LineNote> {
+    errors
+        .iter()
+        .map(|e| {
+            let parsed = e.strip_prefix("line ").and_then(|rest| {
+                let (n, msg) = rest.split_once(':')?;
+                Some(LineNote::new(n.trim().parse().ok()?, msg.trim()))
+            });
+            parsed.unwrap_or_else(|| LineNote::new(1, e.clone()))
+        })
+        .collect()
+}
+
+fn merge_nft(into: &mut Option<NftRuleset>, rs: NftRuleset) {
+    match into {
+        None => *into = Some(rs),
+        Some(existing) => {
+            existing.tables.extend(rs.tables);
+            existing.chains.extend(rs.chains);
+            existing.rules.extend(rs.rules);
+            existing.sets.extend(rs.sets);
+            existing.errors.extend(rs.errors);
+        }
+    }
+}
+
+fn merge_sysctls(into: &mut Sysctls, from: Sysctls) {
+    into.ip_forward = from.ip_forward.or(into.ip_forward);
+    into.rp_filter.extend(from.rp_filter);
+    into.proxy_arp.extend(from.proxy_arp);
+    into.forwarding.extend(from.forwarding);
+    into.conntrack_count = from.conntrack_count.or(into.conntrack_count);
+    into.conntrack_max = from.conntrack_max.or(into.conntrack_max);
+}
+
+/// The same interface from several dumps (`ip -d link`, `ip addr`, `ip -4 addr`) becomes one
+/// block: what one dump printed fills what another left out.
+fn merge_links(blocks: Vec<LinkBlock>) -> Vec<LinkBlock> {
+    let mut merged: Vec<LinkBlock> = Vec::new();
+    for b in blocks {
+        let Some(m) = merged
+            .iter_mut()
+            .find(|m| m.link.index == b.link.index && m.link.name == b.link.name)
+        else {
+            merged.push(b);
+            continue;
+        };
+        if b.detailed && !m.detailed {
+            m.link.kind = b.link.kind;
+            m.link.vxlan = b.link.vxlan;
+            m.detailed = true;
+        }
+        if m.link.mac.is_none() {
+            m.link.mac = b.link.mac;
+        }
+        if m.link.mtu == 0 {
+            m.link.mtu = b.link.mtu;
+        }
+        m.peer = m.peer.take().or(b.peer);
+        m.master = m.master.take().or(b.master);
+        m.has_link_line |= b.has_link_line;
+        m.addresses.extend(b.addresses);
+    }
+    merged.sort_by_key(|b| b.link.index);
+    merged
+}
+
+/// Turns the names the text printed (`@v0`, `master br0`, VXLAN `dev eth0`) into the indexes
+/// netlink reports.
+fn resolve_links(blocks: &[LinkBlock], notes: &mut Vec<String>) -> Vec<Link> {
+    let index_of = |name: &str| {
+        blocks
+            .iter()
+            .find(|b| b.link.name == name)
+            .map(|b| b.link.index)
+    };
+    // iproute2 prints an index it cannot name (a peer in another namespace) as `ifN`.
+    let unnamed_index = |name: &str| name.strip_prefix("if").and_then(|n| n.parse().ok());
+    blocks
+        .iter()
+        .map(|b| {
+            let mut link = b.link.clone();
+            link.link_index = match b.peer.as_deref() {
+                None => None,
+                Some("NONE") => Some(0),
+                Some(peer) => {
+                    let idx = index_of(peer).or_else(|| unnamed_index(peer));
+                    if idx.is_none() {
+                        notes.push(format!(
+                            "link {}: peer {peer} is not among the links",
+                            link.name
+                        ));
+                    }
+                    idx
+                }
+            };
+            link.controller = b.master.as_deref().and_then(|m| {
+                let idx = index_of(m);
+                if idx.is_none() {
+                    notes.push(format!(
+                        "link {}: master {m} is not among the links",
+                        link.name
+                    ));
+                }
+                idx
+            });
+            if let Some(vx) = link.vxlan.as_mut()
+                && let Some(parent) = vx.parent_name.clone()
+            {
+                vx.parent_index = index_of(&parent);
+                if vx.parent_index.is_none() {
+                    // `dev ifN`: the parent's index is known, its name was not (as live).
+                    vx.parent_index = unnamed_index(&parent);
+                    if vx.parent_index.is_some() {
+                        vx.parent_name = None;
+                    }
+                }
+            }
+            link
+        })
+        .collect()
+}
+
+/// Keeps the first of equal items, in order. Items are compared by their debug rendering since
+/// the model types do not implement `Hash`, and a quadratic scan would be slow on nodes with
+/// tens of thousands of routes.
+fn dedupe<T: Debug>(items: Vec<T>) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items
+        .into_iter()
+        .filter(|item| seen.insert(format!("{item:?}")))
+        .collect()
+}
