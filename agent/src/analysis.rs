@@ -18,6 +18,8 @@ pub struct Analysis {
     pub diag: Diag,
     /// `None` when there is no Calico dataplane to verify.
     pub verification: Option<Verification>,
+    /// What an offline input was read as, and what could not be used.
+    pub input_notes: Vec<String>,
 }
 
 /// The host facts Felix itself reads from the kernel (MTU detection).
@@ -48,5 +50,6 @@ pub fn analyse(obs: &ObservedDataplane, expected: Option<&Expected>, policy: &Po
     Analysis {
         diag: d,
         verification,
+        input_notes: Vec::new(),
     }
 }

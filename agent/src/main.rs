@@ -5,7 +5,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use agent::{
     analysis::{self, Analysis},
     desired::{Datastore, files, kube},
-    diag, node, observed,
+    diag, node,
+    observed::{self, bundle},
     verify::{GraceTracker, Policy},
 };
 use anyhow::Context as _;
@@ -31,6 +32,10 @@ enum Command {
     Diag {
         #[command(flatten)]
         input: Input,
+        /// Instead of analysing, write a bundle of this node's dataplane (the text dumps
+        /// `--bundle` reads) into DIR, for offline analysis elsewhere.
+        #[arg(long, env = "AGENT_BUNDLE_OUT", conflicts_with = "bundle")]
+        bundle_out: Option<PathBuf>,
     },
     /// Verify the dataplane: exit 0 when clean, 1 when drift is found, 2 when it could not verify.
     Check {
@@ -55,6 +60,11 @@ struct Input {
     /// can briefly look like drift). 0 reports at once.
     #[arg(long, env = "AGENT_GRACE_SECONDS", default_value_t = 0)]
     grace: u64,
+    /// Analyse a directory of captured text dumps instead of the live node: ours
+    /// (`--bundle-out`), an extracted `calicoctl node diags` archive, or pasted command
+    /// outputs. Calico YAML found inside is used as the datastore unless one is given.
+    #[arg(long, env = "AGENT_BUNDLE")]
+    bundle: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, env = "AGENT_JSON")]
     json: bool,
@@ -90,7 +100,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Diag { input } => {
+        Command::Diag {
+            input,
+            bundle_out: Some(dir),
+        } => {
+            let files = rt
+                .block_on(bundle::capture(
+                    &dir,
+                    &node::resolve_name(input.node_name.as_deref()),
+                ))
+                .with_context(|| format!("writing a bundle to {}", dir.display()))?;
+            println!(
+                "wrote {} file(s) to {}; analyse them with `agent diag --bundle {}`",
+                files.len(),
+                dir.display(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diag {
+            input,
+            bundle_out: None,
+        } => {
             let a = rt.block_on(analyse(&input))?;
             print(&input, &a, diag::render::text)?;
             Ok(ExitCode::SUCCESS)
@@ -113,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// How long `--kube` waits for the first list of every resource.
 const KUBE_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn load_datastore(input: &Input) -> anyhow::Result<Option<Datastore>> {
+async fn load_datastore(input: &Input, in_bundle: &[PathBuf]) -> anyhow::Result<Option<Datastore>> {
     let ds = if input.kube {
         let client = kube::client().await?;
         kube::read_once(&client, KUBE_LIST_TIMEOUT)
@@ -121,6 +152,8 @@ async fn load_datastore(input: &Input) -> anyhow::Result<Option<Datastore>> {
             .context("reading the Calico datastore from the Kubernetes API")?
     } else if let Some(dir) = &input.datastore {
         files::load_dir(dir).with_context(|| format!("datastore {}", dir.display()))?
+    } else if !in_bundle.is_empty() {
+        files::load_files(in_bundle).context("Calico YAML in the bundle")?
     } else {
         return Ok(None);
     };
@@ -142,7 +175,10 @@ fn now() -> u64 {
 }
 
 async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
-    let ds = load_datastore(input).await?;
+    if let Some(dir) = &input.bundle {
+        return analyse_bundle(input, dir).await;
+    }
+    let ds = load_datastore(input, &[]).await?;
     let name = node::resolve_name(input.node_name.as_deref());
     let grace = Duration::from_secs(input.grace);
     let mut tracker = GraceTracker::default();
@@ -153,6 +189,35 @@ async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
     // Something looked wrong: look again once the grace window has passed.
     tokio::time::sleep(grace).await;
     pass(&ds, &name, grace, &mut tracker).await
+}
+
+/// A captured bundle is a single moment: no grace window applies.
+async fn analyse_bundle(input: &Input, dir: &std::path::Path) -> anyhow::Result<Analysis> {
+    let b = bundle::read_dir(dir)?;
+    let mut obs = b.observed;
+    // The bundle's hostname file is the node's identity unless the operator says otherwise.
+    if let Some(n) = input.node_name.as_deref().filter(|n| !n.is_empty()) {
+        obs.node_name = n.to_string();
+    } else if obs.node_name.is_empty() {
+        obs.node_name = node::resolve_name(None);
+    }
+    let ds = load_datastore(input, &b.datastore_files).await?;
+    let expected = analysis::expected_for(&obs, ds.as_ref())?;
+    let mut a = analysis::analyse(
+        &obs,
+        expected.as_ref(),
+        &Policy {
+            grace: Duration::ZERO,
+            now: obs.captured_at,
+        },
+    );
+    a.input_notes = b
+        .recognised
+        .iter()
+        .map(|(p, f)| format!("read {} as {f}", p.display()))
+        .chain(b.notes)
+        .collect();
+    Ok(a)
 }
 
 async fn pass(

@@ -131,6 +131,41 @@ fn check_exit_codes() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
     assert_eq!(v["verification"]["findings"][0]["check"], "route.missing");
     assert_eq!(v["verification"]["with_datastore"], true);
+
+    // The same fault, captured as a bundle and analysed offline, outside the namespace.
+    let bundle_dir = dir.join("bundle");
+    let b = bundle_dir.to_string_lossy().into_owned();
+    let (code, out, err) = agent(
+        &node.netns,
+        false,
+        &["diag", "--node-name", "node-a", "--bundle-out", &b],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let offline = |extra: &[&str]| -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .args(["check", "--bundle", &b])
+            .args(extra)
+            .output()
+            .expect("run agent");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = offline(&["--datastore", &ds]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("CRIT  route.missing  10.244.1.0/26"), "{out}");
+    assert!(
+        out.contains("summary: node node-a"),
+        "the bundle's hostname is not the node: {out}"
+    );
+    // Calico YAML inside the bundle is its datastore.
+    std::fs::copy(dir.join("lab.yaml"), bundle_dir.join("calico.yaml")).expect("copy yaml");
+    let (code, out, _) = offline(&["--node-name", "node-a"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("against the datastore"), "{out}");
     lab.repair().expect("repair");
 
     std::fs::write(dir.join("broken.yaml"), "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: bad}\nspec: {cidr: nonsense}\n").expect("write");

@@ -28,8 +28,10 @@ impl Drop for TempDir {
 /// Captures `netns` into `dir`, then reads `dir` back.
 fn capture_and_read(netns: &str, dir: &Path) -> bundle::Bundle {
     let target = dir.to_path_buf();
-    let written = in_netns(netns, move |rt| rt.block_on(bundle::capture(&target)))
-        .unwrap_or_else(|e| panic!("capture: {e}"));
+    let written = in_netns(netns, move |rt| {
+        rt.block_on(bundle::capture(&target, "node-a"))
+    })
+    .unwrap_or_else(|e| panic!("capture: {e}"));
     assert!(
         written
             .iter()

@@ -442,11 +442,15 @@ fn anomalies(d: &Diag) -> Vec<Anomaly> {
         });
     }
     for u in &d.unavailable {
-        out.push(Anomaly {
+        let a = Anomaly {
             severity: Severity::Info,
             subject: u.source.clone(),
             message: format!("not observable: {}", u.reason),
-        });
+        };
+        // One failed source can stand for several kinds of state: say it once.
+        if !out.contains(&a) {
+            out.push(a);
+        }
     }
     out.sort_by_key(|a| a.severity);
     out

@@ -184,8 +184,19 @@ pub fn text(a: &Analysis) -> String {
         let _ = writeln!(o, "  proxy_arp off on: {}", s.proxy_arp_off.join(", "));
     }
 
+    input_notes(&mut o, a);
     summary(&mut o, a);
     o
+}
+
+fn input_notes(o: &mut String, a: &Analysis) {
+    if a.input_notes.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\nINPUT");
+    for n in &a.input_notes {
+        let _ = writeln!(o, "  {n}");
+    }
 }
 
 /// `agent check`: the findings and the summary line, nothing else.
@@ -201,6 +212,7 @@ pub fn check_text(a: &Analysis) -> String {
             );
         }
     }
+    input_notes(&mut o, a);
     summary(&mut o, a);
     o
 }

@@ -281,10 +281,11 @@ pub async fn read_all(unavailable: &mut Vec<super::Unavailable>) -> Vec<Iptables
             Err(ExecError::NotFound { .. }) => {}
             Err(e) => {
                 any_binary = true;
-                unavailable.push(super::Unavailable {
-                    source: bin.into(),
-                    reason: e.to_string(),
-                });
+                unavailable.push(super::Unavailable::new(
+                    family_source(family),
+                    bin,
+                    e.to_string(),
+                ));
             }
         }
     }
@@ -296,14 +297,23 @@ pub async fn read_all(unavailable: &mut Vec<super::Unavailable>) -> Vec<Iptables
                     let backend = detect_backend_from_version(bin).await;
                     dumps.push(parse(&out, backend, family));
                 }
-                Err(e) => unavailable.push(super::Unavailable {
-                    source: bin.into(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => unavailable.push(super::Unavailable::new(
+                    family_source(family),
+                    bin,
+                    e.to_string(),
+                )),
             }
         }
     }
     dumps
+}
+
+fn family_source(family: u8) -> super::Source {
+    if family == 6 {
+        super::Source::Ip6tables
+    } else {
+        super::Source::Iptables
+    }
 }
 
 async fn detect_backend_from_version(bin: &str) -> Option<Backend> {

@@ -35,20 +35,27 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
     let mut unavailable = Vec::new();
     match Netlink::open() {
         Ok(nl) => read_netlink(&nl, &mut obs, &mut unavailable).await,
-        Err(e) => unavailable.push(Unavailable {
-            source: "netlink".into(),
-            reason: error_chain(&e),
-        }),
+        Err(e) => {
+            let reason = error_chain(&e);
+            for kind in [
+                Source::Links,
+                Source::LinkDetails,
+                Source::Addresses,
+                Source::Routes,
+                Source::Neighbours,
+                Source::Fdb,
+                Source::Rules,
+            ] {
+                unavailable.push(Unavailable::new(kind, "netlink", reason.clone()));
+            }
+        }
     }
     obs.sysctls = sysctl::read_live(&mut unavailable);
     obs.iptables = iptables::read_all(&mut unavailable).await;
     match nft::read().await {
         Ok(rs) => obs.nft = Some(rs),
         Err(reason) if reason.contains("not installed") => {}
-        Err(reason) => unavailable.push(Unavailable {
-            source: "nft".into(),
-            reason,
-        }),
+        Err(reason) => unavailable.push(Unavailable::new(Source::Nftables, "nft", reason)),
     }
     if obs.links.iter().any(|l| {
         l.kind.as_deref() == Some("wireguard")
@@ -67,35 +74,38 @@ async fn read_netlink(
     obs: &mut ObservedDataplane,
     unavailable: &mut Vec<Unavailable>,
 ) {
-    let mut note = |what: &str, e: &netlink::NetlinkError| {
-        unavailable.push(Unavailable {
-            source: format!("netlink {what}"),
-            reason: error_chain(e),
-        });
+    let mut note = |kinds: &[Source], what: &str, e: &netlink::NetlinkError| {
+        for kind in kinds {
+            unavailable.push(Unavailable::new(
+                *kind,
+                format!("netlink {what}"),
+                error_chain(e),
+            ));
+        }
     };
     match nl.links().await {
         Ok(l) => obs.links = l,
-        Err(e) => note("links", &e),
+        Err(e) => note(&[Source::Links, Source::LinkDetails], "links", &e),
     }
     match nl.addresses(&obs.links).await {
         Ok(a) => obs.addresses = a,
-        Err(e) => note("addresses", &e),
+        Err(e) => note(&[Source::Addresses], "addresses", &e),
     }
     match nl.routes(&obs.links).await {
         Ok(r) => obs.routes = r,
-        Err(e) => note("routes", &e),
+        Err(e) => note(&[Source::Routes], "routes", &e),
     }
     match nl.neighbours(&obs.links).await {
         Ok(n) => obs.neighbours = n,
-        Err(e) => note("neighbours", &e),
+        Err(e) => note(&[Source::Neighbours], "neighbours", &e),
     }
     match nl.fdb(&obs.links).await {
         Ok(f) => obs.fdb = f,
-        Err(e) => note("fdb", &e),
+        Err(e) => note(&[Source::Fdb], "fdb", &e),
     }
     match nl.rules().await {
         Ok(r) => obs.rules = r,
-        Err(e) => note("rules", &e),
+        Err(e) => note(&[Source::Rules], "rules", &e),
     }
 }
 

@@ -41,8 +41,42 @@ pub struct ObservedDataplane {
 /// A source of kernel state that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unavailable {
+    /// What was not observable, for checks to know what they cannot judge.
+    pub kind: Source,
+    /// The command, file or netlink dump that failed.
     pub source: String,
     pub reason: String,
+}
+
+impl Unavailable {
+    pub fn new(kind: Source, source: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            kind,
+            source: source.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The kinds of state a snapshot holds; a check that needs one that was not observable is
+/// skipped rather than reporting its absence as drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Links,
+    /// Link details beyond name, MTU and state: MAC, kind, VXLAN VNI/port/parent.
+    LinkDetails,
+    Addresses,
+    Routes,
+    Neighbours,
+    Fdb,
+    Rules,
+    Sysctls,
+    /// IPv4 iptables (either backend).
+    Iptables,
+    Ip6tables,
+    Nftables,
+    Wireguard,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +417,11 @@ pub struct Sysctls {
 }
 
 impl ObservedDataplane {
+    /// Whether `source` was read (a missing source means "unknown", never "empty").
+    pub fn observable(&self, source: Source) -> bool {
+        !self.unavailable.iter().any(|u| u.kind == source)
+    }
+
     pub fn link(&self, name: &str) -> Option<&Link> {
         self.links.iter().find(|l| l.name == name)
     }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use super::{Unavailable, model::Sysctls};
+use super::{Source, Unavailable, model::Sysctls};
 
 const ROOT: &str = "/proc/sys/net";
 
@@ -33,10 +33,11 @@ pub fn read(root: &Path, unavailable: &mut Vec<Unavailable>) -> Sysctls {
                 }
             }
         }
-        Err(e) => unavailable.push(Unavailable {
-            source: conf.display().to_string(),
-            reason: e.to_string(),
-        }),
+        Err(e) => unavailable.push(Unavailable::new(
+            Source::Sysctls,
+            conf.display().to_string(),
+            e.to_string(),
+        )),
     }
     s.conntrack_count = read_u64(&root.join("netfilter/nf_conntrack_count"));
     s.conntrack_max = read_u64(&root.join("netfilter/nf_conntrack_max"));

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Unavailable, exec};
+use super::{Source, Unavailable, exec};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WgDevice {
@@ -89,17 +89,19 @@ pub async fn read(unavailable: &mut Vec<Unavailable>) -> Vec<WgDevice> {
     match exec::run("wg", &["show", "all", "dump"]).await {
         Ok(out) => {
             let (devices, errors) = parse_dump(&out);
-            unavailable.extend(errors.into_iter().map(|reason| Unavailable {
-                source: "wg show all dump".into(),
-                reason,
-            }));
+            unavailable.extend(
+                errors
+                    .into_iter()
+                    .map(|reason| Unavailable::new(Source::Wireguard, "wg show all dump", reason)),
+            );
             devices
         }
         Err(e) => {
-            unavailable.push(Unavailable {
-                source: "wg show all dump".into(),
-                reason: e.to_string(),
-            });
+            unavailable.push(Unavailable::new(
+                Source::Wireguard,
+                "wg show all dump",
+                e.to_string(),
+            ));
             Vec::new()
         }
     }

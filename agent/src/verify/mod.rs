@@ -24,7 +24,7 @@ pub use self::{
 use crate::{
     desired::expected::Expected,
     diag::{TUNNEL_DEVICES, is_workload_iface},
-    observed::{Link, ObservedDataplane},
+    observed::{Link, ObservedDataplane, Source, Unavailable},
 };
 
 /// How verification behaves; the defaults are what an operator expects.
@@ -114,6 +114,44 @@ const NOT_OBSERVED: &[(CheckId, &str)] = &[
     ),
 ];
 
+/// The state each check judges. A check whose state was not observable (no privilege, not in
+/// the bundle) is skipped: an unread source is unknown, never empty.
+fn needs(check: CheckId) -> &'static [Source] {
+    use Source::*;
+    match check {
+        CheckId::RouteMissing | CheckId::RouteWorkloadMissing => &[Routes, Links],
+        CheckId::RouteWrongDevice
+        | CheckId::RouteWrongNexthop
+        | CheckId::RouteUnexpected
+        | CheckId::RouteBlackholeMissing => &[Routes],
+        CheckId::TunnelMissing
+        | CheckId::TunnelDown
+        | CheckId::MtuTunnelMismatch
+        | CheckId::MtuWorkloadMismatch
+        | CheckId::MtuUnderlayTooSmall
+        | CheckId::DataplaneModeMismatch => &[Links],
+        CheckId::TunnelAddressMismatch => &[Addresses],
+        CheckId::TunnelVniMismatch | CheckId::TunnelParentMismatch => &[LinkDetails, Addresses],
+        CheckId::VxlanFdbMissing => &[Fdb, Neighbours],
+        CheckId::VxlanNeighMissing => &[Neighbours],
+        CheckId::VxlanMacMismatch => &[LinkDetails, Neighbours],
+        CheckId::WireguardPeerMissing
+        | CheckId::WireguardAllowedIpsMismatch
+        | CheckId::WireguardPeerStaleHandshake => &[Wireguard],
+        CheckId::WireguardRuleMissing => &[Rules],
+        CheckId::FailsafeMissing | CheckId::RulesFelixMissing | CheckId::NatOutgoingMissing => {
+            &[Iptables, Nftables]
+        }
+        CheckId::RulesBackendMixed => &[Iptables],
+        CheckId::SysctlForwardingOff | CheckId::SysctlRpFilterStrict => &[Sysctls],
+        CheckId::BgpSessionDown
+        | CheckId::BgpSessionFlapping
+        | CheckId::FelixUnhealthy
+        | CheckId::BpfRouteMissing
+        | CheckId::ConntrackPressure => &[],
+    }
+}
+
 /// Verifies `obs` against `expected` (or, without it, against what can be inferred).
 pub fn verify(
     expected: Option<&Expected>,
@@ -151,6 +189,24 @@ pub fn verify(
         v.skipped.push(Skipped {
             check: *id,
             reason: (*reason).into(),
+        });
+    }
+    for id in CheckId::ALL {
+        let missing: Vec<&Unavailable> = needs(*id)
+            .iter()
+            .filter_map(|s| obs.unavailable.iter().find(|u| u.kind == *s))
+            .collect();
+        if missing.is_empty() || v.skipped.iter().any(|s| s.check == *id) {
+            continue;
+        }
+        out.retain(|f| f.check != *id);
+        let why: Vec<String> = missing
+            .iter()
+            .map(|u| format!("{}: {}", u.source, u.reason))
+            .collect();
+        v.skipped.push(Skipped {
+            check: *id,
+            reason: format!("not observable ({})", why.join("; ")),
         });
     }
     for f in &mut out {

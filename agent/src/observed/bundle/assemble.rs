@@ -21,7 +21,7 @@ use super::{
 use crate::observed::{
     iptables::IptablesDump,
     model::{
-        FdbEntry, IpRule, Link, Neighbour, ObservedDataplane, Route, Sysctls, TABLE_LOCAL,
+        FdbEntry, IpRule, Link, Neighbour, ObservedDataplane, Route, Source, Sysctls, TABLE_LOCAL,
         Unavailable,
     },
     nft::{self, NftRuleset},
@@ -216,48 +216,58 @@ impl Assembler {
 
     fn unavailable(&self, blocks: &[LinkBlock], links: &[Link]) -> Vec<Unavailable> {
         let mut out = Vec::new();
-        let mut missing = |source: &str, reason: &str| {
-            out.push(Unavailable {
-                source: source.into(),
-                reason: reason.into(),
-            });
+        let mut missing = |kinds: &[Source], source: &str, reason: &str| {
+            for kind in kinds {
+                out.push(Unavailable::new(*kind, source, reason));
+            }
         };
         let seen = |f: Format| self.seen.contains(&f);
         if !seen(Format::IpRoute) {
-            missing(Format::IpRoute.name(), NOT_IN_BUNDLE);
+            missing(&[Source::Routes], Format::IpRoute.name(), NOT_IN_BUNDLE);
         }
         if blocks.is_empty() {
-            missing(Format::IpLink.name(), NOT_IN_BUNDLE);
-        } else if !blocks.iter().any(|b| b.has_link_line) {
             missing(
+                &[Source::Links, Source::LinkDetails],
+                Format::IpLink.name(),
+                NOT_IN_BUNDLE,
+            );
+        } else if !blocks.iter().any(|b| b.has_link_line) {
+            // Names, MTUs and states come from the `ip addr` headers; MACs and kinds do not.
+            missing(
+                &[Source::LinkDetails],
                 Format::IpLink.name(),
                 "not in the bundle: links are known from `ip addr` headers only (no MAC, kind \
                  or VXLAN details)",
             );
         } else if !blocks.iter().any(|b| b.detailed) {
             missing(
+                &[Source::LinkDetails],
                 "ip -d link",
                 "not in the bundle: links were listed without -d (no kind or VXLAN details)",
             );
         }
         if !seen(Format::IpAddr) {
-            missing(Format::IpAddr.name(), NOT_IN_BUNDLE);
+            missing(&[Source::Addresses], Format::IpAddr.name(), NOT_IN_BUNDLE);
         }
-        for f in [
-            Format::IpNeigh,
-            Format::BridgeFdb,
-            Format::IpRule,
-            Format::Sysctl,
+        for (f, kind) in [
+            (Format::IpNeigh, Source::Neighbours),
+            (Format::BridgeFdb, Source::Fdb),
+            (Format::IpRule, Source::Rules),
+            (Format::Sysctl, Source::Sysctls),
         ] {
             if !seen(f) {
-                missing(f.name(), NOT_IN_BUNDLE);
+                missing(&[kind], f.name(), NOT_IN_BUNDLE);
             }
         }
         if !seen(Format::IptablesSave) {
-            missing(Format::IptablesSave.name(), NOT_IN_BUNDLE);
+            missing(
+                &[Source::Iptables, Source::Ip6tables],
+                Format::IptablesSave.name(),
+                NOT_IN_BUNDLE,
+            );
         }
         if !seen(Format::NftText) && !seen(Format::NftJson) {
-            missing(Format::NftText.name(), NOT_IN_BUNDLE);
+            missing(&[Source::Nftables], Format::NftText.name(), NOT_IN_BUNDLE);
         }
         // The live reader asks `wg` only when a WireGuard device exists; so does this.
         let has_wireguard = links.iter().any(|l| {
@@ -266,7 +276,7 @@ impl Assembler {
                 || l.name.starts_with("wg-")
         });
         if has_wireguard && !seen(Format::WgDump) {
-            missing(Format::WgDump.name(), NOT_IN_BUNDLE);
+            missing(&[Source::Wireguard], Format::WgDump.name(), NOT_IN_BUNDLE);
         }
         out
     }

@@ -27,8 +27,11 @@ pub const COMMANDS: &[&[&str]] = &[
     &["ip6tables-nft-save", "-c"],
     &["nft", "-j", "list", "ruleset"],
     &["wg", "show", "all", "dump"],
-    &["hostname"],
 ];
+
+/// The node's identity as Felix knows it (`--node-name`/`NODENAME`/hostname), which in a
+/// namespace or a container need not be the kernel's hostname.
+pub const HOSTNAME_FILE: &str = "hostname.txt";
 
 /// The sysctls, as `sysctl -a` would print them.
 pub const SYSCTL_FILE: &str = "sysctl.txt";
@@ -44,7 +47,7 @@ pub fn file_name(argv: &[&str]) -> String {
 /// Captures the calling thread's network namespace into `dir` (created if needed) and returns
 /// the files written. A command that is missing or fails is skipped and recorded in
 /// `capture-errors.txt`; only failing to write is an error.
-pub async fn capture(dir: &Path) -> Result<Vec<PathBuf>, BundleError> {
+pub async fn capture(dir: &Path, node_name: &str) -> Result<Vec<PathBuf>, BundleError> {
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|source| BundleError::Write {
@@ -62,6 +65,7 @@ pub async fn capture(dir: &Path) -> Result<Vec<PathBuf>, BundleError> {
             Err(e) => errors.push(format!("{}: {e}", argv.join(" "))),
         }
     }
+    written.push(write(dir, HOSTNAME_FILE, &format!("{node_name}\n")).await?);
     let (sysctls, sysctl_errors) = sysctl_lines(Path::new("/proc/sys"));
     errors.extend(sysctl_errors);
     written.push(write(dir, SYSCTL_FILE, &sysctls).await?);
