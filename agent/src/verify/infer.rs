@@ -213,9 +213,12 @@ fn tunnel_addresses(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::verify::{
-        CheckId, Severity,
-        testutil::{healthy, ids, run_inferred},
+    use crate::{
+        observed::{Source, Unavailable},
+        verify::{
+            CheckId, Severity,
+            testutil::{healthy, ids, run_inferred},
+        },
     };
 
     #[test]
@@ -228,6 +231,27 @@ mod tests {
                 |s| s.check == CheckId::RouteBlackholeMissing && s.reason.contains("datastore")
             )
         );
+    }
+
+    #[test]
+    fn unobservable_sources_skip_their_checks_instead_of_firing() {
+        let (e, mut o) = healthy();
+        // A bundle without `ip neigh`/`bridge fdb`: no entries, because none were captured.
+        o.neighbours.clear();
+        o.fdb.clear();
+        for kind in [Source::Neighbours, Source::Fdb] {
+            o.unavailable
+                .push(Unavailable::new(kind, "ip neigh", "not in the bundle"));
+        }
+        for v in [run_inferred(&o), crate::verify::testutil::run(&e, &o)] {
+            assert!(v.findings.is_empty(), "{:?}", v.findings);
+            let skipped = v
+                .skipped
+                .iter()
+                .find(|s| s.check == CheckId::VxlanNeighMissing)
+                .expect("skipped");
+            assert!(skipped.reason.contains("not in the bundle"), "{skipped:?}");
+        }
     }
 
     #[test]
