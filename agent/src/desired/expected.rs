@@ -6,44 +6,20 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 use regex::Regex;
 use serde::Serialize;
-use sha1::{Digest as _, Sha1};
 
 use super::{Block, Datastore, EncapMode, Node, ProtoPort};
 
-pub const VXLAN_DEV: &str = "vxlan.calico";
+use calico_conventions::{
+    FAILSAFE_IN, FAILSAFE_OUT, IPIP_OVERHEAD, VXLAN_OVERHEAD, WIREGUARD_OVERHEAD,
+};
+pub use calico_conventions::{VXLAN_DEVICE as VXLAN_DEV, vtep_mac, workload_iface};
+
 pub const IPIP_DEV: &str = "tunl0";
 pub const WIREGUARD_DEV: &str = "wireguard.cali";
-const VXLAN_OVERHEAD: u32 = 50;
-const IPIP_OVERHEAD: u32 = 20;
-const WIREGUARD_OVERHEAD: u32 = 60;
 /// Felix's fallback when no interface matches `MTUIfacePattern`.
 const DEFAULT_HOST_MTU: u32 = 1460;
 /// Felix's default `MTUIfacePattern`.
 pub const DEFAULT_MTU_IFACE_PATTERN: &str = r"^((en|wl|ww|sl|ib)[Pcopsvx].*|(eth|wlan|wwan).*)";
-
-/// Failsafe defaults (`config_params.go`).
-const FAILSAFE_IN: &[(&str, u16)] = &[
-    ("tcp", 22),
-    ("udp", 68),
-    ("tcp", 179),
-    ("tcp", 2379),
-    ("tcp", 2380),
-    ("tcp", 5473),
-    ("tcp", 6443),
-    ("tcp", 6666),
-    ("tcp", 6667),
-];
-const FAILSAFE_OUT: &[(&str, u16)] = &[
-    ("udp", 53),
-    ("udp", 67),
-    ("tcp", 179),
-    ("tcp", 2379),
-    ("tcp", 2380),
-    ("tcp", 5473),
-    ("tcp", 6443),
-    ("tcp", 6666),
-    ("tcp", 6667),
-];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Expected {
@@ -155,23 +131,6 @@ pub enum ExpectedError {
     },
 }
 
-/// Felix's VTEP MAC for a node when `vxlanTunnelMACAddr` is unset: `0x66` + sha1(name)[0..5].
-pub fn vtep_mac(node: &str) -> String {
-    let h = Sha1::digest(node.as_bytes());
-    std::iter::once(0x66u8)
-        .chain(h[..5].iter().copied())
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Calico's workload interface name: `cali` + sha1("<namespace>.<pod>")[..11].
-pub fn workload_iface(namespace: &str, pod: &str) -> String {
-    let h = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("cali{}", &hex[..11])
-}
-
 /// The smallest MTU of the oper-up links matching `pattern`, or Felix's 1460 fallback.
 pub fn host_mtu(facts: &HostFacts, pattern: &Regex) -> u32 {
     facts
@@ -255,8 +214,8 @@ pub fn compute(ds: &Datastore, node: &str, facts: &HostFacts) -> Result<Expected
         device: VXLAN_DEV.into(),
         mtu: vxlan_mtu,
         address: me.ipv4_vxlan_tunnel,
-        vni: Some(cfg.vxlan_vni.unwrap_or(4096)),
-        port: Some(cfg.vxlan_port.unwrap_or(4789)),
+        vni: Some(cfg.vxlan_vni.unwrap_or(calico_conventions::VXLAN_VNI)),
+        port: Some(cfg.vxlan_port.unwrap_or(calico_conventions::VXLAN_PORT)),
         mac: Some(me.vxlan_mac.clone().unwrap_or_else(|| vtep_mac(node))),
         local: node_ip.map(|n| n.addr()),
     });
@@ -632,11 +591,5 @@ spec:
     fn unknown_node_is_an_error() {
         let err = compute(&ds(TWO_NODES), "zz", &facts()).expect_err("unknown node");
         assert!(err.to_string().contains("\"zz\" is not in the datastore"));
-    }
-
-    #[test]
-    fn derivations_match_calico() {
-        assert_eq!(vtep_mac("node1"), "66:f9:37:c3:7e:94");
-        assert_eq!(workload_iface("default", "podA"), "cali7f94ce7c295");
     }
 }

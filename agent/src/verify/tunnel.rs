@@ -13,9 +13,11 @@ use crate::{
 /// Encapsulation overhead per device kind (`int_dataplane.go`).
 pub(super) fn overhead(device: &str) -> u32 {
     match device {
-        "tunl0" => 20,
-        d if d.starts_with("wireguard") || d.starts_with("wg-") => 60,
-        _ => 50,
+        "tunl0" => calico_conventions::IPIP_OVERHEAD,
+        d if d.starts_with("wireguard") || d.starts_with("wg-") => {
+            calico_conventions::WIREGUARD_OVERHEAD
+        }
+        _ => calico_conventions::VXLAN_OVERHEAD,
     }
 }
 

@@ -7,42 +7,17 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 use sha1::{Digest as _, Sha1};
 
-pub const VXLAN_DEV: &str = "vxlan.calico";
-pub const VNI: u32 = 4096;
-pub const VXLAN_PORT: u16 = 4789;
+pub use calico_conventions::{
+    FAILSAFE_IN, FAILSAFE_OUT, ROUTE_PROTOCOL as PROTO_CALICO, VXLAN_DEVICE as VXLAN_DEV,
+    VXLAN_PORT, VXLAN_VNI as VNI, WORKLOAD_HOST_MAC, vtep_mac,
+    workload_iface as workload_veth_name,
+};
 pub const UNDERLAY_MTU: u32 = 1500;
 /// Felix's VXLAN MTU: host MTU minus the 50-byte VXLAN overhead.
-pub const VXLAN_MTU: u32 = UNDERLAY_MTU - 50;
-/// The host-side MAC of every workload veth (`cni-plugin` `hostSideMAC`).
-pub const WORKLOAD_HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
+pub const VXLAN_MTU: u32 = UNDERLAY_MTU - calico_conventions::VXLAN_OVERHEAD;
 pub const UNDERLAY_DEV: &str = "eth0";
 pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 pub const UNDERLAY_PREFIX: u8 = 24;
-/// Felix's route protocol for blackholes and same-subnet routes.
-pub const PROTO_CALICO: u8 = 80;
-/// Felix's default failsafe ports (`FailsafeInboundHostPorts`/`FailsafeOutboundHostPorts`).
-pub const FAILSAFE_IN: &[(&str, u16)] = &[
-    ("tcp", 22),
-    ("udp", 68),
-    ("tcp", 179),
-    ("tcp", 2379),
-    ("tcp", 2380),
-    ("tcp", 5473),
-    ("tcp", 6443),
-    ("tcp", 6666),
-    ("tcp", 6667),
-];
-pub const FAILSAFE_OUT: &[(&str, u16)] = &[
-    ("udp", 53),
-    ("udp", 67),
-    ("tcp", 179),
-    ("tcp", 2379),
-    ("tcp", 2380),
-    ("tcp", 5473),
-    ("tcp", 6443),
-    ("tcp", 6666),
-    ("tcp", 6667),
-];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LabSpec {
@@ -151,49 +126,15 @@ impl LabSpec {
     }
 }
 
-/// Felix's VTEP MAC for a node: `0x66` followed by the first five bytes of sha1(node name)
-/// (`felix/calc/vxlan_resolver.go` `vtepMACForHost`).
-pub fn vtep_mac(node: &str) -> String {
-    let h = Sha1::digest(node.as_bytes());
-    let mut bytes = vec![0x66u8];
-    bytes.extend_from_slice(&h[..5]);
-    mac(&bytes)
-}
-
-/// Calico's workload veth name (`VethNameForWorkload`).
-pub fn workload_veth_name(namespace: &str, pod: &str) -> String {
-    let h = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("cali{}", &hex[..11])
-}
-
 /// A stable, locally administered MAC for a pod's eth0.
 fn local_mac(seed: &str) -> String {
     let h = Sha1::digest(seed.as_bytes());
-    let mut bytes = vec![0x0au8];
-    bytes.extend_from_slice(&h[..5]);
-    mac(&bytes)
-}
-
-fn mac(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    calico_conventions::mac(0x0a, &h[..5])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn derivations_match_calico_test_vectors() {
-        // From the reference: node1 → 66:f9:37:c3:7e:94; default.podA → cali7f94ce7c295.
-        assert_eq!(vtep_mac("node1"), "66:f9:37:c3:7e:94");
-        assert_eq!(workload_veth_name("default", "podA"), "cali7f94ce7c295");
-        assert!(workload_veth_name("namespace", "podname").ends_with("82111e10a96"));
-    }
 
     #[test]
     fn blocks_and_tunnels_are_consistent() {
