@@ -1,57 +1,245 @@
-//! Observe-only TC classifiers: count packets and bytes per interface and direction, always let
-//! the packet continue (`TC_ACT_UNSPEC` = next program / default action), never change it.
+//! Observe-only programs. The TC classifiers count packets, bytes and MTU signals per interface
+//! and direction, and keep a bounded per-CPU LRU flow table; they always return
+//! `TC_ACT_UNSPEC` (next program / default action) and never change a packet. The `skb:kfree_skb`
+//! tracepoint counts drops per kernel drop reason.
 #![no_std]
 #![no_main]
 
-use agent_common::{IFACE_COUNTERS_MAX, IfaceCounters, IfaceKey, direction};
+use agent_common::{
+    DROP_REASONS_MAX, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, IFACE_COUNTERS_MAX, IfaceConfig,
+    IfaceCounters, IfaceKey, TracepointConfig, direction, flow_flags,
+};
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, macros::classifier, macros::map, maps::PerCpuHashMap,
-    programs::TcContext,
+    bindings::TC_ACT_UNSPEC,
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map, tracepoint},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{TcContext, TracePointContext},
 };
 
 #[map(name = "IFACE_COUNTERS")]
 static IFACE_COUNTERS: PerCpuHashMap<IfaceKey, IfaceCounters> =
     PerCpuHashMap::with_max_entries(IFACE_COUNTERS_MAX, 0);
 
+#[map(name = "IFACE_CONFIG")]
+static IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(IFACE_COUNTERS_MAX, 0);
+
+/// Resized by userspace at load time (`--flow-table-size`).
+#[map(name = "FLOWS")]
+static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
+    LruPerCpuHashMap::with_max_entries(FLOWS_DEFAULT_MAX, 0);
+
+#[map(name = "DROPS")]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS_MAX, 0);
+
+#[map(name = "TP_CONFIG")]
+static TP_CONFIG: Array<TracepointConfig> = Array::with_max_entries(1, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
 #[classifier]
 pub fn dp_tc_ingress(ctx: TcContext) -> i32 {
-    count(&ctx, direction::INGRESS);
+    observe(&ctx, direction::INGRESS);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn dp_tc_egress(ctx: TcContext) -> i32 {
-    count(&ctx, direction::EGRESS);
+    observe(&ctx, direction::EGRESS);
     TC_ACT_UNSPEC
 }
 
 #[inline(always)]
-fn count(ctx: &TcContext, dir: u32) {
-    // SAFETY: the context pointer is valid for the program's run; ifindex and len are plain
-    // __sk_buff fields readable by every TC program.
-    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    let key = IfaceKey {
-        ifindex,
-        direction: dir,
+fn observe(ctx: &TcContext, dir: u32) {
+    // SAFETY: the context pointer is valid for the program's run; ifindex is a plain
+    // __sk_buff field readable by every TC program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let len = ctx.len();
+    let cfg = IFACE_CONFIG.get_ptr(ifindex).map(|c| {
+        // SAFETY: a hash map value pointer stays valid for the program's run.
+        unsafe { *c }
+    });
+    let ip = parse_ipv4(ctx, ifindex, cfg.is_some_and(|c| c.l3 != 0));
+    let mut delta = IfaceCounters {
+        packets: 1,
+        bytes: u64::from(len),
+        ..IfaceCounters::default()
     };
+    let mut oversize = false;
+    if let Some(p) = &ip {
+        if let Some(c) = cfg {
+            oversize = c.mtu > 0 && u32::from(p.total_len) > c.mtu && p.dont_fragment;
+        }
+        delta.df_oversize = u64::from(oversize);
+        delta.icmp_frag_needed =
+            u64::from(p.key.proto == IPPROTO_ICMP && p.key.sport == 3 && p.key.dport == 4);
+    }
+    add_iface(
+        IfaceKey {
+            ifindex,
+            direction: dir,
+        },
+        &delta,
+    );
+    if let Some(p) = ip {
+        add_flow(
+            &p.key,
+            u64::from(len),
+            p.tcp_flags,
+            if oversize { flow_flags::DF_OVERSIZE } else { 0 },
+        );
+    }
+}
+
+#[inline(always)]
+fn add_iface(key: IfaceKey, d: &IfaceCounters) {
     match IFACE_COUNTERS.get_ptr_mut(&key) {
         Some(c) => {
             // SAFETY: per-CPU value: no other CPU writes this slot, and the pointer is valid
             // until the program returns.
             unsafe {
-                (*c).packets += 1;
-                (*c).bytes += u64::from(len);
+                (*c).packets += d.packets;
+                (*c).bytes += d.bytes;
+                (*c).df_oversize += d.df_oversize;
+                (*c).icmp_frag_needed += d.icmp_frag_needed;
             }
         }
         None => {
-            let first = IfaceCounters {
-                packets: 1,
-                bytes: u64::from(len),
-            };
             // A full map only loses this interface's counts; the packet is never affected.
-            let _ = IFACE_COUNTERS.insert(&key, &first, 0);
+            let _ = IFACE_COUNTERS.insert(&key, d, 0);
         }
     }
+}
+
+#[inline(always)]
+fn add_flow(key: &FlowKey, len: u64, tcp_flags: u8, flags: u8) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match FLOWS.get_ptr_mut(key) {
+        Some(v) => {
+            // SAFETY: per-CPU LRU value, valid until the program returns.
+            unsafe {
+                // Another CPU created the entry: this CPU's slot starts zeroed.
+                if (*v).first_ns == 0 {
+                    (*v).first_ns = now;
+                }
+                (*v).packets += 1;
+                (*v).bytes += len;
+                (*v).last_ns = now;
+                (*v).tcp_flags |= tcp_flags;
+                (*v).flags |= flags;
+            }
+        }
+        None => {
+            let v = FlowValue {
+                packets: 1,
+                bytes: len,
+                first_ns: now,
+                last_ns: now,
+                tcp_flags,
+                flags,
+                _pad: [0; 6],
+            };
+            // The LRU evicts the least recently used flow when full: memory stays bounded.
+            let _ = FLOWS.insert(key, &v, 0);
+        }
+    }
+}
+
+struct Ipv4 {
+    key: FlowKey,
+    total_len: u16,
+    dont_fragment: bool,
+    tcp_flags: u8,
+}
+
+/// Reads the IPv4 and transport headers with bpf_skb_load_bytes (bounds-checked by the helper).
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool) -> Option<Ipv4> {
+    let off = if l3 {
+        // On L3 devices skb->protocol says what the packet is; there is no Ethernet header.
+        if u16::from_be(ctx.skb.protocol() as u16) != ETH_P_IP {
+            return None;
+        }
+        0
+    } else {
+        let ethertype: u16 = ctx.load(12).ok()?;
+        if u16::from_be(ethertype) != ETH_P_IP {
+            return None;
+        }
+        ETH_HLEN
+    };
+    let vihl: u8 = ctx.load(off).ok()?;
+    if vihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let total_len = u16::from_be(ctx.load::<u16>(off + 2).ok()?);
+    let frag = u16::from_be(ctx.load::<u16>(off + 6).ok()?);
+    let proto: u8 = ctx.load(off + 9).ok()?;
+    let src: u32 = ctx.load(off + 12).ok()?;
+    let dst: u32 = ctx.load(off + 16).ok()?;
+    let l4 = off + ihl;
+    // Only the first fragment carries the transport header.
+    let first_fragment = frag & 0x1fff == 0;
+    let (sport, dport, tcp_flags) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP if first_fragment => {
+            let sport: u16 = ctx.load(l4).ok()?;
+            let dport: u16 = ctx.load(l4 + 2).ok()?;
+            let flags = if proto == IPPROTO_TCP {
+                ctx.load::<u8>(l4 + 13).ok()?
+            } else {
+                0
+            };
+            (sport, dport, flags)
+        }
+        IPPROTO_ICMP if first_fragment => {
+            let t: u8 = ctx.load(l4).ok()?;
+            let c: u8 = ctx.load(l4 + 1).ok()?;
+            (u16::from(t), u16::from(c), 0)
+        }
+        _ => (0, 0, 0),
+    };
+    Some(Ipv4 {
+        key: FlowKey {
+            src,
+            dst,
+            ifindex,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        },
+        total_len,
+        dont_fragment: frag & 0x4000 != 0,
+        tcp_flags,
+    })
+}
+
+#[tracepoint]
+pub fn dp_kfree_skb(ctx: TracePointContext) -> u32 {
+    let reason = match TP_CONFIG.get(0) {
+        Some(cfg) if cfg.has_reason != 0 => {
+            // SAFETY: the offset comes from the tracepoint's own format file; read_at uses
+            // bpf_probe_read, which fails cleanly on a bad offset.
+            unsafe { ctx.read_at::<u32>(cfg.reason_offset as usize) }.unwrap_or(0)
+        }
+        _ => 0,
+    };
+    let slot = if reason < DROP_REASONS_MAX {
+        reason
+    } else {
+        DROP_REASONS_MAX - 1
+    };
+    if let Some(count) = DROPS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU array slot, valid until the program returns.
+        unsafe { *count += 1 };
+    }
+    0
 }
 
 #[cfg(not(test))]

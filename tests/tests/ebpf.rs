@@ -1,14 +1,23 @@
-//! The real eBPF classifier, loaded into the kernel and attached through TCX (or clsact on
-//! older kernels) to a veth in a test namespace: counters must equal the packets sent, and
-//! nothing of ours may stay attached once the probe is gone.
+//! The real eBPF programs, loaded into the kernel and attached through TCX (or clsact on
+//! older kernels) to a veth in a test namespace: counters and the flow table must equal the
+//! packets sent, per-CPU slots must add up, and nothing of ours may stay loaded afterwards.
 
-use agent::flows::{Counts, Direction, IfaceCounterProbe};
+use agent::{
+    flows::{Counts, Direction, Probe, ProbeOptions, targets},
+    observed,
+};
 use integration_tests::{NetnsGuard, in_netns, unique};
 use xtask::sh;
 
 const PINGS: u64 = 25;
 /// An ICMP echo of 56 data bytes: 8 ICMP + 20 IPv4 + 14 Ethernet (TC sees the L2 header).
 const ECHO_FRAME: u64 = 56 + 8 + 20 + 14;
+
+fn ip(ns: &str, args: &[&str]) {
+    let mut argv = vec!["ip", "-n", ns];
+    argv.extend_from_slice(args);
+    sh::run(&argv).unwrap_or_else(|e| panic!("{e:#}"));
+}
 
 fn tcx_kernel() -> bool {
     let release = sh::run(&["uname", "-r"]).expect("uname");
@@ -17,12 +26,6 @@ fn tcx_kernel() -> bool {
         .split(['.', '-'])
         .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 6)
-}
-
-fn ip(ns: &str, args: &[&str]) {
-    let mut argv = vec!["ip", "-n", ns];
-    argv.extend_from_slice(args);
-    sh::run(&argv).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Two namespaces joined by a veth, with static neighbours and IPv6 off, so that the only
@@ -84,64 +87,92 @@ fn quiet_pair() -> (NetnsGuard, String, String) {
     (guard, a, b)
 }
 
+/// Pings from namespace `ns`, pinned to `cpu` so that the veth delivers on that CPU.
+fn ping_on_cpu(ns: &str, cpu: u32, count: u64) {
+    let status = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "taskset",
+            "-c",
+            &cpu.to_string(),
+            "ping",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.01",
+            "192.0.2.2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("ping");
+    assert!(status.success(), "ping across the veth failed");
+}
+
 #[test]
-fn counters_equal_packets_sent_and_detach_on_drop() {
+fn counters_flows_and_per_cpu_sums_equal_packets_sent_then_detach() {
     let (_guard, a, b) = quiet_pair();
-    let (counts, ifindex, attached_listing) = in_netns(&b, move |_| {
-        let mut probe = IfaceCounterProbe::load().expect("load eBPF object");
-        probe.attach("vb").expect("attach to vb");
-        // bpftool of this Debian release predates TCX in `net show`; links and their programs
-        // are listed either way.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (counts, per_cpu, flows, listing) = in_netns(&b, move |rt| {
+        let obs = rt.block_on(observed::read_live("b"));
+        let target = targets::select(&obs, Some("vb"))
+            .pop()
+            .expect("vb is a target");
+        let mut probe = Probe::load(ProbeOptions {
+            drops: false,
+            ..ProbeOptions::default()
+        })
+        .expect("load eBPF object");
+        probe.attach(&target).expect("attach to vb");
         let listing = sh::run(&["bpftool", "link", "show"]).expect("bpftool link")
             + &sh::run(&["bpftool", "prog", "show"]).expect("bpftool prog");
-        let status = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &a,
-                "ping",
-                "-q",
-                "-c",
-                &PINGS.to_string(),
-                "-i",
-                "0.01",
-                "192.0.2.2",
-            ])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("ping");
-        assert!(status.success(), "ping across the veth failed");
-        // /sys shows the mounting namespace's devices, so ask netlink through ip instead.
-        let link = sh::run(&["ip", "-o", "link", "show", "vb"]).expect("ip link");
-        let ifindex: u32 = link
-            .split(':')
-            .next()
-            .and_then(|n| n.trim().parse().ok())
-            .expect("ifindex");
-        (probe.counts().expect("read counters"), ifindex, listing)
+        // Split the traffic over the CPUs: veth delivers on the sender's CPU.
+        let per = PINGS / cpus as u64;
+        for cpu in 0..cpus as u32 {
+            let n = if cpu == 0 {
+                PINGS - per * (cpus as u64 - 1)
+            } else {
+                per
+            };
+            ping_on_cpu(&a, cpu, n);
+        }
+        let per_cpu = probe
+            .counts_per_cpu(target.ifindex, Direction::Ingress)
+            .expect("per-CPU");
+        (
+            probe.counts().expect("counters"),
+            per_cpu,
+            (probe.flows().expect("flows"), target.ifindex),
+            listing,
+        )
         // probe dropped here: both links detach.
     });
+    let (flows, ifindex) = flows;
     assert!(
-        attached_listing.contains("dp_tc_ingress") && attached_listing.contains("dp_tc_egress"),
-        "{attached_listing}"
+        listing.contains("dp_tc_ingress") && listing.contains("dp_tc_egress"),
+        "{listing}"
     );
     // On TCX kernels each program is held by a bpf_link naming its program id.
-    let ours: Vec<&str> = attached_listing
+    let ours: Vec<&str> = listing
         .lines()
         .filter(|l| l.contains("name dp_tc_"))
         .filter_map(|l| l.split(':').next())
         .collect();
-    let links = attached_listing
+    let links = listing
         .lines()
         .filter(|l| {
             ours.iter()
                 .any(|id| l.trim_end().ends_with(&format!("prog {id}")))
         })
         .count();
-    assert!(links == 2 || !tcx_kernel(), "{attached_listing}");
+    assert!(links == 2 || !tcx_kernel(), "{listing}");
+
     let expect = Counts {
         packets: PINGS,
         bytes: PINGS * ECHO_FRAME,
+        ..Counts::default()
     };
     assert_eq!(
         counts.get(&(ifindex, Direction::Ingress)),
@@ -153,11 +184,68 @@ fn counters_equal_packets_sent_and_detach_on_drop() {
         Some(&expect),
         "{counts:?}"
     );
+    assert_eq!(per_cpu.iter().map(|c| c.packets).sum::<u64>(), PINGS);
+    if cpus > 1 {
+        assert!(
+            per_cpu.iter().filter(|c| c.packets > 0).count() > 1,
+            "traffic on one CPU only: {per_cpu:?}"
+        );
+    }
+    let echo = flows
+        .iter()
+        .find(|f| f.proto == 1 && f.sport == 8 && f.src.to_string() == "192.0.2.1")
+        .expect("echo flow");
+    let reply = flows
+        .iter()
+        .find(|f| f.proto == 1 && f.sport == 0 && f.src.to_string() == "192.0.2.2")
+        .expect("reply flow");
+    assert_eq!(
+        (echo.packets, echo.bytes, reply.packets),
+        (PINGS, PINGS * ECHO_FRAME, PINGS)
+    );
+    assert!(
+        echo.first_ns > 0 && echo.last_ns >= echo.first_ns,
+        "{echo:?}"
+    );
+    assert_eq!(flows.len(), 2, "{flows:?}");
 
-    // Dropping the probe closed the last references: no link and no program of ours is left.
+    // Dropping the probe closed the last references: no program of ours is left loaded.
     let after = sh::run(&["bpftool", "prog", "show"]).expect("bpftool prog");
     assert!(
         !after.contains("dp_tc_"),
         "programs still loaded after drop: {after}"
+    );
+}
+
+#[test]
+fn the_flow_table_stays_bounded_under_a_flood_of_unique_flows() {
+    let (_guard, a, b) = quiet_pair();
+    let (flows, counts) = in_netns(&b, move |rt| {
+        let obs = rt.block_on(observed::read_live("b"));
+        let target = targets::select(&obs, Some("vb")).pop().expect("vb");
+        let mut probe = Probe::load(ProbeOptions {
+            flow_table_size: 64,
+            drops: false,
+        })
+        .expect("load");
+        probe.attach(&target).expect("attach");
+        // 600 UDP datagrams from fresh ephemeral ports (bash opens a new socket per
+        // redirect): ten times the table's capacity in distinct flows.
+        let script =
+            "for i in $(seq 600); do echo x > /dev/udp/192.0.2.2/9; done 2>/dev/null; true";
+        let _ = sh::run(&["ip", "netns", "exec", &a, "bash", "-c", script]);
+        (
+            probe.flows().expect("flows"),
+            probe.counts().expect("counts"),
+        )
+    });
+    let udp: Vec<_> = flows.iter().filter(|f| f.proto == 17).collect();
+    assert!(!udp.is_empty(), "no UDP flows seen: {flows:?} {counts:?}");
+    // The per-CPU LRU holds at most its capacity per CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        flows.len() <= 64 * cpus,
+        "{} flows in a table of 64",
+        flows.len()
     );
 }

@@ -1,24 +1,33 @@
 //! Loading the agent's own observe-only eBPF programs and reading their maps.
 //!
-//! Programs are attached through TCX at the head of the chain on kernels that have it (≥ 6.6),
-//! so they see every packet before Felix's own programs; they return `TC_ACT_UNSPEC`, which hands
-//! the packet on unchanged. On older kernels they attach as clsact filters. Every attachment is
-//! owned by [`IfaceCounterProbe`] and detached when it is dropped: nothing outlives the agent.
+//! TC programs attach through TCX at the head of the chain on kernels that have it (≥ 6.6), so
+//! they see every packet before Felix's own programs; they return `TC_ACT_UNSPEC`, which hands
+//! the packet on unchanged. On older kernels they attach as clsact filters. The drop counter is
+//! a `skb:kfree_skb` tracepoint. Everything attached is owned by [`Probe`] and detached when it
+//! is dropped (also on SIGTERM, which ends the command that owns it): nothing outlives the agent.
 
-use std::collections::BTreeMap;
+pub mod btf;
+pub mod targets;
+
+pub use self::targets::{IfaceClass, Target};
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use agent_common::{
-    IFACE_COUNTERS_MAP, IfaceCounters, IfaceKey, PROG_TC_EGRESS, PROG_TC_INGRESS, direction,
+    DROPS_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowKey, FlowValue, IFACE_CONFIG_MAP,
+    IFACE_COUNTERS_MAP, IfaceConfig, IfaceCounters, IfaceKey, PROG_KFREE_SKB, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, TRACEPOINT_CONFIG_MAP, TracepointConfig, direction,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::PerCpuHashMap,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType, TracePoint,
         tc::{self, NlOptions, TcAttachOptions},
     },
     util::KernelVersion,
 };
+use serde::Serialize;
 
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
@@ -44,27 +53,90 @@ pub enum FlowsError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("could not read eBPF map {0}")]
+    #[error("could not read or write eBPF map {0}")]
     Map(&'static str, #[source] aya::maps::MapError),
+    #[error("skb:kfree_skb tracepoint unavailable: {0}")]
+    Tracepoint(String),
 }
 
 /// Summed counters of one interface and direction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub packets: u64,
     pub bytes: u64,
+    pub df_oversize: u64,
+    pub icmp_frag_needed: u64,
 }
 
-/// The per-interface packet/byte counter programs, loaded and attached to chosen interfaces.
-pub struct IfaceCounterProbe {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    fn from_raw(raw: u32) -> Self {
+        if raw == direction::EGRESS {
+            Self::Egress
+        } else {
+            Self::Ingress
+        }
+    }
+}
+
+/// One flow, merged over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// Ports (TCP/UDP) or type and code (ICMP).
+    pub sport: u16,
+    pub dport: u16,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Monotonic nanoseconds (`bpf_ktime_get_ns`) of the first and last packet.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub ifindex: u32,
+    pub tcp_flags: u8,
+    pub df_oversize: bool,
+}
+
+/// Options fixed at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeOptions {
+    /// Flow table capacity (LRU: the least recently used flow is evicted when full).
+    pub flow_table_size: u32,
+    /// Also count drops with the `skb:kfree_skb` tracepoint.
+    pub drops: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            flow_table_size: FLOWS_DEFAULT_MAX,
+            drops: true,
+        }
+    }
+}
+
+/// The agent's eBPF programs, loaded, with what they are attached to.
+pub struct Probe {
     ebpf: Ebpf,
     attached: Vec<String>,
+    /// Why drop counting is off, if it is.
+    pub drops_unavailable: Option<String>,
 }
 
-impl IfaceCounterProbe {
-    /// Loads and verifies the programs; attaches nothing yet.
-    pub fn load() -> Result<Self, FlowsError> {
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(FlowsError::Load)?;
+impl Probe {
+    /// Loads and verifies the programs and starts counting drops; attaches to no interface.
+    pub fn load(opts: ProbeOptions) -> Result<Self, FlowsError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOWS_MAP, opts.flow_table_size.max(1))
+            .load(OBJECT)
+            .map_err(FlowsError::Load)?;
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -74,14 +146,67 @@ impl IfaceCounterProbe {
             prog.load()
                 .map_err(|source| FlowsError::Program { name, source })?;
         }
-        Ok(Self {
+        let mut probe = Self {
             ebpf,
             attached: Vec::new(),
-        })
+            drops_unavailable: None,
+        };
+        if opts.drops {
+            if let Err(e) = probe.attach_drops() {
+                probe.drops_unavailable = Some(e.to_string());
+            }
+        }
+        Ok(probe)
     }
 
-    /// Attaches both directions to `iface` (in the calling thread's network namespace).
-    pub fn attach(&mut self, iface: &str) -> Result<(), FlowsError> {
+    fn attach_drops(&mut self) -> Result<(), FlowsError> {
+        let cfg = tracepoint_config().map_err(FlowsError::Tracepoint)?;
+        let mut map: Array<_, TracepointConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(TRACEPOINT_CONFIG_MAP)
+                .ok_or(FlowsError::MissingMap(TRACEPOINT_CONFIG_MAP))?,
+        )
+        .map_err(|e| FlowsError::Map(TRACEPOINT_CONFIG_MAP, e))?;
+        map.set(0, cfg, 0)
+            .map_err(|e| FlowsError::Map(TRACEPOINT_CONFIG_MAP, e))?;
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(PROG_KFREE_SKB)
+            .ok_or(FlowsError::MissingProgram(PROG_KFREE_SKB))?
+            .try_into()
+            .map_err(|source| FlowsError::Program {
+                name: PROG_KFREE_SKB,
+                source,
+            })?;
+        prog.load().map_err(|source| FlowsError::Program {
+            name: PROG_KFREE_SKB,
+            source,
+        })?;
+        prog.attach("skb", "kfree_skb")
+            .map_err(|e| FlowsError::Tracepoint(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Attaches both directions to `target` (in the calling thread's network namespace).
+    pub fn attach(&mut self, target: &Target) -> Result<(), FlowsError> {
+        let iface = target.name.as_str();
+        {
+            let mut cfg: HashMap<_, u32, IfaceConfig> = HashMap::try_from(
+                self.ebpf
+                    .map_mut(IFACE_CONFIG_MAP)
+                    .ok_or(FlowsError::MissingMap(IFACE_CONFIG_MAP))?,
+            )
+            .map_err(|e| FlowsError::Map(IFACE_CONFIG_MAP, e))?;
+            cfg.insert(
+                target.ifindex,
+                IfaceConfig {
+                    mtu: target.mtu,
+                    l3: u32::from(target.l3),
+                },
+                0,
+            )
+            .map_err(|e| FlowsError::Map(IFACE_CONFIG_MAP, e))?;
+        }
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         if !tcx {
             // Pre-TCX kernels need the clsact qdisc; it may already exist (Felix's own, in
@@ -129,35 +254,162 @@ impl IfaceCounterProbe {
         let mut out = BTreeMap::new();
         for entry in map.iter() {
             let (key, per_cpu) = entry.map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
-            let sum = sum_per_cpu(per_cpu.iter());
-            out.insert((key.ifindex, Direction::from_raw(key.direction)), sum);
+            out.insert(
+                (key.ifindex, Direction::from_raw(key.direction)),
+                sum_counters(per_cpu.iter()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// One interface's counters as each CPU holds them (for tests and debugging).
+    pub fn counts_per_cpu(&self, ifindex: u32, dir: Direction) -> Result<Vec<Counts>, FlowsError> {
+        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(IFACE_COUNTERS_MAP)
+                .ok_or(FlowsError::MissingMap(IFACE_COUNTERS_MAP))?,
+        )
+        .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
+        let raw = if dir == Direction::Egress {
+            direction::EGRESS
+        } else {
+            direction::INGRESS
+        };
+        let values = map
+            .get(
+                &IfaceKey {
+                    ifindex,
+                    direction: raw,
+                },
+                0,
+            )
+            .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
+        Ok(values
+            .iter()
+            .map(|v| sum_counters(std::iter::once(v)))
+            .collect())
+    }
+
+    /// Every flow in the table, merged over CPUs.
+    pub fn flows(&self) -> Result<Vec<Flow>, FlowsError> {
+        let map: aya::maps::PerCpuHashMap<_, FlowKey, FlowValue> =
+            aya::maps::PerCpuHashMap::try_from(
+                self.ebpf
+                    .map(FLOWS_MAP)
+                    .ok_or(FlowsError::MissingMap(FLOWS_MAP))?,
+            )
+            .map_err(|e| FlowsError::Map(FLOWS_MAP, e))?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (k, per_cpu) = entry.map_err(|e| FlowsError::Map(FLOWS_MAP, e))?;
+            out.push(merge_flow(&k, &per_cpu));
+        }
+        Ok(out)
+    }
+
+    /// Drop counts per `enum skb_drop_reason` value, summed over CPUs (non-zero only).
+    pub fn drops(&self) -> Result<BTreeMap<u32, u64>, FlowsError> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(DROPS_MAP)
+                .ok_or(FlowsError::MissingMap(DROPS_MAP))?,
+        )
+        .map_err(|e| FlowsError::Map(DROPS_MAP, e))?;
+        let mut out = BTreeMap::new();
+        for (reason, values) in map.iter().enumerate() {
+            let values = values.map_err(|e| FlowsError::Map(DROPS_MAP, e))?;
+            let n: u64 = values.iter().sum();
+            if n > 0 {
+                out.insert(u32::try_from(reason).unwrap_or(u32::MAX), n);
+            }
         }
         Ok(out)
     }
 }
 
 /// Sums one key's per-CPU slots.
-pub fn sum_per_cpu<'a>(values: impl Iterator<Item = &'a IfaceCounters>) -> Counts {
+pub fn sum_counters<'a>(values: impl Iterator<Item = &'a IfaceCounters>) -> Counts {
     values.fold(Counts::default(), |acc, v| Counts {
         packets: acc.packets.wrapping_add(v.packets),
         bytes: acc.bytes.wrapping_add(v.bytes),
+        df_oversize: acc.df_oversize.wrapping_add(v.df_oversize),
+        icmp_frag_needed: acc.icmp_frag_needed.wrapping_add(v.icmp_frag_needed),
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Direction {
-    Ingress,
-    Egress,
+/// Merges a flow's per-CPU slots: counts add up, first/last seen are the min/max over the CPUs
+/// that saw it, flags are OR'd.
+pub fn merge_flow(k: &FlowKey, per_cpu: &PerCpuValues<FlowValue>) -> Flow {
+    merge_flow_values(k, per_cpu.iter())
 }
 
-impl Direction {
-    fn from_raw(raw: u32) -> Self {
-        if raw == direction::EGRESS {
-            Self::Egress
+fn merge_flow_values<'a>(k: &FlowKey, values: impl Iterator<Item = &'a FlowValue>) -> Flow {
+    let mut f = Flow {
+        proto: k.proto,
+        src: Ipv4Addr::from(u32::from_be(k.src)),
+        dst: Ipv4Addr::from(u32::from_be(k.dst)),
+        sport: if k.proto == 1 {
+            k.sport
         } else {
-            Self::Ingress
-        }
+            u16::from_be(k.sport)
+        },
+        dport: if k.proto == 1 {
+            k.dport
+        } else {
+            u16::from_be(k.dport)
+        },
+        packets: 0,
+        bytes: 0,
+        first_ns: 0,
+        last_ns: 0,
+        ifindex: k.ifindex,
+        tcp_flags: 0,
+        df_oversize: false,
+    };
+    for v in values.filter(|v| v.packets > 0) {
+        f.packets += v.packets;
+        f.bytes += v.bytes;
+        f.first_ns = if f.first_ns == 0 {
+            v.first_ns
+        } else {
+            f.first_ns.min(v.first_ns)
+        };
+        f.last_ns = f.last_ns.max(v.last_ns);
+        f.tcp_flags |= v.tcp_flags;
+        f.df_oversize |= v.flags & agent_common::flow_flags::DF_OVERSIZE != 0;
     }
+    f
+}
+
+/// Where `reason` sits in this kernel's `skb:kfree_skb` record, from its format file.
+fn tracepoint_config() -> Result<TracepointConfig, String> {
+    let paths = [
+        "/sys/kernel/tracing/events/skb/kfree_skb/format",
+        "/sys/kernel/debug/tracing/events/skb/kfree_skb/format",
+    ];
+    let text = paths
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .ok_or_else(|| "tracefs not readable (mount tracefs on /sys/kernel/tracing)".to_string())?;
+    Ok(parse_reason_offset(&text).map_or(
+        TracepointConfig {
+            reason_offset: 0,
+            has_reason: 0,
+        },
+        |off| TracepointConfig {
+            reason_offset: off,
+            has_reason: 1,
+        },
+    ))
+}
+
+/// `field:enum skb_drop_reason reason;	offset:36;	size:4;	signed:0;` → 36.
+fn parse_reason_offset(format: &str) -> Option<u32> {
+    let line = format.lines().find(|l| l.contains(" reason;"))?;
+    let off = line
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("offset:"))?;
+    off.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -170,22 +422,81 @@ mod tests {
             IfaceCounters {
                 packets: 3,
                 bytes: 300,
+                df_oversize: 1,
+                icmp_frag_needed: 0,
             },
-            IfaceCounters {
-                packets: 0,
-                bytes: 0,
-            },
+            IfaceCounters::default(),
             IfaceCounters {
                 packets: 7,
                 bytes: 700,
+                df_oversize: 0,
+                icmp_frag_needed: 2,
             },
         ];
         assert_eq!(
-            sum_per_cpu(slots.iter()),
+            sum_counters(slots.iter()),
             Counts {
                 packets: 10,
-                bytes: 1000
+                bytes: 1000,
+                df_oversize: 1,
+                icmp_frag_needed: 2
             }
+        );
+    }
+
+    #[test]
+    fn merges_flows_across_cpus() {
+        let key = FlowKey {
+            src: u32::from(Ipv4Addr::new(10, 244, 0, 1)).to_be(),
+            dst: u32::from(Ipv4Addr::new(10, 244, 1, 1)).to_be(),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: 6,
+            ifindex: 5,
+            _pad: [0; 3],
+        };
+        let cpu0 = FlowValue {
+            packets: 2,
+            bytes: 200,
+            first_ns: 50,
+            last_ns: 90,
+            tcp_flags: 0x02,
+            flags: 0,
+            _pad: [0; 6],
+        };
+        let cpu1 = FlowValue {
+            packets: 3,
+            bytes: 300,
+            first_ns: 40,
+            last_ns: 120,
+            tcp_flags: 0x10,
+            flags: 1,
+            _pad: [0; 6],
+        };
+        let f = merge_flow_values(&key, [FlowValue::default(), cpu0, cpu1].iter());
+        assert_eq!(
+            (f.packets, f.bytes, f.first_ns, f.last_ns, f.ifindex),
+            (5, 500, 40, 120, 5)
+        );
+        assert_eq!((f.tcp_flags, f.df_oversize), (0x12, true));
+        assert_eq!(
+            (f.src, f.dst, f.sport, f.dport),
+            (
+                Ipv4Addr::new(10, 244, 0, 1),
+                Ipv4Addr::new(10, 244, 1, 1),
+                40000,
+                80
+            )
+        );
+    }
+
+    #[test]
+    fn reads_the_reason_offset_from_the_format_file() {
+        let format = "\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;\n";
+        assert_eq!(parse_reason_offset(format), Some(36));
+        assert_eq!(
+            parse_reason_offset("field:void * location;\toffset:16;"),
+            None
         );
     }
 }

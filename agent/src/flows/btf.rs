@@ -1,0 +1,1 @@
+//! Placeholder until the BTF reader lands (replaced in the next commit).

@@ -1,0 +1,98 @@
+//! Which interfaces the TC programs attach to: Calico's tunnels, the underlay NIC and every
+//! workload veth, as the observed dataplane lists them.
+
+use serde::Serialize;
+
+use crate::{
+    diag::{TUNNEL_DEVICES, is_workload_iface},
+    observed::{Link, ObservedDataplane, TABLE_MAIN},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfaceClass {
+    Tunnel,
+    Underlay,
+    Workload,
+    Other,
+}
+
+/// An interface to attach to, with what the programs need to know about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    pub name: String,
+    pub ifindex: u32,
+    pub mtu: u32,
+    /// Carries bare IP packets (no Ethernet header).
+    pub l3: bool,
+    pub class: IfaceClass,
+}
+
+impl Target {
+    pub fn from_link(l: &Link, class: IfaceClass) -> Self {
+        let l3 = matches!(
+            l.kind.as_deref(),
+            Some("ipip" | "wireguard" | "tun" | "gre" | "sit")
+        ) || l.name == "tunl0"
+            || l.mac.is_none();
+        Self {
+            name: l.name.clone(),
+            ifindex: l.index,
+            mtu: l.mtu,
+            l3,
+            class,
+        }
+    }
+}
+
+/// The Calico-relevant interfaces of the node (or just `only`, when given).
+pub fn select(obs: &ObservedDataplane, only: Option<&str>) -> Vec<Target> {
+    let underlay = underlay_index(obs);
+    // A workload's packets are compared with the tunnel they will enter, not with the veth's
+    // own MTU: a pod sending more than the tunnel carries is the MTU fault to catch.
+    let tunnel_mtu = obs
+        .links
+        .iter()
+        .filter(|l| TUNNEL_DEVICES.contains(&l.name.as_str()) && l.is_up())
+        .map(|l| l.mtu)
+        .min();
+    obs.links
+        .iter()
+        .filter(|l| l.is_up() && only.is_none_or(|o| o == l.name))
+        .filter_map(|l| {
+            let class = if TUNNEL_DEVICES.contains(&l.name.as_str()) {
+                IfaceClass::Tunnel
+            } else if is_workload_iface(&l.name) {
+                IfaceClass::Workload
+            } else if Some(l.index) == underlay {
+                IfaceClass::Underlay
+            } else if only.is_some() {
+                IfaceClass::Other
+            } else {
+                return None;
+            };
+            let mut t = Target::from_link(l, class);
+            if class == IfaceClass::Workload {
+                t.mtu = tunnel_mtu.unwrap_or(t.mtu);
+            }
+            Some(t)
+        })
+        .collect()
+}
+
+/// The device VXLAN is bound to, else the one holding the main table's default route.
+fn underlay_index(obs: &ObservedDataplane) -> Option<u32> {
+    obs.links
+        .iter()
+        .find_map(|l| l.vxlan.as_ref().and_then(|v| v.parent_index))
+        .or_else(|| {
+            obs.routes
+                .iter()
+                .find(|r| {
+                    r.table == TABLE_MAIN
+                        && r.destination.prefix_len() == 0
+                        && r.destination.addr().is_ipv4()
+                })
+                .and_then(|r| r.oif)
+        })
+}
