@@ -403,7 +403,7 @@ fn tracepoint_config() -> Result<TracepointConfig, String> {
     ))
 }
 
-/// `field:enum skb_drop_reason reason;	offset:36;	size:4;	signed:0;` → 36.
+/// `field:enum skb_drop_reason reason; offset:36; size:4; signed:0;` (tab-separated) → 36.
 fn parse_reason_offset(format: &str) -> Option<u32> {
     let line = format.lines().find(|l| l.contains(" reason;"))?;
     let off = line
