@@ -151,10 +151,10 @@ impl Probe {
             attached: Vec::new(),
             drops_unavailable: None,
         };
-        if opts.drops {
-            if let Err(e) = probe.attach_drops() {
-                probe.drops_unavailable = Some(e.to_string());
-            }
+        if opts.drops
+            && let Err(e) = probe.attach_drops()
+        {
+            probe.drops_unavailable = Some(e.to_string());
         }
         Ok(probe)
     }
