@@ -95,27 +95,15 @@ pub const IFACE_CONFIG_MAP: &str = "IFACE_CONFIG";
 /// Name of the per-CPU array of drop counts indexed by `enum skb_drop_reason` value.
 pub const DROPS_MAP: &str = "DROPS";
 pub const DROP_REASONS_MAX: u32 = 1024;
-/// Name of the array holding [`TracepointConfig`] at index 0.
-pub const TRACEPOINT_CONFIG_MAP: &str = "TP_CONFIG";
-/// Name of the `skb:kfree_skb` tracepoint program.
+/// Name of the `kfree_skb` raw tracepoint program (its third argument is the drop reason
+/// since Linux 5.17; attaching fails cleanly on older kernels).
 pub const PROG_KFREE_SKB: &str = "dp_kfree_skb";
-
-/// Where the `reason` field sits in the `skb:kfree_skb` record; it moved between kernels, so
-/// userspace reads it from the tracepoint's format file.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct TracepointConfig {
-    pub reason_offset: u32,
-    /// 0 when the kernel's record has no reason (older than 5.17): everything counts as 0.
-    pub has_reason: u32,
-}
 
 const _: () = assert!(size_of::<IfaceKey>() == 8);
 const _: () = assert!(size_of::<IfaceCounters>() == 32);
 const _: () = assert!(size_of::<IfaceConfig>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 20);
 const _: () = assert!(size_of::<FlowValue>() == 40);
-const _: () = assert!(size_of::<TracepointConfig>() == 8);
 
 #[cfg(feature = "user")]
 // SAFETY: both types are repr(C), contain only integers and have no padding (asserted above).
@@ -132,6 +120,3 @@ unsafe impl aya::Pod for FlowKey {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowValue {}
-#[cfg(feature = "user")]
-// SAFETY: as above.
-unsafe impl aya::Pod for TracepointConfig {}

@@ -1,20 +1,20 @@
 //! Observe-only programs. The TC classifiers count packets, bytes and MTU signals per interface
 //! and direction, and keep a bounded per-CPU LRU flow table; they always return
 //! `TC_ACT_UNSPEC` (next program / default action) and never change a packet. The `skb:kfree_skb`
-//! tracepoint counts drops per kernel drop reason.
+//! raw tracepoint counts drops per kernel drop reason.
 #![no_std]
 #![no_main]
 
 use agent_common::{
     DROP_REASONS_MAX, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, IFACE_COUNTERS_MAX, IfaceConfig,
-    IfaceCounters, IfaceKey, TracepointConfig, direction, flow_flags,
+    IfaceCounters, IfaceKey, direction, flow_flags,
 };
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::bpf_ktime_get_ns,
-    macros::{classifier, map, tracepoint},
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{TcContext, TracePointContext},
+    macros::{classifier, map, raw_tracepoint},
+    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{RawTracePointContext, TcContext},
 };
 
 #[map(name = "IFACE_COUNTERS")]
@@ -31,9 +31,6 @@ static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
 
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS_MAX, 0);
-
-#[map(name = "TP_CONFIG")]
-static TP_CONFIG: Array<TracepointConfig> = Array::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -220,18 +217,14 @@ fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool) -> Option<Ipv4> {
     })
 }
 
-#[tracepoint]
-pub fn dp_kfree_skb(ctx: TracePointContext) -> u32 {
-    let reason = match TP_CONFIG.get(0) {
-        Some(cfg) if cfg.has_reason != 0 => {
-            // SAFETY: the offset comes from the tracepoint's own format file; read_at uses
-            // bpf_probe_read, which fails cleanly on a bad offset.
-            unsafe { ctx.read_at::<u32>(cfg.reason_offset as usize) }.unwrap_or(0)
-        }
-        _ => 0,
-    };
-    let slot = if reason < DROP_REASONS_MAX {
-        reason
+/// `kfree_skb(skb, location, reason, …)`: a raw tracepoint needs no tracefs, and its
+/// arguments are the kernel function's, so the reason is argument 2 on every kernel that has it.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn dp_kfree_skb(ctx: RawTracePointContext) -> i32 {
+    let reason: u64 = ctx.arg(2);
+    let max = u64::from(DROP_REASONS_MAX - 1);
+    let slot = if reason < max {
+        reason as u32
     } else {
         DROP_REASONS_MAX - 1
     };

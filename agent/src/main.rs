@@ -42,6 +42,39 @@ enum Command {
         #[command(flatten)]
         input: Input,
     },
+    /// Count traffic, flows, MTU signals and drops with the agent's observe-only eBPF programs.
+    Flows(FlowsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FlowsArgs {
+    /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
+    #[arg(long, env = "AGENT_NODE_NAME")]
+    node_name: Option<String>,
+    /// Seconds to count before printing (and between refreshes with --watch).
+    #[arg(long, env = "AGENT_FLOWS_SECONDS", default_value_t = 5)]
+    seconds: u64,
+    /// How many flows to show (largest first).
+    #[arg(long, env = "AGENT_FLOWS_TOP", default_value_t = 20)]
+    top: usize,
+    /// Show only the drops.
+    #[arg(long)]
+    drops: bool,
+    /// Attach only to this interface (default: Calico tunnels, the underlay NIC, cali* workloads).
+    #[arg(long, env = "AGENT_FLOWS_IFACE")]
+    iface: Option<String>,
+    /// Keep counting and print every --seconds until interrupted.
+    #[arg(long)]
+    watch: bool,
+    /// Flow table capacity (LRU).
+    #[arg(long, env = "AGENT_FLOW_TABLE_SIZE", default_value_t = agent_common::FLOWS_DEFAULT_MAX)]
+    flow_table_size: u32,
+    /// Do not load eBPF programs (flows are then unavailable).
+    #[arg(long, env = "AGENT_NO_EBPF")]
+    no_ebpf: bool,
+    /// Print JSON instead of text.
+    #[arg(long, env = "AGENT_JSON")]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -126,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print(&input, &a, diag::render::text)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Flows(args) => rt.block_on(flows(args)),
         Command::Check { input } => {
             let a = rt.block_on(analyse(&input))?;
             print(&input, &a, diag::render::check_text)?;
@@ -234,6 +268,59 @@ async fn pass(
         .verification
         .map(|v| tracker.confirm(v, policy.now, grace));
     Ok(a)
+}
+
+/// Counts for a window (or until interrupted with --watch); the probe is dropped, and every
+/// program detached, on every way out: end of window, SIGINT, SIGTERM, error.
+async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
+    if args.no_ebpf {
+        println!("flows unavailable: eBPF disabled by --no-ebpf");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let name = node::resolve_name(args.node_name.as_deref());
+    let opts = agent::flows::ProbeOptions {
+        flow_table_size: args.flow_table_size,
+        drops: true,
+    };
+    let mut session = match agent::flows::Session::start(opts, args.iface.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("flows unavailable: {}", observed::error_chain(&e));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    loop {
+        session.refresh(&observed::read_live(&name).await);
+        if session.targets.is_empty() && args.iface.is_some() {
+            anyhow::bail!(
+                "no interface {} to attach to",
+                args.iface.as_deref().unwrap_or_default()
+            );
+        }
+        let mut stop = false;
+        // Re-scan every second so that pods started during the window are counted too.
+        for _ in 0..args.seconds.max(1) {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => session.refresh(&observed::read_live(&name).await),
+                _ = tokio::signal::ctrl_c() => { stop = true; break; }
+                _ = term.recv() => { stop = true; break; }
+            }
+        }
+        let report = session.report(&name, args.seconds, args.top)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string(&report).context("encoding JSON")?
+            );
+        } else {
+            print!("{}", agent::flows::report::text(&report, args.drops));
+        }
+        if stop || !args.watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
 }
 
 fn print(input: &Input, a: &Analysis, human: fn(&Analysis) -> String) -> anyhow::Result<()> {

@@ -3,10 +3,11 @@
 //! TC programs attach through TCX at the head of the chain on kernels that have it (≥ 6.6), so
 //! they see every packet before Felix's own programs; they return `TC_ACT_UNSPEC`, which hands
 //! the packet on unchanged. On older kernels they attach as clsact filters. The drop counter is
-//! a `skb:kfree_skb` tracepoint. Everything attached is owned by [`Probe`] and detached when it
+//! a `kfree_skb` raw tracepoint (no tracefs needed). Everything attached is owned by [`Probe`] and detached when it
 //! is dropped (also on SIGTERM, which ends the command that owns it): nothing outlives the agent.
 
 pub mod btf;
+pub mod report;
 pub mod targets;
 
 pub use self::targets::{IfaceClass, Target};
@@ -16,13 +17,13 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use agent_common::{
     DROPS_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowKey, FlowValue, IFACE_CONFIG_MAP,
     IFACE_COUNTERS_MAP, IfaceConfig, IfaceCounters, IfaceKey, PROG_KFREE_SKB, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, TRACEPOINT_CONFIG_MAP, TracepointConfig, direction,
+    PROG_TC_INGRESS, direction,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, TracePoint,
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, TcAttachOptions},
     },
     util::KernelVersion,
@@ -55,7 +56,7 @@ pub enum FlowsError {
     },
     #[error("could not read or write eBPF map {0}")]
     Map(&'static str, #[source] aya::maps::MapError),
-    #[error("skb:kfree_skb tracepoint unavailable: {0}")]
+    #[error("kfree_skb raw tracepoint unavailable: {0}")]
     Tracepoint(String),
 }
 
@@ -109,7 +110,7 @@ pub struct Flow {
 pub struct ProbeOptions {
     /// Flow table capacity (LRU: the least recently used flow is evicted when full).
     pub flow_table_size: u32,
-    /// Also count drops with the `skb:kfree_skb` tracepoint.
+    /// Also count drops with the `kfree_skb` raw tracepoint.
     pub drops: bool,
 }
 
@@ -160,16 +161,7 @@ impl Probe {
     }
 
     fn attach_drops(&mut self) -> Result<(), FlowsError> {
-        let cfg = tracepoint_config().map_err(FlowsError::Tracepoint)?;
-        let mut map: Array<_, TracepointConfig> = Array::try_from(
-            self.ebpf
-                .map_mut(TRACEPOINT_CONFIG_MAP)
-                .ok_or(FlowsError::MissingMap(TRACEPOINT_CONFIG_MAP))?,
-        )
-        .map_err(|e| FlowsError::Map(TRACEPOINT_CONFIG_MAP, e))?;
-        map.set(0, cfg, 0)
-            .map_err(|e| FlowsError::Map(TRACEPOINT_CONFIG_MAP, e))?;
-        let prog: &mut TracePoint = self
+        let prog: &mut RawTracePoint = self
             .ebpf
             .program_mut(PROG_KFREE_SKB)
             .ok_or(FlowsError::MissingProgram(PROG_KFREE_SKB))?
@@ -182,8 +174,9 @@ impl Probe {
             name: PROG_KFREE_SKB,
             source,
         })?;
-        prog.attach("skb", "kfree_skb")
-            .map_err(|e| FlowsError::Tracepoint(e.to_string()))?;
+        // Fails cleanly on kernels whose kfree_skb has no reason argument (< 5.17).
+        prog.attach("kfree_skb")
+            .map_err(|e| FlowsError::Tracepoint(crate::observed::error_chain(&e)))?;
         Ok(())
     }
 
@@ -381,37 +374,6 @@ fn merge_flow_values<'a>(k: &FlowKey, values: impl Iterator<Item = &'a FlowValue
     f
 }
 
-/// Where `reason` sits in this kernel's `skb:kfree_skb` record, from its format file.
-fn tracepoint_config() -> Result<TracepointConfig, String> {
-    let paths = [
-        "/sys/kernel/tracing/events/skb/kfree_skb/format",
-        "/sys/kernel/debug/tracing/events/skb/kfree_skb/format",
-    ];
-    let text = paths
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .ok_or_else(|| "tracefs not readable (mount tracefs on /sys/kernel/tracing)".to_string())?;
-    Ok(parse_reason_offset(&text).map_or(
-        TracepointConfig {
-            reason_offset: 0,
-            has_reason: 0,
-        },
-        |off| TracepointConfig {
-            reason_offset: off,
-            has_reason: 1,
-        },
-    ))
-}
-
-/// `field:enum skb_drop_reason reason; offset:36; size:4; signed:0;` (tab-separated) → 36.
-fn parse_reason_offset(format: &str) -> Option<u32> {
-    let line = format.lines().find(|l| l.contains(" reason;"))?;
-    let off = line
-        .split(';')
-        .find_map(|part| part.trim().strip_prefix("offset:"))?;
-    off.trim().parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,14 +451,72 @@ mod tests {
             )
         );
     }
+}
 
-    #[test]
-    fn reads_the_reason_offset_from_the_format_file() {
-        let format = "\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;\n";
-        assert_eq!(parse_reason_offset(format), Some(36));
-        assert_eq!(
-            parse_reason_offset("field:void * location;\toffset:16;"),
-            None
-        );
+/// A probe plus the interfaces it follows: new workload interfaces are attached as they appear
+/// (each [`Session::refresh`]), vanished ones detach with their device.
+pub struct Session {
+    pub probe: Probe,
+    pub targets: Vec<Target>,
+    only: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl Session {
+    pub fn start(opts: ProbeOptions, only: Option<&str>) -> Result<Self, FlowsError> {
+        let probe = Probe::load(opts)?;
+        let mut notes = Vec::new();
+        if let Some(why) = &probe.drops_unavailable {
+            notes.push(format!("drops unavailable: {why}"));
+        }
+        Ok(Self {
+            probe,
+            targets: Vec::new(),
+            only: only.map(str::to_string),
+            notes,
+        })
+    }
+
+    /// Attaches to the Calico interfaces present now that are not attached yet.
+    pub fn refresh(&mut self, obs: &crate::observed::ObservedDataplane) {
+        for t in targets::select(obs, self.only.as_deref()) {
+            if self.targets.iter().any(|a| a.ifindex == t.ifindex) {
+                continue;
+            }
+            match self.probe.attach(&t) {
+                Ok(()) => self.targets.push(t),
+                Err(e) => self.notes.push(format!(
+                    "not attached to {}: {}",
+                    t.name,
+                    crate::observed::error_chain(&e)
+                )),
+            }
+        }
+    }
+
+    pub fn report(
+        &self,
+        node: &str,
+        window_seconds: u64,
+        top: usize,
+    ) -> Result<report::FlowsReport, FlowsError> {
+        let names = btf::drop_reasons().ok();
+        let drops = report::name_drops(&self.probe.drops()?, names.as_ref());
+        let mut notes = self.notes.clone();
+        if names.is_none() {
+            notes.push(
+                "drop reason names unavailable (no /sys/kernel/btf/vmlinux): codes shown".into(),
+            );
+        }
+        Ok(report::build(
+            node,
+            window_seconds,
+            &self.targets,
+            &self.probe.counts()?,
+            self.probe.flows()?,
+            top,
+            drops,
+            notes,
+        ))
     }
 }

@@ -1,0 +1,224 @@
+//! What `agent flows` shows: per-interface counters with MTU signals, the top flows, and drops
+//! named by the kernel's own drop reasons.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use super::{Counts, Direction, Flow, IfaceClass, Target};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowsReport {
+    pub node: String,
+    pub window_seconds: u64,
+    pub interfaces: Vec<IfaceRow>,
+    /// Largest first (by bytes).
+    pub flows: Vec<FlowRow>,
+    /// Total flows in the table (before `--top`).
+    pub flows_total: usize,
+    pub drops: Vec<DropRow>,
+    /// What could not be observed (attach failures, drops unavailable).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IfaceRow {
+    pub iface: String,
+    pub class: IfaceClass,
+    pub direction: Direction,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRow {
+    pub iface: String,
+    #[serde(flatten)]
+    pub flow: Flow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DropRow {
+    pub reason: String,
+    pub code: u32,
+    pub count: u64,
+}
+
+/// Names drop reason codes with the kernel's enum (from BTF); unknown codes stay numeric.
+pub fn name_drops(
+    drops: &BTreeMap<u32, u64>,
+    names: Option<&BTreeMap<u32, String>>,
+) -> Vec<DropRow> {
+    let mut rows: Vec<DropRow> = drops
+        .iter()
+        .map(|(code, count)| DropRow {
+            reason: names
+                .and_then(|n| n.get(code).cloned())
+                .unwrap_or_else(|| format!("reason {code}")),
+            code: *code,
+            count: *count,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
+    rows
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "assembles one report from the probe's separate reads"
+)]
+pub fn build(
+    node: &str,
+    window_seconds: u64,
+    targets: &[Target],
+    counts: &BTreeMap<(u32, Direction), Counts>,
+    mut flows: Vec<Flow>,
+    top: usize,
+    drops: Vec<DropRow>,
+    notes: Vec<String>,
+) -> FlowsReport {
+    let name_of = |ifindex: u32| targets.iter().find(|t| t.ifindex == ifindex);
+    let interfaces = counts
+        .iter()
+        .filter_map(|((ifindex, dir), c)| {
+            name_of(*ifindex).map(|t| IfaceRow {
+                iface: t.name.clone(),
+                class: t.class,
+                direction: *dir,
+                counts: *c,
+            })
+        })
+        .collect();
+    let flows_total = flows.len();
+    flows.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.packets.cmp(&a.packets)));
+    let flows = flows
+        .into_iter()
+        .take(top)
+        .map(|f| FlowRow {
+            iface: name_of(f.ifindex)
+                .map_or_else(|| format!("if{}", f.ifindex), |t| t.name.clone()),
+            flow: f,
+        })
+        .collect();
+    FlowsReport {
+        node: node.to_string(),
+        window_seconds,
+        interfaces,
+        flows,
+        flows_total,
+        drops,
+        notes,
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn text(r: &FlowsReport, drops_only: bool) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "node {}: traffic over the last {} s",
+        r.node, r.window_seconds
+    );
+    if !drops_only {
+        let _ = writeln!(o, "\nINTERFACES");
+        let _ = writeln!(
+            o,
+            "  {:<16} {:<9} {:<8} {:>10} {:>12} {:>11} {:>12}",
+            "iface", "class", "dir", "packets", "bytes", "df>mtu", "frag-needed"
+        );
+        for i in &r.interfaces {
+            let _ = writeln!(
+                o,
+                "  {:<16} {:<9} {:<8} {:>10} {:>12} {:>11} {:>12}",
+                i.iface,
+                format!("{:?}", i.class).to_lowercase(),
+                format!("{:?}", i.direction).to_lowercase(),
+                i.counts.packets,
+                i.counts.bytes,
+                i.counts.df_oversize,
+                i.counts.icmp_frag_needed
+            );
+        }
+        let _ = writeln!(
+            o,
+            "\nTOP FLOWS ({} of {}, by bytes)",
+            r.flows.len(),
+            r.flows_total
+        );
+        for f in &r.flows {
+            let fl = &f.flow;
+            let ends = if fl.proto == 1 {
+                format!(
+                    "{} -> {} type {} code {}",
+                    fl.src, fl.dst, fl.sport, fl.dport
+                )
+            } else {
+                format!("{}:{} -> {}:{}", fl.src, fl.sport, fl.dst, fl.dport)
+            };
+            let _ = writeln!(
+                o,
+                "  {:<5} {:<46} {:<16} {:>8} pkts {:>10} B{}",
+                proto_name(fl.proto),
+                ends,
+                f.iface,
+                fl.packets,
+                fl.bytes,
+                if fl.df_oversize { "  DF>MTU" } else { "" }
+            );
+        }
+    }
+    let _ = writeln!(o, "\nDROPS (whole node, by kernel drop reason)");
+    if r.drops.is_empty() {
+        let _ = writeln!(o, "  none");
+    }
+    for d in &r.drops {
+        let _ = writeln!(o, "  {:<28} {:>10}", d.reason, d.count);
+    }
+    for n in &r.notes {
+        let _ = writeln!(o, "  note: {n}");
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_named_and_sorted() {
+        let drops = BTreeMap::from([(2, 5), (12, 40), (999, 1)]);
+        let names = BTreeMap::from([
+            (2, "NOT_SPECIFIED".to_string()),
+            (12, "NETFILTER_DROP".to_string()),
+        ]);
+        let rows = name_drops(&drops, Some(&names));
+        assert_eq!(
+            rows,
+            [
+                DropRow {
+                    reason: "NETFILTER_DROP".into(),
+                    code: 12,
+                    count: 40
+                },
+                DropRow {
+                    reason: "NOT_SPECIFIED".into(),
+                    code: 2,
+                    count: 5
+                },
+                DropRow {
+                    reason: "reason 999".into(),
+                    code: 999,
+                    count: 1
+                },
+            ]
+        );
+    }
+}
