@@ -81,19 +81,22 @@ pub fn enum_values(btf: &[u8], name: &str) -> Result<Vec<(u64, String)>, BtfErro
     while offset < blob.types.len() {
         // Type IDs start at 1; 0 is `void`, which has no entry.
         id = id.saturating_add(1);
-        let header = blob.types.get(offset..).and_then(|t| t.get(..TYPE_LEN)).ok_or(
-            BtfError::TypeTruncated {
+        let header = blob
+            .types
+            .get(offset..)
+            .and_then(|t| t.get(..TYPE_LEN))
+            .ok_or(BtfError::TypeTruncated {
                 id,
                 offset,
                 need: TYPE_LEN,
-            },
-        )?;
+            })?;
         let name_off = blob.u32_at(header, 0);
         let info = blob.u32_at(header, 4);
         let vlen = (info & 0xffff) as usize;
         let kind = ((info >> 24) & 0x1f) as u8;
         let kind_flag = info >> 31 == 1;
-        let trailing = trailing_len(kind, vlen).ok_or(BtfError::UnknownKind { id, offset, kind })?;
+        let trailing =
+            trailing_len(kind, vlen).ok_or(BtfError::UnknownKind { id, offset, kind })?;
         let need = TYPE_LEN + trailing;
         let body = blob
             .types
@@ -334,7 +337,15 @@ mod tests {
         }
 
         /// One type: header, then `trailing` 32-bit words.
-        fn ty(&mut self, name: &str, kind: u8, kflag: bool, vlen: u16, size: u32, trailing: &[u32]) {
+        fn ty(
+            &mut self,
+            name: &str,
+            kind: u8,
+            kflag: bool,
+            vlen: u16,
+            size: u32,
+            trailing: &[u32],
+        ) {
             let name_off = if name.is_empty() { 0 } else { self.str(name) };
             self.push(name_off);
             self.push((u32::from(kflag) << 31) | (u32::from(kind) << 24) | u32::from(vlen));
@@ -533,7 +544,10 @@ mod tests {
             b[at..at + bytes.len()].copy_from_slice(bytes);
             b
         };
-        assert_err!(enum_values(&good[..10], "x"), BtfError::ShortHeader { len: 10 });
+        assert_err!(
+            enum_values(&good[..10], "x"),
+            BtfError::ShortHeader { len: 10 }
+        );
         assert_err!(
             enum_values(&patch(0, &[0x9f, 0xec]), "x"),
             BtfError::BadMagic(0xec9f)
@@ -546,7 +560,10 @@ mod tests {
         // type_len reaching past the end of the blob.
         assert_err!(
             enum_values(&patch(12, &u32::MAX.to_le_bytes()), "x"),
-            BtfError::Section { section: "type", .. }
+            BtfError::Section {
+                section: "type",
+                ..
+            }
         );
         // str_off + str_len overflowing.
         assert_err!(

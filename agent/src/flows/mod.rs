@@ -374,6 +374,74 @@ fn merge_flow_values<'a>(k: &FlowKey, values: impl Iterator<Item = &'a FlowValue
     f
 }
 
+/// A probe plus the interfaces it follows: new workload interfaces are attached as they appear
+/// (each [`Session::refresh`]), vanished ones detach with their device.
+pub struct Session {
+    pub probe: Probe,
+    pub targets: Vec<Target>,
+    only: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl Session {
+    pub fn start(opts: ProbeOptions, only: Option<&str>) -> Result<Self, FlowsError> {
+        let probe = Probe::load(opts)?;
+        let mut notes = Vec::new();
+        if let Some(why) = &probe.drops_unavailable {
+            notes.push(format!("drops unavailable: {why}"));
+        }
+        Ok(Self {
+            probe,
+            targets: Vec::new(),
+            only: only.map(str::to_string),
+            notes,
+        })
+    }
+
+    /// Attaches to the Calico interfaces present now that are not attached yet.
+    pub fn refresh(&mut self, obs: &crate::observed::ObservedDataplane) {
+        for t in targets::select(obs, self.only.as_deref()) {
+            if self.targets.iter().any(|a| a.ifindex == t.ifindex) {
+                continue;
+            }
+            match self.probe.attach(&t) {
+                Ok(()) => self.targets.push(t),
+                Err(e) => self.notes.push(format!(
+                    "not attached to {}: {}",
+                    t.name,
+                    crate::observed::error_chain(&e)
+                )),
+            }
+        }
+    }
+
+    pub fn report(
+        &self,
+        node: &str,
+        window_seconds: u64,
+        top: usize,
+    ) -> Result<report::FlowsReport, FlowsError> {
+        let names = btf::drop_reasons().ok();
+        let drops = report::name_drops(&self.probe.drops()?, names.as_ref());
+        let mut notes = self.notes.clone();
+        if names.is_none() {
+            notes.push(
+                "drop reason names unavailable (no /sys/kernel/btf/vmlinux): codes shown".into(),
+            );
+        }
+        Ok(report::build(
+            node,
+            window_seconds,
+            &self.targets,
+            &self.probe.counts()?,
+            self.probe.flows()?,
+            top,
+            drops,
+            notes,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,73 +518,5 @@ mod tests {
                 80
             )
         );
-    }
-}
-
-/// A probe plus the interfaces it follows: new workload interfaces are attached as they appear
-/// (each [`Session::refresh`]), vanished ones detach with their device.
-pub struct Session {
-    pub probe: Probe,
-    pub targets: Vec<Target>,
-    only: Option<String>,
-    pub notes: Vec<String>,
-}
-
-impl Session {
-    pub fn start(opts: ProbeOptions, only: Option<&str>) -> Result<Self, FlowsError> {
-        let probe = Probe::load(opts)?;
-        let mut notes = Vec::new();
-        if let Some(why) = &probe.drops_unavailable {
-            notes.push(format!("drops unavailable: {why}"));
-        }
-        Ok(Self {
-            probe,
-            targets: Vec::new(),
-            only: only.map(str::to_string),
-            notes,
-        })
-    }
-
-    /// Attaches to the Calico interfaces present now that are not attached yet.
-    pub fn refresh(&mut self, obs: &crate::observed::ObservedDataplane) {
-        for t in targets::select(obs, self.only.as_deref()) {
-            if self.targets.iter().any(|a| a.ifindex == t.ifindex) {
-                continue;
-            }
-            match self.probe.attach(&t) {
-                Ok(()) => self.targets.push(t),
-                Err(e) => self.notes.push(format!(
-                    "not attached to {}: {}",
-                    t.name,
-                    crate::observed::error_chain(&e)
-                )),
-            }
-        }
-    }
-
-    pub fn report(
-        &self,
-        node: &str,
-        window_seconds: u64,
-        top: usize,
-    ) -> Result<report::FlowsReport, FlowsError> {
-        let names = btf::drop_reasons().ok();
-        let drops = report::name_drops(&self.probe.drops()?, names.as_ref());
-        let mut notes = self.notes.clone();
-        if names.is_none() {
-            notes.push(
-                "drop reason names unavailable (no /sys/kernel/btf/vmlinux): codes shown".into(),
-            );
-        }
-        Ok(report::build(
-            node,
-            window_seconds,
-            &self.targets,
-            &self.probe.counts()?,
-            self.probe.flows()?,
-            top,
-            drops,
-            notes,
-        ))
     }
 }
