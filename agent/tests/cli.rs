@@ -177,3 +177,94 @@ fn check_exit_codes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// No program named like ours is loaded (the cli tests load eBPF only through this binary,
+/// one test at a time: this is the only one that does).
+fn ours_loaded() -> Vec<String> {
+    // The kernel frees a program after an RCU grace period once its last fd is closed.
+    for _ in 0..30 {
+        if loaded_now().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    loaded_now()
+}
+
+fn loaded_now() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("name dp_tc_") || l.contains("name dp_kfree_skb"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn flows_detach_on_exit_and_on_sigterm() {
+    let ns = Netns::new("fl");
+    assert!(
+        Command::new("ip")
+            .args(["-n", &ns.0, "link", "set", "lo", "up"])
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    let (code, json, err) = agent(
+        &ns.0,
+        false,
+        &["flows", "--seconds", "1", "--iface", "lo", "--json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
+    assert_eq!(v["window_seconds"], 1);
+    assert!(
+        ours_loaded().is_empty(),
+        "left loaded after exit: {:?}",
+        ours_loaded()
+    );
+
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            env!("CARGO_BIN_EXE_agent"),
+            "flows",
+            "--watch",
+            "--seconds",
+            "1",
+            "--iface",
+            "lo",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!loaded_now().is_empty(), "nothing attached while running");
+    let pid = i32::try_from(child.id()).expect("pid");
+    // `ip netns exec` execs the agent: the pid is the agent's.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("INTERFACES"));
+    assert!(
+        ours_loaded().is_empty(),
+        "left loaded after SIGTERM: {:?}",
+        ours_loaded()
+    );
+
+    let (code, out, _) = agent(&ns.0, false, &["flows", "--no-ebpf"], &[]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "flows unavailable: eBPF disabled by --no-ebpf")
+    );
+}
