@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum as _};
 use xtask::{
+    bench,
     lab::{Fault, Lab},
     setup, sh,
 };
@@ -32,6 +33,13 @@ enum Command {
         /// Leave the lab up afterwards (remove it with `cargo xtask lab down`).
         #[arg(long)]
         keep: bool,
+    },
+    /// Measure the eBPF programs' cost: iperf3 between two lab pods with and without them,
+    /// and their ns per run from bpf_stats; writes BENCHMARKS.md.
+    Bench {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
     },
     /// The fake Calico node lab in network namespaces.
     Lab {
@@ -64,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::setup(),
         Command::Test => test(),
         Command::Demo { keep } => demo(keep),
+        Command::Bench { seconds } => bench::run(&workspace_root(), seconds),
         Command::Lab { action } => lab(action),
     }
 }

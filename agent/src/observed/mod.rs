@@ -2,6 +2,7 @@
 
 pub mod bundle;
 pub mod caps;
+pub mod conntrack;
 mod exec;
 pub mod iptables;
 pub mod model;

@@ -1,0 +1,175 @@
+//! `cargo xtask bench`: what the agent's eBPF programs cost on the datapath, measured in one run
+//! as ratios against a baseline (tests never assert timings).
+//!
+//! iperf3 runs between a pod on node-a and a pod on node-b across vxlan.calico, alternately
+//! without and with `agent flows` attached to every Calico interface of node-a (the pod veth,
+//! vxlan.calico and eth0: three programs per packet per direction). `kernel.bpf_stats_enabled`
+//! is switched on for the measured run only and restored afterwards.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{lab::Lab, sh};
+
+const PREFIX: &str = "cdpb";
+const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+struct Sample {
+    label: &'static str,
+    gbits: f64,
+}
+
+pub fn run(root: &Path, seconds: u32) -> anyhow::Result<()> {
+    crate::sh::stream(&["cargo", "build", "--quiet", "--release", "-p", "agent"])?;
+    let agent = root.join("target/release/agent");
+    let lab = Lab::new(PREFIX);
+    lab.up()?;
+    let result = measure(&lab, &agent, seconds);
+    lab.down();
+    let (samples, ns_per_run, runs) = result?;
+    let base: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.label == "baseline")
+        .map(|s| s.gbits)
+        .collect();
+    let with: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.label == "with eBPF")
+        .map(|s| s.gbits)
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let ratio = mean(&with) / mean(&base);
+    let mut md = String::from(
+        "# Benchmarks\n\nProduced by `cargo xtask bench` (numbers from the last run on this machine kind: 2 cores, no KVM-specific tuning). Ratios compare runs made minutes apart in the same invocation; absolute numbers vary between machines.\n\n## eBPF datapath cost (issue 5)\n\niperf3 TCP, pod on node-a → pod on node-b across `vxlan.calico` in the lab, ",
+    );
+    md.push_str(&format!("{seconds} s per run, alternating baseline and with `agent flows` attached to node-a's pod veth, vxlan.calico and eth0 (ingress + egress each).\n\n| run | Gbit/s |\n|---|---|\n"));
+    for s in &samples {
+        md.push_str(&format!("| {} | {:.2} |\n", s.label, s.gbits));
+    }
+    md.push_str(&format!(
+        "\n- throughput with the programs / baseline: **{ratio:.3}** (target ≥ 0.97)\n- cost per program run from `bpf_stats` (`run_time_ns / run_cnt` over the TC programs): **{ns_per_run:.1} ns** over {runs} runs (target < 50 ns)\n"
+    ));
+    std::fs::write(root.join("BENCHMARKS.md"), &md).context("writing BENCHMARKS.md")?;
+    print!("{md}");
+    Ok(())
+}
+
+fn measure(lab: &Lab, agent: &Path, seconds: u32) -> anyhow::Result<(Vec<Sample>, f64, u64)> {
+    lab.check_connectivity()?;
+    let server_pod = &lab.spec.nodes[1].pods[0];
+    let client_pod = &lab.spec.nodes[0].pods[0];
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &server_pod.netns, "iperf3", "-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let result = (|| -> anyhow::Result<(Vec<Sample>, f64, u64)> {
+        let mut samples = Vec::new();
+        let mut ns = 0.0;
+        let mut runs = 0;
+        for round in 0..2 {
+            samples.push(Sample {
+                label: "baseline",
+                gbits: iperf(&client_pod.netns, &server_pod.ip.to_string(), seconds)?,
+            });
+            let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+            std::fs::write(STATS, "1").context("enabling bpf_stats")?;
+            let mut probe = attach(agent, &lab.spec.nodes[0].netns, seconds + 4)?;
+            let gbits = iperf(&client_pod.netns, &server_pod.ip.to_string(), seconds);
+            let stats = tc_stats();
+            let _ = probe.kill();
+            let _ = probe.wait();
+            let _ = std::fs::write(STATS, previous.trim());
+            samples.push(Sample {
+                label: "with eBPF",
+                gbits: gbits?,
+            });
+            let (t, n) = stats?;
+            if round == 1 || runs == 0 {
+                ns = t as f64 / n.max(1) as f64;
+                runs = n;
+            }
+        }
+        samples.push(Sample {
+            label: "baseline",
+            gbits: iperf(&client_pod.netns, &server_pod.ip.to_string(), seconds)?,
+        });
+        Ok((samples, ns, runs))
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+/// `agent flows` in node-a for the whole run; waits until its programs are attached.
+fn attach(agent: &Path, netns: &str, seconds: u32) -> anyhow::Result<Child> {
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(agent)
+        .args(["flows", "--seconds", &seconds.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting agent flows")?;
+    for _ in 0..50 {
+        if tc_stats().is_ok_and(|_| true)
+            && sh::run(&["bpftool", "prog", "show"]).is_ok_and(|s| s.contains("dp_tc_egress"))
+        {
+            std::thread::sleep(Duration::from_millis(1500));
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("agent flows did not attach within 5 s")
+}
+
+fn iperf(netns: &str, server: &str, seconds: u32) -> anyhow::Result<f64> {
+    let out = sh::run(&[
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "iperf3",
+        "-c",
+        server,
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let bps = v
+        .pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .context("iperf3 result")?;
+    Ok(bps / 1e9)
+}
+
+/// Sum of `run_time_ns` and `run_cnt` over our TC programs.
+fn tc_stats() -> anyhow::Result<(u64, u64)> {
+    let out = sh::run(&["bpftool", "-j", "prog", "show"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("bpftool JSON")?;
+    let mut t = 0;
+    let mut n = 0;
+    for p in v.as_array().into_iter().flatten() {
+        if p.get("name")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|n| n.starts_with("dp_tc_"))
+        {
+            t += p
+                .get("run_time_ns")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            n += p
+                .get("run_cnt")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+        }
+    }
+    Ok((t, n))
+}
