@@ -72,7 +72,7 @@ pub struct FlowKey {
 pub struct FlowValue {
     pub packets: u64,
     pub bytes: u64,
-    /// `bpf_ktime_get_ns` of the first and last packet on this CPU (0 = none).
+    /// `bpf_ktime_get_coarse_ns` of the first and last packet on this CPU (0 = none).
     pub first_ns: u64,
     pub last_ns: u64,
     /// TCP flags seen (OR of the flags byte).

@@ -11,7 +11,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, map, raw_tracepoint},
     maps::{HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
     programs::{RawTracePointContext, TcContext},
@@ -56,11 +56,14 @@ fn observe(ctx: &TcContext, dir: u32) {
     // __sk_buff field readable by every TC program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = ctx.len();
-    let cfg = IFACE_CONFIG.get_ptr(ifindex).map(|c| {
+    // Both values are always initialised: the verifier rejects a spilled register that is
+    // unset on one path, which an Option<IfaceConfig> compiles into.
+    let (mtu, l3) = match IFACE_CONFIG.get_ptr(ifindex) {
         // SAFETY: a hash map value pointer stays valid for the program's run.
-        unsafe { *c }
-    });
-    let ip = parse_ipv4(ctx, ifindex, cfg.is_some_and(|c| c.l3 != 0));
+        Some(c) => unsafe { ((*c).mtu, (*c).l3 != 0) },
+        None => (0, false),
+    };
+    let ip = parse_ipv4(ctx, ifindex, l3);
     let mut delta = IfaceCounters {
         packets: 1,
         bytes: u64::from(len),
@@ -68,9 +71,7 @@ fn observe(ctx: &TcContext, dir: u32) {
     };
     let mut oversize = false;
     if let Some(p) = &ip {
-        if let Some(c) = cfg {
-            oversize = c.mtu > 0 && u32::from(p.total_len) > c.mtu && p.dont_fragment;
-        }
+        oversize = mtu > 0 && u32::from(p.total_len) > mtu && p.dont_fragment;
         delta.df_oversize = u64::from(oversize);
         delta.icmp_frag_needed =
             u64::from(p.key.proto == IPPROTO_ICMP && p.key.sport == 3 && p.key.dport == 4);
@@ -114,8 +115,9 @@ fn add_iface(key: IfaceKey, d: &IfaceCounters) {
 
 #[inline(always)]
 fn add_flow(key: &FlowKey, len: u64, tcp_flags: u8, flags: u8) {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: no preconditions. The coarse clock (tick resolution) is enough for first/last
+    // seen and costs far less per packet.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     match FLOWS.get_ptr_mut(key) {
         Some(v) => {
             // SAFETY: per-CPU LRU value, valid until the program returns.
@@ -154,7 +156,28 @@ struct Ipv4 {
     tcp_flags: u8,
 }
 
-/// Reads the IPv4 and transport headers with bpf_skb_load_bytes (bounds-checked by the helper).
+/// A pointer to a `T` at `off` in the packet's linear data, if it lies entirely inside it.
+/// Direct packet access costs a bounds check, where bpf_skb_load_bytes costs a helper call.
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    // SAFETY: ptr_at checked that the whole T lies inside the packet; the read is unaligned
+    // because packet headers carry no alignment guarantee.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+/// Reads the IPv4 and transport headers from the linear data (headers not in it: no flow).
+/// Headers are read as whole byte arrays: a one-byte bounds check is compiled into a form the
+/// verifier does not accept.
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool) -> Option<Ipv4> {
     let off = if l3 {
@@ -164,41 +187,45 @@ fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool) -> Option<Ipv4> {
         }
         0
     } else {
-        let ethertype: u16 = ctx.load(12).ok()?;
-        if u16::from_be(ethertype) != ETH_P_IP {
+        let eth: [u8; ETH_HLEN] = read(ctx, 0)?;
+        if u16::from_be_bytes([eth[12], eth[13]]) != ETH_P_IP {
             return None;
         }
         ETH_HLEN
     };
-    let vihl: u8 = ctx.load(off).ok()?;
-    if vihl >> 4 != 4 {
+    let ip: [u8; 20] = read(ctx, off)?;
+    if ip[0] >> 4 != 4 {
         return None;
     }
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    let total_len = u16::from_be(ctx.load::<u16>(off + 2).ok()?);
-    let frag = u16::from_be(ctx.load::<u16>(off + 6).ok()?);
-    let proto: u8 = ctx.load(off + 9).ok()?;
-    let src: u32 = ctx.load(off + 12).ok()?;
-    let dst: u32 = ctx.load(off + 16).ok()?;
-    let l4 = off + ihl;
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]);
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let proto = ip[9];
+    let src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let l4 = off + usize::from(ip[0] & 0x0f) * 4;
     // Only the first fragment carries the transport header.
     let first_fragment = frag & 0x1fff == 0;
     let (sport, dport, tcp_flags) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP if first_fragment => {
-            let sport: u16 = ctx.load(l4).ok()?;
-            let dport: u16 = ctx.load(l4 + 2).ok()?;
-            let flags = if proto == IPPROTO_TCP {
-                ctx.load::<u8>(l4 + 13).ok()?
-            } else {
-                0
-            };
-            (sport, dport, flags)
-        }
-        IPPROTO_ICMP if first_fragment => {
-            let t: u8 = ctx.load(l4).ok()?;
-            let c: u8 = ctx.load(l4 + 1).ok()?;
-            (u16::from(t), u16::from(c), 0)
-        }
+        IPPROTO_TCP if first_fragment => match read::<[u8; 14]>(ctx, l4) {
+            Some(t) => (
+                u16::from_ne_bytes([t[0], t[1]]),
+                u16::from_ne_bytes([t[2], t[3]]),
+                t[13],
+            ),
+            None => (0, 0, 0),
+        },
+        IPPROTO_UDP if first_fragment => match read::<[u8; 4]>(ctx, l4) {
+            Some(u) => (
+                u16::from_ne_bytes([u[0], u[1]]),
+                u16::from_ne_bytes([u[2], u[3]]),
+                0,
+            ),
+            None => (0, 0, 0),
+        },
+        IPPROTO_ICMP if first_fragment => match read::<[u8; 2]>(ctx, l4) {
+            Some(c) => (u16::from(c[0]), u16::from(c[1]), 0),
+            None => (0, 0, 0),
+        },
         _ => (0, 0, 0),
     };
     Some(Ipv4 {

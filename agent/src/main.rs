@@ -93,6 +93,10 @@ struct Input {
     /// can briefly look like drift). 0 reports at once.
     #[arg(long, env = "AGENT_GRACE_SECONDS", default_value_t = 0)]
     grace: u64,
+    /// Fill fraction of the conntrack table (nf_conntrack_count / nf_conntrack_max) above which
+    /// conntrack.pressure is reported.
+    #[arg(long, env = "AGENT_CONNTRACK_PRESSURE", default_value_t = agent::verify::DEFAULT_CONNTRACK_PRESSURE)]
+    conntrack_pressure: f64,
     /// Analyse a directory of captured text dumps instead of the live node: ours
     /// (`--bundle-out`), an extracted `calicoctl node diags` archive, or pasted command
     /// outputs. Calico YAML found inside is used as the datastore unless one is given.
@@ -216,13 +220,13 @@ async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
     let name = node::resolve_name(input.node_name.as_deref());
     let grace = Duration::from_secs(input.grace);
     let mut tracker = GraceTracker::default();
-    let first = pass(&ds, &name, grace, &mut tracker).await?;
+    let first = pass(&ds, &name, grace, input.conntrack_pressure, &mut tracker).await?;
     if grace.is_zero() || tracker.pending() == 0 {
         return Ok(first);
     }
     // Something looked wrong: look again once the grace window has passed.
     tokio::time::sleep(grace).await;
-    pass(&ds, &name, grace, &mut tracker).await
+    pass(&ds, &name, grace, input.conntrack_pressure, &mut tracker).await
 }
 
 /// A captured bundle is a single moment: no grace window applies.
@@ -243,6 +247,7 @@ async fn analyse_bundle(input: &Input, dir: &std::path::Path) -> anyhow::Result<
         &Policy {
             grace: Duration::ZERO,
             now: obs.captured_at,
+            conntrack_pressure: input.conntrack_pressure,
         },
     );
     a.input_notes = b
@@ -258,11 +263,16 @@ async fn pass(
     ds: &Option<Datastore>,
     name: &str,
     grace: Duration,
+    conntrack_pressure: f64,
     tracker: &mut GraceTracker,
 ) -> anyhow::Result<Analysis> {
     let obs = observed::read_live(name).await;
     let expected = analysis::expected_for(&obs, ds.as_ref())?;
-    let policy = Policy { grace, now: now() };
+    let policy = Policy {
+        grace,
+        now: now(),
+        conntrack_pressure,
+    };
     let mut a = analysis::analyse(&obs, expected.as_ref(), &policy);
     a.verification = a
         .verification

@@ -52,8 +52,14 @@ pub fn run(root: &Path, seconds: u32) -> anyhow::Result<()> {
         md.push_str(&format!("| {} | {:.2} |\n", s.label, s.gbits));
     }
     md.push_str(&format!(
-        "\n- throughput with the programs / baseline: **{ratio:.3}** (target ≥ 0.97)\n- cost per program run from `bpf_stats` (`run_time_ns / run_cnt` over the TC programs): **{ns_per_run:.1} ns** over {runs} runs (target < 50 ns)\n"
+        "\n- throughput with the programs / baseline: **{ratio:.3}** (target ≥ 0.97)\n- cost per program run from `bpf_stats` (`run_time_ns / run_cnt` over the TC programs, separate run with stats on): **{ns_per_run:.1} ns** over {runs} runs (target < 50 ns)\n"
     ));
+    md.push_str(if ratio >= 0.97 {
+        "\nReading: the throughput cost is within the target (iperf3 moves 64 KiB GSO super-packets, so per-packet work is amortised)."
+    } else {
+        "\nReading: the throughput ratio is below the target in this run. On this 2-core VM iperf3 varies by several percent from run to run (the baselines above show it); repeat with `--seconds 10` for a steadier ratio before drawing conclusions."
+    });
+    md.push_str(" The per-run cost is above the 50 ns target: every packet does three map lookups (interface config hash, per-CPU interface counters hash, per-CPU LRU flow table with a 20-byte key), which take on the order of 100 ns each on this 2-core VM. Closing the gap needs array-indexed counters (a slot per interface assigned at attach) and sampling or a smaller flow key; that work is open.\n");
     std::fs::write(root.join("BENCHMARKS.md"), &md).context("writing BENCHMARKS.md")?;
     print!("{md}");
     Ok(())
@@ -72,35 +78,39 @@ fn measure(lab: &Lab, agent: &Path, seconds: u32) -> anyhow::Result<(Vec<Sample>
     std::thread::sleep(Duration::from_millis(500));
     let result = (|| -> anyhow::Result<(Vec<Sample>, f64, u64)> {
         let mut samples = Vec::new();
-        let mut ns = 0.0;
-        let mut runs = 0;
-        for round in 0..2 {
+        let server = server_pod.ip.to_string();
+        // Throughput with bpf_stats off: its per-run timestamps would be charged to us.
+        for _ in 0..2 {
             samples.push(Sample {
                 label: "baseline",
-                gbits: iperf(&client_pod.netns, &server_pod.ip.to_string(), seconds)?,
+                gbits: iperf(&client_pod.netns, &server, seconds)?,
             });
-            let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-            std::fs::write(STATS, "1").context("enabling bpf_stats")?;
             let mut probe = attach(agent, &lab.spec.nodes[0].netns, seconds + 4)?;
-            let gbits = iperf(&client_pod.netns, &server_pod.ip.to_string(), seconds);
-            let stats = tc_stats();
+            let gbits = iperf(&client_pod.netns, &server, seconds);
             let _ = probe.kill();
             let _ = probe.wait();
-            let _ = std::fs::write(STATS, previous.trim());
             samples.push(Sample {
                 label: "with eBPF",
                 gbits: gbits?,
             });
-            let (t, n) = stats?;
-            if round == 1 || runs == 0 {
-                ns = t as f64 / n.max(1) as f64;
-                runs = n;
-            }
         }
         samples.push(Sample {
             label: "baseline",
-            gbits: iperf(&client_pod.netns, &server_pod.ip.to_string(), seconds)?,
+            gbits: iperf(&client_pod.netns, &server, seconds)?,
         });
+        // A separate run for the per-run cost, with bpf_stats on only meanwhile.
+        let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+        std::fs::write(STATS, "1").context("enabling bpf_stats")?;
+        let stats = attach(agent, &lab.spec.nodes[0].netns, seconds + 4).and_then(|mut probe| {
+            let run = iperf(&client_pod.netns, &server, seconds).and_then(|_| tc_stats());
+            let _ = probe.kill();
+            let _ = probe.wait();
+            run
+        });
+        let _ = std::fs::write(STATS, previous.trim());
+        let (t, n) = stats?;
+        let ns = t as f64 / n.max(1) as f64;
+        let runs = n;
         Ok((samples, ns, runs))
     })();
     let _ = server.kill();

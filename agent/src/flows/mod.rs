@@ -97,7 +97,7 @@ pub struct Flow {
     pub dport: u16,
     pub packets: u64,
     pub bytes: u64,
-    /// Monotonic nanoseconds (`bpf_ktime_get_ns`) of the first and last packet.
+    /// Monotonic nanoseconds (`bpf_ktime_get_coarse_ns`, tick resolution) of the first and last packet.
     pub first_ns: u64,
     pub last_ns: u64,
     pub ifindex: u32,

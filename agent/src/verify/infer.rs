@@ -255,6 +255,21 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_pressure_fires_above_the_threshold_only() {
+        let (_, mut o) = healthy();
+        o.sysctls.conntrack_max = Some(1000);
+        o.sysctls.conntrack_count = Some(899);
+        assert!(run_inferred(&o).findings.is_empty());
+        o.sysctls.conntrack_count = Some(950);
+        let v = run_inferred(&o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::ConntrackPressure, "nf_conntrack".into())]
+        );
+        assert!(v.findings[0].actual.contains("95.0%"));
+    }
+
+    #[test]
     fn inferred_faults() {
         let (_, mut o) = healthy();
         o.neighbours.clear();

@@ -35,13 +35,19 @@ pub struct Policy {
     pub grace: Duration,
     /// Seconds since the epoch, stamped on findings as `since`.
     pub now: u64,
+    /// Fill fraction of the conntrack table above which `conntrack.pressure` fires.
+    pub conntrack_pressure: f64,
 }
+
+/// New connections are dropped ("nf_conntrack: table full") at 100%; warn well before.
+pub const DEFAULT_CONNTRACK_PRESSURE: f64 = 0.9;
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
             grace: Duration::ZERO,
             now: 0,
+            conntrack_pressure: DEFAULT_CONNTRACK_PRESSURE,
         }
     }
 }
@@ -101,10 +107,6 @@ const NOT_OBSERVED: &[(CheckId, &str)] = &[
         "Calico's eBPF route map is not read by this version",
     ),
     (
-        CheckId::ConntrackPressure,
-        "conntrack is measured by `agent flows`, not by this check run",
-    ),
-    (
         CheckId::WireguardPeerStaleHandshake,
         "an idle peer has an old handshake legitimately; needs traffic counters over time",
     ),
@@ -143,12 +145,13 @@ fn needs(check: CheckId) -> &'static [Source] {
             &[Iptables, Nftables]
         }
         CheckId::RulesBackendMixed => &[Iptables],
-        CheckId::SysctlForwardingOff | CheckId::SysctlRpFilterStrict => &[Sysctls],
+        CheckId::SysctlForwardingOff
+        | CheckId::SysctlRpFilterStrict
+        | CheckId::ConntrackPressure => &[Sysctls],
         CheckId::BgpSessionDown
         | CheckId::BgpSessionFlapping
         | CheckId::FelixUnhealthy
-        | CheckId::BpfRouteMissing
-        | CheckId::ConntrackPressure => &[],
+        | CheckId::BpfRouteMissing => &[],
     }
 }
 
@@ -165,6 +168,7 @@ pub fn verify(
     let mut out = Vec::new();
     rules::check(obs, expected, &mut out, &mut v.skipped);
     sysctl(obs, &mut out);
+    conntrack(obs, policy, &mut out);
     match expected {
         Some(e) => {
             tunnel::check(e, obs, &mut out);
@@ -237,6 +241,21 @@ fn sysctl(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
             );
         }
     }
+}
+
+fn conntrack(obs: &ObservedDataplane, policy: &Policy, out: &mut Vec<Finding>) {
+    let (Some(count), Some(max)) = (obs.sysctls.conntrack_count, obs.sysctls.conntrack_max) else {
+        return;
+    };
+    if max == 0 || (count as f64) < policy.conntrack_pressure * max as f64 {
+        return;
+    }
+    out.push(
+        Finding::new(CheckId::ConntrackPressure, Severity::Warning, "nf_conntrack")
+            .expected(format!("fewer than {:.0}% of net.netfilter.nf_conntrack_max ({max}) in use", policy.conntrack_pressure * 100.0))
+            .actual(format!("{count} entries ({:.1}%)", count as f64 * 100.0 / max as f64))
+            .hint("at 100% the kernel drops new connections (\"nf_conntrack: table full, dropping packet\" in dmesg): raise net.netfilter.nf_conntrack_max or find the flood with `conntrack -L | awk '{print $1, $4}' | sort | uniq -c | sort -rn | head`"),
+    );
 }
 
 fn mode(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
