@@ -95,6 +95,10 @@ pub const IFACE_CONFIG_MAP: &str = "IFACE_CONFIG";
 /// Name of the per-CPU array of drop counts indexed by `enum skb_drop_reason` value.
 pub const DROPS_MAP: &str = "DROPS";
 pub const DROP_REASONS_MAX: u32 = 1024;
+/// Name of the per-CPU single-slot counter of TCP retransmissions.
+pub const RETRANSMITS_MAP: &str = "RETRANSMITS";
+/// Name of the `tcp_retransmit_skb` raw tracepoint program.
+pub const PROG_TCP_RETRANSMIT: &str = "dp_tcp_retransmit";
 /// Name of the `kfree_skb` raw tracepoint program (its third argument is the drop reason
 /// since Linux 5.17; attaching fails cleanly on older kernels).
 pub const PROG_KFREE_SKB: &str = "dp_kfree_skb";

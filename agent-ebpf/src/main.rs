@@ -262,6 +262,19 @@ pub fn dp_kfree_skb(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+#[map(name = "RETRANSMITS")]
+static RETRANSMITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Every TCP retransmission on the node (`tcp_retransmit_skb(sk, skb)`).
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn dp_tcp_retransmit(_ctx: RawTracePointContext) -> i32 {
+    if let Some(count) = RETRANSMITS.get_ptr_mut(0) {
+        // SAFETY: per-CPU array slot, valid until the program returns.
+        unsafe { *count += 1 };
+    }
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -141,15 +141,16 @@ fn counters_flows_and_per_cpu_sums_equal_packets_sent_then_detach() {
         let per_cpu = probe
             .counts_per_cpu(target.ifindex, Direction::Ingress)
             .expect("per-CPU");
+        let ids = probe.program_ids();
         (
             probe.counts().expect("counters"),
             per_cpu,
-            (probe.flows().expect("flows"), target.ifindex),
+            (probe.flows().expect("flows"), target.ifindex, ids),
             listing,
         )
         // probe dropped here: both links detach.
     });
-    let (flows, ifindex) = flows;
+    let (flows, ifindex, ids) = flows;
     assert!(
         listing.contains("dp_tc_ingress") && listing.contains("dp_tc_egress"),
         "{listing}"
@@ -209,11 +210,25 @@ fn counters_flows_and_per_cpu_sums_equal_packets_sent_then_detach() {
     );
     assert_eq!(flows.len(), 2, "{flows:?}");
 
-    // Dropping the probe closed the last references: no program of ours is left loaded.
-    let after = sh::run(&["bpftool", "prog", "show"]).expect("bpftool prog");
+    // Dropping the probe closed the last references: none of its programs is left loaded
+    // (other tests hold probes of their own, so compare program ids). The kernel frees a
+    // program an RCU grace period after its last reference goes.
     assert!(
-        !after.contains("dp_tc_"),
-        "programs still loaded after drop: {after}"
+        ids.iter().all(|id| ours.contains(&id.to_string().as_str())),
+        "{ids:?} vs {ours:?}"
+    );
+    let mut still: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    for _ in 0..30 {
+        let after = sh::run(&["bpftool", "prog", "show"]).expect("bpftool prog");
+        still.retain(|id| after.lines().any(|l| l.starts_with(&format!("{id}:"))));
+        if still.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        still.is_empty(),
+        "programs {still:?} still loaded after drop"
     );
 }
 
@@ -248,4 +263,54 @@ fn the_flow_table_stays_bounded_under_a_flood_of_unique_flows() {
         "{} flows in a table of 64",
         flows.len()
     );
+}
+
+#[test]
+fn syn_retransmissions_and_their_netfilter_drops_are_counted() {
+    let ns = unique("rtx");
+    let _guard = NetnsGuard::new(&[&ns]);
+    ip(&ns, &["link", "set", "lo", "up"]);
+    sh::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "iptables-nft",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "9",
+        "-j",
+        "DROP",
+    ])
+    .expect("DROP rule");
+    let probe = Probe::load(ProbeOptions::default()).expect("load");
+    assert_eq!(probe.drops_unavailable, None);
+    // The SYN is dropped and retransmitted after 1 s and 3 s (each retransmission dropped too).
+    let _ = sh::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns,
+        "timeout",
+        "3.5",
+        "bash",
+        "-c",
+        "</dev/tcp/127.0.0.1/9",
+    ]);
+    let names = agent::flows::btf::drop_reasons().expect("drop reason names from BTF");
+    let netfilter = names
+        .iter()
+        .find(|(_, n)| n.as_str() == "NETFILTER_DROP")
+        .map(|(code, _)| *code)
+        .expect("NETFILTER_DROP");
+    let drops = probe.drops().expect("drops");
+    // Both counters are node-wide: other tests' traffic may add to them, never subtract.
+    assert!(
+        drops.get(&netfilter).copied().unwrap_or(0) >= 3,
+        "{drops:?}"
+    );
+    assert!(probe.retransmits().expect("retransmits") >= 2);
 }

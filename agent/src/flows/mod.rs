@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use agent_common::{
     DROPS_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowKey, FlowValue, IFACE_CONFIG_MAP,
     IFACE_COUNTERS_MAP, IfaceConfig, IfaceCounters, IfaceKey, PROG_KFREE_SKB, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, direction,
+    PROG_TC_INGRESS, PROG_TCP_RETRANSMIT, RETRANSMITS_MAP, direction,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -161,22 +161,22 @@ impl Probe {
     }
 
     fn attach_drops(&mut self) -> Result<(), FlowsError> {
-        let prog: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(PROG_KFREE_SKB)
-            .ok_or(FlowsError::MissingProgram(PROG_KFREE_SKB))?
-            .try_into()
-            .map_err(|source| FlowsError::Program {
-                name: PROG_KFREE_SKB,
-                source,
-            })?;
-        prog.load().map_err(|source| FlowsError::Program {
-            name: PROG_KFREE_SKB,
-            source,
-        })?;
-        // Fails cleanly on kernels whose kfree_skb has no reason argument (< 5.17).
-        prog.attach("kfree_skb")
-            .map_err(|e| FlowsError::Tracepoint(crate::observed::error_chain(&e)))?;
+        // kfree_skb fails cleanly on kernels whose tracepoint has no reason argument (< 5.17).
+        for (name, tracepoint) in [
+            (PROG_KFREE_SKB, "kfree_skb"),
+            (PROG_TCP_RETRANSMIT, "tcp_retransmit_skb"),
+        ] {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(FlowsError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| FlowsError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| FlowsError::Program { name, source })?;
+            prog.attach(tracepoint)
+                .map_err(|e| FlowsError::Tracepoint(crate::observed::error_chain(&e)))?;
+        }
         Ok(())
     }
 
@@ -234,6 +234,15 @@ impl Probe {
 
     pub fn attached(&self) -> &[String] {
         &self.attached
+    }
+
+    /// Kernel ids of the loaded programs (to check from outside that they are gone).
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok())
+            .map(|i| i.id())
+            .collect()
     }
 
     /// Counters per (ifindex, direction), summed over all CPUs.
@@ -298,6 +307,21 @@ impl Probe {
             out.push(merge_flow(&k, &per_cpu));
         }
         Ok(out)
+    }
+
+    /// TCP retransmissions on the whole node since the probe was loaded.
+    pub fn retransmits(&self) -> Result<u64, FlowsError> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(RETRANSMITS_MAP)
+                .ok_or(FlowsError::MissingMap(RETRANSMITS_MAP))?,
+        )
+        .map_err(|e| FlowsError::Map(RETRANSMITS_MAP, e))?;
+        Ok(map
+            .get(&0, 0)
+            .map_err(|e| FlowsError::Map(RETRANSMITS_MAP, e))?
+            .iter()
+            .sum())
     }
 
     /// Drop counts per `enum skb_drop_reason` value, summed over CPUs (non-zero only).
@@ -429,7 +453,7 @@ impl Session {
                 "drop reason names unavailable (no /sys/kernel/btf/vmlinux): codes shown".into(),
             );
         }
-        Ok(report::build(
+        let mut r = report::build(
             node,
             window_seconds,
             &self.targets,
@@ -438,7 +462,9 @@ impl Session {
             top,
             drops,
             notes,
-        ))
+        );
+        r.tcp_retransmits = self.probe.retransmits()?;
+        Ok(r)
     }
 }
 

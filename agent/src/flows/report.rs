@@ -17,6 +17,8 @@ pub struct FlowsReport {
     /// Total flows in the table (before `--top`).
     pub flows_total: usize,
     pub drops: Vec<DropRow>,
+    /// TCP retransmissions on the whole node during the window.
+    pub tcp_retransmits: u64,
     /// What could not be observed (attach failures, drops unavailable).
     pub notes: Vec<String>,
 }
@@ -107,6 +109,7 @@ pub fn build(
         flows,
         flows_total,
         drops,
+        tcp_retransmits: 0,
         notes,
     }
 }
@@ -182,6 +185,11 @@ pub fn text(r: &FlowsReport, drops_only: bool) -> String {
     for d in &r.drops {
         let _ = writeln!(o, "  {:<28} {:>10}", d.reason, d.count);
     }
+    let _ = writeln!(
+        o,
+        "\nTCP RETRANSMISSIONS (whole node): {}",
+        r.tcp_retransmits
+    );
     for n in &r.notes {
         let _ = writeln!(o, "  note: {n}");
     }
