@@ -20,6 +20,36 @@ pub struct Analysis {
     pub verification: Option<Verification>,
     /// What an offline input was read as, and what could not be used.
     pub input_notes: Vec<String>,
+    /// Kernel drops sampled while the analysis ran (live `diag` only).
+    pub drops: Option<DropSample>,
+    /// Why there is no drop sample, when one was asked for.
+    pub drops_unavailable: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DropSample {
+    pub seconds: u64,
+    pub rows: Vec<crate::flows::report::DropRow>,
+    pub tcp_retransmits: u64,
+}
+
+/// Counts the node's drops (per kernel drop reason) and TCP retransmissions for `seconds`,
+/// with only the tracepoints attached: no interface is touched.
+pub async fn sample_drops(seconds: u64) -> Result<DropSample, crate::flows::FlowsError> {
+    let probe = crate::flows::Probe::load(crate::flows::ProbeOptions {
+        flow_table_size: 1,
+        drops: true,
+    })?;
+    if let Some(why) = probe.drops_unavailable.clone() {
+        return Err(crate::flows::FlowsError::Tracepoint(why));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    let names = crate::flows::btf::drop_reasons().ok();
+    Ok(DropSample {
+        seconds,
+        rows: crate::flows::report::name_drops(&probe.drops()?, names.as_ref()),
+        tcp_retransmits: probe.retransmits()?,
+    })
 }
 
 /// The host facts Felix itself reads from the kernel (MTU detection).
@@ -51,5 +81,7 @@ pub fn analyse(obs: &ObservedDataplane, expected: Option<&Expected>, policy: &Po
         diag: d,
         verification,
         input_notes: Vec::new(),
+        drops: None,
+        drops_unavailable: None,
     }
 }

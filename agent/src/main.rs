@@ -32,6 +32,13 @@ enum Command {
     Diag {
         #[command(flatten)]
         input: Input,
+        /// Also count the node's drops (per kernel drop reason) and TCP retransmissions for
+        /// this many seconds while analysing; 0 skips it.
+        #[arg(long, env = "AGENT_DROPS_SECONDS", default_value_t = 1)]
+        drops_seconds: u64,
+        /// Do not load eBPF programs (no drop summary).
+        #[arg(long, env = "AGENT_NO_EBPF")]
+        no_ebpf: bool,
         /// Instead of analysing, write a bundle of this node's dataplane (the text dumps
         /// `--bundle` reads) into DIR, for offline analysis elsewhere.
         #[arg(long, env = "AGENT_BUNDLE_OUT", conflicts_with = "bundle")]
@@ -140,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diag {
             input,
             bundle_out: Some(dir),
+            ..
         } => {
             let files = rt
                 .block_on(bundle::capture(
@@ -158,8 +166,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diag {
             input,
             bundle_out: None,
+            drops_seconds,
+            no_ebpf,
         } => {
-            let a = rt.block_on(analyse(&input))?;
+            let a = rt.block_on(async {
+                // The drop sample counts while the dataplane is read and verified.
+                let want = !no_ebpf && drops_seconds > 0 && input.bundle.is_none();
+                let sample = async {
+                    if want {
+                        Some(analysis::sample_drops(drops_seconds).await)
+                    } else {
+                        None
+                    }
+                };
+                let (a, sample) = tokio::join!(analyse(&input), sample);
+                let mut a = a?;
+                match sample {
+                    Some(Ok(d)) => a.drops = Some(d),
+                    Some(Err(e)) => a.drops_unavailable = Some(observed::error_chain(&e)),
+                    None => {}
+                }
+                anyhow::Ok(a)
+            })?;
             print(&input, &a, diag::render::text)?;
             Ok(ExitCode::SUCCESS)
         }

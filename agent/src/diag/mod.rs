@@ -131,6 +131,8 @@ pub struct SysctlSummary {
     /// Workload interfaces without proxy_arp=1.
     pub proxy_arp_off: Vec<String>,
     pub conntrack: Option<(u64, u64)>,
+    /// Per-protocol and TCP-state counts, e.g. `tcp 120 (ESTABLISHED 80, TIME_WAIT 40)`.
+    pub conntrack_breakdown: Option<String>,
 }
 
 /// Summarises the observed dataplane.
@@ -421,6 +423,25 @@ fn sysctl_summary(obs: &ObservedDataplane, tunnels: &[Tunnel]) -> SysctlSummary 
             .map(|(n, _)| n.clone())
             .collect(),
         conntrack: s.conntrack_count.zip(s.conntrack_max),
+        conntrack_breakdown: obs.conntrack.as_ref().map(|c| {
+            let mut parts: Vec<String> = c
+                .by_protocol
+                .iter()
+                .map(|(p, n)| format!("{p} {n}"))
+                .collect();
+            if !c.tcp_states.is_empty() {
+                let states: Vec<String> = c
+                    .tcp_states
+                    .iter()
+                    .map(|(st, n)| format!("{st} {n}"))
+                    .collect();
+                parts.push(format!("tcp states: {}", states.join(", ")));
+            }
+            if !c.complete {
+                parts.push("dump incomplete (table changed faster than it was read)".into());
+            }
+            parts.join("; ")
+        }),
     }
 }
 

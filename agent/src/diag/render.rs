@@ -39,6 +39,7 @@ pub fn text(a: &Analysis) -> String {
     if let Some(v) = &a.verification {
         findings(&mut o, v);
     }
+    drops(&mut o, a);
     if !d.anomalies.is_empty() {
         let _ = writeln!(o, "\nLIMITS OF THIS REPORT");
         for an in &d.anomalies {
@@ -173,6 +174,9 @@ pub fn text(a: &Analysis) -> String {
             .map(|(c, m)| format!("  conntrack {c}/{m}"))
             .unwrap_or_default()
     );
+    if let Some(b) = &s.conntrack_breakdown {
+        let _ = writeln!(o, "  conntrack: {b}");
+    }
     if !s.rp_filter_strict.is_empty() {
         let _ = writeln!(
             o,
@@ -187,6 +191,29 @@ pub fn text(a: &Analysis) -> String {
     input_notes(&mut o, a);
     summary(&mut o, a);
     o
+}
+
+fn drops(o: &mut String, a: &Analysis) {
+    match (&a.drops, &a.drops_unavailable) {
+        (Some(d), _) => {
+            let _ = writeln!(
+                o,
+                "\nDROPS (whole node, last {} s, by kernel drop reason)",
+                d.seconds
+            );
+            if d.rows.is_empty() {
+                let _ = writeln!(o, "  none");
+            }
+            for r in d.rows.iter().take(MAX_ROWS) {
+                let _ = writeln!(o, "  {:<28} {:>10}", r.reason, r.count);
+            }
+            let _ = writeln!(o, "  TCP retransmissions: {}", d.tcp_retransmits);
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(o, "\nDROPS unavailable: {why}");
+        }
+        (None, None) => {}
+    }
 }
 
 fn input_notes(o: &mut String, a: &Analysis) {

@@ -65,6 +65,14 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
     }) {
         obs.wireguard = wireguard::read(&mut unavailable).await;
     }
+    match conntrack::dump_counts() {
+        Ok(c) => obs.conntrack = Some(c),
+        Err(e) => unavailable.push(Unavailable::new(
+            Source::Conntrack,
+            "conntrack dump",
+            error_chain(&e),
+        )),
+    }
     obs.calico_bpf_pins = calico_bpf_pins(std::path::Path::new(CALICO_BPF_PIN_DIR));
     obs.unavailable = unavailable;
     obs

@@ -30,6 +30,8 @@ pub struct ObservedDataplane {
     pub nft: Option<NftRuleset>,
     /// WireGuard devices with their peers (no private keys).
     pub wireguard: Vec<WgDevice>,
+    /// Connection tracking entries per protocol and TCP state (a streamed netlink dump).
+    pub conntrack: Option<super::conntrack::ConntrackCounts>,
     /// Calico eBPF-mode maps pinned under `/sys/fs/bpf/tc/globals` (`cali_*`).
     pub calico_bpf_pins: Vec<String>,
     /// Capabilities this process lacks that some sources need (live reads only).
@@ -77,6 +79,7 @@ pub enum Source {
     Ip6tables,
     Nftables,
     Wireguard,
+    Conntrack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -203,6 +203,7 @@ impl Assembler {
             iptables,
             nft: self.nft_json.take().or(self.nft_text.take()),
             wireguard: self.wireguard.take().unwrap_or_default(),
+            conntrack: None,
             calico_bpf_pins: Vec::new(),
             missing_capabilities: Vec::new(),
             unavailable,
