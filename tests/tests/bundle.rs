@@ -48,6 +48,10 @@ fn normalise(mut obs: ObservedDataplane) -> ObservedDataplane {
     obs.node_name.clear();
     obs.captured_at = 0;
     obs.calico_bpf_pins.clear();
+    // The conntrack breakdown is a live-only dump (counts move between two reads anyway).
+    obs.conntrack = None;
+    obs.unavailable
+        .retain(|u| u.kind != agent::observed::Source::Conntrack);
     obs.links.sort_by_key(|l| l.index);
     obs.addresses.sort_by_key(|a| (a.ifindex, a.address));
     obs.routes
