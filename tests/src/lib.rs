@@ -47,6 +47,16 @@ pub fn observe(netns: &str, node: &str) -> ObservedDataplane {
     in_netns(netns, move |rt| rt.block_on(observed::read_live(&node)))
 }
 
+/// `ip -n <ns> <args…>`, panicking with the command's error (tests want the stack trace).
+pub fn ip(ns: &str, args: &[&str]) {
+    xtask::lab::ip(ns, args).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// `sysctl -w key=value` inside `ns`, panicking on failure.
+pub fn sysctl(ns: &str, key: &str, value: &str) {
+    xtask::lab::sysctl(ns, key, value).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 /// A lab that is brought up on creation and torn down on drop.
 pub struct LabGuard(pub Lab);
 

@@ -6,18 +6,12 @@ use agent::{
     flows::{Counts, Direction, Probe, ProbeOptions, targets},
     observed,
 };
-use integration_tests::{NetnsGuard, in_netns, unique};
+use integration_tests::{NetnsGuard, in_netns, ip, sysctl, unique};
 use xtask::sh;
 
 const PINGS: u64 = 25;
 /// An ICMP echo of 56 data bytes: 8 ICMP + 20 IPv4 + 14 Ethernet (TC sees the L2 header).
 const ECHO_FRAME: u64 = 56 + 8 + 20 + 14;
-
-fn ip(ns: &str, args: &[&str]) {
-    let mut argv = vec!["ip", "-n", ns];
-    argv.extend_from_slice(args);
-    sh::run(&argv).unwrap_or_else(|e| panic!("{e:#}"));
-}
 
 fn tcx_kernel() -> bool {
     let release = sh::run(&["uname", "-r"]).expect("uname");
@@ -57,16 +51,7 @@ fn quiet_pair() -> (NetnsGuard, String, String) {
             "02:00:00:00:00:0b",
         ),
     ] {
-        sh::run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            &format!("net.ipv6.conf.{dev}.disable_ipv6=1"),
-        ])
-        .expect("disable ipv6");
+        sysctl(ns, &format!("net.ipv6.conf.{dev}.disable_ipv6"), "1");
         ip(ns, &["link", "set", dev, "address", mac, "up"]);
         ip(ns, &["addr", "add", addr, "dev", dev]);
         ip(

@@ -4,14 +4,7 @@
 use std::net::IpAddr;
 
 use agent::observed::{PROTO_CALICO, RouteType};
-use integration_tests::{NetnsGuard, observe, unique};
-use xtask::sh;
-
-fn ip(ns: &str, args: &[&str]) {
-    let mut argv = vec!["ip", "-n", ns];
-    argv.extend_from_slice(args);
-    sh::run(&argv).unwrap_or_else(|e| panic!("{e:#}"));
-}
+use integration_tests::{NetnsGuard, ip, observe, unique};
 
 #[test]
 fn routes_of_every_table_and_rules_are_read() {

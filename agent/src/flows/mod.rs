@@ -232,6 +232,15 @@ impl Probe {
         Ok(())
     }
 
+    /// One of the object's maps, typed.
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, FlowsError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        T::try_from(self.ebpf.map(name).ok_or(FlowsError::MissingMap(name))?)
+            .map_err(|e| FlowsError::Map(name, e))
+    }
+
     pub fn attached(&self) -> &[String] {
         &self.attached
     }
@@ -247,12 +256,7 @@ impl Probe {
 
     /// Counters per (ifindex, direction), summed over all CPUs.
     pub fn counts(&self) -> Result<BTreeMap<(u32, Direction), Counts>, FlowsError> {
-        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(IFACE_COUNTERS_MAP)
-                .ok_or(FlowsError::MissingMap(IFACE_COUNTERS_MAP))?,
-        )
-        .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
+        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = self.map(IFACE_COUNTERS_MAP)?;
         let mut out = BTreeMap::new();
         for entry in map.iter() {
             let (key, per_cpu) = entry.map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
@@ -266,12 +270,7 @@ impl Probe {
 
     /// One interface's counters as each CPU holds them (for tests and debugging).
     pub fn counts_per_cpu(&self, ifindex: u32, dir: Direction) -> Result<Vec<Counts>, FlowsError> {
-        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = PerCpuHashMap::try_from(
-            self.ebpf
-                .map(IFACE_COUNTERS_MAP)
-                .ok_or(FlowsError::MissingMap(IFACE_COUNTERS_MAP))?,
-        )
-        .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
+        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = self.map(IFACE_COUNTERS_MAP)?;
         let raw = if dir == Direction::Egress {
             direction::EGRESS
         } else {
@@ -294,13 +293,7 @@ impl Probe {
 
     /// Every flow in the table, merged over CPUs.
     pub fn flows(&self) -> Result<Vec<Flow>, FlowsError> {
-        let map: aya::maps::PerCpuHashMap<_, FlowKey, FlowValue> =
-            aya::maps::PerCpuHashMap::try_from(
-                self.ebpf
-                    .map(FLOWS_MAP)
-                    .ok_or(FlowsError::MissingMap(FLOWS_MAP))?,
-            )
-            .map_err(|e| FlowsError::Map(FLOWS_MAP, e))?;
+        let map: PerCpuHashMap<_, FlowKey, FlowValue> = self.map(FLOWS_MAP)?;
         let mut out = Vec::new();
         for entry in map.iter() {
             let (k, per_cpu) = entry.map_err(|e| FlowsError::Map(FLOWS_MAP, e))?;
@@ -311,12 +304,7 @@ impl Probe {
 
     /// TCP retransmissions on the whole node since the probe was loaded.
     pub fn retransmits(&self) -> Result<u64, FlowsError> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(RETRANSMITS_MAP)
-                .ok_or(FlowsError::MissingMap(RETRANSMITS_MAP))?,
-        )
-        .map_err(|e| FlowsError::Map(RETRANSMITS_MAP, e))?;
+        let map: PerCpuArray<_, u64> = self.map(RETRANSMITS_MAP)?;
         Ok(map
             .get(&0, 0)
             .map_err(|e| FlowsError::Map(RETRANSMITS_MAP, e))?
@@ -326,12 +314,7 @@ impl Probe {
 
     /// Drop counts per `enum skb_drop_reason` value, summed over CPUs (non-zero only).
     pub fn drops(&self) -> Result<BTreeMap<u32, u64>, FlowsError> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(DROPS_MAP)
-                .ok_or(FlowsError::MissingMap(DROPS_MAP))?,
-        )
-        .map_err(|e| FlowsError::Map(DROPS_MAP, e))?;
+        let map: PerCpuArray<_, u64> = self.map(DROPS_MAP)?;
         let mut out = BTreeMap::new();
         for (reason, values) in map.iter().enumerate() {
             let values = values.map_err(|e| FlowsError::Map(DROPS_MAP, e))?;

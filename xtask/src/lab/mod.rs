@@ -556,13 +556,15 @@ impl Lab {
     }
 }
 
-fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+/// `ip -n <ns> <args…>`.
+pub fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
     let mut argv = vec!["ip", "-n", ns];
     argv.extend_from_slice(args);
     sh::run(&argv).map(drop)
 }
 
-fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+/// `sysctl -w key=value` inside `ns`.
+pub fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     sh::run(&[
         "ip",
         "netns",
