@@ -24,6 +24,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
+    ("taskset", "util-linux"),
 ];
 
 pub fn setup() -> anyhow::Result<()> {
