@@ -51,6 +51,10 @@ pub struct NftRule {
     pub bytes: Option<u64>,
     /// Expression kinds in order (`match`, `counter`, `xt`, `jump`…), for display and tests.
     pub exprs: Vec<String>,
+    /// Destination ports the rule matches (`tcp dport 22`, `udp dport { 53, 67 }`), with their
+    /// protocol: what failsafe checks need.
+    #[serde(default)]
+    pub dports: Vec<(String, u16)>,
 }
 
 impl NftRule {
@@ -183,12 +187,40 @@ fn parse_rule(body: &Value) -> NftRule {
                 rule.target = target;
             }
             "vmap" => rule.verdict = Some("vmap".into()),
+            "match" => rule.dports.extend(dport_match(arg)),
             // iptables-nft renders a `-j cali-X` target as an xt expression when it cannot
             // translate it; a jump stays a native `jump` expression.
             _ => {}
         }
     }
     rule
+}
+
+/// `{"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}`,
+/// with `right` a number or `{"set": [..]}`.
+fn dport_match(m: &Value) -> Vec<(String, u16)> {
+    let payload = m.pointer("/left/payload");
+    let proto = payload
+        .and_then(|p| p.get("protocol"))
+        .and_then(Value::as_str);
+    let field = payload.and_then(|p| p.get("field")).and_then(Value::as_str);
+    let op = m.get("op").and_then(Value::as_str).unwrap_or("==");
+    let (Some(proto), Some("dport"), "==" | "in") = (proto, field, op) else {
+        return Vec::new();
+    };
+    let port = |v: &Value| v.as_u64().and_then(|n| u16::try_from(n).ok());
+    let ports: Vec<u16> = match m.get("right") {
+        Some(Value::Object(o)) => o
+            .get("set")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(port)
+            .collect(),
+        Some(v) => port(v).into_iter().collect(),
+        None => Vec::new(),
+    };
+    ports.into_iter().map(|p| (proto.to_string(), p)).collect()
 }
 
 fn str_of(v: &Value, key: &str) -> String {

@@ -128,12 +128,7 @@ pub(super) fn check(
                         "no masquerade rule in table ip calico",
                     ));
                 }
-                skipped.push(Skipped {
-                    check: CheckId::FailsafeMissing,
-                    reason:
-                        "failsafe port matches in nftables mode are not decoded by this version"
-                            .into(),
-                });
+                nft_failsafe(n, e, out);
             }
         }
     }
@@ -264,6 +259,42 @@ fn failsafe(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
                             .hint(format!(
                                 "a host endpoint policy can now lock out {}:{} (ssh, BGP, etcd, the API server…); Felix rewrites the chain on its iptables refresh: `iptables -t {} -S {chain}`",
                                 p.protocol, p.port, t.name
+                            )),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// nftables mode: the failsafe chains are `<layer>-cali-failsafe-in|out` in `ip calico`,
+/// present only while host endpoints reference them.
+fn nft_failsafe(n: &NftRuleset, e: &Expected, out: &mut Vec<Finding>) {
+    for layer in ["raw", "mangle", "filter"] {
+        for (dir, ports) in [("in", &e.failsafe_in), ("out", &e.failsafe_out)] {
+            let chain = format!("{layer}-cali-failsafe-{dir}");
+            if n.chains_of("ip", "calico").all(|c| c.name != chain) {
+                continue;
+            }
+            let rules: Vec<_> = n
+                .rules
+                .iter()
+                .filter(|r| r.family == "ip" && r.table == "calico" && r.chain == chain)
+                .collect();
+            for p in ports.iter() {
+                let covered = rules.iter().any(|r| {
+                    r.dports.iter().any(|(proto, port)| {
+                        *port == p.port && proto.eq_ignore_ascii_case(&p.protocol)
+                    })
+                });
+                if !covered {
+                    out.push(
+                        Finding::new(CheckId::FailsafeMissing, Severity::Critical, format!("ip calico {chain} {}:{}", p.protocol, p.port))
+                            .expected(format!("{chain} accepts {} dport {}", p.protocol, p.port))
+                            .actual(format!("no such rule among {} in {chain}", rules.len()))
+                            .hint(format!(
+                                "a host endpoint policy can now lock out {}:{}; Felix rewrites the chain on its nftables refresh: `nft list chain ip calico {chain}`",
+                                p.protocol, p.port
                             )),
                     );
                 }
@@ -450,6 +481,55 @@ mod tests {
         filter.chains.extend(t.chains.iter().cloned());
         filter.rules.splice(0..0, t.rules.iter().cloned());
         assert!(run(&e, &o).findings.is_empty());
+    }
+
+    fn nft_mode() -> (Expected, ObservedDataplane) {
+        let (e, mut o) = healthy();
+        o.iptables.clear();
+        o.nft = Some(
+            crate::observed::nft::parse_json(include_str!("testdata/nft-calico-failsafe.json"))
+                .expect("nft JSON"),
+        );
+        (e, o)
+    }
+
+    #[test]
+    fn nft_mode_healthy_is_quiet_and_a_removed_failsafe_port_fires() {
+        let (e, o) = nft_mode();
+        assert!(
+            run(&e, &o).findings.is_empty(),
+            "{:?}",
+            run(&e, &o).findings
+        );
+        let (e, mut o) = nft_mode();
+        let nft = o.nft.as_mut().expect("nft");
+        nft.rules.retain(|r| {
+            !(r.chain == "filter-cali-failsafe-in" && r.dports.contains(&("tcp".into(), 22)))
+        });
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(
+                CheckId::FailsafeMissing,
+                "ip calico filter-cali-failsafe-in tcp:22".into()
+            )]
+        );
+        // A set of ports counts for each port in it.
+        let (e, mut o) = nft_mode();
+        let nft = o.nft.as_mut().expect("nft");
+        nft.rules
+            .retain(|r| !(r.chain == "filter-cali-failsafe-out" && r.dports.len() > 1));
+        assert_eq!(ids(&run(&e, &o)).len(), 7);
+    }
+
+    #[test]
+    fn nft_mode_hook_removal_fires() {
+        let (e, mut o) = nft_mode();
+        let nft = o.nft.as_mut().expect("nft");
+        nft.rules.retain(|r| r.chain != "filter-INPUT");
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::RulesFelixMissing, "ip calico filter-INPUT".into())]
+        );
     }
 
     #[test]

@@ -176,6 +176,7 @@ impl Parser {
                     ..Default::default()
                 };
                 let understood = read_statements(toks, &mut rule);
+                rule.dports = dports(toks);
                 if rule.exprs.is_empty() && !understood {
                     self.error(lineno, "rule not understood");
                 }
@@ -611,6 +612,38 @@ fn read_statements(toks: &[Tok], rule: &mut NftRule) -> bool {
     understood
 }
 
+/// `tcp dport 22`, `udp dport { 53, 67 }` (equality only, as `nft::parse_json` reads them).
+fn dports(toks: &[Tok]) -> Vec<(String, u16)> {
+    let words: Vec<&str> = toks.iter().map(|t| t.word().unwrap_or("")).collect();
+    let mut out = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        if !matches!(*w, "tcp" | "udp" | "sctp" | "dccp" | "udplite")
+            || words.get(i + 1) != Some(&"dport")
+        {
+            continue;
+        }
+        let mut j = i + 2;
+        if matches!(words.get(j), Some(&("==" | "eq"))) {
+            j += 1;
+        }
+        let number = |t: &str| {
+            t.trim_matches(|c| c == ',' || c == '{' || c == '}')
+                .parse::<u16>()
+                .ok()
+        };
+        match words.get(j) {
+            Some(&"{") => {
+                for t in words.iter().skip(j + 1).take_while(|t| **t != "}") {
+                    out.extend(number(t).map(|p| ((*w).to_string(), p)));
+                }
+            }
+            Some(t) => out.extend(number(t).map(|p| ((*w).to_string(), p))),
+            None => {}
+        }
+    }
+    out
+}
+
 /// A cursor over a rule's tokens.
 struct Statements<'a> {
     toks: &'a [Tok],
@@ -801,8 +834,10 @@ mod tests {
         assert_eq!(text.sets, json.sets);
         assert_eq!(text.rules.len(), json.rules.len());
         for (t, j) in text.rules.iter().zip(&json.rules) {
+            // xt matches (`-m multiport --dports`) are opaque in JSON but printed as nft text.
             let strip = |r: &NftRule| NftRule {
                 exprs: Vec::new(),
+                dports: Vec::new(),
                 ..r.clone()
             };
             assert_eq!(strip(t), strip(j));
