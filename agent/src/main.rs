@@ -102,7 +102,7 @@ struct Input {
     grace: u64,
     /// Fill fraction of the conntrack table (nf_conntrack_count / nf_conntrack_max) above which
     /// conntrack.pressure is reported.
-    #[arg(long, env = "AGENT_CONNTRACK_PRESSURE", default_value_t = agent::verify::DEFAULT_CONNTRACK_PRESSURE)]
+    #[arg(long, env = "AGENT_CONNTRACK_PRESSURE", default_value_t = agent::verify::DEFAULT_CONNTRACK_PRESSURE, value_parser = fraction)]
     conntrack_pressure: f64,
     /// Analyse a directory of captured text dumps instead of the live node: ours
     /// (`--bundle-out`), an extracted `calicoctl node diags` archive, or pasted command
@@ -112,6 +112,16 @@ struct Input {
     /// Print JSON instead of text.
     #[arg(long, env = "AGENT_JSON")]
     json: bool,
+}
+
+/// A fill fraction: more than 0, at most 1.
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction in (0, 1]"))
+    }
 }
 
 fn main() -> ExitCode {
