@@ -462,7 +462,12 @@ fn anomalies(d: &Diag) -> Vec<Anomaly> {
             ),
         });
     }
-    for u in &d.unavailable {
+    // Felix's health is one check's input, not a limit of what this report shows.
+    for u in d
+        .unavailable
+        .iter()
+        .filter(|u| u.kind != crate::observed::Source::FelixHealth)
+    {
         let a = Anomaly {
             severity: Severity::Info,
             subject: u.source.clone(),

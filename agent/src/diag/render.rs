@@ -25,7 +25,11 @@ pub fn text(a: &Analysis) -> String {
             o,
             "  (no Calico tunnel devices, cali* workload interfaces, Felix chains, Calico routes or eBPF maps)"
         );
-        for u in &d.unavailable {
+        for u in d
+            .unavailable
+            .iter()
+            .filter(|u| u.kind != crate::observed::Source::FelixHealth)
+        {
             let _ = writeln!(o, "  not observable: {}: {}", u.source, u.reason);
         }
         return o;

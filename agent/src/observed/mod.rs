@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod caps;
 pub mod conntrack;
 mod exec;
+pub mod felix_health;
 pub mod iptables;
 pub mod model;
 pub mod netlink;
@@ -64,6 +65,17 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
             || l.name.starts_with("wg-")
     }) {
         obs.wireguard = wireguard::read(&mut unavailable).await;
+    }
+    // AGENT_FELIX_HEALTH points at a non-default HealthHost:HealthPort.
+    let endpoint = std::env::var("AGENT_FELIX_HEALTH")
+        .unwrap_or_else(|_| felix_health::DEFAULT_ENDPOINT.into());
+    match felix_health::read(&endpoint).await {
+        Ok(h) => obs.felix_health = Some(h),
+        Err(reason) => unavailable.push(Unavailable::new(
+            Source::FelixHealth,
+            "felix readiness",
+            reason,
+        )),
     }
     match conntrack::dump_counts() {
         Ok(c) => obs.conntrack = Some(c),

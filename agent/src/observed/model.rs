@@ -30,6 +30,8 @@ pub struct ObservedDataplane {
     pub nft: Option<NftRuleset>,
     /// WireGuard devices with their peers (no private keys).
     pub wireguard: Vec<WgDevice>,
+    /// Felix's readiness, when its health endpoint answered.
+    pub felix_health: Option<super::felix_health::FelixHealth>,
     /// Connection tracking entries per protocol and TCP state (a streamed netlink dump).
     pub conntrack: Option<super::conntrack::ConntrackCounts>,
     /// Calico eBPF-mode maps pinned under `/sys/fs/bpf/tc/globals` (`cali_*`).
@@ -80,6 +82,8 @@ pub enum Source {
     Nftables,
     Wireguard,
     Conntrack,
+    /// Felix's readiness endpoint.
+    FelixHealth,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -255,6 +255,37 @@ mod tests {
     }
 
     #[test]
+    fn felix_unhealthy_fires_only_on_a_not_ready_answer() {
+        let (_, mut o) = healthy();
+        let health = |status| crate::observed::felix_health::FelixHealth {
+            endpoint: "127.0.0.1:9099".into(),
+            status,
+            detail: String::new(),
+        };
+        o.felix_health = Some(health(204));
+        assert!(run_inferred(&o).findings.is_empty());
+        o.felix_health = Some(health(503));
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::FelixUnhealthy, "felix".into())]
+        );
+        // Health reporting off (nothing listening): skipped with the reason, never a finding.
+        o.felix_health = None;
+        o.unavailable.push(Unavailable::new(
+            Source::FelixHealth,
+            "felix readiness",
+            "connect 127.0.0.1:9099: refused",
+        ));
+        let v = run_inferred(&o);
+        assert!(v.findings.is_empty());
+        assert!(
+            v.skipped
+                .iter()
+                .any(|s| s.check == CheckId::FelixUnhealthy && s.reason.contains("refused"))
+        );
+    }
+
+    #[test]
     fn conntrack_pressure_fires_above_the_threshold_only() {
         let (_, mut o) = healthy();
         o.sysctls.conntrack_max = Some(1000);

@@ -99,10 +99,6 @@ const NOT_OBSERVED: &[(CheckId, &str)] = &[
         "BIRD's control socket is not read by this version",
     ),
     (
-        CheckId::FelixUnhealthy,
-        "Felix's health endpoint is not polled by this version",
-    ),
-    (
         CheckId::BpfRouteMissing,
         "Calico's eBPF route map is not read by this version",
     ),
@@ -145,13 +141,11 @@ fn needs(check: CheckId) -> &'static [Source] {
             &[Iptables, Nftables]
         }
         CheckId::RulesBackendMixed => &[Iptables],
+        CheckId::FelixUnhealthy => &[FelixHealth],
         CheckId::SysctlForwardingOff
         | CheckId::SysctlRpFilterStrict
         | CheckId::ConntrackPressure => &[Sysctls],
-        CheckId::BgpSessionDown
-        | CheckId::BgpSessionFlapping
-        | CheckId::FelixUnhealthy
-        | CheckId::BpfRouteMissing => &[],
+        CheckId::BgpSessionDown | CheckId::BgpSessionFlapping | CheckId::BpfRouteMissing => &[],
     }
 }
 
@@ -169,6 +163,7 @@ pub fn verify(
     rules::check(obs, expected, &mut out, &mut v.skipped);
     sysctl(obs, &mut out);
     conntrack(obs, policy, &mut out);
+    felix(obs, &mut out);
     match expected {
         Some(e) => {
             tunnel::check(e, obs, &mut out);
@@ -255,6 +250,18 @@ fn conntrack(obs: &ObservedDataplane, policy: &Policy, out: &mut Vec<Finding>) {
             .expected(format!("fewer than {:.0}% of net.netfilter.nf_conntrack_max ({max}) in use", policy.conntrack_pressure * 100.0))
             .actual(format!("{count} entries ({:.1}%)", count as f64 * 100.0 / max as f64))
             .hint("at 100% the kernel drops new connections (\"nf_conntrack: table full, dropping packet\" in dmesg): raise net.netfilter.nf_conntrack_max or find the flood with `conntrack -L | awk '{print $1, $4}' | sort | uniq -c | sort -rn | head`"),
+    );
+}
+
+fn felix(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    let Some(h) = obs.felix_health.as_ref().filter(|h| !h.ready()) else {
+        return;
+    };
+    out.push(
+        Finding::new(CheckId::FelixUnhealthy, Severity::Critical, "felix")
+            .expected(format!("{} /readiness answers 200 or 204", h.endpoint))
+            .actual(format!("HTTP {}{}", h.status, if h.detail.is_empty() { String::new() } else { format!(": {}", h.detail.replace('\n', " ")) }))
+            .hint("Felix is not programming the dataplane, so drift will not heal: `kubectl logs -n calico-system ds/calico-node -c calico-node --tail=100`, `kubectl describe pod -n calico-system -l k8s-app=calico-node`"),
     );
 }
 

@@ -204,6 +204,7 @@ impl Assembler {
             nft: self.nft_json.take().or(self.nft_text.take()),
             wireguard: self.wireguard.take().unwrap_or_default(),
             conntrack: None,
+            felix_health: None,
             calico_bpf_pins: Vec::new(),
             missing_capabilities: Vec::new(),
             unavailable,
@@ -260,6 +261,7 @@ impl Assembler {
                 missing(&[kind], f.name(), NOT_IN_BUNDLE);
             }
         }
+        missing(&[Source::FelixHealth], "felix readiness", NOT_IN_BUNDLE);
         if !seen(Format::IptablesSave) {
             missing(
                 &[Source::Iptables, Source::Ip6tables],
