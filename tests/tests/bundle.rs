@@ -45,10 +45,7 @@ fn capture_and_read(netns: &str, dir: &Path) -> bundle::Bundle {
 /// identity and time, NOARP/NONE neighbours (`ip neigh` hides them), the state of dynamic
 /// neighbours (REACHABLE turns STALE on its own), counters, and eBPF pins (not text).
 fn live_only(u: &agent::observed::Unavailable) -> bool {
-    matches!(
-        u.kind,
-        agent::observed::Source::Conntrack | agent::observed::Source::FelixHealth
-    )
+    u.kind.live_service()
 }
 
 fn normalise(mut obs: ObservedDataplane) -> ObservedDataplane {
@@ -58,6 +55,7 @@ fn normalise(mut obs: ObservedDataplane) -> ObservedDataplane {
     // The conntrack breakdown and Felix's readiness are live-only probes.
     obs.conntrack = None;
     obs.felix_health = None;
+    obs.bgp_peers = None;
     obs.unavailable.retain(|u| !live_only(u));
     obs.links.sort_by_key(|l| l.index);
     obs.addresses.sort_by_key(|a| (a.ifindex, a.address));

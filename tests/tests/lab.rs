@@ -36,11 +36,9 @@ fn lab_is_read_back_exactly() {
         .expect("pods reach each other across the tunnel");
     let (node, remote) = node_a(&lab);
     let obs = observe(&node.netns, &node.name);
-    // No Felix runs in the lab: its readiness endpoint is the only thing not observable.
+    // No Felix or BIRD runs in the lab: only their live services are not observable.
     assert!(
-        obs.unavailable
-            .iter()
-            .all(|u| u.kind == agent::observed::Source::FelixHealth),
+        obs.unavailable.iter().all(|u| u.kind.live_service()),
         "{:?}",
         obs.unavailable
     );

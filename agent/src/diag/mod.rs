@@ -462,12 +462,9 @@ fn anomalies(d: &Diag) -> Vec<Anomaly> {
             ),
         });
     }
-    // Felix's health is one check's input, not a limit of what this report shows.
-    for u in d
-        .unavailable
-        .iter()
-        .filter(|u| u.kind != crate::observed::Source::FelixHealth)
-    {
+    // Live services (Felix health, BIRD) feed one check each; their absence is not a limit of
+    // this report.
+    for u in d.unavailable.iter().filter(|u| !u.kind.live_service()) {
         let a = Anomaly {
             severity: Severity::Info,
             subject: u.source.clone(),

@@ -25,11 +25,7 @@ pub fn text(a: &Analysis) -> String {
             o,
             "  (no Calico tunnel devices, cali* workload interfaces, Felix chains, Calico routes or eBPF maps)"
         );
-        for u in d
-            .unavailable
-            .iter()
-            .filter(|u| u.kind != crate::observed::Source::FelixHealth)
-        {
+        for u in d.unavailable.iter().filter(|u| !u.kind.live_service()) {
             let _ = writeln!(o, "  not observable: {}: {}", u.source, u.reason);
         }
         return o;

@@ -1,5 +1,6 @@
 //! The node's real kernel state, read into one [`ObservedDataplane`] snapshot.
 
+pub mod bird;
 pub mod bundle;
 pub mod caps;
 pub mod conntrack;
@@ -76,6 +77,13 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
             "felix readiness",
             reason,
         )),
+    }
+    // AGENT_BIRD_SOCKET points at a non-default BIRD control socket.
+    match bird::read(std::env::var("AGENT_BIRD_SOCKET").ok().as_deref()).await {
+        Ok(peers) => obs.bgp_peers = Some(peers),
+        Err(reason) => {
+            unavailable.push(Unavailable::new(Source::Bgp, "bird show protocols", reason))
+        }
     }
     match conntrack::dump_counts() {
         Ok(c) => obs.conntrack = Some(c),

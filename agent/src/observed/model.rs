@@ -30,6 +30,8 @@ pub struct ObservedDataplane {
     pub nft: Option<NftRuleset>,
     /// WireGuard devices with their peers (no private keys).
     pub wireguard: Vec<WgDevice>,
+    /// BGP peers from calico-node's BIRD, when its control socket answered.
+    pub bgp_peers: Option<Vec<super::bird::BgpPeer>>,
     /// Felix's readiness, when its health endpoint answered.
     pub felix_health: Option<super::felix_health::FelixHealth>,
     /// Connection tracking entries per protocol and TCP state (a streamed netlink dump).
@@ -50,6 +52,15 @@ pub struct Unavailable {
     /// The command, file or netlink dump that failed.
     pub source: String,
     pub reason: String,
+}
+
+impl Source {
+    /// State read from a live service (Felix's health endpoint, BIRD, the conntrack table)
+    /// rather than the kernel's routing state: never in a bundle, and not a limit of the
+    /// dataplane report when absent (each check that needs it says so).
+    pub fn live_service(self) -> bool {
+        matches!(self, Self::FelixHealth | Self::Bgp | Self::Conntrack)
+    }
 }
 
 impl Unavailable {
@@ -84,6 +95,8 @@ pub enum Source {
     Conntrack,
     /// Felix's readiness endpoint.
     FelixHealth,
+    /// BIRD's BGP sessions.
+    Bgp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

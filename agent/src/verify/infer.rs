@@ -286,6 +286,29 @@ mod tests {
     }
 
     #[test]
+    fn bgp_session_down_fires_for_peers_not_established() {
+        let (_, mut o) = healthy();
+        let peer = |ip: &str, state: &str, info: &str| crate::observed::bird::BgpPeer {
+            name: format!("Mesh_{}", ip.replace('.', "_")),
+            kind: "node-to-node mesh".into(),
+            peer_ip: ip.into(),
+            state: state.into(),
+            since: "10:00:00".into(),
+            info: info.into(),
+        };
+        o.bgp_peers = Some(vec![peer("10.99.0.12", "up", "Established")]);
+        assert!(run_inferred(&o).findings.is_empty());
+        o.bgp_peers = Some(vec![
+            peer("10.99.0.12", "up", "Established"),
+            peer("10.99.0.13", "start", "Active Socket: Connection refused"),
+        ]);
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::BgpSessionDown, "10.99.0.13".into())]
+        );
+    }
+
+    #[test]
     fn conntrack_pressure_fires_above_the_threshold_only() {
         let (_, mut o) = healthy();
         o.sysctls.conntrack_max = Some(1000);

@@ -91,12 +91,8 @@ const NEEDS_DATASTORE: &[CheckId] = &[
 /// Checks whose source the agent does not read yet, in either mode.
 const NOT_OBSERVED: &[(CheckId, &str)] = &[
     (
-        CheckId::BgpSessionDown,
-        "BIRD's control socket is not read by this version",
-    ),
-    (
         CheckId::BgpSessionFlapping,
-        "BIRD's control socket is not read by this version",
+        "needs BGP session history over time (a long-running agent); one read cannot tell",
     ),
     (
         CheckId::BpfRouteMissing,
@@ -145,7 +141,8 @@ fn needs(check: CheckId) -> &'static [Source] {
         CheckId::SysctlForwardingOff
         | CheckId::SysctlRpFilterStrict
         | CheckId::ConntrackPressure => &[Sysctls],
-        CheckId::BgpSessionDown | CheckId::BgpSessionFlapping | CheckId::BpfRouteMissing => &[],
+        CheckId::BgpSessionDown => &[Bgp],
+        CheckId::BgpSessionFlapping | CheckId::BpfRouteMissing => &[],
     }
 }
 
@@ -164,6 +161,7 @@ pub fn verify(
     sysctl(obs, &mut out);
     conntrack(obs, policy, &mut out);
     felix(obs, &mut out);
+    bgp(obs, &mut out);
     match expected {
         Some(e) => {
             tunnel::check(e, obs, &mut out);
@@ -263,6 +261,20 @@ fn felix(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
             .actual(format!("HTTP {}{}", h.status, if h.detail.is_empty() { String::new() } else { format!(": {}", h.detail.replace('\n', " ")) }))
             .hint("Felix is not programming the dataplane, so drift will not heal: `kubectl logs -n calico-system ds/calico-node -c calico-node --tail=100`, `kubectl describe pod -n calico-system -l k8s-app=calico-node`"),
     );
+}
+
+fn bgp(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    for p in obs.bgp_peers.iter().flatten().filter(|p| !p.established()) {
+        out.push(
+            Finding::new(CheckId::BgpSessionDown, Severity::Critical, p.peer_ip.clone())
+                .expected(format!("BGP session {} ({}) Established", p.name, p.kind))
+                .actual(format!("{} since {}: {}", p.state, p.since, if p.info.is_empty() { "-" } else { &p.info }))
+                .hint(format!(
+                    "routes to {}'s blocks are not learned (or withdrawn); check TCP 179 between the nodes and the peer's calico-node: `calicoctl node status`, `nc -vz {} 179`",
+                    p.peer_ip, p.peer_ip
+                )),
+        );
+    }
 }
 
 fn mode(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {

@@ -205,6 +205,7 @@ impl Assembler {
             wireguard: self.wireguard.take().unwrap_or_default(),
             conntrack: None,
             felix_health: None,
+            bgp_peers: None,
             calico_bpf_pins: Vec::new(),
             missing_capabilities: Vec::new(),
             unavailable,
@@ -262,6 +263,7 @@ impl Assembler {
             }
         }
         missing(&[Source::FelixHealth], "felix readiness", NOT_IN_BUNDLE);
+        missing(&[Source::Bgp], "bird show protocols", NOT_IN_BUNDLE);
         if !seen(Format::IptablesSave) {
             missing(
                 &[Source::Iptables, Source::Ip6tables],

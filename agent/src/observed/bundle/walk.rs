@@ -338,12 +338,12 @@ mod tests {
         let root = testdata("capture-lab");
         let b = read_dir(&root).expect("fixture bundle");
         assert!(b.notes.is_empty(), "{:#?}", b.notes);
-        // Felix's readiness is a live HTTP probe, never part of a captured bundle.
+        // Live services (Felix health, BIRD, conntrack) are never part of a captured bundle.
         let missing: Vec<_> = b
             .observed
             .unavailable
             .iter()
-            .filter(|u| u.kind != crate::observed::Source::FelixHealth)
+            .filter(|u| !u.kind.live_service())
             .collect();
         assert!(missing.is_empty(), "{missing:?}");
         assert_eq!(b.observed.node_name, "node-a");

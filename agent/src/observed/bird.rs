@@ -1,0 +1,179 @@
+//! BGP sessions from calico-node's BIRD, over its control socket, the way `calicoctl node
+//! status` reads them (shared/reference/calico-dataplane.md §10): `show protocols`, BIRD 1.x
+//! reply codes, peers named `Mesh_<ip>`, `Node_<ip>` or `Global_<ip>`.
+
+use std::{path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
+};
+
+/// Where calico-node's BIRD listens, then the path calicoctl falls back to.
+pub const SOCKETS: &[&str] = &["/var/run/calico/bird.ctl", "/var/run/bird/bird.ctl"];
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpPeer {
+    /// BIRD's protocol name, e.g. `Mesh_10_99_0_12`.
+    pub name: String,
+    /// `node-to-node mesh`, `node specific` or `global`.
+    pub kind: String,
+    pub peer_ip: String,
+    /// BIRD's protocol state (`up`, `start`, …).
+    pub state: String,
+    pub since: String,
+    /// BGP state and detail, e.g. `Established` or `Active Socket: Connection refused`.
+    pub info: String,
+}
+
+impl BgpPeer {
+    pub fn established(&self) -> bool {
+        self.state == "up" && self.info.starts_with("Established")
+    }
+}
+
+/// Reads the BGP peers. `Err` when no BIRD answers (BGP not in use on this node, or the socket
+/// is not mounted into the agent).
+pub async fn read(socket: Option<&str>) -> Result<Vec<BgpPeer>, String> {
+    let path = match socket {
+        Some(p) => p.to_string(),
+        None => SOCKETS
+            .iter()
+            .find(|p| Path::new(p).exists())
+            .map(|p| (*p).to_string())
+            .ok_or_else(|| {
+                format!(
+                    "no BIRD control socket at {} (BGP not in use here?)",
+                    SOCKETS.join(" or ")
+                )
+            })?,
+    };
+    let exchange = async {
+        let stream = UnixStream::connect(&path)
+            .await
+            .map_err(|e| format!("connect {path}: {e}"))?;
+        let (r, mut w) = stream.into_split();
+        let mut lines = BufReader::new(r).lines();
+        // The greeting: `0001 BIRD 1.6.8 ready.`
+        match lines.next_line().await.map_err(|e| e.to_string())? {
+            Some(l) if l.starts_with("0001") => {}
+            other => return Err(format!("{path}: unexpected greeting {other:?}")),
+        }
+        w.write_all(b"show protocols\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut reply = Vec::new();
+        while let Some(l) = lines.next_line().await.map_err(|e| e.to_string())? {
+            if l.starts_with("0000") {
+                break;
+            }
+            if l.starts_with('8') || l.starts_with('9') {
+                return Err(format!("{path}: BIRD error: {l}"));
+            }
+            reply.push(l);
+        }
+        Ok(reply)
+    };
+    let reply = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("{path}: no answer within {TIMEOUT:?}"))??;
+    Ok(parse_protocols(&reply))
+}
+
+/// Parses `show protocols` rows (`1002-` first row, ` ` continuation rows; the `2002-` header
+/// is skipped). Non-BGP protocols and rows that do not name a peer are ignored.
+pub fn parse_protocols(lines: &[String]) -> Vec<BgpPeer> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("1002-").or_else(|| l.strip_prefix(' ')))
+        .filter_map(|row| {
+            let f: Vec<&str> = row.split_whitespace().collect();
+            if f.len() < 5 || f[1] != "BGP" {
+                return None;
+            }
+            let (kind, suffix) = [
+                ("Mesh_", "node-to-node mesh"),
+                ("Node_", "node specific"),
+                ("Global_", "global"),
+            ]
+            .iter()
+            .find_map(|(p, k)| f[0].strip_prefix(p).map(|s| (*k, s)))?;
+            let peer_ip = if suffix.matches('_').count() == 3 {
+                suffix.replace('_', ".")
+            } else {
+                suffix.replace('_', ":")
+            };
+            Some(BgpPeer {
+                name: f[0].to_string(),
+                kind: kind.to_string(),
+                peer_ip,
+                state: f[3].to_string(),
+                since: f[4].to_string(),
+                info: f[5..].join(" "),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPLY: &str = "2002-name     proto    table    state  since       info\n\
+1002-static1  Static   master   up     10:00:01    \n \
+kernel1  Kernel   master   up     10:00:01    \n \
+device1  Device   master   up     10:00:01    \n \
+direct1  Direct   master   up     10:00:01    \n \
+Mesh_10_99_0_12 BGP      master   up     10:00:05    Established   \n \
+Mesh_10_99_0_13 BGP      master   start  10:02:11    Active        Socket: Connection refused\n \
+Global_fd00__1 BGP      master   start  10:02:11    Connect       \n";
+
+    fn lines(s: &str) -> Vec<String> {
+        s.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn parses_calico_peers_and_their_states() {
+        let peers = parse_protocols(&lines(REPLY));
+        assert_eq!(peers.len(), 3);
+        assert_eq!(
+            (peers[0].peer_ip.as_str(), peers[0].established()),
+            ("10.99.0.12", true)
+        );
+        assert_eq!(
+            (peers[1].peer_ip.as_str(), peers[1].info.as_str()),
+            ("10.99.0.13", "Active Socket: Connection refused")
+        );
+        assert!(!peers[1].established());
+        assert_eq!(
+            (peers[2].peer_ip.as_str(), peers[2].kind.as_str()),
+            ("fd00::1", "global")
+        );
+    }
+
+    #[tokio::test]
+    async fn talks_to_a_bird_control_socket() {
+        let dir = std::env::temp_dir().join(format!("cdpt-bird{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let sock = dir.join("bird.ctl");
+        let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+        tokio::spawn(async move {
+            if let Ok((s, _)) = listener.accept().await {
+                let (r, mut w) = s.into_split();
+                let _ = w.write_all(b"0001 BIRD 1.6.8 ready.\n").await;
+                let mut req = BufReader::new(r).lines();
+                if let Ok(Some(cmd)) = req.next_line().await {
+                    assert_eq!(cmd, "show protocols");
+                    let _ = w.write_all(format!("{REPLY}0000 \n").as_bytes()).await;
+                }
+            }
+        });
+        let peers = read(Some(&sock.to_string_lossy())).await.expect("peers");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(peers.iter().filter(|p| !p.established()).count(), 2);
+        assert!(read(Some("/nonexistent/bird.ctl")).await.is_err());
+    }
+}
