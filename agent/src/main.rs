@@ -283,7 +283,6 @@ async fn analyse_bundle(input: &Input, dir: &std::path::Path) -> anyhow::Result<
         &obs,
         expected.as_ref(),
         &Policy {
-            grace: Duration::ZERO,
             now: obs.captured_at,
             conntrack_pressure: input.conntrack_pressure,
         },
@@ -307,7 +306,6 @@ async fn pass(
     let obs = observed::read_live(name).await;
     let expected = analysis::expected_for(&obs, ds.as_ref())?;
     let policy = Policy {
-        grace,
         now: now(),
         conntrack_pressure,
     };

@@ -123,10 +123,9 @@ impl Default for ProbeOptions {
     }
 }
 
-/// The agent's eBPF programs, loaded, with what they are attached to.
+/// The agent's eBPF programs, loaded; every attachment lives exactly as long as it does.
 pub struct Probe {
     ebpf: Ebpf,
-    attached: Vec<String>,
     /// Why drop counting is off, if it is.
     pub drops_unavailable: Option<String>,
 }
@@ -149,7 +148,6 @@ impl Probe {
         }
         let mut probe = Self {
             ebpf,
-            attached: Vec::new(),
             drops_unavailable: None,
         };
         if opts.drops
@@ -228,7 +226,6 @@ impl Probe {
                     source,
                 })?;
         }
-        self.attached.push(iface.to_string());
         Ok(())
     }
 
@@ -239,10 +236,6 @@ impl Probe {
     {
         T::try_from(self.ebpf.map(name).ok_or(FlowsError::MissingMap(name))?)
             .map_err(|e| FlowsError::Map(name, e))
-    }
-
-    pub fn attached(&self) -> &[String] {
-        &self.attached
     }
 
     /// Kernel ids of the loaded programs (to check from outside that they are gone).

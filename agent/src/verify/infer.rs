@@ -4,15 +4,17 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use super::{CheckId, Finding, Severity, parent_of, present_tunnels, tunnel::overhead};
+use super::{
+    CheckId, Finding, Severity, parent_of, present_tunnels, tunnel::overhead, workload_mtu,
+};
 use crate::{
-    diag::{IPIP, VXLAN_V4, is_workload_iface},
+    diag::{IPIP, VXLAN_V4},
     observed::{ObservedDataplane, PROTO_BIRD, PROTO_CALICO, RouteType, TABLE_MAIN},
 };
 
 pub(super) fn check(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     tunnels(obs, out);
-    workload_mtu(obs, out);
+    workloads(obs, out);
     vxlan_next_hops(obs, out);
     tunnel_addresses(obs, out);
 }
@@ -63,21 +65,9 @@ fn tunnel_mtu_limit(obs: &ObservedDataplane) -> Option<(u32, String)> {
         .min()
 }
 
-fn workload_mtu(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
-    let Some((limit, dev)) = tunnel_mtu_limit(obs) else {
-        return;
-    };
-    for l in obs
-        .links
-        .iter()
-        .filter(|l| is_workload_iface(&l.name) && l.mtu > limit)
-    {
-        out.push(
-            Finding::new(CheckId::MtuWorkloadMismatch, Severity::Warning, l.name.clone())
-                .expected(format!("MTU ≤ {limit} ({dev})"))
-                .actual(format!("MTU {}", l.mtu))
-                .hint(format!("this pod sends packets the tunnel cannot carry; the CNI plugin set its MTU at pod creation: recreate the pod after fixing the MTU configuration (`ip link show {}`)", l.name)),
-        );
+fn workloads(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    if let Some((limit, dev)) = tunnel_mtu_limit(obs) {
+        workload_mtu(obs, limit, &dev, out);
     }
 }
 

@@ -13,8 +13,6 @@ mod rules;
 mod tunnel;
 mod wireguard;
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 pub use self::{
@@ -30,9 +28,6 @@ use crate::{
 /// How verification behaves; the defaults are what an operator expects.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Policy {
-    /// How long a finding on state Felix rewrites periodically must persist before it is
-    /// reported (Felix's own resync would otherwise be reported as drift).
-    pub grace: Duration,
     /// Seconds since the epoch, stamped on findings as `since`.
     pub now: u64,
     /// Fill fraction of the conntrack table above which `conntrack.pressure` fires.
@@ -45,7 +40,6 @@ pub const DEFAULT_CONNTRACK_PRESSURE: f64 = 0.9;
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            grace: Duration::ZERO,
             now: 0,
             conntrack_pressure: DEFAULT_CONNTRACK_PRESSURE,
         }
@@ -289,12 +283,41 @@ fn mode(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     }
 }
 
-/// The device a VXLAN device is bound to, or the device holding `ip`.
+/// The device a VXLAN device is bound to.
 fn parent_of<'a>(obs: &'a ObservedDataplane, link: &Link) -> Option<&'a Link> {
     link.vxlan
         .as_ref()
         .and_then(|v| v.parent_index)
         .and_then(|i| obs.link_by_index(i))
+}
+
+/// The device holding this node's IP: where same-subnet and no-encap routes leave, and the
+/// underlay of tunnels not bound to a parent (tunl0).
+fn node_ip_link<'a>(e: &Expected, obs: &'a ObservedDataplane) -> Option<&'a Link> {
+    let ip = std::net::IpAddr::V4(e.node_ip?.addr());
+    obs.addresses
+        .iter()
+        .find(|a| a.address.addr() == ip)
+        .and_then(|a| obs.link(&a.ifname))
+}
+
+/// Workload interfaces whose MTU exceeds `limit` (`why` says where the limit comes from).
+fn workload_mtu(obs: &ObservedDataplane, limit: u32, why: &str, out: &mut Vec<Finding>) {
+    for l in obs
+        .links
+        .iter()
+        .filter(|l| is_workload_iface(&l.name) && l.mtu > limit)
+    {
+        out.push(
+            Finding::new(CheckId::MtuWorkloadMismatch, Severity::Warning, l.name.clone())
+                .expected(format!("MTU ≤ {limit} ({why})"))
+                .actual(format!("MTU {}", l.mtu))
+                .hint(format!(
+                    "this pod sends packets the tunnel cannot carry: large transfers stall (PMTUD blackhole). The CNI plugin set the MTU when the pod started (from /var/lib/calico/mtu or veth_mtu); recreate the pod after fixing the MTU config: `ip link show {}`",
+                    l.name
+                )),
+        );
+    }
 }
 
 /// Calico tunnel devices present on the node.

@@ -19,22 +19,13 @@ fn main_routes<'a>(obs: &'a ObservedDataplane, dst: &'a IpNet) -> impl Iterator<
         .filter(move |r| r.table == TABLE_MAIN && r.destination == *dst)
 }
 
-/// The device carrying this node's IP: where same-subnet and no-encap routes leave.
-fn underlay_dev(e: &Expected, obs: &ObservedDataplane) -> Option<String> {
-    let ip = IpAddr::V4(e.node_ip?.addr());
-    obs.addresses
-        .iter()
-        .find(|a| a.address.addr() == ip)
-        .map(|a| a.ifname.clone())
-}
-
 /// A missing or down device has no routes; tunnel.missing/tunnel.down report the cause once.
 fn device_unusable(obs: &ObservedDataplane, dev: &str) -> bool {
     obs.link(dev).is_none_or(|l| !l.is_up())
 }
 
 pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
-    let underlay = underlay_dev(e, obs);
+    let underlay = super::node_ip_link(e, obs).map(|l| l.name.clone());
     for exp in &e.routes {
         let dst = IpNet::V4(exp.destination);
         let subject = crate::observed::host_or_net(&dst);

@@ -3,10 +3,9 @@
 
 use std::net::IpAddr;
 
-use super::{CheckId, Finding, Severity, parent_of};
+use super::{CheckId, Finding, Severity, node_ip_link, parent_of, workload_mtu};
 use crate::{
     desired::expected::{Expected, ExpectedTunnel},
-    diag::is_workload_iface,
     observed::ObservedDataplane,
 };
 
@@ -28,21 +27,7 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
     if let Some(vx) = &e.vxlan {
         vteps(e, vx, obs, out);
     }
-    for l in obs
-        .links
-        .iter()
-        .filter(|l| is_workload_iface(&l.name) && l.mtu > e.pod_mtu)
-    {
-        out.push(
-            Finding::new(CheckId::MtuWorkloadMismatch, Severity::Warning, l.name.clone())
-                .expected(format!("MTU ≤ {} (the smallest enabled tunnel MTU)", e.pod_mtu))
-                .actual(format!("MTU {}", l.mtu))
-                .hint(format!(
-                    "this pod sends packets the tunnel cannot carry: large transfers stall (PMTUD blackhole). The CNI plugin set the MTU when the pod started (from /var/lib/calico/mtu or veth_mtu); recreate the pod after fixing the MTU config: `ip link show {}`",
-                    l.name
-                )),
-        );
-    }
+    workload_mtu(obs, e.pod_mtu, "the smallest enabled tunnel MTU", out);
 }
 
 fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
@@ -113,7 +98,7 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
                 )),
         );
     }
-    if let Some(parent) = parent_of(obs, link).or_else(|| underlay_of(e, obs))
+    if let Some(parent) = parent_of(obs, link).or_else(|| node_ip_link(e, obs))
         && t.mtu + overhead(name) > parent.mtu
     {
         out.push(
@@ -169,15 +154,6 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
                 .hint("other nodes' ARP/FDB entries point at the expected MAC, so they cannot reach this VTEP; Felix recreates the device: `ip link show vxlan.calico`"),
         );
     }
-}
-
-/// The device carrying the node IP (for tunnels without a bound parent, like tunl0).
-fn underlay_of<'a>(e: &Expected, obs: &'a ObservedDataplane) -> Option<&'a crate::observed::Link> {
-    let ip = IpAddr::V4(e.node_ip?.addr());
-    obs.addresses
-        .iter()
-        .find(|a| a.address.addr() == ip)
-        .and_then(|a| obs.link(&a.ifname))
 }
 
 fn vteps(e: &Expected, vx: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
