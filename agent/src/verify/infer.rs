@@ -299,6 +299,26 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_off_fires_globally_and_per_workload() {
+        let (e, mut o) = healthy();
+        o.sysctls.ip_forward = Some(0);
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::SysctlForwardingOff, "net.ipv4.ip_forward".into())]
+        );
+        let (_, mut o) = healthy();
+        let veth = e.workloads[0].iface.clone();
+        o.sysctls.forwarding.insert(veth.clone(), 0);
+        assert_eq!(
+            ids(&crate::verify::testutil::run(&e, &o)),
+            [(
+                CheckId::SysctlForwardingOff,
+                format!("net.ipv4.conf.{veth}.forwarding")
+            )]
+        );
+    }
+
+    #[test]
     fn conntrack_pressure_fires_above_the_threshold_only() {
         let (_, mut o) = healthy();
         o.sysctls.conntrack_max = Some(1000);

@@ -313,6 +313,24 @@ mod tests {
     }
 
     #[test]
+    fn bpf_mode_configured_but_not_in_use() {
+        let (mut e, o) = healthy();
+        e.bpf = true;
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::DataplaneModeMismatch, "bpfEnabled".into())]
+        );
+        // With Calico's eBPF maps pinned, the configured mode is the one in use.
+        let mut o = o;
+        o.calico_bpf_pins = vec!["cali_v4_ct4".into()];
+        assert!(
+            !ids(&run(&e, &o))
+                .iter()
+                .any(|(c, _)| *c == CheckId::DataplaneModeMismatch)
+        );
+    }
+
+    #[test]
     fn vtep_arp_and_fdb() {
         let (e, mut o) = healthy();
         o.neighbours.clear();
