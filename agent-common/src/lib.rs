@@ -10,21 +10,53 @@ pub mod direction {
     pub const EGRESS: u32 = 1;
 }
 
-/// Name of the per-CPU hash map keyed by [`IfaceKey`] with [`IfaceCounters`] values.
-pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
+/// What an interface is to Calico; drops are counted per class.
+pub mod iface_class {
+    /// Not attached by the agent (or the skb had no device): the host's own.
+    pub const HOST: u8 = 0;
+    pub const TUNNEL: u8 = 1;
+    pub const UNDERLAY: u8 = 2;
+    pub const WORKLOAD: u8 = 3;
+    /// Attached on request (`--iface`) without being a Calico device.
+    pub const OTHER: u8 = 4;
+    pub const COUNT: u32 = 5;
+}
+
 /// Names of the observe-only TC classifiers in the object.
 pub const PROG_TC_INGRESS: &str = "dp_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "dp_tc_egress";
-/// Upper bound of interfaces tracked at once; Calico nodes rarely carry more than a few
-/// hundred workload veths.
-pub const IFACE_COUNTERS_MAX: u32 = 4096;
+/// Does nothing but return `TC_ACT_UNSPEC`: `cargo xtask bench` attaches it to measure what
+/// running any TC program costs on this machine (the floor under our own programs' cost).
+pub const PROG_TC_NOOP: &str = "dp_tc_noop";
 
-/// Key of the per-interface counters: kernel ifindex and direction.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// Name of the array of [`IfaceConfig`] indexed by `ifindex % IFACE_CONFIG_SLOTS`; an entry
+/// applies only when its `ifindex` matches (an array lookup is inlined by the verifier, where
+/// a hash lookup is a helper call on every packet).
+pub const IFACE_CONFIG_MAP: &str = "IFACE_CONFIG";
+pub const IFACE_CONFIG_SLOTS: u32 = 65536;
+/// Name of the per-CPU array of [`IfaceCounters`], two entries (ingress, egress) per counter
+/// slot; userspace hands out slots as it attaches.
+pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
+/// Interfaces counted at once; Calico nodes rarely carry more than a few hundred workloads.
+pub const IFACE_SLOTS: u32 = 1024;
+
+/// Per-interface settings written by userspace when it attaches.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
-pub struct IfaceKey {
+pub struct IfaceConfig {
+    /// The interface this entry is for (0: the slot is free).
     pub ifindex: u32,
-    pub direction: u32,
+    /// Inode number of its network namespace: interface indexes are per namespace, and the
+    /// drop tracepoint sees every namespace's packets.
+    pub netns: u32,
+    /// The MTU packets are compared against (the device's own, or the tunnel's for workloads).
+    pub mtu: u32,
+    /// Index of this interface's counters: entries `2 * slot + direction`.
+    pub counter_slot: u16,
+    /// An [`iface_class`] value.
+    pub class: u8,
+    /// 1 when the device carries bare IP packets (tunl0, wireguard, tun): no Ethernet header.
+    pub l3: u8,
 }
 
 /// Packets and bytes seen, and MTU signals; one instance per CPU, summed in userspace.
@@ -38,16 +70,6 @@ pub struct IfaceCounters {
     pub df_oversize: u64,
     /// ICMP "destination unreachable, fragmentation needed" messages seen.
     pub icmp_frag_needed: u64,
-}
-
-/// Per-interface settings written by userspace when it attaches.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
-pub struct IfaceConfig {
-    /// The MTU packets are compared against (the device's own).
-    pub mtu: u32,
-    /// 1 when the device carries bare IP packets (tunl0, wireguard, tun): no Ethernet header.
-    pub l3: u32,
 }
 
 /// A flow's 5-tuple as seen on one interface (a forwarded packet crosses two: each counts it
@@ -75,11 +97,15 @@ pub struct FlowValue {
     /// `bpf_ktime_get_coarse_ns` of the first and last packet on this CPU (0 = none).
     pub first_ns: u64,
     pub last_ns: u64,
+    /// Packets of this flow the kernel dropped (`kfree_skb`) while they were on this
+    /// interface.
+    pub drops: u32,
+    /// The drop reason of the last such drop (an `enum skb_drop_reason` value, clamped).
+    pub last_drop_reason: u16,
     /// TCP flags seen (OR of the flags byte).
     pub tcp_flags: u8,
     /// [`flow_flags`] bits.
     pub flags: u8,
-    pub _pad: [u8; 6],
 }
 
 pub mod flow_flags {
@@ -90,10 +116,9 @@ pub mod flow_flags {
 /// Name of the per-CPU LRU flow table; its size is set by userspace at load time.
 pub const FLOWS_MAP: &str = "FLOWS";
 pub const FLOWS_DEFAULT_MAX: u32 = 65536;
-/// Name of the hash of [`IfaceConfig`] keyed by ifindex.
-pub const IFACE_CONFIG_MAP: &str = "IFACE_CONFIG";
-/// Name of the per-CPU array of drop counts indexed by `enum skb_drop_reason` value.
+/// Name of the per-CPU array of drop counts, entry `class * DROP_REASONS_MAX + reason`.
 pub const DROPS_MAP: &str = "DROPS";
+/// Reasons at or above the last slot are counted in it.
 pub const DROP_REASONS_MAX: u32 = 1024;
 /// Name of the per-CPU single-slot counter of TCP retransmissions.
 pub const RETRANSMITS_MAP: &str = "RETRANSMITS";
@@ -103,24 +128,46 @@ pub const PROG_TCP_RETRANSMIT: &str = "dp_tcp_retransmit";
 /// since Linux 5.17; attaching fails cleanly on older kernels).
 pub const PROG_KFREE_SKB: &str = "dp_kfree_skb";
 
-const _: () = assert!(size_of::<IfaceKey>() == 8);
+/// Name of the global holding [`KernelOffsets`], set by userspace before loading.
+pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
+
+/// Byte offsets of the kernel structure fields the drop tracepoint reads, from the running
+/// kernel's BTF (they move between releases and configs). `valid == 0` when BTF was
+/// unavailable: drops are then counted per reason only.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KernelOffsets {
+    pub valid: u32,
+    /// `struct sk_buff`: `dev`, `head`, `network_header`.
+    pub skb_dev: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    /// `struct net_device`: `ifindex`, `nd_net.net`.
+    pub dev_ifindex: u32,
+    pub dev_net: u32,
+    /// `struct net`: `ns.inum` (the namespace's inode number).
+    pub net_inum: u32,
+}
+
+const _: () = assert!(size_of::<IfaceConfig>() == 16);
 const _: () = assert!(size_of::<IfaceCounters>() == 32);
-const _: () = assert!(size_of::<IfaceConfig>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 20);
 const _: () = assert!(size_of::<FlowValue>() == 40);
+const _: () = assert!(size_of::<KernelOffsets>() == 28);
 
 #[cfg(feature = "user")]
-// SAFETY: both types are repr(C), contain only integers and have no padding (asserted above).
-unsafe impl aya::Pod for IfaceKey {}
+// SAFETY: all these types are repr(C), contain only integers and have no implicit padding
+// (sizes asserted above; FlowKey's padding is the explicit `_pad`).
+unsafe impl aya::Pod for IfaceConfig {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for IfaceCounters {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
-unsafe impl aya::Pod for IfaceConfig {}
-#[cfg(feature = "user")]
-// SAFETY: as above; the explicit `_pad` fields leave no implicit padding.
 unsafe impl aya::Pod for FlowKey {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowValue {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for KernelOffsets {}

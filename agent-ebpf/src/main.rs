@@ -6,23 +6,23 @@
 #![no_main]
 
 use agent_common::{
-    DROP_REASONS_MAX, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, IFACE_COUNTERS_MAX, IfaceConfig,
-    IfaceCounters, IfaceKey, direction, flow_flags,
+    DROP_REASONS_MAX, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, IFACE_CONFIG_SLOTS, IFACE_SLOTS,
+    IfaceConfig, IfaceCounters, KernelOffsets, direction, flow_flags, iface_class,
 };
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_probe_read_kernel},
     macros::{classifier, map, raw_tracepoint},
-    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray},
     programs::{RawTracePointContext, TcContext},
 };
 
-#[map(name = "IFACE_COUNTERS")]
-static IFACE_COUNTERS: PerCpuHashMap<IfaceKey, IfaceCounters> =
-    PerCpuHashMap::with_max_entries(IFACE_COUNTERS_MAX, 0);
-
 #[map(name = "IFACE_CONFIG")]
-static IFACE_CONFIG: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(IFACE_COUNTERS_MAX, 0);
+static IFACE_CONFIG: Array<IfaceConfig> = Array::with_max_entries(IFACE_CONFIG_SLOTS, 0);
+
+#[map(name = "IFACE_COUNTERS")]
+static IFACE_COUNTERS: PerCpuArray<IfaceCounters> =
+    PerCpuArray::with_max_entries(IFACE_SLOTS * 2, 0);
 
 /// Resized by userspace at load time (`--flow-table-size`).
 #[map(name = "FLOWS")]
@@ -30,7 +30,20 @@ static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
     LruPerCpuHashMap::with_max_entries(FLOWS_DEFAULT_MAX, 0);
 
 #[map(name = "DROPS")]
-static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS_MAX, 0);
+static DROPS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(DROP_REASONS_MAX * iface_class::COUNT, 0);
+
+/// Set by userspace from the kernel's BTF before loading (read-only data).
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    valid: 0,
+    skb_dev: 0,
+    skb_head: 0,
+    skb_network_header: 0,
+    dev_ifindex: 0,
+    dev_net: 0,
+    net_inum: 0,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -50,39 +63,53 @@ pub fn dp_tc_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+#[classifier]
+pub fn dp_tc_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+/// This interface's settings: (MTU, counter slot or `u32::MAX`, L3 device, class), if
+/// userspace registered it.
+/// Plain values, not an Option of the struct: the verifier rejects a spilled register that is
+/// unset on one path, which that compiles into.
+#[inline(always)]
+fn iface_config(ifindex: u32, netns: u32) -> (u32, u32, bool, u8) {
+    match IFACE_CONFIG.get(ifindex % IFACE_CONFIG_SLOTS) {
+        Some(c) if c.ifindex == ifindex && (netns == 0 || c.netns == netns) => {
+            (c.mtu, u32::from(c.counter_slot), c.l3 != 0, c.class)
+        }
+        _ => (0, u32::MAX, false, iface_class::HOST),
+    }
+}
+
 #[inline(always)]
 fn observe(ctx: &TcContext, dir: u32) {
     // SAFETY: the context pointer is valid for the program's run; ifindex is a plain
     // __sk_buff field readable by every TC program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // A TC program runs only on the devices userspace attached it to: no namespace check.
+    let (mtu, slot, l3, _) = iface_config(ifindex, 0);
+    if slot == u32::MAX {
+        return;
+    }
     let len = ctx.len();
-    // Both values are always initialised: the verifier rejects a spilled register that is
-    // unset on one path, which an Option<IfaceConfig> compiles into.
-    let (mtu, l3) = match IFACE_CONFIG.get_ptr(ifindex) {
-        // SAFETY: a hash map value pointer stays valid for the program's run.
-        Some(c) => unsafe { ((*c).mtu, (*c).l3 != 0) },
-        None => (0, false),
-    };
     let ip = parse_ipv4(ctx, ifindex, l3);
-    let mut delta = IfaceCounters {
-        packets: 1,
-        bytes: u64::from(len),
-        ..IfaceCounters::default()
-    };
     let mut oversize = false;
+    let mut frag_needed = false;
     if let Some(p) = &ip {
         oversize = mtu > 0 && u32::from(p.total_len) > mtu && p.dont_fragment;
-        delta.df_oversize = u64::from(oversize);
-        delta.icmp_frag_needed =
-            u64::from(p.key.proto == IPPROTO_ICMP && p.key.sport == 3 && p.key.dport == 4);
+        frag_needed = p.key.proto == IPPROTO_ICMP && p.key.sport == 3 && p.key.dport == 4;
     }
-    add_iface(
-        IfaceKey {
-            ifindex,
-            direction: dir,
-        },
-        &delta,
-    );
+    if let Some(c) = IFACE_COUNTERS.get_ptr_mut(slot * 2 + dir) {
+        // SAFETY: per-CPU array slot: no other CPU writes it, and the pointer is valid until
+        // the program returns.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(len);
+            (*c).df_oversize += u64::from(oversize);
+            (*c).icmp_frag_needed += u64::from(frag_needed);
+        }
+    }
     if let Some(p) = ip {
         add_flow(
             &p.key,
@@ -90,26 +117,6 @@ fn observe(ctx: &TcContext, dir: u32) {
             p.tcp_flags,
             if oversize { flow_flags::DF_OVERSIZE } else { 0 },
         );
-    }
-}
-
-#[inline(always)]
-fn add_iface(key: IfaceKey, d: &IfaceCounters) {
-    match IFACE_COUNTERS.get_ptr_mut(&key) {
-        Some(c) => {
-            // SAFETY: per-CPU value: no other CPU writes this slot, and the pointer is valid
-            // until the program returns.
-            unsafe {
-                (*c).packets += d.packets;
-                (*c).bytes += d.bytes;
-                (*c).df_oversize += d.df_oversize;
-                (*c).icmp_frag_needed += d.icmp_frag_needed;
-            }
-        }
-        None => {
-            // A full map only loses this interface's counts; the packet is never affected.
-            let _ = IFACE_COUNTERS.insert(&key, d, 0);
-        }
     }
 }
 
@@ -139,9 +146,10 @@ fn add_flow(key: &FlowKey, len: u64, tcp_flags: u8, flags: u8) {
                 bytes: len,
                 first_ns: now,
                 last_ns: now,
+                drops: 0,
+                last_drop_reason: 0,
                 tcp_flags,
                 flags,
-                _pad: [0; 6],
             };
             // The LRU evicts the least recently used flow when full: memory stays bounded.
             let _ = FLOWS.insert(key, &v, 0);
@@ -197,69 +205,156 @@ fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool) -> Option<Ipv4> {
     if ip[0] >> 4 != 4 {
         return None;
     }
-    let total_len = u16::from_be_bytes([ip[2], ip[3]]);
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    let proto = ip[9];
-    let src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
     let l4 = off + usize::from(ip[0] & 0x0f) * 4;
     // Only the first fragment carries the transport header.
-    let first_fragment = frag & 0x1fff == 0;
-    let (sport, dport, tcp_flags) = match proto {
-        IPPROTO_TCP if first_fragment => match read::<[u8; 14]>(ctx, l4) {
-            Some(t) => (
-                u16::from_ne_bytes([t[0], t[1]]),
-                u16::from_ne_bytes([t[2], t[3]]),
-                t[13],
-            ),
-            None => (0, 0, 0),
+    let (ports, tcp_flags) = match ip[9] {
+        _ if frag & 0x1fff != 0 => ([0; 4], 0),
+        IPPROTO_TCP => match read::<[u8; 14]>(ctx, l4) {
+            Some(t) => ([t[0], t[1], t[2], t[3]], t[13]),
+            None => ([0; 4], 0),
         },
-        IPPROTO_UDP if first_fragment => match read::<[u8; 4]>(ctx, l4) {
-            Some(u) => (
-                u16::from_ne_bytes([u[0], u[1]]),
-                u16::from_ne_bytes([u[2], u[3]]),
-                0,
-            ),
-            None => (0, 0, 0),
-        },
-        IPPROTO_ICMP if first_fragment => match read::<[u8; 2]>(ctx, l4) {
-            Some(c) => (u16::from(c[0]), u16::from(c[1]), 0),
-            None => (0, 0, 0),
-        },
-        _ => (0, 0, 0),
+        IPPROTO_UDP | IPPROTO_ICMP => (read::<[u8; 4]>(ctx, l4).unwrap_or([0; 4]), 0),
+        _ => ([0; 4], 0),
     };
     Some(Ipv4 {
-        key: FlowKey {
-            src,
-            dst,
-            ifindex,
-            sport,
-            dport,
-            proto,
-            _pad: [0; 3],
-        },
-        total_len,
+        key: flow_key(&ip, ifindex, ports),
+        total_len: u16::from_be_bytes([ip[2], ip[3]]),
         dont_fragment: frag & 0x4000 != 0,
         tcp_flags,
     })
 }
 
+/// The flow key of an IPv4 header and the first four bytes of its transport header (ports, or
+/// ICMP type and code), the same whether read by the TC programs or the drop tracepoint.
+#[inline(always)]
+fn flow_key(ip: &[u8; 20], ifindex: u32, l4: [u8; 4]) -> FlowKey {
+    let proto = ip[9];
+    let (sport, dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            u16::from_ne_bytes([l4[0], l4[1]]),
+            u16::from_ne_bytes([l4[2], l4[3]]),
+        ),
+        IPPROTO_ICMP => (u16::from(l4[0]), u16::from(l4[1])),
+        _ => (0, 0),
+    };
+    FlowKey {
+        src: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+        dst: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+        ifindex,
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
 /// `kfree_skb(skb, location, reason, …)`: a raw tracepoint needs no tracefs, and its
 /// arguments are the kernel function's, so the reason is argument 2 on every kernel that has it.
+/// The drop is counted per reason and per class of the device the packet was on; when that
+/// device is one of ours, the packet's flow is marked with the drop.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn dp_kfree_skb(ctx: RawTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
     let reason: u64 = ctx.arg(2);
     let max = u64::from(DROP_REASONS_MAX - 1);
-    let slot = if reason < max {
+    let reason = if reason < max {
         reason as u32
     } else {
         DROP_REASONS_MAX - 1
     };
-    if let Some(count) = DROPS.get_ptr_mut(slot) {
+    // SAFETY: a read-only global set before loading; volatile so the compiler does not fold
+    // the placeholder value in.
+    let offs = unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) };
+    let mut class = iface_class::HOST;
+    if offs.valid != 0 {
+        let (ifindex, netns) = skb_device(skb, &offs);
+        let (_, slot, _, c) = iface_config(ifindex, netns);
+        if slot != u32::MAX {
+            class = c;
+            mark_dropped_flow(skb, &offs, ifindex, reason);
+        }
+    }
+    if let Some(count) = DROPS.get_ptr_mut(u32::from(class) * DROP_REASONS_MAX + reason) {
         // SAFETY: per-CPU array slot, valid until the program returns.
         unsafe { *count += 1 };
     }
     0
+}
+
+/// `skb->dev->ifindex` and the inode of the device's namespace; (0, 0) when the skb has no
+/// device or a read fails.
+#[inline(always)]
+fn skb_device(skb: *const u8, offs: &KernelOffsets) -> (u32, u32) {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting; the
+    // offsets come from this kernel's BTF.
+    unsafe {
+        let Ok(dev) = bpf_probe_read_kernel(skb.add(offs.skb_dev as usize) as *const *const u8)
+        else {
+            return (0, 0);
+        };
+        if dev.is_null() {
+            return (0, 0);
+        }
+        let ifindex =
+            bpf_probe_read_kernel(dev.add(offs.dev_ifindex as usize) as *const u32).unwrap_or(0);
+        let Ok(net) = bpf_probe_read_kernel(dev.add(offs.dev_net as usize) as *const *const u8)
+        else {
+            return (0, 0);
+        };
+        if net.is_null() {
+            return (0, 0);
+        }
+        match bpf_probe_read_kernel(net.add(offs.net_inum as usize) as *const u32) {
+            Ok(inum) if inum != 0 => (ifindex, inum),
+            _ => (0, 0),
+        }
+    }
+}
+
+/// Adds the drop to the flow of the IPv4 packet in `skb` as our TC program keyed it on
+/// `ifindex`, when the table holds that flow.
+#[inline(always)]
+fn mark_dropped_flow(skb: *const u8, offs: &KernelOffsets, ifindex: u32, reason: u32) {
+    let l4: *const u8;
+    // SAFETY: as in skb_device: every read goes through bpf_probe_read_kernel.
+    let ip: [u8; 20] = unsafe {
+        let Ok(head) = bpf_probe_read_kernel(skb.add(offs.skb_head as usize) as *const *const u8)
+        else {
+            return;
+        };
+        let Ok(nh) = bpf_probe_read_kernel(skb.add(offs.skb_network_header as usize) as *const u16)
+        else {
+            return;
+        };
+        if head.is_null() {
+            return;
+        }
+        let l3 = head.add(usize::from(nh));
+        let Ok(ip) = bpf_probe_read_kernel(l3 as *const [u8; 20]) else {
+            return;
+        };
+        if ip[0] >> 4 != 4 {
+            return;
+        }
+        l4 = l3.add(usize::from(ip[0] & 0x0f) * 4);
+        ip
+    };
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let ports = if frag & 0x1fff == 0 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel(l4 as *const [u8; 4]) }.unwrap_or([0; 4])
+    } else {
+        [0; 4]
+    };
+    if let Some(v) = FLOWS.get_ptr_mut(&flow_key(&ip, ifindex, ports)) {
+        // SAFETY: per-CPU LRU value, valid until the program returns. The drop may run on
+        // another CPU than the TC program did: this CPU's slot may be all zeroes.
+        unsafe {
+            (*v).drops += 1;
+            (*v).last_drop_reason = reason as u16;
+        }
+    }
 }
 
 #[map(name = "RETRANSMITS")]

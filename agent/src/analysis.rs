@@ -20,35 +20,124 @@ pub struct Analysis {
     pub verification: Option<Verification>,
     /// What an offline input was read as, and what could not be used.
     pub input_notes: Vec<String>,
-    /// Kernel drops sampled while the analysis ran (live `diag` only).
-    pub drops: Option<DropSample>,
-    /// Why there is no drop sample, when one was asked for.
-    pub drops_unavailable: Option<String>,
+    /// Drops and MTU signals sampled while the analysis ran (live `diag` only).
+    pub traffic: Option<TrafficSample>,
+    /// Why there is no traffic sample, when one was asked for.
+    pub traffic_unavailable: Option<String>,
 }
 
+/// What the observe-only programs saw during `diag`'s sample window.
 #[derive(Debug, Clone, Serialize)]
-pub struct DropSample {
+pub struct TrafficSample {
     pub seconds: u64,
-    pub rows: Vec<crate::flows::report::DropRow>,
+    pub drops: Vec<crate::flows::report::DropRow>,
     pub tcp_retransmits: u64,
+    /// Interfaces and directions with DF packets above the MTU or ICMP frag-needed seen.
+    pub mtu_signals: Vec<crate::flows::report::IfaceRow>,
+    /// The flows whose packets were dropped, most drops first.
+    pub dropped_flows: Vec<crate::flows::report::FlowRow>,
+    /// What the MTU signals say about the mtu.* findings (filled in by [`correlate_mtu`]).
+    pub mtu_correlation: Vec<String>,
+    pub notes: Vec<String>,
 }
 
-/// Counts the node's drops (per kernel drop reason) and TCP retransmissions for `seconds`,
-/// with only the tracepoints attached: no interface is touched.
-pub async fn sample_drops(seconds: u64) -> Result<DropSample, crate::flows::FlowsError> {
-    let probe = crate::flows::Probe::load(crate::flows::ProbeOptions {
-        flow_table_size: 1,
+/// The kernel's drop reason for a packet above the egress MTU that may not be fragmented.
+const PKT_TOO_BIG: &str = "PKT_TOO_BIG";
+
+/// Reads the MTU signals against the mtu.* findings: a finding with signals is costing packets
+/// now; a finding without them has not yet (no large DF traffic in the window); signals
+/// without a finding point past this node (the node's MTUs agree with Calico's).
+pub fn correlate_mtu(v: Option<&Verification>, t: &TrafficSample) -> Vec<String> {
+    let findings: Vec<String> = v
+        .map(|v| {
+            v.findings
+                .iter()
+                .filter(|f| f.check.as_str().starts_with("mtu."))
+                .map(|f| format!("{} {}", f.check.as_str(), f.subject))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut signals: Vec<String> = t
+        .mtu_signals
+        .iter()
+        .map(|i| {
+            let mut what = Vec::new();
+            if i.counts.df_oversize > 0 {
+                what.push(format!("{} DF packets above the MTU", i.counts.df_oversize));
+            }
+            if i.counts.icmp_frag_needed > 0 {
+                what.push(format!("{} ICMP frag-needed", i.counts.icmp_frag_needed));
+            }
+            let dir = if i.direction == crate::flows::Direction::Egress {
+                "out"
+            } else {
+                "in"
+            };
+            format!("{} on {} ({dir})", what.join(" and "), i.iface)
+        })
+        .collect();
+    if let Some(d) = t.drops.iter().find(|d| d.reason == PKT_TOO_BIG) {
+        signals.push(format!("{} drops {PKT_TOO_BIG}", d.count));
+    }
+    match (findings.is_empty(), signals.is_empty()) {
+        (true, true) => Vec::new(),
+        (false, false) => vec![format!(
+            "confirmed: {} is costing packets now: {}",
+            findings.join(", "),
+            signals.join("; ")
+        )],
+        (false, true) => vec![format!(
+            "{} has not cost packets in the last {} s (no DF traffic above the MTU seen); large transfers will hit it",
+            findings.join(", "),
+            t.seconds
+        )],
+        (true, false) => vec![format!(
+            "MTU signals without an mtu finding: {}; this node's MTUs agree with Calico's, so look past the node: the underlay path MTU (`ping -M do -s <size> <peer node>`) or a middlebox",
+            signals.join("; ")
+        )],
+    }
+}
+
+/// How many dropped flows `diag` lists.
+const DROPPED_FLOWS: usize = 5;
+
+/// Attaches the observe-only programs to the node's Calico interfaces for `seconds` and
+/// returns the drops (per kernel reason and interface class), dropped flows and MTU signals.
+pub async fn sample_traffic(
+    node: &str,
+    seconds: u64,
+) -> Result<TrafficSample, crate::flows::FlowsError> {
+    let opts = crate::flows::ProbeOptions {
+        flow_table_size: 16384,
         drops: true,
-    })?;
-    if let Some(why) = probe.drops_unavailable.clone() {
-        return Err(crate::flows::FlowsError::Tracepoint(why));
+    };
+    let mut session = crate::flows::Session::start(opts, None)?;
+    match crate::observed::read_interfaces().await {
+        Ok(obs) => session.refresh(&obs),
+        Err(e) => session.notes.push(format!(
+            "interfaces not attached (drops counted per reason only): {}",
+            crate::observed::error_chain(&e)
+        )),
     }
     tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
-    let names = crate::flows::btf::drop_reasons().ok();
-    Ok(DropSample {
+    let r = session.report(node, seconds, usize::MAX)?;
+    Ok(TrafficSample {
         seconds,
-        rows: crate::flows::report::name_drops(&probe.drops()?, names.as_ref()),
-        tcp_retransmits: probe.retransmits()?,
+        drops: r.drops,
+        tcp_retransmits: r.tcp_retransmits,
+        mtu_signals: r
+            .interfaces
+            .into_iter()
+            .filter(|i| i.counts.df_oversize > 0 || i.counts.icmp_frag_needed > 0)
+            .collect(),
+        dropped_flows: r
+            .flows
+            .into_iter()
+            .filter(|f| f.flow.drops > 0)
+            .take(DROPPED_FLOWS)
+            .collect(),
+        mtu_correlation: Vec::new(),
+        notes: r.notes,
     })
 }
 
@@ -81,7 +170,7 @@ pub fn analyse(obs: &ObservedDataplane, expected: Option<&Expected>, policy: &Po
         diag: d,
         verification,
         input_notes: Vec::new(),
-        drops: None,
-        drops_unavailable: None,
+        traffic: None,
+        traffic_unavailable: None,
     }
 }

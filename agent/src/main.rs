@@ -32,11 +32,12 @@ enum Command {
     Diag {
         #[command(flatten)]
         input: Input,
-        /// Also count the node's drops (per kernel drop reason) and TCP retransmissions for
-        /// this many seconds while analysing; 0 skips it.
+        /// Also attach the observe-only eBPF programs for this many seconds while analysing:
+        /// drops per kernel reason and interface class, dropped flows, TCP retransmissions and
+        /// MTU signals (correlated with the mtu.* findings); 0 skips it.
         #[arg(long, env = "AGENT_DROPS_SECONDS", default_value_t = 1)]
         drops_seconds: u64,
-        /// Do not load eBPF programs (no drop summary).
+        /// Do not load eBPF programs (no drop or MTU-signal summary).
         #[arg(long, env = "AGENT_NO_EBPF")]
         no_ebpf: bool,
         /// Instead of analysing, write a bundle of this node's dataplane (the text dumps
@@ -184,7 +185,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let want = !no_ebpf && drops_seconds > 0 && input.bundle.is_none();
                 let sample = async {
                     if want {
-                        Some(analysis::sample_drops(drops_seconds).await)
+                        let name = node::resolve_name(input.node_name.as_deref());
+                        Some(analysis::sample_traffic(&name, drops_seconds).await)
                     } else {
                         None
                     }
@@ -192,8 +194,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (a, sample) = tokio::join!(analyse(&input), sample);
                 let mut a = a?;
                 match sample {
-                    Some(Ok(d)) => a.drops = Some(d),
-                    Some(Err(e)) => a.drops_unavailable = Some(observed::error_chain(&e)),
+                    Some(Ok(mut t)) => {
+                        t.mtu_correlation = analysis::correlate_mtu(a.verification.as_ref(), &t);
+                        a.traffic = Some(t);
+                    }
+                    Some(Err(e)) => a.traffic_unavailable = Some(observed::error_chain(&e)),
                     None => {}
                 }
                 anyhow::Ok(a)
@@ -338,7 +343,7 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
     loop {
-        session.refresh(&observed::read_live(&name).await);
+        session.refresh(&interfaces().await?);
         if session.targets.is_empty() && args.iface.is_some() {
             anyhow::bail!(
                 "no interface {} to attach to",
@@ -349,7 +354,7 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         // Re-scan every second so that pods started during the window are counted too.
         for _ in 0..args.seconds.max(1) {
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => session.refresh(&observed::read_live(&name).await),
+                () = tokio::time::sleep(Duration::from_secs(1)) => session.refresh(&interfaces().await?),
                 _ = tokio::signal::ctrl_c() => { stop = true; break; }
                 _ = term.recv() => { stop = true; break; }
             }
@@ -367,6 +372,12 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+async fn interfaces() -> anyhow::Result<observed::ObservedDataplane> {
+    observed::read_interfaces()
+        .await
+        .context("listing interfaces over netlink")
 }
 
 fn print(input: &Input, a: &Analysis, human: fn(&Analysis) -> String) -> anyhow::Result<()> {

@@ -39,7 +39,7 @@ pub fn text(a: &Analysis) -> String {
     if let Some(v) = &a.verification {
         findings(&mut o, v);
     }
-    drops(&mut o, a);
+    traffic(&mut o, a);
     if !d.anomalies.is_empty() {
         let _ = writeln!(o, "\nLIMITS OF THIS REPORT");
         for an in &d.anomalies {
@@ -193,26 +193,57 @@ pub fn text(a: &Analysis) -> String {
     o
 }
 
-fn drops(o: &mut String, a: &Analysis) {
-    match (&a.drops, &a.drops_unavailable) {
-        (Some(d), _) => {
-            let _ = writeln!(
-                o,
-                "\nDROPS (whole node, last {} s, by kernel drop reason)",
-                d.seconds
-            );
-            if d.rows.is_empty() {
-                let _ = writeln!(o, "  none");
-            }
-            for r in d.rows.iter().take(MAX_ROWS) {
-                let _ = writeln!(o, "  {:<28} {:>10}", r.reason, r.count);
-            }
-            let _ = writeln!(o, "  TCP retransmissions: {}", d.tcp_retransmits);
-        }
+fn traffic(o: &mut String, a: &Analysis) {
+    let t = match (&a.traffic, &a.traffic_unavailable) {
+        (Some(t), _) => t,
         (None, Some(why)) => {
             let _ = writeln!(o, "\nDROPS unavailable: {why}");
+            return;
         }
-        (None, None) => {}
+        (None, None) => return,
+    };
+    let _ = writeln!(
+        o,
+        "\nDROPS (whole node, last {} s, by kernel drop reason; where: interface class)",
+        t.seconds
+    );
+    if t.drops.is_empty() {
+        let _ = writeln!(o, "  none");
+    }
+    for r in t.drops.iter().take(MAX_ROWS) {
+        let _ = writeln!(
+            o,
+            "  {:<28} {:>10}  ({})",
+            r.reason,
+            r.count,
+            crate::flows::report::class_breakdown(&r.by_class)
+        );
+    }
+    let _ = writeln!(o, "  TCP retransmissions: {}", t.tcp_retransmits);
+    for f in &t.dropped_flows {
+        let fl = &f.flow;
+        let _ = writeln!(
+            o,
+            "  dropped flow: proto {} {}:{} -> {}:{} on {}: {} of {} packets ({})",
+            fl.proto,
+            fl.src,
+            fl.sport,
+            fl.dst,
+            fl.dport,
+            f.iface,
+            fl.drops,
+            fl.packets,
+            f.drop_reason.as_deref().unwrap_or("reason unknown")
+        );
+    }
+    if !t.mtu_correlation.is_empty() {
+        let _ = writeln!(o, "\nMTU SIGNALS");
+        for line in &t.mtu_correlation {
+            let _ = writeln!(o, "  {line}");
+        }
+    }
+    for n in &t.notes {
+        let _ = writeln!(o, "  note: {n}");
     }
 }
 

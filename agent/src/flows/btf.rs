@@ -65,6 +65,10 @@ pub enum BtfError {
     NameNotUtf8 { name_off: u32 },
     #[error("no enum named {0:?} in the BTF")]
     NotFound(String),
+    #[error("no member {member:?} in struct {structure:?} in the BTF")]
+    MemberNotFound { structure: String, member: String },
+    #[error("member {member:?} of struct {structure:?} is a bitfield, not addressable")]
+    Bitfield { structure: String, member: String },
     #[error("value {value} of {name} does not fit in 32 bits")]
     ValueRange { name: String, value: u64 },
 }
@@ -76,39 +80,132 @@ pub enum BtfError {
 /// `-1` comes back as `u64::MAX`. If several enums share the name, the first one is used.
 pub fn enum_values(btf: &[u8], name: &str) -> Result<Vec<(u64, String)>, BtfError> {
     let blob = Blob::parse(btf)?;
-    let mut id: u32 = 0;
-    let mut offset = 0usize;
-    while offset < blob.types.len() {
-        // Type IDs start at 1; 0 is `void`, which has no entry.
-        id = id.saturating_add(1);
-        let header = blob
-            .types
-            .get(offset..)
-            .and_then(|t| t.get(..TYPE_LEN))
-            .ok_or(BtfError::TypeTruncated {
-                id,
-                offset,
-                need: TYPE_LEN,
-            })?;
-        let name_off = blob.u32_at(header, 0);
-        let info = blob.u32_at(header, 4);
-        let vlen = (info & 0xffff) as usize;
-        let kind = ((info >> 24) & 0x1f) as u8;
-        let kind_flag = info >> 31 == 1;
-        let trailing =
-            trailing_len(kind, vlen).ok_or(BtfError::UnknownKind { id, offset, kind })?;
-        let need = TYPE_LEN + trailing;
-        let body = blob
-            .types
-            .get(offset..)
-            .and_then(|t| t.get(TYPE_LEN..need))
-            .ok_or(BtfError::TypeTruncated { id, offset, need })?;
-        if (kind == KIND_ENUM || kind == KIND_ENUM64) && blob.name(name_off)? == name.as_bytes() {
-            return enum_entries(&blob, kind, kind_flag, body);
+    for ty in blob.types() {
+        let ty = ty?;
+        if (ty.kind == KIND_ENUM || ty.kind == KIND_ENUM64)
+            && blob.name(ty.name_off)? == name.as_bytes()
+        {
+            return enum_entries(&blob, ty.kind, ty.kind_flag, ty.body);
         }
-        offset += need;
     }
     Err(BtfError::NotFound(name.to_string()))
+}
+
+/// How deep anonymous structs and unions are followed looking for a member; the kernel nests
+/// a few levels (`struct_group`), and a bound keeps a malformed, cyclic blob from recursing.
+const MAX_NESTING: u32 = 8;
+
+/// The byte offset of `member` in the first struct named `structure`, looking through
+/// anonymous struct and union members as C does (`sk_buff.dev` sits in an anonymous union).
+pub fn member_offset(btf: &[u8], structure: &str, member: &str) -> Result<u32, BtfError> {
+    path_offset(btf, structure, &[member])
+}
+
+/// The byte offset of a nested member, `path` naming one member per level:
+/// `net_device` + `["nd_net", "net"]` is `offsetof(struct net_device, nd_net.net)`.
+pub fn path_offset(btf: &[u8], structure: &str, path: &[&str]) -> Result<u32, BtfError> {
+    let blob = Blob::parse(btf)?;
+    let types = blob.types().collect::<Result<Vec<_>, _>>()?;
+    let not_found = || BtfError::MemberNotFound {
+        structure: structure.to_string(),
+        member: path.join("."),
+    };
+    let mut current = None;
+    for ty in &types {
+        if ty.kind == KIND_STRUCT && blob.name(ty.name_off)? == structure.as_bytes() {
+            current = Some(ty);
+            break;
+        }
+    }
+    let mut bits = 0u32;
+    for (i, member) in path.iter().enumerate() {
+        let ty = current.ok_or_else(not_found)?;
+        let (b, type_id) =
+            find_member(&blob, &types, ty, member.as_bytes(), 0)?.ok_or_else(not_found)?;
+        bits = bits.saturating_add(b);
+        if i + 1 < path.len() {
+            current =
+                resolve(&types, type_id).filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION);
+        }
+    }
+    if !bits.is_multiple_of(8) {
+        return Err(BtfError::Bitfield {
+            structure: structure.to_string(),
+            member: path.join("."),
+        });
+    }
+    Ok(bits / 8)
+}
+
+/// The bit offset and type id of `member` in struct or union `ty`, or in one of its
+/// anonymous members.
+fn find_member(
+    blob: &Blob<'_>,
+    types: &[Type<'_>],
+    ty: &Type<'_>,
+    member: &[u8],
+    depth: u32,
+) -> Result<Option<(u32, u32)>, BtfError> {
+    for rec in ty.body.chunks_exact(12) {
+        let name_off = blob.u32_at(rec, 0);
+        let type_id = blob.u32_at(rec, 4);
+        let raw = blob.u32_at(rec, 8);
+        // With kind_flag set, the top 8 bits hold a bitfield size.
+        let bits = if ty.kind_flag { raw & 0x00ff_ffff } else { raw };
+        if name_off != 0 {
+            if blob.name(name_off)? == member {
+                return Ok(Some((bits, type_id)));
+            }
+            continue;
+        }
+        if depth >= MAX_NESTING {
+            continue;
+        }
+        if let Some(inner) = resolve(types, type_id)
+            && (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
+            && let Some((b, t)) = find_member(blob, types, inner, member, depth + 1)?
+        {
+            return Ok(Some((bits.saturating_add(b), t)));
+        }
+    }
+    Ok(None)
+}
+
+/// The type `id` refers to once typedefs and qualifiers are looked through (bounded, in case a
+/// malformed blob loops).
+fn resolve<'t, 'a>(types: &'t [Type<'a>], mut id: u32) -> Option<&'t Type<'a>> {
+    for _ in 0..MAX_NESTING {
+        let ty = types.get(usize::try_from(id).ok()?.checked_sub(1)?)?;
+        match ty.kind {
+            KIND_TYPEDEF | KIND_CONST | KIND_VOLATILE | KIND_RESTRICT | KIND_TYPE_TAG => {
+                id = ty.size_or_type;
+            }
+            _ => return Some(ty),
+        }
+    }
+    None
+}
+
+/// The fields of the running kernel's `sk_buff`, `net_device` and `net` that the drop
+/// tracepoint reads, from its BTF.
+pub fn kernel_offsets() -> Result<agent_common::KernelOffsets, BtfError> {
+    let btf = read_vmlinux()?;
+    Ok(agent_common::KernelOffsets {
+        valid: 1,
+        skb_dev: member_offset(&btf, "sk_buff", "dev")?,
+        skb_head: member_offset(&btf, "sk_buff", "head")?,
+        skb_network_header: member_offset(&btf, "sk_buff", "network_header")?,
+        dev_ifindex: member_offset(&btf, "net_device", "ifindex")?,
+        dev_net: path_offset(&btf, "net_device", &["nd_net", "net"])?,
+        net_inum: path_offset(&btf, "net", &["ns", "inum"])?,
+    })
+}
+
+fn read_vmlinux() -> Result<Vec<u8>, BtfError> {
+    std::fs::read(VMLINUX_BTF).map_err(|e| BtfError::Read {
+        path: VMLINUX_BTF.to_string(),
+        source: e,
+    })
 }
 
 /// The running kernel's drop reasons by value, named as the kernel's own tracepoint prints them:
@@ -116,11 +213,7 @@ pub fn enum_values(btf: &[u8], name: &str) -> Result<Vec<(u64, String)>, BtfErro
 /// `SKB_` (`SKB_CONSUMED` is `CONSUMED`). The `MAX` and `SUBSYS_MASK` markers are not reasons
 /// and are left out.
 pub fn drop_reasons() -> Result<BTreeMap<u32, String>, BtfError> {
-    let btf = std::fs::read(VMLINUX_BTF).map_err(|e| BtfError::Read {
-        path: VMLINUX_BTF.to_string(),
-        source: e,
-    })?;
-    drop_reasons_in(&btf)
+    drop_reasons_in(&read_vmlinux()?)
 }
 
 fn drop_reasons_in(btf: &[u8]) -> Result<BTreeMap<u32, String>, BtfError> {
@@ -206,6 +299,75 @@ fn enum_entries(
         .collect()
 }
 
+/// One type record: its header fields and the bytes that follow the header.
+struct Type<'a> {
+    name_off: u32,
+    kind: u8,
+    kind_flag: bool,
+    size_or_type: u32,
+    body: &'a [u8],
+}
+
+/// Walks the type section in ID order (ID 1 first; 0 is `void`, which has no entry), stopping
+/// at the first malformed record.
+struct Types<'b, 'a> {
+    blob: &'b Blob<'a>,
+    id: u32,
+    offset: usize,
+    failed: bool,
+}
+
+impl<'a> Iterator for Types<'_, 'a> {
+    type Item = Result<Type<'a>, BtfError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.offset >= self.blob.types.len() {
+            return None;
+        }
+        self.id = self.id.saturating_add(1);
+        let (id, offset) = (self.id, self.offset);
+        let result = (|| {
+            let types = self.blob.types;
+            let header = types.get(offset..).and_then(|t| t.get(..TYPE_LEN)).ok_or(
+                BtfError::TypeTruncated {
+                    id,
+                    offset,
+                    need: TYPE_LEN,
+                },
+            )?;
+            let info = self.blob.u32_at(header, 4);
+            let kind = ((info >> 24) & 0x1f) as u8;
+            let trailing = trailing_len(kind, (info & 0xffff) as usize)
+                .ok_or(BtfError::UnknownKind { id, offset, kind })?;
+            let need = TYPE_LEN + trailing;
+            let body = types
+                .get(offset..)
+                .and_then(|t| t.get(TYPE_LEN..need))
+                .ok_or(BtfError::TypeTruncated { id, offset, need })?;
+            Ok((
+                Type {
+                    name_off: self.blob.u32_at(header, 0),
+                    kind,
+                    kind_flag: info >> 31 == 1,
+                    size_or_type: self.blob.u32_at(header, 8),
+                    body,
+                },
+                need,
+            ))
+        })();
+        Some(match result {
+            Ok((ty, need)) => {
+                self.offset += need;
+                Ok(ty)
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        })
+    }
+}
+
 /// A BTF blob whose header has been checked and whose two sections are in bounds.
 struct Blob<'a> {
     big_endian: bool,
@@ -257,6 +419,15 @@ impl<'a> Blob<'a> {
         blob.types = section("type", blob.u32_at(header, 8), blob.u32_at(header, 12))?;
         blob.strings = section("string", blob.u32_at(header, 16), blob.u32_at(header, 20))?;
         Ok(blob)
+    }
+
+    fn types<'b>(&'b self) -> Types<'b, 'a> {
+        Types {
+            blob: self,
+            id: 0,
+            offset: 0,
+            failed: false,
+        }
     }
 
     /// The u32 at `at` in `bytes`. Callers pass slices whose length they have checked; a short
@@ -683,9 +854,129 @@ mod tests {
                 }
             }
             let _ = drop_reasons_in(&blob);
+            let _ = member_offset(&blob, "pair", "c");
         }
         // The mutations do reach the checks, not only harmless bytes.
         assert!(errors > 10_000, "only {errors} errors");
+    }
+
+    /// `struct sk_buff { int first:8; union { struct { int x; int *dev; }; int y; }; int *head;
+    /// int bits:3; }`, the union reached through a typedef, and a struct that names itself
+    /// as its anonymous member (malformed: must not recurse forever).
+    fn nested() -> Vec<u8> {
+        let mut b = Builder::new(false);
+        b.ty("int", KIND_INT, false, 0, 4, &[0x0100_0020]); // 1
+        b.ty("", KIND_PTR, false, 0, 1, &[]); // 2
+        let (x, dev) = (b.str("x"), b.str("dev"));
+        b.ty("", KIND_STRUCT, false, 2, 16, &[x, 1, 0, dev, 2, 64]); // 3
+        let y = b.str("y");
+        b.ty("", KIND_UNION, false, 2, 16, &[0, 3, 0, y, 1, 0]); // 4
+        b.ty("u_t", KIND_TYPEDEF, false, 0, 4, &[]); // 5
+        let (first, head, bits) = (b.str("first"), b.str("head"), b.str("bits"));
+        let words = [
+            first,
+            1,
+            (8 << 24),
+            0,
+            5,
+            64,
+            head,
+            2,
+            256,
+            bits,
+            1,
+            (3 << 24) | 325,
+        ];
+        b.ty("sk_buff", KIND_STRUCT, true, 4, 48, &words); // 6
+        b.ty("loop", KIND_STRUCT, false, 1, 8, &[0, 7, 0]); // 7
+        let (pad, inner) = (b.str("pad"), b.str("inner"));
+        b.ty(
+            "holder",
+            KIND_STRUCT,
+            false,
+            2,
+            20,
+            &[pad, 1, 0, inner, 3, 32],
+        ); // 8
+        b.build()
+    }
+
+    #[test]
+    fn member_offsets_look_through_anonymous_members() {
+        let blob = nested();
+        assert_eq!(member_offset(&blob, "sk_buff", "first").expect("first"), 0);
+        assert_eq!(member_offset(&blob, "sk_buff", "dev").expect("dev"), 16);
+        assert_eq!(member_offset(&blob, "sk_buff", "y").expect("y"), 8);
+        assert_eq!(member_offset(&blob, "sk_buff", "head").expect("head"), 32);
+        assert_err!(
+            member_offset(&blob, "sk_buff", "bits"),
+            BtfError::Bitfield { member, .. } if member == "bits"
+        );
+        assert_err!(
+            member_offset(&blob, "sk_buff", "nope"),
+            BtfError::MemberNotFound { structure, member } if structure == "sk_buff" && member == "nope"
+        );
+        assert_err!(
+            member_offset(&blob, "net_device", "ifindex"),
+            BtfError::MemberNotFound { .. }
+        );
+        assert_err!(
+            member_offset(&blob, "loop", "x"),
+            BtfError::MemberNotFound { .. }
+        );
+        // Through a member into its struct: `holder.inner.dev` is 4 + 16.
+        assert_eq!(
+            path_offset(&blob, "holder", &["inner", "dev"]).expect("path"),
+            20
+        );
+        // A pointer member cannot be followed into.
+        assert_err!(
+            path_offset(&blob, "sk_buff", &["head", "x"]),
+            BtfError::MemberNotFound { member, .. } if member == "head.x"
+        );
+        for len in 0..blob.len() {
+            let _ = member_offset(&blob[..len], "sk_buff", "dev");
+        }
+    }
+
+    /// The offsets the drop tracepoint uses, read from this kernel and cross-checked with
+    /// bpftool's raw dump for the top-level members.
+    #[test]
+    fn reads_this_kernels_offsets() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: {VMLINUX_BTF} absent (kernel without CONFIG_DEBUG_INFO_BTF)");
+            return;
+        }
+        let offs = kernel_offsets().expect("offsets");
+        // `dev` follows the next/prev pointers in every kernel since 4.x.
+        assert_eq!(offs.skb_dev, 16);
+        let Ok(out) = std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
+            .output()
+        else {
+            eprintln!("bpftool not installed: cross-check skipped");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `[id] STRUCT 'net_device' size=… vlen=N`, then `\t'ifindex' type_id=… bits_offset=B`.
+        let bits_of = |structure: &str, member: &str| -> u32 {
+            text.lines()
+                .skip_while(|l| !l.contains(&format!("STRUCT '{structure}' ")))
+                .skip(1)
+                .take_while(|l| l.starts_with('\t'))
+                .find(|l| l.trim_start().starts_with(&format!("'{member}' ")))
+                .and_then(|l| l.split("bits_offset=").nth(1))
+                .and_then(|b| b.split_whitespace().next()?.parse().ok())
+                .unwrap_or_else(|| panic!("{structure}.{member} not in bpftool's dump"))
+        };
+        assert_eq!(offs.dev_ifindex * 8, bits_of("net_device", "ifindex"));
+        // possible_net_t holds just the pointer.
+        assert_eq!(offs.dev_net * 8, bits_of("net_device", "nd_net"));
+        assert_eq!(
+            offs.net_inum * 8,
+            bits_of("net", "ns") + bits_of("ns_common", "inum")
+        );
+        assert_eq!(offs.skb_head * 8, bits_of("sk_buff", "head"));
     }
 
     /// The running kernel's own BTF, cross-checked with bpftool when it is installed.

@@ -15,13 +15,14 @@ pub use self::targets::{IfaceClass, Target};
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use agent_common::{
-    DROPS_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowKey, FlowValue, IFACE_CONFIG_MAP,
-    IFACE_COUNTERS_MAP, IfaceConfig, IfaceCounters, IfaceKey, PROG_KFREE_SKB, PROG_TC_EGRESS,
+    DROP_REASONS_MAX, DROPS_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowKey, FlowValue,
+    IFACE_CONFIG_MAP, IFACE_CONFIG_SLOTS, IFACE_COUNTERS_MAP, IFACE_SLOTS, IfaceConfig,
+    IfaceCounters, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROG_KFREE_SKB, PROG_TC_EGRESS,
     PROG_TC_INGRESS, PROG_TCP_RETRANSMIT, RETRANSMITS_MAP, direction,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, TcAttachOptions},
@@ -58,6 +59,14 @@ pub enum FlowsError {
     Map(&'static str, #[source] aya::maps::MapError),
     #[error("kfree_skb raw tracepoint unavailable: {0}")]
     Tracepoint(String),
+    #[error("could not read the network namespace of the calling thread")]
+    Netns(#[source] std::io::Error),
+    #[error("could not count the possible CPUs (/sys/devices/system/cpu/possible)")]
+    Cpus(#[source] std::io::Error),
+    #[error("all {IFACE_SLOTS} interface counter slots are in use")]
+    SlotsFull,
+    #[error("interface index {ifindex} shares its configuration slot with interface {other}")]
+    SlotCollision { ifindex: u32, other: u32 },
 }
 
 /// Summed counters of one interface and direction.
@@ -77,13 +86,10 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn from_raw(raw: u32) -> Self {
-        if raw == direction::EGRESS {
-            Self::Egress
-        } else {
-            Self::Ingress
-        }
-    }
+    const BOTH: [(Self, u32); 2] = [
+        (Self::Ingress, direction::INGRESS),
+        (Self::Egress, direction::EGRESS),
+    ];
 }
 
 /// One flow, merged over CPUs.
@@ -103,6 +109,10 @@ pub struct Flow {
     pub ifindex: u32,
     pub tcp_flags: u8,
     pub df_oversize: bool,
+    /// Packets of this flow the kernel dropped while they were on this interface.
+    pub drops: u64,
+    /// The `enum skb_drop_reason` value of the last of those drops.
+    pub last_drop_reason: Option<u32>,
 }
 
 /// Options fixed at load time.
@@ -126,15 +136,26 @@ impl Default for ProbeOptions {
 /// The agent's eBPF programs, loaded; every attachment lives exactly as long as it does.
 pub struct Probe {
     ebpf: Ebpf,
+    /// Counter slot of each registered interface, by ifindex.
+    slots: BTreeMap<u32, u16>,
     /// Why drop counting is off, if it is.
     pub drops_unavailable: Option<String>,
+    /// Why drops are not attributed to interfaces and flows, if they are not.
+    pub drops_unattributed: Option<String>,
 }
 
 impl Probe {
     /// Loads and verifies the programs and starts counting drops; attaches to no interface.
     pub fn load(opts: ProbeOptions) -> Result<Self, FlowsError> {
+        // Without BTF the tracepoint cannot find the packet's device: drops are then counted
+        // per reason only.
+        let (offsets, drops_unattributed) = match btf::kernel_offsets() {
+            Ok(o) => (o, None),
+            Err(e) => (KernelOffsets::default(), Some(e.to_string())),
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS_MAP, opts.flow_table_size.max(1))
+            .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
             .load(OBJECT)
             .map_err(FlowsError::Load)?;
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
@@ -148,7 +169,9 @@ impl Probe {
         }
         let mut probe = Self {
             ebpf,
+            slots: BTreeMap::new(),
             drops_unavailable: None,
+            drops_unattributed,
         };
         if opts.drops
             && let Err(e) = probe.attach_drops()
@@ -178,27 +201,71 @@ impl Probe {
         Ok(())
     }
 
+    /// Makes `target` known to the programs (its MTU, class and a counter slot, zeroed) without
+    /// attaching to it: drops on it are then attributed to its class.
+    pub fn register(&mut self, target: &Target) -> Result<(), FlowsError> {
+        if self.slots.contains_key(&target.ifindex) {
+            return Ok(());
+        }
+        let used: std::collections::BTreeSet<u16> = self.slots.values().copied().collect();
+        let slot = (0..IFACE_SLOTS as u16)
+            .find(|s| !used.contains(s))
+            .ok_or(FlowsError::SlotsFull)?;
+        let index = target.ifindex % IFACE_CONFIG_SLOTS;
+        let cfg: Array<_, IfaceConfig> = self.map(IFACE_CONFIG_MAP)?;
+        let current = cfg
+            .get(&index, 0)
+            .map_err(|e| FlowsError::Map(IFACE_CONFIG_MAP, e))?;
+        if current.ifindex != 0 && current.ifindex != target.ifindex {
+            return Err(FlowsError::SlotCollision {
+                ifindex: target.ifindex,
+                other: current.ifindex,
+            });
+        }
+        let mut counters: PerCpuArray<_, IfaceCounters> = self.map_mut(IFACE_COUNTERS_MAP)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| FlowsError::Cpus(e))?;
+        for (_, raw) in Direction::BOTH {
+            let zeroes = PerCpuValues::try_from(vec![IfaceCounters::default(); cpus])
+                .map_err(FlowsError::Cpus)?;
+            counters
+                .set(u32::from(slot) * 2 + raw, zeroes, 0)
+                .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
+        }
+        let mut cfg: Array<_, IfaceConfig> = self.map_mut(IFACE_CONFIG_MAP)?;
+        cfg.set(
+            index,
+            IfaceConfig {
+                ifindex: target.ifindex,
+                netns: current_netns()?,
+                mtu: target.mtu,
+                counter_slot: slot,
+                class: target.class.raw(),
+                l3: u8::from(target.l3),
+            },
+            0,
+        )
+        .map_err(|e| FlowsError::Map(IFACE_CONFIG_MAP, e))?;
+        self.slots.insert(target.ifindex, slot);
+        Ok(())
+    }
+
+    /// Forgets an interface that is gone, returning its final counters; its slots are free
+    /// for the next interface.
+    pub fn release(&mut self, ifindex: u32) -> Result<Vec<(Direction, Counts)>, FlowsError> {
+        let counts = self.iface_counts(ifindex)?;
+        if self.slots.remove(&ifindex).is_some() {
+            let mut cfg: Array<_, IfaceConfig> = self.map_mut(IFACE_CONFIG_MAP)?;
+            cfg.set(ifindex % IFACE_CONFIG_SLOTS, IfaceConfig::default(), 0)
+                .map_err(|e| FlowsError::Map(IFACE_CONFIG_MAP, e))?;
+        }
+        Ok(counts)
+    }
+
     /// Attaches both directions to `target` (in the calling thread's network namespace).
     pub fn attach(&mut self, target: &Target) -> Result<(), FlowsError> {
         let iface = target.name.as_str();
-        {
-            let mut cfg: HashMap<_, u32, IfaceConfig> = HashMap::try_from(
-                self.ebpf
-                    .map_mut(IFACE_CONFIG_MAP)
-                    .ok_or(FlowsError::MissingMap(IFACE_CONFIG_MAP))?,
-            )
-            .map_err(|e| FlowsError::Map(IFACE_CONFIG_MAP, e))?;
-            cfg.insert(
-                target.ifindex,
-                IfaceConfig {
-                    mtu: target.mtu,
-                    l3: u32::from(target.l3),
-                },
-                0,
-            )
-            .map_err(|e| FlowsError::Map(IFACE_CONFIG_MAP, e))?;
-        }
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        self.register(target)?;
+        let tcx = AttachMode::current() == AttachMode::Tcx;
         if !tcx {
             // Pre-TCX kernels need the clsact qdisc; it may already exist (Felix's own, in
             // Calico eBPF mode), which is fine.
@@ -238,6 +305,18 @@ impl Probe {
             .map_err(|e| FlowsError::Map(name, e))
     }
 
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, FlowsError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        T::try_from(
+            self.ebpf
+                .map_mut(name)
+                .ok_or(FlowsError::MissingMap(name))?,
+        )
+        .map_err(|e| FlowsError::Map(name, e))
+    }
+
     /// Kernel ids of the loaded programs (to check from outside that they are gone).
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
@@ -247,41 +326,43 @@ impl Probe {
             .collect()
     }
 
-    /// Counters per (ifindex, direction), summed over all CPUs.
+    /// Counters per (ifindex, direction) of every registered interface, summed over all CPUs.
     pub fn counts(&self) -> Result<BTreeMap<(u32, Direction), Counts>, FlowsError> {
-        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = self.map(IFACE_COUNTERS_MAP)?;
         let mut out = BTreeMap::new();
-        for entry in map.iter() {
-            let (key, per_cpu) = entry.map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
-            out.insert(
-                (key.ifindex, Direction::from_raw(key.direction)),
-                sum_counters(per_cpu.iter()),
-            );
+        for &ifindex in self.slots.keys() {
+            for (dir, c) in self.iface_counts(ifindex)? {
+                out.insert((ifindex, dir), c);
+            }
         }
         Ok(out)
     }
 
-    /// One interface's counters as each CPU holds them (for tests and debugging).
-    pub fn counts_per_cpu(&self, ifindex: u32, dir: Direction) -> Result<Vec<Counts>, FlowsError> {
-        let map: PerCpuHashMap<_, IfaceKey, IfaceCounters> = self.map(IFACE_COUNTERS_MAP)?;
+    fn iface_counts(&self, ifindex: u32) -> Result<Vec<(Direction, Counts)>, FlowsError> {
+        Direction::BOTH
+            .iter()
+            .map(|&(dir, _)| Ok((dir, sum_counters(self.counts_per_cpu(ifindex, dir)?.iter()))))
+            .collect()
+    }
+
+    /// One interface's counters as each CPU holds them (empty if it is not registered).
+    pub fn counts_per_cpu(
+        &self,
+        ifindex: u32,
+        dir: Direction,
+    ) -> Result<Vec<IfaceCounters>, FlowsError> {
+        let Some(&slot) = self.slots.get(&ifindex) else {
+            return Ok(Vec::new());
+        };
         let raw = if dir == Direction::Egress {
             direction::EGRESS
         } else {
             direction::INGRESS
         };
+        let map: PerCpuArray<_, IfaceCounters> = self.map(IFACE_COUNTERS_MAP)?;
         let values = map
-            .get(
-                &IfaceKey {
-                    ifindex,
-                    direction: raw,
-                },
-                0,
-            )
+            .get(&(u32::from(slot) * 2 + raw), 0)
             .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
-        Ok(values
-            .iter()
-            .map(|v| sum_counters(std::iter::once(v)))
-            .collect())
+        Ok(values.iter().copied().collect())
     }
 
     /// Every flow in the table, merged over CPUs.
@@ -305,19 +386,31 @@ impl Probe {
             .sum())
     }
 
-    /// Drop counts per `enum skb_drop_reason` value, summed over CPUs (non-zero only).
-    pub fn drops(&self) -> Result<BTreeMap<u32, u64>, FlowsError> {
+    /// Drop counts per (class of the packet's device, `enum skb_drop_reason` value), summed
+    /// over CPUs (non-zero only).
+    pub fn drops(&self) -> Result<BTreeMap<(IfaceClass, u32), u64>, FlowsError> {
         let map: PerCpuArray<_, u64> = self.map(DROPS_MAP)?;
         let mut out = BTreeMap::new();
-        for (reason, values) in map.iter().enumerate() {
+        for (index, values) in (0u32..).zip(map.iter()) {
             let values = values.map_err(|e| FlowsError::Map(DROPS_MAP, e))?;
             let n: u64 = values.iter().sum();
             if n > 0 {
-                out.insert(u32::try_from(reason).unwrap_or(u32::MAX), n);
+                let class = IfaceClass::from_raw((index / DROP_REASONS_MAX) as u8);
+                out.insert((class, index % DROP_REASONS_MAX), n);
             }
         }
         Ok(out)
     }
+}
+
+/// Inode number of the calling thread's network namespace (threads may be in different ones).
+fn current_netns() -> Result<u32, FlowsError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata("/proc/thread-self/ns/net")
+        .map_err(FlowsError::Netns)?
+        .ino();
+    // Namespace inodes are 32-bit (proc_inum).
+    Ok(u32::try_from(ino).unwrap_or(u32::MAX))
 }
 
 /// Sums one key's per-CPU slots.
@@ -358,8 +451,18 @@ fn merge_flow_values<'a>(k: &FlowKey, values: impl Iterator<Item = &'a FlowValue
         ifindex: k.ifindex,
         tcp_flags: 0,
         df_oversize: false,
+        drops: 0,
+        last_drop_reason: None,
     };
-    for v in values.filter(|v| v.packets > 0) {
+    // A CPU that only saw a drop of the flow holds drops but no packets.
+    for v in values.filter(|v| v.packets > 0 || v.drops > 0) {
+        f.drops += u64::from(v.drops);
+        if v.drops > 0 {
+            f.last_drop_reason = Some(u32::from(v.last_drop_reason));
+        }
+        if v.packets == 0 {
+            continue;
+        }
         f.packets += v.packets;
         f.bytes += v.bytes;
         f.first_ns = if f.first_ns == 0 {
@@ -374,11 +477,33 @@ fn merge_flow_values<'a>(k: &FlowKey, values: impl Iterator<Item = &'a FlowValue
     f
 }
 
+/// How the TC programs attach on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX links at the head of the chain (Linux ≥ 6.6).
+    Tcx,
+    /// Filters on a clsact qdisc (older kernels).
+    Clsact,
+}
+
+impl AttachMode {
+    pub fn current() -> Self {
+        if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+            Self::Tcx
+        } else {
+            Self::Clsact
+        }
+    }
+}
+
 /// A probe plus the interfaces it follows: new workload interfaces are attached as they appear
-/// (each [`Session::refresh`]), vanished ones detach with their device.
+/// (each [`Session::refresh`]); vanished ones are released, their counts kept.
 pub struct Session {
     pub probe: Probe,
     pub targets: Vec<Target>,
+    /// Interfaces that went away, with their final counts.
+    pub retired: Vec<(Target, Vec<(Direction, Counts)>)>,
     only: Option<String>,
     pub notes: Vec<String>,
 }
@@ -389,17 +514,41 @@ impl Session {
         let mut notes = Vec::new();
         if let Some(why) = &probe.drops_unavailable {
             notes.push(format!("drops unavailable: {why}"));
+        } else if let Some(why) = &probe.drops_unattributed {
+            notes.push(format!(
+                "drops not attributed to interfaces or flows: {why}"
+            ));
         }
         Ok(Self {
             probe,
             targets: Vec::new(),
+            retired: Vec::new(),
             only: only.map(str::to_string),
             notes,
         })
     }
 
-    /// Attaches to the Calico interfaces present now that are not attached yet.
+    /// Attaches to the Calico interfaces present now that are not attached yet, and releases
+    /// the ones that are gone.
     pub fn refresh(&mut self, obs: &crate::observed::ObservedDataplane) {
+        let (live, gone): (Vec<Target>, Vec<Target>) = std::mem::take(&mut self.targets)
+            .into_iter()
+            .partition(|t| {
+                obs.links
+                    .iter()
+                    .any(|l| l.index == t.ifindex && l.name == t.name)
+            });
+        self.targets = live;
+        for t in gone {
+            match self.probe.release(t.ifindex) {
+                Ok(counts) => self.retired.push((t, counts)),
+                Err(e) => self.notes.push(format!(
+                    "counts of {} lost when it went away: {}",
+                    t.name,
+                    crate::observed::error_chain(&e)
+                )),
+            }
+        }
         for t in targets::select(obs, self.only.as_deref()) {
             if self.targets.iter().any(|a| a.ifindex == t.ifindex) {
                 continue;
@@ -429,14 +578,23 @@ impl Session {
                 "drop reason names unavailable (no /sys/kernel/btf/vmlinux): codes shown".into(),
             );
         }
+        let mut counts = self.probe.counts()?;
+        let mut targets = self.targets.clone();
+        for (t, final_counts) in &self.retired {
+            for (dir, c) in final_counts {
+                counts.insert((t.ifindex, *dir), *c);
+            }
+            targets.push(t.clone());
+        }
         let mut r = report::build(
             node,
             window_seconds,
-            &self.targets,
-            &self.probe.counts()?,
+            &targets,
+            &counts,
             self.probe.flows()?,
             top,
             drops,
+            names.as_ref(),
             notes,
         );
         r.tcp_retransmits = self.probe.retransmits()?;
@@ -494,7 +652,8 @@ mod tests {
             last_ns: 90,
             tcp_flags: 0x02,
             flags: 0,
-            _pad: [0; 6],
+            drops: 0,
+            last_drop_reason: 0,
         };
         let cpu1 = FlowValue {
             packets: 3,
@@ -503,13 +662,21 @@ mod tests {
             last_ns: 120,
             tcp_flags: 0x10,
             flags: 1,
-            _pad: [0; 6],
+            drops: 1,
+            last_drop_reason: 9,
         };
-        let f = merge_flow_values(&key, [FlowValue::default(), cpu0, cpu1].iter());
+        // A third CPU saw only a drop.
+        let cpu2 = FlowValue {
+            drops: 2,
+            last_drop_reason: 12,
+            ..FlowValue::default()
+        };
+        let f = merge_flow_values(&key, [FlowValue::default(), cpu0, cpu1, cpu2].iter());
         assert_eq!(
             (f.packets, f.bytes, f.first_ns, f.last_ns, f.ifindex),
             (5, 500, 40, 120, 5)
         );
+        assert_eq!((f.drops, f.last_drop_reason), (3, Some(12)));
         assert_eq!((f.tcp_flags, f.df_oversize), (0x12, true));
         assert_eq!(
             (f.src, f.dst, f.sport, f.dport),

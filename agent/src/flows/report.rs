@@ -11,6 +11,8 @@ use super::{Counts, Direction, Flow, IfaceClass, Target};
 pub struct FlowsReport {
     pub node: String,
     pub window_seconds: u64,
+    /// How the TC programs were attached on this kernel.
+    pub attach: super::AttachMode,
     pub interfaces: Vec<IfaceRow>,
     /// Largest first (by bytes).
     pub flows: Vec<FlowRow>,
@@ -37,32 +39,56 @@ pub struct FlowRow {
     pub iface: String,
     #[serde(flatten)]
     pub flow: Flow,
+    /// The kernel's name for the flow's last drop reason, when it had drops.
+    pub drop_reason: Option<String>,
 }
 
+/// Drops of one kernel reason, with how many happened on each class of interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DropRow {
     pub reason: String,
     pub code: u32,
     pub count: u64,
+    pub by_class: BTreeMap<IfaceClass, u64>,
 }
 
-/// Names drop reason codes with the kernel's enum (from BTF); unknown codes stay numeric.
+/// The kernel's name for a drop reason code (from BTF), or the number when it has none.
+fn reason_name(code: u32, names: Option<&BTreeMap<u32, String>>) -> String {
+    names
+        .and_then(|n| n.get(&code).cloned())
+        .unwrap_or_else(|| format!("reason {code}"))
+}
+
+/// One row per drop reason, most frequent first, named with the kernel's enum (from BTF);
+/// unknown codes stay numeric.
 pub fn name_drops(
-    drops: &BTreeMap<u32, u64>,
+    drops: &BTreeMap<(IfaceClass, u32), u64>,
     names: Option<&BTreeMap<u32, String>>,
 ) -> Vec<DropRow> {
-    let mut rows: Vec<DropRow> = drops
-        .iter()
-        .map(|(code, count)| DropRow {
-            reason: names
-                .and_then(|n| n.get(code).cloned())
-                .unwrap_or_else(|| format!("reason {code}")),
-            code: *code,
-            count: *count,
-        })
-        .collect();
+    let mut by_code: BTreeMap<u32, DropRow> = BTreeMap::new();
+    for (&(class, code), &count) in drops {
+        let row = by_code.entry(code).or_insert_with(|| DropRow {
+            reason: reason_name(code, names),
+            code,
+            count: 0,
+            by_class: BTreeMap::new(),
+        });
+        row.count += count;
+        *row.by_class.entry(class).or_default() += count;
+    }
+    let mut rows: Vec<DropRow> = by_code.into_values().collect();
     rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
     rows
+}
+
+/// `workload 3, host 1`: where a reason's drops happened, most first.
+pub fn class_breakdown(by_class: &BTreeMap<IfaceClass, u64>) -> String {
+    let mut v: Vec<_> = by_class.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(c, n)| format!("{} {n}", c.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[allow(
@@ -77,6 +103,7 @@ pub fn build(
     mut flows: Vec<Flow>,
     top: usize,
     drops: Vec<DropRow>,
+    reason_names: Option<&BTreeMap<u32, String>>,
     notes: Vec<String>,
 ) -> FlowsReport {
     let name_of = |ifindex: u32| targets.iter().find(|t| t.ifindex == ifindex);
@@ -92,19 +119,27 @@ pub fn build(
         })
         .collect();
     let flows_total = flows.len();
-    flows.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.packets.cmp(&a.packets)));
+    // Flows with drops first: they are what an operator chasing loss looks for.
+    flows.sort_by(|a, b| {
+        b.drops
+            .cmp(&a.drops)
+            .then(b.bytes.cmp(&a.bytes))
+            .then(b.packets.cmp(&a.packets))
+    });
     let flows = flows
         .into_iter()
         .take(top)
         .map(|f| FlowRow {
             iface: name_of(f.ifindex)
                 .map_or_else(|| format!("if{}", f.ifindex), |t| t.name.clone()),
+            drop_reason: f.last_drop_reason.map(|c| reason_name(c, reason_names)),
             flow: f,
         })
         .collect();
     FlowsReport {
         node: node.to_string(),
         window_seconds,
+        attach: super::AttachMode::current(),
         interfaces,
         flows,
         flows_total,
@@ -127,8 +162,14 @@ pub fn text(r: &FlowsReport, drops_only: bool) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "node {}: traffic over the last {} s",
-        r.node, r.window_seconds
+        "node {}: traffic over the last {} s (TC programs attached with {})",
+        r.node,
+        r.window_seconds,
+        if r.attach == super::AttachMode::Tcx {
+            "tcx"
+        } else {
+            "clsact"
+        }
     );
     if !drops_only {
         let _ = writeln!(o, "\nINTERFACES");
@@ -152,7 +193,7 @@ pub fn text(r: &FlowsReport, drops_only: bool) -> String {
         }
         let _ = writeln!(
             o,
-            "\nTOP FLOWS ({} of {}, by bytes)",
+            "\nTOP FLOWS ({} of {}, dropped first, then by bytes)",
             r.flows.len(),
             r.flows_total
         );
@@ -166,24 +207,39 @@ pub fn text(r: &FlowsReport, drops_only: bool) -> String {
             } else {
                 format!("{}:{} -> {}:{}", fl.src, fl.sport, fl.dst, fl.dport)
             };
+            let dropped = match (&f.drop_reason, fl.drops) {
+                (_, 0) => String::new(),
+                (Some(r), n) => format!("  DROPPED {n} ({r})"),
+                (None, n) => format!("  DROPPED {n}"),
+            };
             let _ = writeln!(
                 o,
-                "  {:<5} {:<46} {:<16} {:>8} pkts {:>10} B{}",
+                "  {:<5} {:<46} {:<16} {:>8} pkts {:>10} B{}{}",
                 proto_name(fl.proto),
                 ends,
                 f.iface,
                 fl.packets,
                 fl.bytes,
-                if fl.df_oversize { "  DF>MTU" } else { "" }
+                if fl.df_oversize { "  DF>MTU" } else { "" },
+                dropped
             );
         }
     }
-    let _ = writeln!(o, "\nDROPS (whole node, by kernel drop reason)");
+    let _ = writeln!(
+        o,
+        "\nDROPS (whole node, by kernel drop reason; where: interface class)"
+    );
     if r.drops.is_empty() {
         let _ = writeln!(o, "  none");
     }
     for d in &r.drops {
-        let _ = writeln!(o, "  {:<28} {:>10}", d.reason, d.count);
+        let _ = writeln!(
+            o,
+            "  {:<28} {:>10}  ({})",
+            d.reason,
+            d.count,
+            class_breakdown(&d.by_class)
+        );
     }
     let _ = writeln!(
         o,
@@ -201,8 +257,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drops_are_named_and_sorted() {
-        let drops = BTreeMap::from([(2, 5), (12, 40), (999, 1)]);
+    fn drops_are_named_sorted_and_split_by_class() {
+        let drops = BTreeMap::from([
+            ((IfaceClass::Host, 2), 5),
+            ((IfaceClass::Workload, 12), 30),
+            ((IfaceClass::Tunnel, 12), 10),
+            ((IfaceClass::Host, 999), 1),
+        ]);
         let names = BTreeMap::from([
             (2, "NOT_SPECIFIED".to_string()),
             (12, "NETFILTER_DROP".to_string()),
@@ -214,19 +275,26 @@ mod tests {
                 DropRow {
                     reason: "NETFILTER_DROP".into(),
                     code: 12,
-                    count: 40
+                    count: 40,
+                    by_class: BTreeMap::from([
+                        (IfaceClass::Tunnel, 10),
+                        (IfaceClass::Workload, 30)
+                    ]),
                 },
                 DropRow {
                     reason: "NOT_SPECIFIED".into(),
                     code: 2,
-                    count: 5
+                    count: 5,
+                    by_class: BTreeMap::from([(IfaceClass::Host, 5)]),
                 },
                 DropRow {
                     reason: "reason 999".into(),
                     code: 999,
-                    count: 1
+                    count: 1,
+                    by_class: BTreeMap::from([(IfaceClass::Host, 1)]),
                 },
             ]
         );
+        assert_eq!(class_breakdown(&rows[0].by_class), "workload 30, tunnel 10");
     }
 }

@@ -11,10 +11,47 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IfaceClass {
+    /// Not one of the interfaces the agent follows (drops only).
+    Host,
     Tunnel,
     Underlay,
     Workload,
     Other,
+}
+
+impl IfaceClass {
+    /// The value the eBPF programs use ([`agent_common::iface_class`]).
+    pub fn raw(self) -> u8 {
+        use agent_common::iface_class as c;
+        match self {
+            Self::Host => c::HOST,
+            Self::Tunnel => c::TUNNEL,
+            Self::Underlay => c::UNDERLAY,
+            Self::Workload => c::WORKLOAD,
+            Self::Other => c::OTHER,
+        }
+    }
+
+    pub fn from_raw(raw: u8) -> Self {
+        use agent_common::iface_class as c;
+        match raw {
+            c::TUNNEL => Self::Tunnel,
+            c::UNDERLAY => Self::Underlay,
+            c::WORKLOAD => Self::Workload,
+            c::OTHER => Self::Other,
+            _ => Self::Host,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Tunnel => "tunnel",
+            Self::Underlay => "underlay",
+            Self::Workload => "workload",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// An interface to attach to, with what the programs need to know about it.

@@ -98,6 +98,19 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
     obs
 }
 
+/// Only the links and routes: what choosing the interfaces to attach to needs, cheap enough
+/// to repeat every second.
+pub async fn read_interfaces() -> Result<ObservedDataplane, netlink::NetlinkError> {
+    let nl = Netlink::open()?;
+    let links = nl.links().await?;
+    let routes = nl.routes(&links).await?;
+    Ok(ObservedDataplane {
+        links,
+        routes,
+        ..Default::default()
+    })
+}
+
 async fn read_netlink(
     nl: &Netlink,
     obs: &mut ObservedDataplane,
