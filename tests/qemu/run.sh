@@ -14,7 +14,10 @@
 #   QEMU_TIMEOUT        seconds before the VM is killed                            [300]
 #   QEMU_MEM            guest memory in MiB                                        [1024]
 #   QEMU_SMP            guest CPUs                                                 [1]
-#   QEMU_ACCEL          kvm | tcg | auto (kvm if /dev/kvm is usable, else tcg)     [auto]
+#   QEMU_ACCEL          kvm | tcg | auto: kvm if /dev/kvm is usable and boots (a host where it
+#                       hangs or aborts is remembered in $QEMU_CACHE/kvm-broken.<uname -r>) [auto]
+#   QEMU_KVM_PROBE      seconds KVM gets to reach /init before auto falls back to TCG   [20]
+#   QEMU_CPU            -cpu model                                   [host (kvm), max (tcg)]
 #   QEMU_MODULES        kernel modules (with their dependencies) to put in the initramfs,
 #                       space separated, or "all" for the whole tree
 #                       [veth sch_ingress cls_bpf act_bpf ipip wireguard vxlan nf_conntrack]
@@ -52,7 +55,7 @@ TIMEOUT=${QEMU_TIMEOUT:-300}
 MEM=${QEMU_MEM:-1024}
 SMP=${QEMU_SMP:-1}
 ACCEL=${QEMU_ACCEL:-auto}
-CPU=${QEMU_CPU:-max}
+CPU=${QEMU_CPU:-} # default: host with KVM, max with TCG
 MODULES=${QEMU_MODULES:-veth sch_ingress cls_bpf act_bpf ipip wireguard vxlan nf_conntrack}
 read -r -a TOOLS <<<"${QEMU_TOOLS:-ip tc bpftool wg}"
 
@@ -308,32 +311,85 @@ note "initramfs $(du -h "$INITRD" | cut -f1) ($(find "$ROOT/lib/modules" -name '
 # ---------------------------------------------------------------------------------------------
 
 kvm_usable() { [ -c /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; }
+
+# Whether KVM was seen not to boot on this host kernel (nested KVM can be broken: the guest
+# hangs before its first line, or QEMU aborts setting an MSR). Then auto uses TCG directly.
+KVM_STAMP=$CACHE/kvm-broken.$(uname -r)
+
+BIOS_ARGS=()
+for d in /usr/share/qemu /usr/share/seabios; do
+    if [ -f "$d/qboot.rom" ]; then
+        BIOS_ARGS=(-bios qboot.rom) # minimal and silent; SeaBIOS clears the screen
+        break
+    fi
+done
+
+# Starts the VM in the background with the given accelerator: sets QPID, TAILPID and RAW.
+boot() {
+    local accel=$1 cpu=$CPU
+    if [ -z "$cpu" ]; then
+        if [ "$accel" = kvm ]; then cpu=host; else cpu=max; fi
+    fi
+    RAW=$WORK/console.$accel.raw
+    : >"$RAW"
+    note "booting ($accel, -cpu $cpu, ${MEM}M, $SMP cpu, timeout ${TIMEOUT}s)"
+    timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
+        -accel "$accel" -cpu "$cpu" -m "$MEM" -smp "$SMP" \
+        -nographic -no-reboot -nodefaults -serial stdio "${BIOS_ARGS[@]}" \
+        -kernel "$KDIR/vmlinuz" -initrd "$INITRD" \
+        -append "console=ttyS0 quiet panic=-1 ${QEMU_APPEND:-}" \
+        </dev/null >"$RAW" 2>&1 &
+    QPID=$!
+    tail -s 0.1 -n +1 -f --pid="$QPID" "$RAW" | sed -u 's/\r$//' &
+    TAILPID=$!
+}
+
+# Waits for the VM; QRC is its exit status.
+finish() {
+    set +e
+    wait "$QPID"
+    QRC=$?
+    set -e
+    QPID=''
+    wait "$TAILPID" || true
+    TAILPID=''
+}
+
 case $ACCEL in
-auto) if kvm_usable; then ACCEL_ARGS=(-accel kvm -accel tcg); else ACCEL_ARGS=(-accel tcg); fi ;;
-kvm) ACCEL_ARGS=(-accel kvm) ;;
-tcg) ACCEL_ARGS=(-accel tcg) ;;
+auto)
+    if kvm_usable && [ ! -e "$KVM_STAMP" ]; then
+        boot kvm
+        # A working KVM reaches /init in a few seconds; give it KVM_PROBE before falling back.
+        started=''
+        for _ in $(seq $((${QEMU_KVM_PROBE:-20} * 5))); do
+            if grep -a 'QEMU-GUEST-START' "$RAW" >/dev/null; then
+                started=1
+                break
+            fi
+            kill -0 "$QPID" 2>/dev/null || break
+            sleep 0.2
+        done
+        if [ -n "$started" ]; then
+            finish
+        else
+            kill "$QPID" 2>/dev/null || true
+            finish
+            echo "KVM did not reach /init within ${QEMU_KVM_PROBE:-20}s (qemu status $QRC)" >"$KVM_STAMP"
+            note "KVM does not boot on this host; falling back to TCG (remembered in $KVM_STAMP)"
+            boot tcg
+            finish
+        fi
+    else
+        boot tcg
+        finish
+    fi
+    ;;
+kvm | tcg)
+    boot "$ACCEL"
+    finish
+    ;;
 *) die "QEMU_ACCEL must be auto, kvm or tcg (got '$ACCEL')" ;;
 esac
-
-RAW=$WORK/console.raw
-: >"$RAW"
-note "booting (${ACCEL_ARGS[*]}, ${MEM}M, ${SMP} cpu, timeout ${TIMEOUT}s)"
-timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
-    "${ACCEL_ARGS[@]}" -cpu "$CPU" -m "$MEM" -smp "$SMP" \
-    -nographic -no-reboot -nodefaults -serial stdio -bios qboot.rom \
-    -kernel "$KDIR/vmlinuz" -initrd "$INITRD" \
-    -append "console=ttyS0 quiet panic=-1 ${QEMU_APPEND:-}" \
-    </dev/null >"$RAW" 2>&1 &
-QPID=$!
-tail -s 0.1 -n +1 -f --pid="$QPID" "$RAW" | sed -u 's/\r$//' &
-TAILPID=$!
-set +e
-wait "$QPID"
-QRC=$?
-set -e
-QPID=''
-wait "$TAILPID" || true
-TAILPID=''
 
 tr -d '\r' <"$RAW" >"$WORK/console.log"
 [ -z "${QEMU_LOG:-}" ] || cp "$WORK/console.log" "$QEMU_LOG"

@@ -1,12 +1,14 @@
 //! Flow and drop accounting in the lab: pings between pods on different nodes appear exactly
-//! in the flow table at every hop of node-a; a DROP rule shows up under the kernel's
-//! NETFILTER_DROP reason; a pod sending DF packets above the tunnel MTU is an MTU signal.
+//! in the interface counters and the flow table at every hop of node-a; a DROP rule shows up
+//! under the kernel's NETFILTER_DROP reason, on the workload class and on the dropped flow; a
+//! pod sending DF packets above the tunnel MTU is an MTU signal, which `diag` correlates with
+//! the mtu finding.
 
 use agent::{
-    flows::{Direction, ProbeOptions, Session, report::FlowsReport},
+    flows::{Direction, IfaceClass, ProbeOptions, Session, report::FlowsReport},
     observed,
 };
-use integration_tests::{LabGuard, in_netns};
+use integration_tests::{LabGuard, in_netns, sysctl};
 use xtask::{lab::Fault, sh};
 
 const PINGS: u64 = 20;
@@ -25,6 +27,14 @@ fn with_probe(lab: &LabGuard, traffic: impl FnOnce() + Send + 'static) -> FlowsR
         traffic();
         session.report(&node.name, 0, 1000).expect("report")
     })
+}
+
+/// Turns IPv6 off in every namespace of the lab (switch, nodes and pods), so that no
+/// link-local, router-solicitation or MLD packet lands in the exact counts.
+fn ipv4_only(lab: &LabGuard) {
+    for ns in lab.0.spec.all_netns() {
+        sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1");
+    }
 }
 
 fn pod_ping(lab: &LabGuard, args: &[&str]) -> bool {
@@ -64,7 +74,9 @@ fn pod_to_pod_pings_are_counted_exactly_at_every_hop() {
         lab.0.spec.nodes[0].pods[0].clone(),
         lab.0.spec.nodes[1].pods[0].clone(),
     );
-    // Resolve the pods' gateways first, so that only the pings themselves are counted.
+    ipv4_only(&lab);
+    // Resolve the pods' gateways and the nodes' ARP first, so that only the pings themselves
+    // are counted.
     assert!(pod_ping(&lab, &["-c", "1", "-W", "2"]));
     let (pod_ns, to) = (a1.netns.clone(), b1.ip.to_string());
     let r = with_probe(&lab, move || {
@@ -102,12 +114,25 @@ fn pod_to_pod_pings_are_counted_exactly_at_every_hop() {
         .map(|f| f.flow.packets)
         .sum();
     assert_eq!(vxlan_out, PINGS);
-    let tunnel_in = r
-        .interfaces
-        .iter()
-        .find(|i| i.iface == "vxlan.calico" && i.direction == Direction::Ingress)
-        .expect("counters");
-    assert!(tunnel_in.counts.packets >= PINGS, "{tunnel_in:?}");
+    // Every interface saw exactly the pings, nothing else: 98-byte frames (84 IPv4 + 14
+    // Ethernet) on the veth and the tunnel; on the underlay each is wrapped in 50 bytes of
+    // outer Ethernet, IPv4, UDP and VXLAN headers.
+    let counted = |iface: &str, dir: Direction| {
+        r.interfaces
+            .iter()
+            .find(|i| i.iface == iface && i.direction == dir)
+            .map(|i| (i.counts.packets, i.counts.bytes))
+    };
+    for (iface, frame) in [(a1.veth.as_str(), 98), ("vxlan.calico", 98), ("eth0", 148)] {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            assert_eq!(
+                counted(iface, dir),
+                Some((PINGS, PINGS * frame)),
+                "{iface} {dir:?}: {:#?}",
+                r.interfaces
+            );
+        }
+    }
 }
 
 #[test]
@@ -163,8 +188,34 @@ fn a_drop_rule_is_counted_under_netfilter_drop() {
         .iter()
         .find(|d| d.reason == "NETFILTER_DROP")
         .expect("NETFILTER_DROP counted");
-    // Drops are counted node-wide: other traffic may add to it, never subtract.
+    // Drops are counted node-wide: other traffic may add to it, never subtract. The FORWARD
+    // chain drops the echo while it is on the pod's veth: the workload class.
     assert!(nf.count >= PINGS, "{:?}", r.drops);
+    assert!(
+        nf.by_class.get(&IfaceClass::Workload).copied().unwrap_or(0) >= PINGS,
+        "{:?}",
+        r.drops
+    );
+    // The dropped flow carries its drops and the reason.
+    let echo = r
+        .flows
+        .iter()
+        .find(|f| {
+            f.iface == a1.veth && f.flow.proto == 1 && f.flow.sport == 8 && f.flow.dst == b1.ip
+        })
+        .expect("echo flow on the veth");
+    assert_eq!(
+        (echo.flow.drops, echo.drop_reason.as_deref()),
+        (PINGS, Some("NETFILTER_DROP")),
+        "{echo:?}"
+    );
+    // Dropped flows are listed first.
+    assert_eq!(r.flows[0].flow.drops, PINGS);
+    assert!(
+        r.flows.iter().filter(|f| f.flow.drops > 0).count() == 1,
+        "{:#?}",
+        r.flows
+    );
     assert_eq!(
         packets(
             &r,
@@ -231,5 +282,56 @@ fn df_packets_above_the_tunnel_mtu_are_an_mtu_signal() {
             .iter()
             .any(|f| f.iface == a1.veth && f.flow.df_oversize),
         "flow not marked"
+    );
+}
+
+/// `diag`'s traffic sample on node-a while a pod sends DF packets above the tunnel MTU: the
+/// mtu finding is confirmed by the signal. Without the fault, the same traffic (small
+/// packets) gives neither finding nor correlation.
+#[test]
+fn diag_correlates_mtu_signals_with_the_mtu_finding() {
+    let lab = LabGuard::up("fc");
+    let node = lab.0.spec.nodes[0].clone();
+    let a1 = node.pods[0].clone();
+    assert!(pod_ping(&lab, &["-c", "1", "-W", "2"]));
+    let to = lab.0.spec.nodes[1].pods[0].ip.to_string();
+    let sample = |size: &'static str| {
+        let (node, pod_ns, to) = (node.clone(), a1.netns.clone(), to.clone());
+        in_netns(&node.netns, move |rt| {
+            let traffic = std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                sh::ok(&[
+                    "ip", "netns", "exec", &pod_ns, "ping", "-q", "-M", "do", "-s", size, "-c",
+                    "2", "-i", "0.2", "-W", "1", &to,
+                ])
+            });
+            let mut t = rt
+                .block_on(agent::analysis::sample_traffic(&node.name, 2))
+                .expect("traffic sample");
+            let _ = traffic.join();
+            let obs = rt.block_on(observed::read_live(&node.name));
+            let policy = agent::verify::Policy {
+                now: 0,
+                conntrack_pressure: agent::verify::DEFAULT_CONNTRACK_PRESSURE,
+            };
+            let a = agent::analysis::analyse(&obs, None, &policy);
+            t.mtu_correlation = agent::analysis::correlate_mtu(a.verification.as_ref(), &t);
+            t
+        })
+    };
+    let healthy = sample("56");
+    assert!(healthy.mtu_signals.is_empty(), "{healthy:#?}");
+    assert!(healthy.mtu_correlation.is_empty(), "{healthy:#?}");
+
+    lab.0
+        .fault(&node.name, Fault::PodMtu)
+        .expect("host side 1500");
+    sh::run(&["ip", "-n", &a1.netns, "link", "set", "eth0", "mtu", "1500"]).expect("pod side 1500");
+    let faulty = sample("1460");
+    assert_eq!(faulty.mtu_correlation.len(), 1, "{faulty:#?}");
+    let line = &faulty.mtu_correlation[0];
+    assert!(
+        line.starts_with("confirmed: mtu.workload.mismatch") && line.contains(&a1.veth),
+        "{line}"
     );
 }
