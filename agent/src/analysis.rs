@@ -174,3 +174,94 @@ pub fn analyse(obs: &ObservedDataplane, expected: Option<&Expected>, policy: &Po
         traffic_unavailable: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        flows::{Counts, Direction, IfaceClass, report::{DropRow, IfaceRow}},
+        verify::{CheckId, Finding, Severity},
+    };
+
+    fn sample(signals: Vec<IfaceRow>, drops: Vec<DropRow>) -> TrafficSample {
+        TrafficSample {
+            seconds: 1,
+            drops,
+            tcp_retransmits: 0,
+            mtu_signals: signals,
+            dropped_flows: Vec::new(),
+            mtu_correlation: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn verification(checks: &[CheckId]) -> Verification {
+        Verification {
+            findings: checks
+                .iter()
+                .map(|c| Finding::new(*c, Severity::Warning, "cali1"))
+                .collect(),
+            skipped: Vec::new(),
+            with_datastore: false,
+            notes: Vec::new(),
+        }
+    }
+
+    fn oversize_on_cali1() -> IfaceRow {
+        IfaceRow {
+            iface: "cali1".into(),
+            class: IfaceClass::Workload,
+            direction: Direction::Ingress,
+            counts: Counts {
+                packets: 10,
+                bytes: 15000,
+                df_oversize: 3,
+                icmp_frag_needed: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_finding_with_signals_is_confirmed() {
+        let v = verification(&[CheckId::MtuWorkloadMismatch]);
+        let got = correlate_mtu(Some(&v), &sample(vec![oversize_on_cali1()], Vec::new()));
+        assert_eq!(
+            got,
+            ["confirmed: mtu.workload.mismatch cali1 is costing packets now: 3 DF packets above the MTU on cali1 (in)"]
+        );
+    }
+
+    #[test]
+    fn a_finding_without_signals_has_not_cost_packets_yet() {
+        let v = verification(&[CheckId::MtuTunnelMismatch]);
+        let got = correlate_mtu(Some(&v), &sample(Vec::new(), Vec::new()));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("mtu.tunnel.mismatch cali1 has not cost packets"), "{got:?}");
+    }
+
+    #[test]
+    fn signals_without_a_finding_point_past_the_node() {
+        let too_big = DropRow {
+            reason: PKT_TOO_BIG.into(),
+            code: 40,
+            count: 2,
+            by_class: BTreeMap::from([(IfaceClass::Tunnel, 2)]),
+        };
+        let v = verification(&[CheckId::RouteMissing]);
+        let got = correlate_mtu(Some(&v), &sample(Vec::new(), vec![too_big]));
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("MTU signals without an mtu finding: 2 drops PKT_TOO_BIG"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn nothing_to_say_without_findings_or_signals() {
+        let v = verification(&[CheckId::RouteMissing]);
+        assert!(correlate_mtu(Some(&v), &sample(Vec::new(), Vec::new())).is_empty());
+        assert!(correlate_mtu(None, &sample(Vec::new(), Vec::new())).is_empty());
+    }
+}
