@@ -109,7 +109,7 @@ pub async fn sample_traffic(
 ) -> Result<TrafficSample, crate::flows::FlowsError> {
     let opts = crate::flows::ProbeOptions {
         flow_table_size: 16384,
-        drops: true,
+        ..crate::flows::ProbeOptions::default()
     };
     let mut session = crate::flows::Session::start(opts, None)?;
     match crate::observed::read_interfaces().await {

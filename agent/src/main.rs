@@ -80,6 +80,11 @@ struct FlowsArgs {
     /// Do not load eBPF programs (flows are then unavailable).
     #[arg(long, env = "AGENT_NO_EBPF")]
     no_ebpf: bool,
+    /// Attach a program that does nothing instead of the counting ones (nothing is counted):
+    /// with `kernel.bpf_stats_enabled=1`, its run time is what any TC program costs on this
+    /// node, the floor under ours.
+    #[arg(long)]
+    calibrate: bool,
     /// Print JSON instead of text.
     #[arg(long, env = "AGENT_JSON")]
     json: bool,
@@ -332,6 +337,7 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     let opts = agent::flows::ProbeOptions {
         flow_table_size: args.flow_table_size,
         drops: true,
+        calibrate: args.calibrate,
     };
     let mut session = match agent::flows::Session::start(opts, args.iface.as_deref()) {
         Ok(s) => s,

@@ -224,6 +224,7 @@ fn the_flow_table_stays_bounded_under_a_flood_of_unique_flows() {
         let mut probe = Probe::load(ProbeOptions {
             flow_table_size: 64,
             drops: false,
+            ..ProbeOptions::default()
         })
         .expect("load");
         probe.attach(&target).expect("attach");

@@ -18,7 +18,7 @@ use agent_common::{
     DROP_REASONS_MAX, DROPS_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowKey, FlowValue,
     IFACE_CONFIG_MAP, IFACE_CONFIG_SLOTS, IFACE_COUNTERS_MAP, IFACE_SLOTS, IfaceConfig,
     IfaceCounters, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROG_KFREE_SKB, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_TCP_RETRANSMIT, RETRANSMITS_MAP, direction,
+    PROG_TC_INGRESS, PROG_TC_NOOP, PROG_TCP_RETRANSMIT, RETRANSMITS_MAP, direction,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -122,6 +122,9 @@ pub struct ProbeOptions {
     pub flow_table_size: u32,
     /// Also count drops with the `kfree_skb` raw tracepoint.
     pub drops: bool,
+    /// Attach a program that does nothing instead of the counting ones: what any TC program
+    /// costs on this node, the floor under ours (`cargo xtask bench` measures both).
+    pub calibrate: bool,
 }
 
 impl Default for ProbeOptions {
@@ -129,6 +132,7 @@ impl Default for ProbeOptions {
         Self {
             flow_table_size: FLOWS_DEFAULT_MAX,
             drops: true,
+            calibrate: false,
         }
     }
 }
@@ -136,6 +140,7 @@ impl Default for ProbeOptions {
 /// The agent's eBPF programs, loaded; every attachment lives exactly as long as it does.
 pub struct Probe {
     ebpf: Ebpf,
+    calibrate: bool,
     /// Counter slot of each registered interface, by ifindex.
     slots: BTreeMap<u32, u16>,
     /// Why drop counting is off, if it is.
@@ -158,7 +163,7 @@ impl Probe {
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
             .load(OBJECT)
             .map_err(FlowsError::Load)?;
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_NOOP] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(FlowsError::MissingProgram(name))?
@@ -169,6 +174,7 @@ impl Probe {
         }
         let mut probe = Self {
             ebpf,
+            calibrate: opts.calibrate,
             slots: BTreeMap::new(),
             drops_unavailable: None,
             drops_unattributed,
@@ -271,9 +277,14 @@ impl Probe {
             // Calico eBPF mode), which is fine.
             let _ = tc::qdisc_add_clsact(iface);
         }
+        let (ingress, egress) = if self.calibrate {
+            (PROG_TC_NOOP, PROG_TC_NOOP)
+        } else {
+            (PROG_TC_INGRESS, PROG_TC_EGRESS)
+        };
         for (name, attach_type, dir) in [
-            (PROG_TC_INGRESS, TcAttachType::Ingress, "ingress"),
-            (PROG_TC_EGRESS, TcAttachType::Egress, "egress"),
+            (ingress, TcAttachType::Ingress, "ingress"),
+            (egress, TcAttachType::Egress, "egress"),
         ] {
             let prog: &mut SchedClassifier = self
                 .ebpf
