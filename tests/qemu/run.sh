@@ -107,7 +107,7 @@ candidates() {
 cached_release() {
     local d
     for d in "$CACHE/$SERIES".*/.ready "$CACHE/$SERIES"-*/.ready; do
-        [ -e "$d" ] && basename "$(dirname "$d")"
+        if [ -e "$d" ]; then basename "$(dirname "$d")"; fi
     done | sort -rV | head -n 1
 }
 
@@ -237,7 +237,7 @@ if [ "$MODULES" = all ]; then
 else
     mkdir -p "$MODDST"
     for f in modules.order modules.builtin modules.builtin.modinfo; do
-        [ -f "$MODSRC/$f" ] && cp "$MODSRC/$f" "$MODDST/$f"
+        if [ -f "$MODSRC/$f" ]; then cp "$MODSRC/$f" "$MODDST/$f"; fi
     done
     for m in $MODULES; do
         deps=$(modprobe -d "$KDIR" -S "$RELEASE" --show-depends "$m" 2>&1) ||
@@ -347,7 +347,7 @@ boot() {
 # Waits for the VM; QRC is its exit status.
 finish() {
     set +e
-    wait "$QPID"
+    wait "$QPID" 2>/dev/null # (bash's "Aborted" job notice; QEMU's own message is in RAW)
     QRC=$?
     set -e
     QPID=''
@@ -374,7 +374,11 @@ auto)
         else
             kill "$QPID" 2>/dev/null || true
             finish
-            echo "KVM did not reach /init within ${QEMU_KVM_PROBE:-20}s (qemu status $QRC)" >"$KVM_STAMP"
+            if [ "$QRC" -eq 143 ] || [ "$QRC" -eq 124 ]; then
+                echo "KVM guest did not reach /init within ${QEMU_KVM_PROBE:-20}s" >"$KVM_STAMP"
+            else
+                echo "qemu -accel kvm exited with $QRC before /init: $(grep -a -m1 -i error "$RAW")" >"$KVM_STAMP"
+            fi
             note "KVM does not boot on this host; falling back to TCG (remembered in $KVM_STAMP)"
             boot tcg
             finish
