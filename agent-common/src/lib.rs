@@ -113,6 +113,22 @@ pub mod flow_flags {
     pub const DF_OVERSIZE: u8 = 1;
 }
 
+/// The last flow seen per interface, direction and CPU, counted here while packets keep
+/// coming from it: a bulk flow then costs an array lookup and a key compare per packet
+/// instead of a hash lookup. A packet of another flow moves the cached one into the flow
+/// table; userspace reads both.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FlowCacheEntry {
+    pub key: FlowKey,
+    pub _pad: u32,
+    /// `packets == 0 && drops == 0`: empty.
+    pub value: FlowValue,
+}
+
+/// Name of the per-CPU array of [`FlowCacheEntry`], indexed like the interface counters.
+pub const FLOW_CACHE_MAP: &str = "FLOW_CACHE";
+
 /// Name of the per-CPU LRU flow table; its size is set by userspace at load time.
 pub const FLOWS_MAP: &str = "FLOWS";
 pub const FLOWS_DEFAULT_MAX: u32 = 65536;
@@ -154,6 +170,7 @@ const _: () = assert!(size_of::<IfaceCounters>() == 32);
 const _: () = assert!(size_of::<FlowKey>() == 20);
 const _: () = assert!(size_of::<FlowValue>() == 40);
 const _: () = assert!(size_of::<KernelOffsets>() == 28);
+const _: () = assert!(size_of::<FlowCacheEntry>() == 64);
 
 #[cfg(feature = "user")]
 // SAFETY: all these types are repr(C), contain only integers and have no implicit padding
@@ -171,3 +188,6 @@ unsafe impl aya::Pod for FlowValue {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for KernelOffsets {}
+#[cfg(feature = "user")]
+// SAFETY: as above; the explicit `_pad` keeps `value` 8-byte aligned without implicit padding.
+unsafe impl aya::Pod for FlowCacheEntry {}

@@ -6,8 +6,8 @@
 #![no_main]
 
 use agent_common::{
-    DROP_REASONS_MAX, FLOWS_DEFAULT_MAX, FlowKey, FlowValue, IFACE_CONFIG_SLOTS, IFACE_SLOTS,
-    IfaceConfig, IfaceCounters, KernelOffsets, direction, flow_flags, iface_class,
+    DROP_REASONS_MAX, FLOWS_DEFAULT_MAX, FlowCacheEntry, FlowKey, FlowValue, IFACE_CONFIG_SLOTS,
+    IFACE_SLOTS, IfaceConfig, IfaceCounters, KernelOffsets, direction, flow_flags, iface_class,
 };
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -23,6 +23,9 @@ static IFACE_CONFIG: Array<IfaceConfig> = Array::with_max_entries(IFACE_CONFIG_S
 #[map(name = "IFACE_COUNTERS")]
 static IFACE_COUNTERS: PerCpuArray<IfaceCounters> =
     PerCpuArray::with_max_entries(IFACE_SLOTS * 2, 0);
+
+#[map(name = "FLOW_CACHE")]
+static FLOW_CACHE: PerCpuArray<FlowCacheEntry> = PerCpuArray::with_max_entries(IFACE_SLOTS * 2, 0);
 
 /// Resized by userspace at load time (`--flow-table-size`).
 #[map(name = "FLOWS")]
@@ -100,7 +103,8 @@ fn observe(ctx: &TcContext, dir: u32) {
         oversize = mtu > 0 && u32::from(p.total_len) > mtu && p.dont_fragment;
         frag_needed = p.key.proto == IPPROTO_ICMP && p.key.sport == 3 && p.key.dport == 4;
     }
-    if let Some(c) = IFACE_COUNTERS.get_ptr_mut(slot * 2 + dir) {
+    let index = slot * 2 + dir;
+    if let Some(c) = IFACE_COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU array slot: no other CPU writes it, and the pointer is valid until
         // the program returns.
         unsafe {
@@ -112,6 +116,7 @@ fn observe(ctx: &TcContext, dir: u32) {
     }
     if let Some(p) = ip {
         add_flow(
+            index,
             &p.key,
             u64::from(len),
             p.tcp_flags,
@@ -121,38 +126,78 @@ fn observe(ctx: &TcContext, dir: u32) {
 }
 
 #[inline(always)]
-fn add_flow(key: &FlowKey, len: u64, tcp_flags: u8, flags: u8) {
+fn add_flow(index: u32, key: &FlowKey, len: u64, tcp_flags: u8, flags: u8) {
     // SAFETY: no preconditions. The coarse clock (tick resolution) is enough for first/last
     // seen and costs far less per packet.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(c) = FLOW_CACHE.get_ptr_mut(index) else {
+        return;
+    };
+    // SAFETY: per-CPU array slot: no other CPU writes it, and the pointer is valid until the
+    // program returns.
+    unsafe {
+        let v = &mut (*c).value;
+        if v.packets > 0 && same_flow(&(*c).key, key) {
+            v.packets += 1;
+            v.bytes += len;
+            v.last_ns = now;
+            v.tcp_flags |= tcp_flags;
+            v.flags |= flags;
+            return;
+        }
+        if v.packets > 0 || v.drops > 0 {
+            flush(&(*c).key, v);
+        }
+        (*c).key = *key;
+        *v = FlowValue {
+            packets: 1,
+            bytes: len,
+            first_ns: now,
+            last_ns: now,
+            drops: 0,
+            last_drop_reason: 0,
+            tcp_flags,
+            flags,
+        };
+    }
+}
+
+/// Field by field: the padding bytes are not compared.
+#[inline(always)]
+fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
+    a.src == b.src
+        && a.dst == b.dst
+        && a.ifindex == b.ifindex
+        && a.sport == b.sport
+        && a.dport == b.dport
+        && a.proto == b.proto
+}
+
+/// Adds a flow's cached counts to its entry in the flow table, creating it if needed.
+#[inline(always)]
+fn flush(key: &FlowKey, c: &FlowValue) {
     match FLOWS.get_ptr_mut(key) {
         Some(v) => {
             // SAFETY: per-CPU LRU value, valid until the program returns.
             unsafe {
                 // Another CPU created the entry: this CPU's slot starts zeroed.
                 if (*v).first_ns == 0 {
-                    (*v).first_ns = now;
+                    (*v).first_ns = c.first_ns;
                 }
-                (*v).packets += 1;
-                (*v).bytes += len;
-                (*v).last_ns = now;
-                (*v).tcp_flags |= tcp_flags;
-                (*v).flags |= flags;
+                (*v).packets += c.packets;
+                (*v).bytes += c.bytes;
+                (*v).last_ns = c.last_ns;
+                (*v).drops += c.drops;
+                if c.drops > 0 {
+                    (*v).last_drop_reason = c.last_drop_reason;
+                }
+                (*v).tcp_flags |= c.tcp_flags;
+                (*v).flags |= c.flags;
             }
         }
         None => {
-            let v = FlowValue {
-                packets: 1,
-                bytes: len,
-                first_ns: now,
-                last_ns: now,
-                drops: 0,
-                last_drop_reason: 0,
-                tcp_flags,
-                flags,
-            };
             // The LRU evicts the least recently used flow when full: memory stays bounded.
-            let _ = FLOWS.insert(key, &v, 0);
+            let _ = FLOWS.insert(key, c, 0);
         }
     }
 }
@@ -272,7 +317,7 @@ pub fn dp_kfree_skb(ctx: RawTracePointContext) -> i32 {
         let (_, slot, _, c) = iface_config(ifindex, netns);
         if slot != u32::MAX {
             class = c;
-            mark_dropped_flow(skb, &offs, ifindex, reason);
+            mark_dropped_flow(skb, &offs, ifindex, slot, reason);
         }
     }
     if let Some(count) = DROPS.get_ptr_mut(u32::from(class) * DROP_REASONS_MAX + reason) {
@@ -315,7 +360,7 @@ fn skb_device(skb: *const u8, offs: &KernelOffsets) -> (u32, u32) {
 /// Adds the drop to the flow of the IPv4 packet in `skb` as our TC program keyed it on
 /// `ifindex`, when the table holds that flow.
 #[inline(always)]
-fn mark_dropped_flow(skb: *const u8, offs: &KernelOffsets, ifindex: u32, reason: u32) {
+fn mark_dropped_flow(skb: *const u8, offs: &KernelOffsets, ifindex: u32, slot: u32, reason: u32) {
     let l4: *const u8;
     // SAFETY: as in skb_device: every read goes through bpf_probe_read_kernel.
     let ip: [u8; 20] = unsafe {
@@ -347,7 +392,21 @@ fn mark_dropped_flow(skb: *const u8, offs: &KernelOffsets, ifindex: u32, reason:
     } else {
         [0; 4]
     };
-    if let Some(v) = FLOWS.get_ptr_mut(&flow_key(&ip, ifindex, ports)) {
+    let key = flow_key(&ip, ifindex, ports);
+    // The flow is in this CPU's cache of the interface (either direction) or in the table.
+    for dir in [direction::INGRESS, direction::EGRESS] {
+        if let Some(c) = FLOW_CACHE.get_ptr_mut(slot * 2 + dir) {
+            // SAFETY: per-CPU array slot, valid until the program returns.
+            unsafe {
+                if (*c).value.packets > 0 && same_flow(&(*c).key, &key) {
+                    (*c).value.drops += 1;
+                    (*c).value.last_drop_reason = reason as u16;
+                    return;
+                }
+            }
+        }
+    }
+    if let Some(v) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: per-CPU LRU value, valid until the program returns. The drop may run on
         // another CPU than the TC program did: this CPU's slot may be all zeroes.
         unsafe {

@@ -181,7 +181,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        flows::{Counts, Direction, IfaceClass, report::{DropRow, IfaceRow}},
+        flows::{
+            Counts, Direction, IfaceClass,
+            report::{DropRow, IfaceRow},
+        },
         verify::{CheckId, Finding, Severity},
     };
 
@@ -229,7 +232,9 @@ mod tests {
         let got = correlate_mtu(Some(&v), &sample(vec![oversize_on_cali1()], Vec::new()));
         assert_eq!(
             got,
-            ["confirmed: mtu.workload.mismatch cali1 is costing packets now: 3 DF packets above the MTU on cali1 (in)"]
+            [
+                "confirmed: mtu.workload.mismatch cali1 is costing packets now: 3 DF packets above the MTU on cali1 (in)"
+            ]
         );
     }
 
@@ -238,7 +243,10 @@ mod tests {
         let v = verification(&[CheckId::MtuTunnelMismatch]);
         let got = correlate_mtu(Some(&v), &sample(Vec::new(), Vec::new()));
         assert_eq!(got.len(), 1);
-        assert!(got[0].starts_with("mtu.tunnel.mismatch cali1 has not cost packets"), "{got:?}");
+        assert!(
+            got[0].starts_with("mtu.tunnel.mismatch cali1 has not cost packets"),
+            "{got:?}"
+        );
     }
 
     #[test]

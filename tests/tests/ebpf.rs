@@ -240,10 +240,11 @@ fn the_flow_table_stays_bounded_under_a_flood_of_unique_flows() {
     });
     let udp: Vec<_> = flows.iter().filter(|f| f.proto == 17).collect();
     assert!(!udp.is_empty(), "no UDP flows seen: {flows:?} {counts:?}");
-    // The per-CPU LRU holds at most its capacity per CPU.
+    // The per-CPU LRU holds at most its capacity per CPU, plus the last flow per direction
+    // that each CPU's cache of the interface holds.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(
-        flows.len() <= 64 * cpus,
+        flows.len() <= (64 + 2) * cpus,
         "{} flows in a table of 64",
         flows.len()
     );

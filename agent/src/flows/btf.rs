@@ -924,10 +924,10 @@ mod tests {
             member_offset(&blob, "loop", "x"),
             BtfError::MemberNotFound { .. }
         );
-        // Through a member into its struct: `holder.inner.dev` is 4 + 16.
+        // Through a member into its struct: `holder.inner.dev` is 4 + 8.
         assert_eq!(
             path_offset(&blob, "holder", &["inner", "dev"]).expect("path"),
-            20
+            12
         );
         // A pointer member cannot be followed into.
         assert_err!(

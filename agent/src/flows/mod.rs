@@ -12,13 +12,16 @@ pub mod targets;
 
 pub use self::targets::{IfaceClass, Target};
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
 
 use agent_common::{
-    DROP_REASONS_MAX, DROPS_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowKey, FlowValue,
-    IFACE_CONFIG_MAP, IFACE_CONFIG_SLOTS, IFACE_COUNTERS_MAP, IFACE_SLOTS, IfaceConfig,
-    IfaceCounters, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROG_KFREE_SKB, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_TC_NOOP, PROG_TCP_RETRANSMIT, RETRANSMITS_MAP, direction,
+    DROP_REASONS_MAX, DROPS_MAP, FLOW_CACHE_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowCacheEntry,
+    FlowKey, FlowValue, IFACE_CONFIG_MAP, IFACE_CONFIG_SLOTS, IFACE_COUNTERS_MAP, IFACE_SLOTS,
+    IfaceConfig, IfaceCounters, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROG_KFREE_SKB,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NOOP, PROG_TCP_RETRANSMIT, RETRANSMITS_MAP, direction,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -113,6 +116,14 @@ pub struct Flow {
     pub drops: u64,
     /// The `enum skb_drop_reason` value of the last of those drops.
     pub last_drop_reason: Option<u32>,
+}
+
+/// What is left of an interface that went away.
+#[derive(Debug, Clone, Default)]
+pub struct Retired {
+    pub counts: Vec<(Direction, Counts)>,
+    /// Flows that were still in its cache (the table keeps the others).
+    pub flows: Vec<Flow>,
 }
 
 /// Options fixed at load time.
@@ -237,6 +248,14 @@ impl Probe {
                 .set(u32::from(slot) * 2 + raw, zeroes, 0)
                 .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
         }
+        let mut cache: PerCpuArray<_, FlowCacheEntry> = self.map_mut(FLOW_CACHE_MAP)?;
+        for (_, raw) in Direction::BOTH {
+            let empty = PerCpuValues::try_from(vec![FlowCacheEntry::default(); cpus])
+                .map_err(FlowsError::Cpus)?;
+            cache
+                .set(u32::from(slot) * 2 + raw, empty, 0)
+                .map_err(|e| FlowsError::Map(FLOW_CACHE_MAP, e))?;
+        }
         let mut cfg: Array<_, IfaceConfig> = self.map_mut(IFACE_CONFIG_MAP)?;
         cfg.set(
             index,
@@ -255,16 +274,24 @@ impl Probe {
         Ok(())
     }
 
-    /// Forgets an interface that is gone, returning its final counters; its slots are free
-    /// for the next interface.
-    pub fn release(&mut self, ifindex: u32) -> Result<Vec<(Direction, Counts)>, FlowsError> {
+    /// Forgets an interface that is gone, returning its final counters and the flows only its
+    /// cache held; its slots are free for the next interface.
+    pub fn release(&mut self, ifindex: u32) -> Result<Retired, FlowsError> {
         let counts = self.iface_counts(ifindex)?;
+        let mut cached = HashMap::new();
+        if let Some(&slot) = self.slots.get(&ifindex) {
+            self.collect_cache(u32::from(slot), &mut cached)?;
+        }
+        let flows = cached
+            .iter()
+            .map(|(k, v)| merge_flow_values(k, v.iter()))
+            .collect();
         if self.slots.remove(&ifindex).is_some() {
             let mut cfg: Array<_, IfaceConfig> = self.map_mut(IFACE_CONFIG_MAP)?;
             cfg.set(ifindex % IFACE_CONFIG_SLOTS, IfaceConfig::default(), 0)
                 .map_err(|e| FlowsError::Map(IFACE_CONFIG_MAP, e))?;
         }
-        Ok(counts)
+        Ok(Retired { counts, flows })
     }
 
     /// Attaches both directions to `target` (in the calling thread's network namespace).
@@ -328,6 +355,34 @@ impl Probe {
         .map_err(|e| FlowsError::Map(name, e))
     }
 
+    /// Average run time of TC program `name` over `repeat` runs on `packet` as if it were on
+    /// interface `ifindex`, measured by the kernel with `BPF_PROG_TEST_RUN` (nothing is
+    /// attached). The benchmark compares programs with it.
+    pub fn time_tc(
+        &self,
+        name: &'static str,
+        packet: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<std::time::Duration, FlowsError> {
+        // `struct __sk_buff` (UAPI): 192 bytes, `ifindex` at byte 40; every other field zero.
+        let mut ctx = [0u8; 192];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or(FlowsError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| FlowsError::Program { name, source })?;
+        let mut opts = aya::TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        aya::TestRun::test_run(prog, opts)
+            .map(|r| r.duration)
+            .map_err(|source| FlowsError::Program { name, source })
+    }
+
     /// Kernel ids of the loaded programs (to check from outside that they are gone).
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
@@ -376,15 +431,44 @@ impl Probe {
         Ok(values.iter().copied().collect())
     }
 
-    /// Every flow in the table, merged over CPUs.
+    /// Every flow, merged over CPUs and over the table and the per-interface caches. Read
+    /// while traffic flows, a flow moving from a cache into the table between the two reads
+    /// may be counted twice or not at all for that packet; once traffic stops, the counts
+    /// are exact.
     pub fn flows(&self) -> Result<Vec<Flow>, FlowsError> {
+        let mut all: HashMap<FlowKey, Vec<FlowValue>> = HashMap::new();
+        for &slot in self.slots.values() {
+            self.collect_cache(u32::from(slot), &mut all)?;
+        }
         let map: PerCpuHashMap<_, FlowKey, FlowValue> = self.map(FLOWS_MAP)?;
-        let mut out = Vec::new();
         for entry in map.iter() {
             let (k, per_cpu) = entry.map_err(|e| FlowsError::Map(FLOWS_MAP, e))?;
-            out.push(merge_flow(&k, &per_cpu));
+            all.entry(k).or_default().extend(per_cpu.iter().copied());
         }
-        Ok(out)
+        Ok(all
+            .iter()
+            .map(|(k, v)| merge_flow_values(k, v.iter()))
+            .collect())
+    }
+
+    /// The flows each CPU's cache holds for counter slot `slot` (both directions).
+    fn collect_cache(
+        &self,
+        slot: u32,
+        into: &mut HashMap<FlowKey, Vec<FlowValue>>,
+    ) -> Result<(), FlowsError> {
+        let cache: PerCpuArray<_, FlowCacheEntry> = self.map(FLOW_CACHE_MAP)?;
+        for (_, raw) in Direction::BOTH {
+            let per_cpu = cache
+                .get(&(slot * 2 + raw), 0)
+                .map_err(|e| FlowsError::Map(FLOW_CACHE_MAP, e))?;
+            for e in per_cpu.iter() {
+                if e.value.packets > 0 || e.value.drops > 0 {
+                    into.entry(e.key).or_default().push(e.value);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// TCP retransmissions on the whole node since the probe was loaded.
@@ -434,12 +518,29 @@ pub fn sum_counters<'a>(values: impl Iterator<Item = &'a IfaceCounters>) -> Coun
     })
 }
 
-/// Merges a flow's per-CPU slots: counts add up, first/last seen are the min/max over the CPUs
-/// that saw it, flags are OR'd.
-pub fn merge_flow(k: &FlowKey, per_cpu: &PerCpuValues<FlowValue>) -> Flow {
-    merge_flow_values(k, per_cpu.iter())
+/// Adds `f` to the flow with the same key in `flows`, or appends it.
+fn add_flow(flows: &mut Vec<Flow>, f: &Flow) {
+    let same = |g: &&mut Flow| {
+        (g.proto, g.src, g.dst, g.sport, g.dport, g.ifindex)
+            == (f.proto, f.src, f.dst, f.sport, f.dport, f.ifindex)
+    };
+    match flows.iter_mut().find(same) {
+        Some(g) => {
+            g.packets += f.packets;
+            g.bytes += f.bytes;
+            g.first_ns = g.first_ns.min(f.first_ns);
+            g.last_ns = g.last_ns.max(f.last_ns);
+            g.tcp_flags |= f.tcp_flags;
+            g.df_oversize |= f.df_oversize;
+            g.drops += f.drops;
+            g.last_drop_reason = f.last_drop_reason.or(g.last_drop_reason);
+        }
+        None => flows.push(f.clone()),
+    }
 }
 
+/// Merges a flow's per-CPU (and cached) values: counts add up, first/last seen are the
+/// min/max over the values that saw packets, flags are OR'd.
 fn merge_flow_values<'a>(k: &FlowKey, values: impl Iterator<Item = &'a FlowValue>) -> Flow {
     let mut f = Flow {
         proto: k.proto,
@@ -513,8 +614,8 @@ impl AttachMode {
 pub struct Session {
     pub probe: Probe,
     pub targets: Vec<Target>,
-    /// Interfaces that went away, with their final counts.
-    pub retired: Vec<(Target, Vec<(Direction, Counts)>)>,
+    /// Interfaces that went away, with what was left of them.
+    pub retired: Vec<(Target, Retired)>,
     only: Option<String>,
     pub notes: Vec<String>,
 }
@@ -552,7 +653,7 @@ impl Session {
         self.targets = live;
         for t in gone {
             match self.probe.release(t.ifindex) {
-                Ok(counts) => self.retired.push((t, counts)),
+                Ok(r) => self.retired.push((t, r)),
                 Err(e) => self.notes.push(format!(
                     "counts of {} lost when it went away: {}",
                     t.name,
@@ -590,10 +691,14 @@ impl Session {
             );
         }
         let mut counts = self.probe.counts()?;
+        let mut flows = self.probe.flows()?;
         let mut targets = self.targets.clone();
-        for (t, final_counts) in &self.retired {
-            for (dir, c) in final_counts {
+        for (t, retired) in &self.retired {
+            for (dir, c) in &retired.counts {
                 counts.insert((t.ifindex, *dir), *c);
+            }
+            for f in &retired.flows {
+                add_flow(&mut flows, f);
             }
             targets.push(t.clone());
         }
@@ -602,7 +707,7 @@ impl Session {
             window_seconds,
             &targets,
             &counts,
-            self.probe.flows()?,
+            flows,
             top,
             drops,
             names.as_ref(),
