@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     println!("| program, packet | ns per run | above the empty program |");
     println!("|---|---|---|");
     println!("| empty program (`dp_tc_noop`) | {noop:.0} | — |");
-    let mut row = |what: &str, ns: f64| {
+    let row = |what: &str, ns: f64| {
         println!("| `dp_tc_ingress`, {what} | {ns:.0} | {:.0} |", ns - noop);
     };
     for (what, packet) in cases {
