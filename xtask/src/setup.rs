@@ -25,6 +25,11 @@ const TOOLS: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
     ("taskset", "util-linux"),
+    // tests/qemu/run.sh: other kernels under QEMU.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("cpio", "cpio"),
+    ("depmod", "kmod"),
+    ("strip", "binutils"),
 ];
 
 pub fn setup() -> anyhow::Result<()> {
@@ -120,14 +125,30 @@ fn apt_packages() -> anyhow::Result<()> {
         .filter(|(bin, _)| !sh::on_path(bin))
         .map(|(_, pkg)| *pkg)
         .collect();
+    // The QEMU initramfs needs a static busybox; Debian's default one is dynamic.
+    let static_busybox = "b=$(command -v busybox) && ! ldd \"$b\" >/dev/null 2>&1";
+    if !sh::ok(&["sh", "-c", static_busybox]) {
+        missing.push("busybox-static");
+    }
     missing.sort_unstable();
     missing.dedup();
+    // tests/qemu/run.sh downloads Debian's 6.1 kernel package: the lists must know it.
+    let kernel_known = sh::run(&[
+        "apt-cache",
+        "search",
+        "--names-only",
+        r"^linux-image-6\.1\..*-cloud-amd64-unsigned$",
+    ])
+    .is_ok_and(|out| !out.trim().is_empty());
+    if missing.is_empty() && kernel_known {
+        return Ok(());
+    }
+    // A fresh machine's package lists are empty.
+    sh::stream(&["apt-get", "update", "-qq"])?;
     if missing.is_empty() {
         return Ok(());
     }
     println!("setup: installing Debian packages: {}", missing.join(" "));
-    // A fresh machine's package lists are empty.
-    sh::stream(&["apt-get", "update", "-qq"])?;
     let mut argv = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
     argv.extend(missing);
     sh::stream_env(&argv, &[("DEBIAN_FRONTEND", "noninteractive")])
