@@ -346,8 +346,21 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let started = std::time::Instant::now();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
+    // Workload veths come and go with pods: a link event attaches to a new one within
+    // milliseconds. Without events (a socket error), a re-scan every second does it.
+    let mut events = match observed::netlink::LinkEvents::subscribe() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            session.notes.push(format!(
+                "no link events ({}): new interfaces are found by a re-scan every second",
+                observed::error_chain(&e)
+            ));
+            None
+        }
+    };
     loop {
         session.refresh(&interfaces().await?);
         if session.targets.is_empty() && args.iface.is_some() {
@@ -357,15 +370,30 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let mut stop = false;
-        // Re-scan every second so that pods started during the window are counted too.
-        for _ in 0..args.seconds.max(1) {
+        let end = tokio::time::Instant::now() + Duration::from_secs(args.seconds.max(1));
+        loop {
+            let changed = async {
+                match events.as_mut() {
+                    Some(e) => e.changed().await,
+                    None => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Some(())
+                    }
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => session.refresh(&interfaces().await?),
+                () = tokio::time::sleep_until(end) => break,
+                c = changed => match c {
+                    Some(()) => session.refresh(&interfaces().await?),
+                    // The subscription ended: fall back to re-scanning.
+                    None => events = None,
+                },
                 _ = tokio::signal::ctrl_c() => { stop = true; break; }
                 _ = term.recv() => { stop = true; break; }
             }
         }
-        let report = session.report(&name, args.seconds, args.top)?;
+        // Counts are cumulative from the first attach (also across --watch refreshes).
+        let report = session.report(&name, started.elapsed().as_secs(), args.top)?;
         if args.json {
             println!(
                 "{}",

@@ -268,3 +268,114 @@ fn flows_detach_on_exit_and_on_sigterm() {
         (0, "flows unavailable: eBPF disabled by --no-ebpf")
     );
 }
+
+fn ip(args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip {args:?}");
+}
+
+/// A workload veth created while `agent flows` runs is attached on its link event, before
+/// traffic starts half a second later (a once-a-second re-scan would miss it most times):
+/// every one of its pings is counted.
+#[test]
+fn flows_attach_to_a_new_workload_veth_on_its_link_event() {
+    let (node, pod) = (Netns::new("evn"), Netns::new("evp"));
+    for ns in [&node.0, &pod.0] {
+        for key in ["all", "default"] {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", ns, "sysctl", "-qw"])
+                .arg(format!("net.ipv6.conf.{key}.disable_ipv6=1"))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "sysctl in {ns}");
+        }
+    }
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.0, env!("CARGO_BIN_EXE_agent")])
+        .args(["flows", "--seconds", "4", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agent flows");
+    // Loaded, with nothing to attach to yet.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (n, p) = (node.0.as_str(), pod.0.as_str());
+    ip(&[
+        "-n",
+        n,
+        "link",
+        "add",
+        "cali0123456789a",
+        "address",
+        "ee:ee:ee:ee:ee:ee",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "address",
+        "02:00:00:00:00:02",
+        "netns",
+        p,
+    ]);
+    ip(&[
+        "-n",
+        n,
+        "addr",
+        "add",
+        "10.0.0.1/24",
+        "dev",
+        "cali0123456789a",
+    ]);
+    ip(&["-n", p, "addr", "add", "10.0.0.2/24", "dev", "eth0"]);
+    ip(&[
+        "-n",
+        n,
+        "neigh",
+        "replace",
+        "10.0.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "cali0123456789a",
+        "nud",
+        "permanent",
+    ]);
+    ip(&[
+        "-n",
+        p,
+        "neigh",
+        "replace",
+        "10.0.0.1",
+        "lladdr",
+        "ee:ee:ee:ee:ee:ee",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    ip(&["-n", p, "link", "set", "eth0", "up"]);
+    ip(&["-n", n, "link", "set", "cali0123456789a", "up"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pinged = Command::new("ip")
+        .args([
+            "netns", "exec", n, "ping", "-q", "-c", "10", "-i", "0.05", "10.0.0.2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(pinged, "ping across the new veth");
+    let out = child.wait_with_output().expect("agent flows");
+    assert!(out.status.success(), "{:?}", out.status);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let egress = v["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["iface"] == "cali0123456789a" && i["direction"] == "egress")
+        .unwrap_or_else(|| panic!("new veth not counted: {v}"));
+    assert_eq!(egress["packets"], 10, "{v}");
+    assert_eq!(egress["class"], "workload");
+}

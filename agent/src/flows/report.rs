@@ -162,7 +162,7 @@ pub fn text(r: &FlowsReport, drops_only: bool) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "node {}: traffic over the last {} s (TC programs attached with {})",
+        "node {}: traffic in the {} s since the programs were attached (with {})",
         r.node,
         r.window_seconds,
         if r.attach == super::AttachMode::Tcx {

@@ -93,9 +93,12 @@ pub fn select(obs: &ObservedDataplane, only: Option<&str>) -> Vec<Target> {
         .filter(|l| TUNNEL_DEVICES.contains(&l.name.as_str()) && l.is_up())
         .map(|l| l.mtu)
         .min();
+    // Down devices too: attaching needs no carrier, and a new workload veth is attached the
+    // moment it exists, before its carrier comes up (which the kernel reports up to a second
+    // later).
     obs.links
         .iter()
-        .filter(|l| l.is_up() && only.is_none_or(|o| o == l.name))
+        .filter(|l| only.is_none_or(|o| o == l.name))
         .filter_map(|l| {
             let class = if TUNNEL_DEVICES.contains(&l.name.as_str()) {
                 IfaceClass::Tunnel

@@ -40,6 +40,44 @@ pub enum NetlinkError {
     },
 }
 
+/// Link events (devices added, changed, removed) in the current thread's network namespace.
+/// They only say that something changed; the caller reads the links again, so a lost or
+/// coalesced event costs nothing but a later read.
+pub struct LinkEvents {
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        netlink_packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+        netlink_sys::SocketAddr,
+    )>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LinkEvents {
+    pub fn subscribe() -> Result<Self, NetlinkError> {
+        let (conn, _handle, messages) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
+                .map_err(NetlinkError::Socket)?;
+        Ok(Self {
+            messages,
+            task: tokio::spawn(conn),
+        })
+    }
+
+    /// Waits for the next event and swallows the ones already queued behind it (a pod start
+    /// brings several). `None` when the subscription ended.
+    pub async fn changed(&mut self) -> Option<()> {
+        use futures::StreamExt as _;
+        self.messages.next().await?;
+        while self.messages.try_recv().is_ok() {}
+        Some(())
+    }
+}
+
+impl Drop for LinkEvents {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// An open rtnetlink connection in the current thread's network namespace.
 pub struct Netlink {
     handle: Handle,
