@@ -133,6 +133,8 @@ pub struct SysctlSummary {
     pub conntrack: Option<(u64, u64)>,
     /// Per-protocol and TCP-state counts, e.g. `tcp 120 (ESTABLISHED 80, TIME_WAIT 40)`.
     pub conntrack_breakdown: Option<String>,
+    /// Calico eBPF mode's conntrack map: `cali_v4_ct4 used/max: breakdown`.
+    pub calico_conntrack: Option<String>,
 }
 
 /// Summarises the observed dataplane.
@@ -423,26 +425,38 @@ fn sysctl_summary(obs: &ObservedDataplane, tunnels: &[Tunnel]) -> SysctlSummary 
             .map(|(n, _)| n.clone())
             .collect(),
         conntrack: s.conntrack_count.zip(s.conntrack_max),
-        conntrack_breakdown: obs.conntrack.as_ref().map(|c| {
-            let mut parts: Vec<String> = c
-                .by_protocol
-                .iter()
-                .map(|(p, n)| format!("{p} {n}"))
-                .collect();
-            if !c.tcp_states.is_empty() {
-                let states: Vec<String> = c
-                    .tcp_states
-                    .iter()
-                    .map(|(st, n)| format!("{st} {n}"))
-                    .collect();
-                parts.push(format!("tcp states: {}", states.join(", ")));
-            }
-            if !c.complete {
-                parts.push("dump incomplete (table changed faster than it was read)".into());
-            }
-            parts.join("; ")
+        conntrack_breakdown: obs.conntrack.as_ref().map(conntrack_breakdown),
+        calico_conntrack: obs.calico_conntrack.as_ref().map(|c| {
+            format!(
+                "{} {}/{}: {}",
+                c.map,
+                c.counts.total,
+                c.max_entries,
+                conntrack_breakdown(&c.counts)
+            )
         }),
     }
+}
+
+/// `tcp 12; udp 3; tcp states: ESTABLISHED 10, …`.
+fn conntrack_breakdown(c: &crate::observed::conntrack::ConntrackCounts) -> String {
+    let mut parts: Vec<String> = c
+        .by_protocol
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect();
+    if !c.tcp_states.is_empty() {
+        let states: Vec<String> = c
+            .tcp_states
+            .iter()
+            .map(|(st, n)| format!("{st} {n}"))
+            .collect();
+        parts.push(format!("tcp states: {}", states.join(", ")));
+    }
+    if !c.complete {
+        parts.push("read incomplete (table changed faster than it was read)".into());
+    }
+    parts.join("; ")
 }
 
 /// What limits this very report: missing privileges and unreadable sources. Everything wrong

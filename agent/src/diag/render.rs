@@ -177,6 +177,9 @@ pub fn text(a: &Analysis) -> String {
     if let Some(b) = &s.conntrack_breakdown {
         let _ = writeln!(o, "  conntrack: {b}");
     }
+    if let Some(c) = &s.calico_conntrack {
+        let _ = writeln!(o, "  calico eBPF conntrack {c}");
+    }
     if !s.rp_filter_strict.is_empty() {
         let _ = writeln!(
             o,

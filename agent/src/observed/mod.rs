@@ -2,6 +2,7 @@
 
 pub mod bird;
 pub mod bundle;
+pub mod calico_ct;
 pub mod caps;
 pub mod conntrack;
 mod exec;
@@ -93,7 +94,20 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
             error_chain(&e),
         )),
     }
-    obs.calico_bpf_pins = calico_bpf_pins(std::path::Path::new(CALICO_BPF_PIN_DIR));
+    // AGENT_CALICO_BPF_DIR points at the host's bpffs where it is mounted elsewhere.
+    let pin_dir =
+        std::env::var("AGENT_CALICO_BPF_DIR").unwrap_or_else(|_| CALICO_BPF_PIN_DIR.into());
+    let pin_dir = std::path::Path::new(&pin_dir);
+    obs.calico_bpf_pins = calico_bpf_pins(pin_dir);
+    match calico_ct::read(pin_dir) {
+        None => {}
+        Some(Ok(ct)) => obs.calico_conntrack = Some(ct),
+        Some(Err(e)) => unavailable.push(Unavailable::new(
+            Source::CalicoConntrack,
+            "calico conntrack map",
+            error_chain(&e),
+        )),
+    }
     obs.unavailable = unavailable;
     obs
 }

@@ -36,6 +36,9 @@ pub struct ObservedDataplane {
     pub felix_health: Option<super::felix_health::FelixHealth>,
     /// Connection tracking entries per protocol and TCP state (a streamed netlink dump).
     pub conntrack: Option<super::conntrack::ConntrackCounts>,
+    /// Calico eBPF mode's own conntrack map, when Felix has pinned one.
+    #[serde(default)]
+    pub calico_conntrack: Option<super::calico_ct::CalicoConntrack>,
     /// Calico eBPF-mode maps pinned under `/sys/fs/bpf/tc/globals` (`cali_*`).
     pub calico_bpf_pins: Vec<String>,
     /// Capabilities this process lacks that some sources need (live reads only).
@@ -97,6 +100,8 @@ pub enum Source {
     FelixHealth,
     /// BIRD's BGP sessions.
     Bgp,
+    /// Calico eBPF mode's pinned conntrack map.
+    CalicoConntrack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -334,6 +334,27 @@ mod tests {
     }
 
     #[test]
+    fn calico_ebpf_conntrack_pressure_fires_above_the_threshold_only() {
+        let (_, mut o) = healthy();
+        let mut ct = crate::observed::calico_ct::CalicoConntrack {
+            map: "cali_v4_ct4".into(),
+            max_entries: 512_000,
+            ..Default::default()
+        };
+        ct.counts.total = 460_000;
+        o.calico_conntrack = Some(ct.clone());
+        assert!(run_inferred(&o).findings.is_empty());
+        ct.counts.total = 470_000;
+        o.calico_conntrack = Some(ct);
+        let v = run_inferred(&o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::ConntrackPressure, "cali_v4_ct4".into())]
+        );
+        assert!(v.findings[0].hint.contains("bpfMapSizeConntrack"));
+    }
+
+    #[test]
     fn inferred_faults() {
         let (_, mut o) = healthy();
         o.neighbours.clear();

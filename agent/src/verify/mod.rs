@@ -230,18 +230,56 @@ fn sysctl(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     }
 }
 
+/// Both tables drop new connections when full: nf_conntrack, and in eBPF mode Calico's own map
+/// (pod traffic bypasses nf_conntrack there; host traffic still uses it).
 fn conntrack(obs: &ObservedDataplane, policy: &Policy, out: &mut Vec<Finding>) {
-    let (Some(count), Some(max)) = (obs.sysctls.conntrack_count, obs.sysctls.conntrack_max) else {
-        return;
-    };
+    if let (Some(count), Some(max)) = (obs.sysctls.conntrack_count, obs.sysctls.conntrack_max) {
+        pressure(
+            out,
+            policy,
+            "nf_conntrack",
+            "net.netfilter.nf_conntrack_max",
+            count,
+            max,
+            "at 100% the kernel drops new connections (\"nf_conntrack: table full, dropping packet\" in dmesg): raise net.netfilter.nf_conntrack_max or find the flood with `conntrack -L | awk '{print $1, $4}' | sort | uniq -c | sort -rn | head`",
+        );
+    }
+    if let Some(ct) = &obs.calico_conntrack {
+        pressure(
+            out,
+            policy,
+            &ct.map,
+            "the map's max_entries",
+            ct.counts.total,
+            u64::from(ct.max_entries),
+            "at 100% Calico's eBPF programs cannot create conntrack entries and new connections fail: raise FelixConfiguration bpfMapSizeConntrack, or find the flood with `calico-node -bpf conntrack dump`",
+        );
+    }
+}
+
+fn pressure(
+    out: &mut Vec<Finding>,
+    policy: &Policy,
+    table: &str,
+    limit: &str,
+    count: u64,
+    max: u64,
+    hint: &str,
+) {
     if max == 0 || (count as f64) < policy.conntrack_pressure * max as f64 {
         return;
     }
     out.push(
-        Finding::new(CheckId::ConntrackPressure, Severity::Warning, "nf_conntrack")
-            .expected(format!("fewer than {:.0}% of net.netfilter.nf_conntrack_max ({max}) in use", policy.conntrack_pressure * 100.0))
-            .actual(format!("{count} entries ({:.1}%)", count as f64 * 100.0 / max as f64))
-            .hint("at 100% the kernel drops new connections (\"nf_conntrack: table full, dropping packet\" in dmesg): raise net.netfilter.nf_conntrack_max or find the flood with `conntrack -L | awk '{print $1, $4}' | sort | uniq -c | sort -rn | head`"),
+        Finding::new(CheckId::ConntrackPressure, Severity::Warning, table)
+            .expected(format!(
+                "fewer than {:.0}% of {limit} ({max}) in use",
+                policy.conntrack_pressure * 100.0
+            ))
+            .actual(format!(
+                "{count} entries ({:.1}%)",
+                count as f64 * 100.0 / max as f64
+            ))
+            .hint(hint),
     );
 }
 

@@ -204,6 +204,7 @@ impl Assembler {
             nft: self.nft_json.take().or(self.nft_text.take()),
             wireguard: self.wireguard.take().unwrap_or_default(),
             conntrack: None,
+            calico_conntrack: None,
             felix_health: None,
             bgp_peers: None,
             calico_bpf_pins: Vec::new(),
