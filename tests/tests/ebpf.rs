@@ -215,6 +215,18 @@ fn counters_flows_and_per_cpu_sums_equal_packets_sent_then_detach() {
     );
 }
 
+/// Kernel memory charged to this test's flow table (the only `FLOWS` map of 64 entries).
+fn flow_table_memlock() -> u64 {
+    let out = sh::run(&["bpftool", "-j", "map", "show"]).expect("bpftool map show");
+    let maps: serde_json::Value = serde_json::from_str(&out).expect("bpftool JSON");
+    maps.as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "FLOWS" && m["max_entries"] == 64)
+        .and_then(|m| m["bytes_memlock"].as_u64())
+        .expect("the 64-entry FLOWS map and its memlock")
+}
+
 #[test]
 fn the_flow_table_stays_bounded_under_a_flood_of_unique_flows() {
     let (_guard, a, b) = quiet_pair();
@@ -228,11 +240,14 @@ fn the_flow_table_stays_bounded_under_a_flood_of_unique_flows() {
         })
         .expect("load");
         probe.attach(&target).expect("attach");
+        let before = flow_table_memlock();
         // 600 UDP datagrams from fresh ephemeral ports (bash opens a new socket per
         // redirect): ten times the table's capacity in distinct flows.
         let script =
             "for i in $(seq 600); do echo x > /dev/udp/192.0.2.2/9; done 2>/dev/null; true";
         let _ = sh::run(&["ip", "netns", "exec", &a, "bash", "-c", script]);
+        // The LRU table is preallocated: the flood evicts, it does not grow.
+        assert_eq!(flow_table_memlock(), before);
         (
             probe.flows().expect("flows"),
             probe.counts().expect("counts"),
