@@ -94,9 +94,11 @@ pub struct FlowKey {
 pub struct FlowValue {
     pub packets: u64,
     pub bytes: u64,
-    /// `bpf_ktime_get_coarse_ns` of the first and last packet on this CPU (0 = none).
-    pub first_ns: u64,
-    pub last_ns: u64,
+    /// `jiffies` (`bpf_jiffies64`) of the first and last packet on this CPU (0 = none): a
+    /// plain load, where every kernel clock helper costs tens of nanoseconds per packet.
+    /// Userspace converts them to monotonic nanoseconds with [`CLOCK_MAP`].
+    pub first_jiffies: u64,
+    pub last_jiffies: u64,
     /// Packets of this flow the kernel dropped (`kfree_skb`) while they were on this
     /// interface.
     pub drops: u32,
@@ -128,6 +130,12 @@ pub struct FlowCacheEntry {
 
 /// Name of the per-CPU array of [`FlowCacheEntry`], indexed like the interface counters.
 pub const FLOW_CACHE_MAP: &str = "FLOW_CACHE";
+
+/// Name of the two-slot array `dp_clock` fills with `jiffies` and `bpf_ktime_get_ns` read at
+/// the same moment (userspace runs it with `BPF_PROG_TEST_RUN`).
+pub const CLOCK_MAP: &str = "CLOCK";
+/// Name of the TC program that samples both clocks; it is never attached.
+pub const PROG_CLOCK: &str = "dp_clock";
 
 /// Name of the per-CPU LRU flow table; its size is set by userspace at load time.
 pub const FLOWS_MAP: &str = "FLOWS";

@@ -197,8 +197,8 @@ fn counters_flows_and_per_cpu_sums_equal_packets_sent_then_detach() {
     assert!(
         ids.iter().all(|id| listing
             .lines()
-            .any(|l| l.starts_with(&format!("{id}: ")) && l.contains("name dp_tc_"))),
-        "{ids:?} not all TC programs in {listing}"
+            .any(|l| l.starts_with(&format!("{id}: ")) && l.contains(" name dp_"))),
+        "{ids:?} not all our programs in {listing}"
     );
     let mut still: Vec<String> = ids.iter().map(ToString::to_string).collect();
     for _ in 0..30 {

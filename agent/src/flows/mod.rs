@@ -18,10 +18,11 @@ use std::{
 };
 
 use agent_common::{
-    DROP_REASONS_MAX, DROPS_MAP, FLOW_CACHE_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowCacheEntry,
-    FlowKey, FlowValue, IFACE_CONFIG_MAP, IFACE_CONFIG_SLOTS, IFACE_COUNTERS_MAP, IFACE_SLOTS,
-    IfaceConfig, IfaceCounters, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROG_KFREE_SKB,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NOOP, PROG_TCP_RETRANSMIT, RETRANSMITS_MAP, direction,
+    CLOCK_MAP, DROP_REASONS_MAX, DROPS_MAP, FLOW_CACHE_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP,
+    FlowCacheEntry, FlowKey, FlowValue, IFACE_CONFIG_MAP, IFACE_CONFIG_SLOTS, IFACE_COUNTERS_MAP,
+    IFACE_SLOTS, IfaceConfig, IfaceCounters, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROG_CLOCK,
+    PROG_KFREE_SKB, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NOOP, PROG_TCP_RETRANSMIT,
+    RETRANSMITS_MAP, direction,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -118,6 +119,49 @@ pub struct Flow {
     pub last_drop_reason: Option<u32>,
 }
 
+/// Converts jiffies to monotonic nanoseconds from two simultaneous samples of both clocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct JiffiesClock {
+    jiffies: u64,
+    ns: u64,
+    ns_per_jiffy: u64,
+}
+
+impl JiffiesClock {
+    /// The kernel's tick rates (CONFIG_HZ); the measured rate is rounded to the nearest.
+    const HZ: [u64; 4] = [100, 250, 300, 1000];
+
+    fn new((j0, n0): (u64, u64), (j1, n1): (u64, u64)) -> Self {
+        let measured = j1.wrapping_sub(j0) as f64 * 1e9 / n1.saturating_sub(n0).max(1) as f64;
+        let hz = Self::HZ
+            .iter()
+            .copied()
+            .min_by(|a, b| {
+                (*a as f64 - measured)
+                    .abs()
+                    .total_cmp(&(*b as f64 - measured).abs())
+            })
+            .unwrap_or(250);
+        Self {
+            jiffies: j1,
+            ns: n1,
+            ns_per_jiffy: 1_000_000_000 / hz,
+        }
+    }
+
+    /// Jiffies `j` in monotonic nanoseconds (0 stays 0: no packet).
+    fn to_ns(self, j: u64) -> u64 {
+        if j == 0 {
+            return 0;
+        }
+        self.ns.saturating_sub(
+            self.jiffies
+                .wrapping_sub(j)
+                .saturating_mul(self.ns_per_jiffy),
+        )
+    }
+}
+
 /// What is left of an interface that went away.
 #[derive(Debug, Clone, Default)]
 pub struct Retired {
@@ -151,6 +195,8 @@ impl Default for ProbeOptions {
 /// The agent's eBPF programs, loaded; every attachment lives exactly as long as it does.
 pub struct Probe {
     ebpf: Ebpf,
+    /// (jiffies, monotonic ns) sampled at load: with a later sample, the tick rate.
+    clock_anchor: (u64, u64),
     calibrate: bool,
     /// Counter slot of each registered interface, by ifindex.
     slots: BTreeMap<u32, u16>,
@@ -174,7 +220,7 @@ impl Probe {
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
             .load(OBJECT)
             .map_err(FlowsError::Load)?;
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_NOOP] {
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_NOOP, PROG_CLOCK] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(FlowsError::MissingProgram(name))?
@@ -185,11 +231,13 @@ impl Probe {
         }
         let mut probe = Self {
             ebpf,
+            clock_anchor: (0, 0),
             calibrate: opts.calibrate,
             slots: BTreeMap::new(),
             drops_unavailable: None,
             drops_unattributed,
         };
+        probe.clock_anchor = probe.clock_sample()?;
         if opts.drops
             && let Err(e) = probe.attach_drops()
         {
@@ -282,10 +330,7 @@ impl Probe {
         if let Some(&slot) = self.slots.get(&ifindex) {
             self.collect_cache(u32::from(slot), &mut cached)?;
         }
-        let flows = cached
-            .iter()
-            .map(|(k, v)| merge_flow_values(k, v.iter()))
-            .collect();
+        let flows = self.merge(&cached)?;
         if self.slots.remove(&ifindex).is_some() {
             let mut cfg: Array<_, IfaceConfig> = self.map_mut(IFACE_CONFIG_MAP)?;
             cfg.set(ifindex % IFACE_CONFIG_SLOTS, IfaceConfig::default(), 0)
@@ -383,6 +428,30 @@ impl Probe {
             .map_err(|source| FlowsError::Program { name, source })
     }
 
+    /// (jiffies, monotonic ns) read together in the kernel by `dp_clock`.
+    fn clock_sample(&self) -> Result<(u64, u64), FlowsError> {
+        // The smallest packet a TC test run accepts: an Ethernet header.
+        self.time_tc(PROG_CLOCK, &[0u8; 14], 1, 1)?;
+        let clock: Array<_, u64> = self.map(CLOCK_MAP)?;
+        let read = |i| clock.get(&i, 0).map_err(|e| FlowsError::Map(CLOCK_MAP, e));
+        Ok((read(0)?, read(1)?))
+    }
+
+    /// The conversion from flow times (jiffies) to monotonic nanoseconds, with the tick rate
+    /// measured since load (waiting for a quarter second to pass if it has not).
+    fn jiffies_clock(&self) -> Result<JiffiesClock, FlowsError> {
+        let (j0, n0) = self.clock_anchor;
+        let mut now = self.clock_sample()?;
+        let min = 250_000_000;
+        if now.1.saturating_sub(n0) < min {
+            std::thread::sleep(std::time::Duration::from_nanos(
+                min - now.1.saturating_sub(n0),
+            ));
+            now = self.clock_sample()?;
+        }
+        Ok(JiffiesClock::new((j0, n0), now))
+    }
+
     /// Kernel ids of the loaded programs (to check from outside that they are gone).
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
@@ -445,9 +514,23 @@ impl Probe {
             let (k, per_cpu) = entry.map_err(|e| FlowsError::Map(FLOWS_MAP, e))?;
             all.entry(k).or_default().extend(per_cpu.iter().copied());
         }
+        self.merge(&all)
+    }
+
+    /// One [`Flow`] per key, its times in monotonic nanoseconds.
+    fn merge(&self, all: &HashMap<FlowKey, Vec<FlowValue>>) -> Result<Vec<Flow>, FlowsError> {
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let clock = self.jiffies_clock()?;
         Ok(all
             .iter()
-            .map(|(k, v)| merge_flow_values(k, v.iter()))
+            .map(|(k, v)| {
+                let mut f = merge_flow_values(k, v.iter());
+                f.first_ns = clock.to_ns(f.first_ns);
+                f.last_ns = clock.to_ns(f.last_ns);
+                f
+            })
             .collect())
     }
 
@@ -577,12 +660,13 @@ fn merge_flow_values<'a>(k: &FlowKey, values: impl Iterator<Item = &'a FlowValue
         }
         f.packets += v.packets;
         f.bytes += v.bytes;
+        // In jiffies here; [`Probe::flows`] converts them.
         f.first_ns = if f.first_ns == 0 {
-            v.first_ns
+            v.first_jiffies
         } else {
-            f.first_ns.min(v.first_ns)
+            f.first_ns.min(v.first_jiffies)
         };
-        f.last_ns = f.last_ns.max(v.last_ns);
+        f.last_ns = f.last_ns.max(v.last_jiffies);
         f.tcp_flags |= v.tcp_flags;
         f.df_oversize |= v.flags & agent_common::flow_flags::DF_OVERSIZE != 0;
     }
@@ -751,6 +835,22 @@ mod tests {
     }
 
     #[test]
+    fn jiffies_become_monotonic_nanoseconds() {
+        // 1.2 s at HZ=250 is 300 jiffies; the noise of a tick either way still rounds to 250.
+        for dj in [299, 300, 301] {
+            let c = JiffiesClock::new((1_000, 5_000_000_000), (1_000 + dj, 6_200_000_000));
+            assert_eq!(c.ns_per_jiffy, 4_000_000, "{dj}");
+        }
+        let c = JiffiesClock::new((1_000, 5_000_000_000), (1_300, 6_200_000_000));
+        assert_eq!(c.to_ns(1_300), 6_200_000_000);
+        assert_eq!(c.to_ns(1_050), 5_200_000_000);
+        assert_eq!(c.to_ns(0), 0);
+        // HZ=1000 over a quarter second.
+        let c = JiffiesClock::new((0xffff_ff00, 0), (0xffff_ff00 + 251, 250_000_000));
+        assert_eq!(c.ns_per_jiffy, 1_000_000);
+    }
+
+    #[test]
     fn merges_flows_across_cpus() {
         let key = FlowKey {
             src: u32::from(Ipv4Addr::new(10, 244, 0, 1)).to_be(),
@@ -764,8 +864,8 @@ mod tests {
         let cpu0 = FlowValue {
             packets: 2,
             bytes: 200,
-            first_ns: 50,
-            last_ns: 90,
+            first_jiffies: 50,
+            last_jiffies: 90,
             tcp_flags: 0x02,
             flags: 0,
             drops: 0,
@@ -774,8 +874,8 @@ mod tests {
         let cpu1 = FlowValue {
             packets: 3,
             bytes: 300,
-            first_ns: 40,
-            last_ns: 120,
+            first_jiffies: 40,
+            last_jiffies: 120,
             tcp_flags: 0x10,
             flags: 1,
             drops: 1,
