@@ -34,9 +34,9 @@ pub const PROG_TC_NOOP: &str = "dp_tc_noop";
 /// a hash lookup is a helper call on every packet).
 pub const IFACE_CONFIG_MAP: &str = "IFACE_CONFIG";
 pub const IFACE_CONFIG_SLOTS: u32 = 65536;
-/// Name of the per-CPU array of [`IfaceCounters`], two entries (ingress, egress) per counter
+/// Name of the per-CPU array of [`IfaceState`], two entries (ingress, egress) per counter
 /// slot; userspace hands out slots as it attaches.
-pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
+pub const IFACE_STATE_MAP: &str = "IFACE_STATE";
 /// Interfaces counted at once; Calico nodes rarely carry more than a few hundred workloads.
 pub const IFACE_SLOTS: u32 = 1024;
 
@@ -128,8 +128,14 @@ pub struct FlowCacheEntry {
     pub value: FlowValue,
 }
 
-/// Name of the per-CPU array of [`FlowCacheEntry`], indexed like the interface counters.
-pub const FLOW_CACHE_MAP: &str = "FLOW_CACHE";
+/// What a TC program updates per packet for its interface and direction, in one map value:
+/// one lookup, and memory that is close together.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IfaceState {
+    pub counters: IfaceCounters,
+    pub flow: FlowCacheEntry,
+}
 
 /// Name of the two-slot array `dp_clock` fills with `jiffies` and `bpf_ktime_get_ns` read at
 /// the same moment (userspace runs it with `BPF_PROG_TEST_RUN`).
@@ -179,6 +185,7 @@ const _: () = assert!(size_of::<FlowKey>() == 20);
 const _: () = assert!(size_of::<FlowValue>() == 40);
 const _: () = assert!(size_of::<KernelOffsets>() == 28);
 const _: () = assert!(size_of::<FlowCacheEntry>() == 64);
+const _: () = assert!(size_of::<IfaceState>() == 96);
 
 #[cfg(feature = "user")]
 // SAFETY: all these types are repr(C), contain only integers and have no implicit padding
@@ -199,3 +206,6 @@ unsafe impl aya::Pod for KernelOffsets {}
 #[cfg(feature = "user")]
 // SAFETY: as above; the explicit `_pad` keeps `value` 8-byte aligned without implicit padding.
 unsafe impl aya::Pod for FlowCacheEntry {}
+#[cfg(feature = "user")]
+// SAFETY: two Pod structs whose sizes are multiples of 8: no padding (size asserted above).
+unsafe impl aya::Pod for IfaceState {}

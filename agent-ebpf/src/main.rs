@@ -7,7 +7,7 @@
 
 use agent_common::{
     DROP_REASONS_MAX, FLOWS_DEFAULT_MAX, FlowCacheEntry, FlowKey, FlowValue, IFACE_CONFIG_SLOTS,
-    IFACE_SLOTS, IfaceConfig, IfaceCounters, KernelOffsets, direction, flow_flags, iface_class,
+    IFACE_SLOTS, IfaceConfig, IfaceState, KernelOffsets, direction, flow_flags, iface_class,
 };
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
@@ -20,12 +20,8 @@ use aya_ebpf::{
 #[map(name = "IFACE_CONFIG")]
 static IFACE_CONFIG: Array<IfaceConfig> = Array::with_max_entries(IFACE_CONFIG_SLOTS, 0);
 
-#[map(name = "IFACE_COUNTERS")]
-static IFACE_COUNTERS: PerCpuArray<IfaceCounters> =
-    PerCpuArray::with_max_entries(IFACE_SLOTS * 2, 0);
-
-#[map(name = "FLOW_CACHE")]
-static FLOW_CACHE: PerCpuArray<FlowCacheEntry> = PerCpuArray::with_max_entries(IFACE_SLOTS * 2, 0);
+#[map(name = "IFACE_STATE")]
+static IFACE_STATE: PerCpuArray<IfaceState> = PerCpuArray::with_max_entries(IFACE_SLOTS * 2, 0);
 
 /// Resized by userspace at load time (`--flow-table-size`).
 #[map(name = "FLOWS")]
@@ -121,20 +117,20 @@ fn observe(ctx: &TcContext, dir: u32) {
         oversize = mtu > 0 && u32::from(p.total_len) > mtu && p.dont_fragment;
         frag_needed = p.key.proto == IPPROTO_ICMP && p.key.sport == 3 && p.key.dport == 4;
     }
-    let index = slot * 2 + dir;
-    if let Some(c) = IFACE_COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU array slot: no other CPU writes it, and the pointer is valid until
-        // the program returns.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += u64::from(len);
-            (*c).df_oversize += u64::from(oversize);
-            (*c).icmp_frag_needed += u64::from(frag_needed);
-        }
-    }
+    let Some(state) = IFACE_STATE.get_ptr_mut(slot * 2 + dir) else {
+        return;
+    };
+    // SAFETY: per-CPU array slot: no other CPU writes it, and the pointer is valid until the
+    // program returns.
+    let state = unsafe { &mut *state };
+    let c = &mut state.counters;
+    c.packets += 1;
+    c.bytes += u64::from(len);
+    c.df_oversize += u64::from(oversize);
+    c.icmp_frag_needed += u64::from(frag_needed);
     if let Some(p) = ip {
         add_flow(
-            index,
+            &mut state.flow,
             &p.key,
             u64::from(len),
             p.tcp_flags,
@@ -144,40 +140,33 @@ fn observe(ctx: &TcContext, dir: u32) {
 }
 
 #[inline(always)]
-fn add_flow(index: u32, key: &FlowKey, len: u64, tcp_flags: u8, flags: u8) {
+fn add_flow(c: &mut FlowCacheEntry, key: &FlowKey, len: u64, tcp_flags: u8, flags: u8) {
     // SAFETY: no preconditions. Tick resolution is enough for first/last seen, and jiffies
     // is a plain load where the kernel's clock helpers cost ~45 ns a packet on a busy VM.
     let now = unsafe { bpf_jiffies64() };
-    let Some(c) = FLOW_CACHE.get_ptr_mut(index) else {
+    let v = &mut c.value;
+    if v.packets > 0 && same_flow(&c.key, key) {
+        v.packets += 1;
+        v.bytes += len;
+        v.last_jiffies = now;
+        v.tcp_flags |= tcp_flags;
+        v.flags |= flags;
         return;
-    };
-    // SAFETY: per-CPU array slot: no other CPU writes it, and the pointer is valid until the
-    // program returns.
-    unsafe {
-        let v = &mut (*c).value;
-        if v.packets > 0 && same_flow(&(*c).key, key) {
-            v.packets += 1;
-            v.bytes += len;
-            v.last_jiffies = now;
-            v.tcp_flags |= tcp_flags;
-            v.flags |= flags;
-            return;
-        }
-        if v.packets > 0 || v.drops > 0 {
-            flush(&(*c).key, v);
-        }
-        (*c).key = *key;
-        *v = FlowValue {
-            packets: 1,
-            bytes: len,
-            first_jiffies: now,
-            last_jiffies: now,
-            drops: 0,
-            last_drop_reason: 0,
-            tcp_flags,
-            flags,
-        };
     }
+    if v.packets > 0 || v.drops > 0 {
+        flush(&c.key, v);
+    }
+    c.key = *key;
+    *v = FlowValue {
+        packets: 1,
+        bytes: len,
+        first_jiffies: now,
+        last_jiffies: now,
+        drops: 0,
+        last_drop_reason: 0,
+        tcp_flags,
+        flags,
+    };
 }
 
 /// Field by field: the padding bytes are not compared.
@@ -413,14 +402,13 @@ fn mark_dropped_flow(skb: *const u8, offs: &KernelOffsets, ifindex: u32, slot: u
     let key = flow_key(&ip, ifindex, ports);
     // The flow is in this CPU's cache of the interface (either direction) or in the table.
     for dir in [direction::INGRESS, direction::EGRESS] {
-        if let Some(c) = FLOW_CACHE.get_ptr_mut(slot * 2 + dir) {
+        if let Some(state) = IFACE_STATE.get_ptr_mut(slot * 2 + dir) {
             // SAFETY: per-CPU array slot, valid until the program returns.
-            unsafe {
-                if (*c).value.packets > 0 && same_flow(&(*c).key, &key) {
-                    (*c).value.drops += 1;
-                    (*c).value.last_drop_reason = reason as u16;
-                    return;
-                }
+            let c = unsafe { &mut (*state).flow };
+            if c.value.packets > 0 && same_flow(&c.key, &key) {
+                c.value.drops += 1;
+                c.value.last_drop_reason = reason as u16;
+                return;
             }
         }
     }

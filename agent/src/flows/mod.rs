@@ -18,11 +18,10 @@ use std::{
 };
 
 use agent_common::{
-    CLOCK_MAP, DROP_REASONS_MAX, DROPS_MAP, FLOW_CACHE_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP,
-    FlowCacheEntry, FlowKey, FlowValue, IFACE_CONFIG_MAP, IFACE_CONFIG_SLOTS, IFACE_COUNTERS_MAP,
-    IFACE_SLOTS, IfaceConfig, IfaceCounters, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROG_CLOCK,
-    PROG_KFREE_SKB, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NOOP, PROG_TCP_RETRANSMIT,
-    RETRANSMITS_MAP, direction,
+    CLOCK_MAP, DROP_REASONS_MAX, DROPS_MAP, FLOWS_DEFAULT_MAX, FLOWS_MAP, FlowKey, FlowValue,
+    IFACE_CONFIG_MAP, IFACE_CONFIG_SLOTS, IFACE_SLOTS, IFACE_STATE_MAP, IfaceConfig, IfaceCounters,
+    IfaceState, KERNEL_OFFSETS_GLOBAL, KernelOffsets, PROG_CLOCK, PROG_KFREE_SKB, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_TC_NOOP, PROG_TCP_RETRANSMIT, RETRANSMITS_MAP, direction,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -287,22 +286,14 @@ impl Probe {
                 other: current.ifindex,
             });
         }
-        let mut counters: PerCpuArray<_, IfaceCounters> = self.map_mut(IFACE_COUNTERS_MAP)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| FlowsError::Cpus(e))?;
+        let mut state: PerCpuArray<_, IfaceState> = self.map_mut(IFACE_STATE_MAP)?;
         for (_, raw) in Direction::BOTH {
-            let zeroes = PerCpuValues::try_from(vec![IfaceCounters::default(); cpus])
+            let zeroes = PerCpuValues::try_from(vec![IfaceState::default(); cpus])
                 .map_err(FlowsError::Cpus)?;
-            counters
+            state
                 .set(u32::from(slot) * 2 + raw, zeroes, 0)
-                .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
-        }
-        let mut cache: PerCpuArray<_, FlowCacheEntry> = self.map_mut(FLOW_CACHE_MAP)?;
-        for (_, raw) in Direction::BOTH {
-            let empty = PerCpuValues::try_from(vec![FlowCacheEntry::default(); cpus])
-                .map_err(FlowsError::Cpus)?;
-            cache
-                .set(u32::from(slot) * 2 + raw, empty, 0)
-                .map_err(|e| FlowsError::Map(FLOW_CACHE_MAP, e))?;
+                .map_err(|e| FlowsError::Map(IFACE_STATE_MAP, e))?;
         }
         let mut cfg: Array<_, IfaceConfig> = self.map_mut(IFACE_CONFIG_MAP)?;
         cfg.set(
@@ -493,11 +484,11 @@ impl Probe {
         } else {
             direction::INGRESS
         };
-        let map: PerCpuArray<_, IfaceCounters> = self.map(IFACE_COUNTERS_MAP)?;
+        let map: PerCpuArray<_, IfaceState> = self.map(IFACE_STATE_MAP)?;
         let values = map
             .get(&(u32::from(slot) * 2 + raw), 0)
-            .map_err(|e| FlowsError::Map(IFACE_COUNTERS_MAP, e))?;
-        Ok(values.iter().copied().collect())
+            .map_err(|e| FlowsError::Map(IFACE_STATE_MAP, e))?;
+        Ok(values.iter().map(|s| s.counters).collect())
     }
 
     /// Every flow, merged over CPUs and over the table and the per-interface caches. Read
@@ -540,12 +531,12 @@ impl Probe {
         slot: u32,
         into: &mut HashMap<FlowKey, Vec<FlowValue>>,
     ) -> Result<(), FlowsError> {
-        let cache: PerCpuArray<_, FlowCacheEntry> = self.map(FLOW_CACHE_MAP)?;
+        let state: PerCpuArray<_, IfaceState> = self.map(IFACE_STATE_MAP)?;
         for (_, raw) in Direction::BOTH {
-            let per_cpu = cache
+            let per_cpu = state
                 .get(&(slot * 2 + raw), 0)
-                .map_err(|e| FlowsError::Map(FLOW_CACHE_MAP, e))?;
-            for e in per_cpu.iter() {
+                .map_err(|e| FlowsError::Map(IFACE_STATE_MAP, e))?;
+            for e in per_cpu.iter().map(|s| &s.flow) {
                 if e.value.packets > 0 || e.value.drops > 0 {
                     into.entry(e.key).or_default().push(e.value);
                 }
