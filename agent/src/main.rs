@@ -362,7 +362,7 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         }
     };
     loop {
-        session.refresh(&interfaces().await?);
+        refresh(&mut session).await;
         if session.targets.is_empty() && args.iface.is_some() {
             anyhow::bail!(
                 "no interface {} to attach to",
@@ -384,7 +384,7 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 () = tokio::time::sleep_until(end) => break,
                 c = changed => match c {
-                    Some(()) => session.refresh(&interfaces().await?),
+                    Some(()) => refresh(&mut session).await,
                     // The subscription ended: fall back to re-scanning.
                     None => events = None,
                 },
@@ -408,10 +408,15 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn interfaces() -> anyhow::Result<observed::ObservedDataplane> {
-    observed::read_interfaces()
-        .await
-        .context("listing interfaces over netlink")
+/// Attaches to new interfaces; a failed listing is logged and retried on the next event or
+/// tick, never the end of the run.
+async fn refresh(session: &mut agent::flows::Session) {
+    match observed::read_interfaces().await {
+        Ok(obs) => session.refresh(&obs),
+        Err(e) => {
+            tracing::warn!(error = %observed::error_chain(&e), "listing interfaces over netlink")
+        }
+    }
 }
 
 fn print(input: &Input, a: &Analysis, human: fn(&Analysis) -> String) -> anyhow::Result<()> {

@@ -939,25 +939,40 @@ mod tests {
         }
     }
 
-    /// The offsets the drop tracepoint uses, read from this kernel and cross-checked with
-    /// bpftool's raw dump for the top-level members.
-    #[test]
-    fn reads_this_kernels_offsets() {
-        if !std::path::Path::new(VMLINUX_BTF).exists() {
+    fn has_vmlinux() -> bool {
+        let present = std::path::Path::new(VMLINUX_BTF).exists();
+        if !present {
             eprintln!("skipped: {VMLINUX_BTF} absent (kernel without CONFIG_DEBUG_INFO_BTF)");
-            return;
         }
-        let offs = kernel_offsets().expect("offsets");
-        // `dev` follows the next/prev pointers in every kernel since 4.x.
-        assert_eq!(offs.skb_dev, 16);
+        present
+    }
+
+    /// bpftool's raw dump of the kernel's BTF, the independent reading to compare with.
+    fn bpftool_dump() -> Option<String> {
         let Ok(out) = std::process::Command::new("bpftool")
             .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
             .output()
         else {
             eprintln!("bpftool not installed: cross-check skipped");
+            return None;
+        };
+        assert!(out.status.success(), "bpftool failed");
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The offsets the drop tracepoint uses, read from this kernel and cross-checked with
+    /// bpftool's raw dump for the top-level members.
+    #[test]
+    fn reads_this_kernels_offsets() {
+        if !has_vmlinux() {
+            return;
+        }
+        let offs = kernel_offsets().expect("offsets");
+        // `dev` follows the next/prev pointers in every kernel since 4.x.
+        assert_eq!(offs.skb_dev, 16);
+        let Some(text) = bpftool_dump() else {
             return;
         };
-        let text = String::from_utf8_lossy(&out.stdout);
         // `[id] STRUCT 'net_device' size=… vlen=N`, then `\t'ifindex' type_id=… bits_offset=B`.
         let bits_of = |structure: &str, member: &str| -> u32 {
             text.lines()
@@ -982,8 +997,7 @@ mod tests {
     /// The running kernel's own BTF, cross-checked with bpftool when it is installed.
     #[test]
     fn reads_this_kernels_drop_reasons() {
-        if !std::path::Path::new(VMLINUX_BTF).exists() {
-            eprintln!("skipped: {VMLINUX_BTF} absent (kernel without CONFIG_DEBUG_INFO_BTF)");
+        if !has_vmlinux() {
             return;
         }
         let reasons = drop_reasons().expect("drop reasons");
@@ -1002,15 +1016,9 @@ mod tests {
             assert_eq!(*value, pos as u64, "{name}");
         }
 
-        let Ok(out) = std::process::Command::new("bpftool")
-            .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
-            .output()
-        else {
-            eprintln!("bpftool not installed: cross-check skipped");
+        let Some(text) = bpftool_dump() else {
             return;
         };
-        assert!(out.status.success(), "bpftool failed");
-        let text = String::from_utf8_lossy(&out.stdout);
         // `[id] ENUM 'skb_drop_reason' … vlen=N`, then one `\t'NAME' val=V` line per value.
         let from_bpftool: Vec<(u64, String)> = text
             .lines()
