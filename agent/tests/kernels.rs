@@ -1,7 +1,7 @@
-//! The agent on kernels other than the host's: Debian's 6.1 cloud kernel, booted under QEMU
-//! by `tests/qemu/run.sh` (see its README). 6.1 has no TCX, so the TC programs attach as
-//! clsact filters there; it also has real IPIP (`tunl0`) and kernel WireGuard, which the host
-//! kernel lacks. Each guest script prints its results between marker lines.
+//! The agent on kernels other than the host's: Debian's 6.1 and 6.12 cloud kernels, booted
+//! under QEMU by `tests/qemu/run.sh` (see its README). 6.1 has no TCX, so the TC programs
+//! attach as clsact filters there; it also has real IPIP (`tunl0`) and kernel WireGuard, which
+//! the host kernel lacks. Each guest script prints its results between marker lines.
 
 use std::{path::PathBuf, process::Command};
 
@@ -11,9 +11,13 @@ const KERNEL: &str = "6.1";
 
 /// The console output of `guest` run on `KERNEL` with a stripped copy of this build's agent.
 fn boot(guest: &str) -> String {
+    boot_on(KERNEL, guest)
+}
+
+fn boot_on(kernel: &str, guest: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     // Debug info would make the initramfs ten times larger.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("qemu-{guest}"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("qemu-{kernel}-{guest}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let agent = dir.join("agent");
     let status = Command::new("strip")
@@ -24,7 +28,7 @@ fn boot(guest: &str) -> String {
         .expect("strip (binutils)");
     assert!(status.success(), "strip failed");
     let out = Command::new(root.join("tests/qemu/run.sh"))
-        .arg(KERNEL)
+        .arg(kernel)
         .arg(root.join("tests/qemu/guest").join(guest))
         .arg(&agent)
         .output()
@@ -32,7 +36,7 @@ fn boot(guest: &str) -> String {
     let console = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{guest} on {KERNEL} exited {:?}\n--- console ---\n{console}\n--- stderr ---\n{}",
+        "{guest} on {kernel} exited {:?}\n--- console ---\n{console}\n--- stderr ---\n{}",
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -92,12 +96,12 @@ fn assert_clean_exit(console: &str) {
     assert!(console.contains("TC-AFTER-LEFTOVER=0"), "{console}");
 }
 
-#[test]
-fn clsact_attach_counts_exactly_and_detaches_on_6_1() {
-    let console = boot("clsact.sh");
-    assert!(console.contains(&format!("KERNEL={KERNEL}.")), "{console}");
+/// Five pings across a workload veth, attached with `attach` on `kernel`.
+fn workload_veth_counts_exactly(kernel: &str, attach: &str) {
+    let console = boot_on(kernel, "workload.sh");
+    assert!(console.contains(&format!("KERNEL={kernel}.")), "{console}");
     let flows = json(&console, "FLOWS-JSON");
-    assert_eq!(flows["attach"], "clsact", "{flows}");
+    assert_eq!(flows["attach"], attach, "{flows}");
     // Five 98-byte echo frames out of the host side, five replies in.
     for dir in ["ingress", "egress"] {
         assert_eq!(
@@ -115,6 +119,16 @@ fn clsact_attach_counts_exactly_and_detaches_on_6_1() {
         5
     );
     assert_clean_exit(&console);
+}
+
+#[test]
+fn clsact_attach_counts_exactly_and_detaches_on_6_1() {
+    workload_veth_counts_exactly("6.1", "clsact");
+}
+
+#[test]
+fn tcx_attach_counts_exactly_and_detaches_on_6_12() {
+    workload_veth_counts_exactly("6.12", "tcx");
 }
 
 #[test]

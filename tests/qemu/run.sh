@@ -3,7 +3,7 @@
 # guest's test, with EXTRA_BINARY... (and their libraries) in the guest's /bin.
 #
 #   tests/qemu/run.sh KERNEL_SERIES GUEST_SCRIPT [EXTRA_BINARY...]
-#   tests/qemu/run.sh 6.1 tests/qemu/guest/clsact.sh target/release/agent
+#   tests/qemu/run.sh 6.1 tests/qemu/guest/workload.sh target/release/agent
 #
 # The console is streamed to stdout; the exit status is the guest script's, or 99 when the
 # guest never reported one (boot failure, panic, timeout). See tests/qemu/README.md.

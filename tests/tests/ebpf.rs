@@ -344,3 +344,56 @@ fn syn_retransmissions_and_their_netfilter_drops_are_counted_per_class_and_flow(
         "{flows:?}"
     );
 }
+
+/// In Calico eBPF mode Felix's programs sit on the same TC hooks. Ours join at the head of the
+/// TCX chain and hand every packet on: Felix's keep running, in their order, and stay when
+/// ours detach. Our own empty program, attached first, stands in for Felix's.
+#[test]
+fn programs_already_on_the_hook_keep_their_place() {
+    if !tcx_kernel() {
+        eprintln!("skipped: no TCX on this kernel (the clsact path runs under QEMU)");
+        return;
+    }
+    let (_guard, a, b) = quiet_pair();
+    let (during, after, counts, ifindex) = in_netns(&b, move |rt| {
+        let obs = rt.block_on(observed::read_live("b"));
+        let target = targets::select(&obs, Some("vb")).pop().expect("vb");
+        let chain = || {
+            let (_, progs) = aya::programs::SchedClassifier::query_tcx(
+                "vb",
+                aya::programs::TcAttachType::Ingress,
+            )
+            .expect("query tcx");
+            progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        };
+        let mut felix = Probe::load(ProbeOptions {
+            drops: false,
+            calibrate: true,
+            ..ProbeOptions::default()
+        })
+        .expect("load the stand-in");
+        felix.attach(&target).expect("attach the stand-in");
+        let mut ours = Probe::load(ProbeOptions {
+            drops: false,
+            ..ProbeOptions::default()
+        })
+        .expect("load");
+        ours.attach(&target).expect("attach");
+        ping_on_cpu(&a, 0, PINGS);
+        let during = chain();
+        let counts = ours.counts().expect("counts");
+        drop(ours);
+        (during, chain(), counts, target.ifindex)
+    });
+    assert_eq!(during, ["dp_tc_ingress", "dp_tc_noop"]);
+    assert_eq!(after, ["dp_tc_noop"]);
+    assert_eq!(
+        counts
+            .get(&(ifindex, Direction::Ingress))
+            .map(|c| c.packets),
+        Some(PINGS)
+    );
+}

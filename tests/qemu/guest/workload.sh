@@ -1,7 +1,7 @@
 #!/bin/sh
 # shellcheck source-path=SCRIPTDIR
-# Guest test: the agent's TC programs on a Calico workload veth, on a kernel without TCX
-# (they attach as clsact filters there). Five pings from the host to the pod, with static
+# Guest test: the agent's TC programs on a Calico workload veth (as clsact filters on kernels
+# without TCX, as TCX links on 6.6 and later). Five pings from the host to the pod, with static
 # neighbours and IPv6 off, so the counters are exact: 5 echo requests out of the host side
 # (egress of cali1234567890a), 5 replies in (ingress).
 #
