@@ -65,10 +65,11 @@ pub struct IfaceConfig {
 pub struct IfaceCounters {
     pub packets: u64,
     pub bytes: u64,
-    /// IPv4 packets with DF set whose total length exceeds the interface's MTU (from
-    /// [`IfaceConfig`]): they will be dropped with "fragmentation needed".
+    /// Packets that cannot pass the MTU from [`IfaceConfig`] and will be dropped with
+    /// "fragmentation needed" / "packet too big": IPv4 with DF set and IPv6, longer than the
+    /// MTU (GSO super-packets by the length of their segments).
     pub df_oversize: u64,
-    /// ICMP "destination unreachable, fragmentation needed" messages seen.
+    /// ICMP "fragmentation needed" and ICMPv6 "packet too big" messages seen.
     pub icmp_frag_needed: u64,
 }
 

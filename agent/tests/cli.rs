@@ -1,7 +1,18 @@
 //! The `agent` binary on a node without Calico, with and without privileges. Needs root to
 //! create the network namespace; runs the binary inside it with `ip netns exec`.
 
-use std::process::Command;
+use std::{
+    process::Command,
+    sync::{Mutex, MutexGuard},
+};
+
+/// `diag` and `flows` load eBPF programs, and the detach checks look at every program loaded
+/// on the machine: the tests of this file run one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 struct Netns(String);
 
@@ -60,6 +71,7 @@ fn agent(netns: &str, unprivileged: bool, args: &[&str], extra: &[&str]) -> (i32
 
 #[test]
 fn plain_host_says_no_calico_and_exits_zero() {
+    let _serial = serial();
     let ns = Netns::new("plain");
     let (code, out, err) = diag(&ns, false, &[]);
     assert_eq!(code, 0, "{out}{err}");
@@ -79,6 +91,7 @@ fn plain_host_says_no_calico_and_exits_zero() {
 
 #[test]
 fn unprivileged_run_names_the_missing_capability() {
+    let _serial = serial();
     let ns = Netns::new("unpriv");
     let (code, out, err) = diag(&ns, true, &[]);
     assert_eq!(code, 0, "{out}{err}");
@@ -90,6 +103,7 @@ fn unprivileged_run_names_the_missing_capability() {
 
 #[test]
 fn check_exit_codes() {
+    let _serial = serial();
     let ns = Netns::new("chk");
     let (code, _, err) = agent(&ns.0, false, &["check", "--node-name", "plain-host"], &[]);
     assert_eq!(code, 2, "no Calico: could not verify");
@@ -205,6 +219,7 @@ fn loaded_now() -> Vec<String> {
 
 #[test]
 fn flows_detach_on_exit_and_on_sigterm() {
+    let _serial = serial();
     let ns = Netns::new("fl");
     assert!(
         Command::new("ip")
@@ -262,6 +277,16 @@ fn flows_detach_on_exit_and_on_sigterm() {
         ours_loaded()
     );
 
+    // A failed start (no such interface) leaves nothing behind either.
+    let (code, _, err) = agent(&ns.0, false, &["flows", "--iface", "nope0"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no interface nope0"), "{err}");
+    assert!(
+        ours_loaded().is_empty(),
+        "left loaded after a failed start: {:?}",
+        ours_loaded()
+    );
+
     let (code, out, _) = agent(&ns.0, false, &["flows", "--no-ebpf"], &[]);
     assert_eq!(
         (code, out.trim()),
@@ -282,6 +307,7 @@ fn ip(args: &[&str]) {
 /// every one of its pings is counted.
 #[test]
 fn flows_attach_to_a_new_workload_veth_on_its_link_event() {
+    let _serial = serial();
     let (node, pod) = (Netns::new("evn"), Netns::new("evp"));
     for ns in [&node.0, &pod.0] {
         for key in ["all", "default"] {

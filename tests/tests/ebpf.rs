@@ -386,7 +386,16 @@ fn programs_already_on_the_hook_keep_their_place() {
         let during = chain();
         let counts = ours.counts().expect("counts");
         drop(ours);
-        (during, chain(), counts, target.ifindex)
+        // The link goes with its last reference, which the kernel may drop a moment later.
+        let mut after = chain();
+        for _ in 0..30 {
+            if after.len() < during.len() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            after = chain();
+        }
+        (during, after, counts, target.ifindex)
     });
     assert_eq!(during, ["dp_tc_ingress", "dp_tc_noop"]);
     assert_eq!(after, ["dp_tc_noop"]);
@@ -396,4 +405,106 @@ fn programs_already_on_the_hook_keep_their_place() {
             .map(|c| c.packets),
         Some(PINGS)
     );
+}
+
+/// MTU signals must fire on what the MTU really drops and stay quiet otherwise: a bulk TCP
+/// transfer moves GSO super-packets far longer than the MTU whose segments fit (quiet); IPv6
+/// packets above the MTU and the ICMPv6 Packet Too Big a router answers them with are counted.
+#[test]
+fn mtu_signals_count_what_the_mtu_drops_and_not_gso_super_packets() {
+    let (_guard, a, b) = quiet_pair();
+    // IPv6 on the pair too, and b routes fd01::/64 into a veth of MTU 1280.
+    for (ns, dev, addr, peer, peer_mac) in [
+        (&a, "va", "fd00::1/64", "fd00::2", "02:00:00:00:00:0b"),
+        (&b, "vb", "fd00::2/64", "fd00::1", "02:00:00:00:00:0a"),
+    ] {
+        sysctl(ns, &format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
+        ip(ns, &["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+        ip(
+            ns,
+            &[
+                "-6",
+                "neigh",
+                "replace",
+                peer,
+                "dev",
+                dev,
+                "lladdr",
+                peer_mac,
+                "nud",
+                "permanent",
+            ],
+        );
+    }
+    ip(&a, &["-6", "route", "add", "fd01::/64", "via", "fd00::2"]);
+    sysctl(&b, "net.ipv6.conf.all.forwarding", "1");
+    ip(
+        &b,
+        &[
+            "link", "add", "d0", "mtu", "1280", "type", "veth", "peer", "name", "d1",
+        ],
+    );
+    ip(&b, &["link", "set", "d1", "up"]);
+    ip(&b, &["link", "set", "d0", "up"]);
+    ip(&b, &["-6", "route", "add", "fd01::/64", "dev", "d0"]);
+    let (a2, b2) = (a.clone(), b.clone());
+    let (bulk, v6) = in_netns(&b, move |rt| {
+        let obs = rt.block_on(observed::read_live("b"));
+        let target = targets::select(&obs, Some("vb")).pop().expect("vb");
+        let probe_with = |mtu: u32| {
+            let mut p = Probe::load(ProbeOptions {
+                drops: false,
+                ..ProbeOptions::default()
+            })
+            .expect("load");
+            let mut t = target.clone();
+            t.mtu = mtu;
+            p.attach(&t).expect("attach");
+            p
+        };
+        // 4 MB of TCP at the device's own MTU.
+        let probe = probe_with(1500);
+        let mut server = std::process::Command::new("ip")
+            .args(["netns", "exec", &b2, "iperf3", "-s", "-1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("iperf3 -s");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let sent = sh::run(&[
+            "ip",
+            "netns",
+            "exec",
+            &a2,
+            "iperf3",
+            "-c",
+            "192.0.2.2",
+            "-n",
+            "4M",
+        ]);
+        let _ = server.wait();
+        sent.expect("iperf3 -c");
+        let bulk = probe.counts().expect("counts");
+        drop(probe);
+        // One 1448-byte IPv6 packet (above 1280) forwarded by b into d0: b answers Packet
+        // Too Big through vb.
+        let probe = probe_with(1280);
+        let _ = sh::run(&[
+            "ip", "netns", "exec", &a2, "ping", "-6", "-q", "-M", "do", "-s", "1400", "-c", "1",
+            "-W", "1", "fd01::9",
+        ]);
+        (bulk, (probe.counts().expect("counts"), target.ifindex))
+    });
+    let (v6, ifindex) = v6;
+    let bulk_in = bulk
+        .get(&(ifindex, Direction::Ingress))
+        .copied()
+        .unwrap_or_default();
+    assert!(
+        bulk_in.bytes / bulk_in.packets.max(1) > 1500,
+        "no GSO super-packets to judge: {bulk_in:?}"
+    );
+    assert_eq!(bulk_in.df_oversize, 0, "{bulk:?}");
+    let get = |dir| v6.get(&(ifindex, dir)).copied().unwrap_or_default();
+    assert_eq!(get(Direction::Ingress).df_oversize, 1, "{v6:?}");
+    assert_eq!(get(Direction::Egress).icmp_frag_needed, 1, "{v6:?}");
 }
