@@ -113,15 +113,16 @@ fn observe(ctx: &TcContext, dir: u32) {
         return;
     }
     let len = ctx.len();
-    // SAFETY: as above; gso_size is a plain __sk_buff field (Linux ≥ 5.9).
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    let ip = parse_ipv4(ctx, ifindex, l3, gso_size);
+    let ip = parse_ipv4(ctx, ifindex, l3);
     let (oversize, frag_needed) = match &ip {
         Some(p) => (
-            mtu > 0 && p.wire_len > mtu && p.dont_fragment,
+            mtu > 0
+                && p.dont_fragment
+                && p.total_len > mtu
+                && segment_len(ctx, p.total_len, p.headers_len) > mtu,
             p.key.proto == IPPROTO_ICMP && p.key.sport == 3 && p.key.dport == 4,
         ),
-        None => ipv6_mtu_signals(ctx, l3, mtu, gso_size),
+        None => ipv6_mtu_signals(ctx, l3, mtu),
     };
     let Some(state) = IFACE_STATE.get_ptr_mut(slot * 2 + dir) else {
         return;
@@ -217,9 +218,9 @@ fn flush(key: &FlowKey, c: &FlowValue) {
 
 struct Ipv4 {
     key: FlowKey,
-    /// The length of the IP packets this becomes on the wire: the packet's own, or for a
-    /// GSO super-packet the length of each segment it will be cut into.
-    wire_len: u32,
+    total_len: u32,
+    /// IP and transport header lengths: with `gso_size`, a GSO super-packet's segment length.
+    headers_len: u32,
     dont_fragment: bool,
     tcp_flags: u8,
 }
@@ -247,7 +248,7 @@ fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
 /// Headers are read as whole byte arrays: a one-byte bounds check is compiled into a form the
 /// verifier does not accept.
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool, gso_size: u32) -> Option<Ipv4> {
+fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool) -> Option<Ipv4> {
     let off = if l3 {
         // On L3 devices skb->protocol says what the packet is; there is no Ethernet header.
         if u16::from_be(ctx.skb.protocol() as u16) != ETH_P_IP {
@@ -279,17 +280,29 @@ fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool, gso_size: u32) -> Option<
         IPPROTO_ICMP => (read::<[u8; 4]>(ctx, l4).unwrap_or([0; 4]), 0, 0),
         _ => ([0; 4], 0, 0),
     };
-    let wire_len = if gso_size == 0 {
-        u32::from(u16::from_be_bytes([ip[2], ip[3]]))
-    } else {
-        ihl as u32 + l4_hdr + gso_size
-    };
     Some(Ipv4 {
         key: flow_key(&ip, ifindex, ports),
-        wire_len,
+        total_len: u32::from(u16::from_be_bytes([ip[2], ip[3]])),
+        headers_len: ihl as u32 + l4_hdr,
         dont_fragment: frag & 0x4000 != 0,
         tcp_flags,
     })
+}
+
+/// The length of the IP packets a packet of `total_len` becomes on the wire: its own, or for
+/// a GSO super-packet that of the segments it will be cut into. Only asked of packets longer
+/// than the MTU: `gso_size` lives in the skb's shared info, a cache line the packet's usual
+/// path never touches.
+#[inline(always)]
+fn segment_len(ctx: &TcContext, total_len: u32, headers_len: u32) -> u32 {
+    // SAFETY: the context pointer is valid for the program's run; gso_size is a plain
+    // __sk_buff field (Linux ≥ 5.9).
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        total_len
+    } else {
+        headers_len + gso_size
+    }
 }
 
 /// For an IPv6 packet: (larger than `mtu`, an ICMPv6 Packet Too Big). IPv6 is never
@@ -298,7 +311,7 @@ fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool, gso_size: u32) -> Option<
 /// transport headers left out, so a near miss is not counted). IPv6 traffic is counted, not
 /// kept as flows.
 #[inline(always)]
-fn ipv6_mtu_signals(ctx: &TcContext, l3: bool, mtu: u32, gso_size: u32) -> (bool, bool) {
+fn ipv6_mtu_signals(ctx: &TcContext, l3: bool, mtu: u32) -> (bool, bool) {
     let off = if l3 {
         if u16::from_be(ctx.skb.protocol() as u16) != ETH_P_IPV6 {
             return (false, false);
@@ -316,15 +329,14 @@ fn ipv6_mtu_signals(ctx: &TcContext, l3: bool, mtu: u32, gso_size: u32) -> (bool
     if h[0] >> 4 != 6 {
         return (false, false);
     }
-    let len = if gso_size == 0 {
-        40 + u32::from(u16::from_be_bytes([h[4], h[5]]))
-    } else {
-        40 + gso_size
-    };
+    let total_len = 40 + u32::from(u16::from_be_bytes([h[4], h[5]]));
     // ICMPv6 right after the fixed header (no extension headers), type 2.
     let ptb = h[6] == IPPROTO_ICMPV6
         && read::<[u8; 4]>(ctx, off + 40).is_some_and(|t| t[0] == ICMPV6_PACKET_TOO_BIG);
-    (mtu > 0 && len > mtu, ptb)
+    (
+        mtu > 0 && total_len > mtu && segment_len(ctx, total_len, 40) > mtu,
+        ptb,
+    )
 }
 
 /// The flow key of an IPv4 header and the first four bytes of its transport header (ports, or
