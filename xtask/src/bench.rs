@@ -44,7 +44,7 @@ pub fn run(root: &Path, seconds: u32) -> anyhow::Result<()> {
     let (samples, ours, floor) = result?;
     let ratio = median_ratio(&samples, WITH);
     let empty_ratio = median_ratio(&samples, EMPTY);
-    let (ns, floor_ns) = (per_run(ours), per_run(floor));
+    let ((ns, ours_runs), (floor_ns, floor_runs)) = (median_per_run(&ours), median_per_run(&floor));
     let net = ns - floor_ns;
     let mut md = String::from(
         "# Benchmarks\n\nProduced by `cargo xtask bench` (numbers from the last run on this machine kind: 2 cores, no KVM-specific tuning). Ratios compare runs made minutes apart in the same invocation; absolute numbers vary between machines.\n\n## eBPF datapath cost (issue 5)\n\niperf3 TCP, pod on node-a → pod on node-b across `vxlan.calico` in the lab, ",
@@ -56,11 +56,10 @@ pub fn run(root: &Path, seconds: u32) -> anyhow::Result<()> {
     md.push_str(&format!(
         "\n- throughput with the programs / the baselines around it, median over {ROUNDS} rounds: **{ratio:.3}** (target ≥ 0.97)\n\
          - the same for the empty program (`agent flows --calibrate`): {empty_ratio:.3} — what the TC hooks cost whatever program runs in them\n\
-         - cost per program run from `bpf_stats` (`run_time_ns / run_cnt` over the TC programs, separate runs with stats on):\n\
-         \x20 - our programs: **{ns:.1} ns** over {} runs\n\
-         \x20 - an empty program attached the same way (`agent flows --calibrate`): {floor_ns:.1} ns over {} runs — the floor any TC program pays here, bpf_stats' own clock reads included\n\
-         \x20 - ours above the floor: **{net:.1} ns** (target < 50 ns)\n",
-        ours.1, floor.1
+         - cost per program run from `bpf_stats` (`run_time_ns / run_cnt` over the TC programs; separate iperf3 runs with stats on, {ROUNDS} each, alternating; medians):\n\
+         \x20 - our programs: **{ns:.1} ns** ({ours_runs} runs)\n\
+         \x20 - an empty program attached the same way (`agent flows --calibrate`): {floor_ns:.1} ns ({floor_runs} runs) — the floor any TC program pays here, bpf_stats' own clock reads included\n\
+         \x20 - ours above the floor: **{net:.1} ns** (target < 50 ns)\n"
     ));
     md.push_str(&if ratio >= 0.97 {
         "\nReading: the throughput cost is within the target (iperf3 moves 64 KiB GSO super-packets, so per-packet work is amortised).".to_string()
@@ -87,17 +86,13 @@ pub fn run(root: &Path, seconds: u32) -> anyhow::Result<()> {
 /// two baselines around them: the machine's drift between runs cancels out, and one outlier
 /// run moves the median less than it would a mean.
 fn median_ratio(samples: &[Sample], label: &str) -> f64 {
-    let mut ratios: Vec<f64> = samples
-        .windows(3)
-        .filter(|w| w[1].label == label)
-        .map(|w| w[1].gbits / ((w[0].gbits + w[2].gbits) / 2.0))
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    match ratios.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => ratios[n / 2],
-        n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
-    }
+    median(
+        samples
+            .windows(3)
+            .filter(|w| w[1].label == label)
+            .map(|w| w[1].gbits / ((w[0].gbits + w[2].gbits) / 2.0))
+            .collect(),
+    )
 }
 
 /// Run time and run count of the TC programs.
@@ -107,7 +102,28 @@ fn per_run((t, n): Cost) -> f64 {
     t as f64 / n.max(1) as f64
 }
 
-fn measure(lab: &Lab, agent: &Path, seconds: u32) -> anyhow::Result<(Vec<Sample>, Cost, Cost)> {
+/// The median nanoseconds per run over several measured runs, and the runs counted.
+fn median_per_run(costs: &[Cost]) -> (f64, u64) {
+    (
+        median(costs.iter().copied().map(per_run).collect()),
+        costs.iter().map(|c| c.1).sum(),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn measure(
+    lab: &Lab,
+    agent: &Path,
+    seconds: u32,
+) -> anyhow::Result<(Vec<Sample>, Vec<Cost>, Vec<Cost>)> {
     lab.check_connectivity()?;
     let server_pod = &lab.spec.nodes[1].pods[0];
     let client_pod = &lab.spec.nodes[0].pods[0];
@@ -118,7 +134,7 @@ fn measure(lab: &Lab, agent: &Path, seconds: u32) -> anyhow::Result<(Vec<Sample>
         .spawn()
         .context("starting iperf3 -s")?;
     std::thread::sleep(Duration::from_millis(500));
-    let result = (|| -> anyhow::Result<(Vec<Sample>, Cost, Cost)> {
+    let result = (|| -> anyhow::Result<(Vec<Sample>, Vec<Cost>, Vec<Cost>)> {
         let mut samples = Vec::new();
         let server = server_pod.ip.to_string();
         // Throughput with bpf_stats off: its per-run timestamps would be charged to us.
@@ -150,20 +166,22 @@ fn measure(lab: &Lab, agent: &Path, seconds: u32) -> anyhow::Result<(Vec<Sample>
         let previous = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
         std::fs::write(STATS, "1").context("enabling bpf_stats")?;
         let netns = &lab.spec.nodes[0].netns;
-        let mut costs = Vec::new();
-        for extra in [&[][..], &["--calibrate"][..]] {
-            let run = attach(agent, netns, seconds + 4, extra).and_then(|mut probe| {
-                let run = iperf(&client_pod.netns, &server, seconds).and_then(|_| tc_stats());
-                let _ = probe.kill();
-                let _ = probe.wait();
-                run
-            });
-            costs.push(run);
+        // Alternating, so that the machine's drift between runs hits both alike.
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            for (extra, into) in [(&[][..], &mut ours), (&["--calibrate"][..], &mut floor)] {
+                let run = attach(agent, netns, seconds + 4, extra).and_then(|mut probe| {
+                    let run = iperf(&client_pod.netns, &server, seconds).and_then(|_| tc_stats());
+                    let _ = probe.kill();
+                    let _ = probe.wait();
+                    run
+                });
+                into.push(run);
+            }
         }
         let _ = std::fs::write(STATS, previous.trim());
-        let mut costs = costs.into_iter();
-        let ours = costs.next().context("no cost run")??;
-        let floor = costs.next().context("no calibration run")??;
+        let ours = ours.into_iter().collect::<anyhow::Result<Vec<Cost>>>()?;
+        let floor = floor.into_iter().collect::<anyhow::Result<Vec<Cost>>>()?;
         Ok((samples, ours, floor))
     })();
     let _ = server.kill();
