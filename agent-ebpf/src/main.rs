@@ -1,7 +1,8 @@
 //! Observe-only programs. The TC classifiers count packets, bytes and MTU signals per interface
-//! and direction, and keep a bounded per-CPU LRU flow table; they always return
-//! `TC_ACT_UNSPEC` (next program / default action) and never change a packet. The `skb:kfree_skb`
-//! raw tracepoint counts drops per kernel drop reason.
+//! and direction, and keep flows in a per-interface last-flow cache in front of a bounded
+//! per-CPU LRU flow table; they always return `TC_ACT_UNSPEC` (next program / default action)
+//! and never change a packet. The `kfree_skb` raw tracepoint counts drops per kernel drop
+//! reason and class of the packet's device, and marks the flow the packet belonged to.
 #![no_std]
 #![no_main]
 

@@ -194,8 +194,9 @@ impl Default for ProbeOptions {
 /// The agent's eBPF programs, loaded; every attachment lives exactly as long as it does.
 pub struct Probe {
     ebpf: Ebpf,
-    /// (jiffies, monotonic ns) sampled at load: with a later sample, the tick rate.
-    clock_anchor: (u64, u64),
+    /// (jiffies, monotonic ns) sampled at load: with a later sample, the tick rate. `None`
+    /// when the kernel would not run `dp_clock`: flow times are then 0 (unknown).
+    clock_anchor: Option<(u64, u64)>,
     calibrate: bool,
     /// Counter slot of each registered interface, by ifindex.
     slots: BTreeMap<u32, u16>,
@@ -230,13 +231,13 @@ impl Probe {
         }
         let mut probe = Self {
             ebpf,
-            clock_anchor: (0, 0),
+            clock_anchor: None,
             calibrate: opts.calibrate,
             slots: BTreeMap::new(),
             drops_unavailable: None,
             drops_unattributed,
         };
-        probe.clock_anchor = probe.clock_sample()?;
+        probe.clock_anchor = probe.clock_sample().ok();
         if opts.drops
             && let Err(e) = probe.attach_drops()
         {
@@ -321,7 +322,7 @@ impl Probe {
         if let Some(&slot) = self.slots.get(&ifindex) {
             self.collect_cache(u32::from(slot), &mut cached)?;
         }
-        let flows = self.merge(&cached)?;
+        let flows = self.merge(&cached);
         if self.slots.remove(&ifindex).is_some() {
             let mut cfg: Array<_, IfaceConfig> = self.map_mut(IFACE_CONFIG_MAP)?;
             cfg.set(ifindex % IFACE_CONFIG_SLOTS, IfaceConfig::default(), 0)
@@ -430,17 +431,17 @@ impl Probe {
 
     /// The conversion from flow times (jiffies) to monotonic nanoseconds, with the tick rate
     /// measured since load (waiting for a quarter second to pass if it has not).
-    fn jiffies_clock(&self) -> Result<JiffiesClock, FlowsError> {
-        let (j0, n0) = self.clock_anchor;
-        let mut now = self.clock_sample()?;
+    fn jiffies_clock(&self) -> Option<JiffiesClock> {
+        let (j0, n0) = self.clock_anchor?;
+        let mut now = self.clock_sample().ok()?;
         let min = 250_000_000;
         if now.1.saturating_sub(n0) < min {
             std::thread::sleep(std::time::Duration::from_nanos(
                 min - now.1.saturating_sub(n0),
             ));
-            now = self.clock_sample()?;
+            now = self.clock_sample().ok()?;
         }
-        Ok(JiffiesClock::new((j0, n0), now))
+        Some(JiffiesClock::new((j0, n0), now))
     }
 
     /// Kernel ids of the loaded programs (to check from outside that they are gone).
@@ -505,24 +506,24 @@ impl Probe {
             let (k, per_cpu) = entry.map_err(|e| FlowsError::Map(FLOWS_MAP, e))?;
             all.entry(k).or_default().extend(per_cpu.iter().copied());
         }
-        self.merge(&all)
+        Ok(self.merge(&all))
     }
 
     /// One [`Flow`] per key, its times in monotonic nanoseconds.
-    fn merge(&self, all: &HashMap<FlowKey, Vec<FlowValue>>) -> Result<Vec<Flow>, FlowsError> {
+    fn merge(&self, all: &HashMap<FlowKey, Vec<FlowValue>>) -> Vec<Flow> {
         if all.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        let clock = self.jiffies_clock()?;
-        Ok(all
-            .iter()
+        let clock = self.jiffies_clock();
+        all.iter()
             .map(|(k, v)| {
                 let mut f = merge_flow_values(k, v.iter());
-                f.first_ns = clock.to_ns(f.first_ns);
-                f.last_ns = clock.to_ns(f.last_ns);
+                let to_ns = |j| clock.map_or(0, |c| c.to_ns(j));
+                f.first_ns = to_ns(f.first_ns);
+                f.last_ns = to_ns(f.last_ns);
                 f
             })
-            .collect())
+            .collect()
     }
 
     /// The flows each CPU's cache holds for counter slot `slot` (both directions).
