@@ -41,11 +41,7 @@ sleep 1.5
 wait_attached n1 tunl0 "$pid"
 ip netns exec n1 ping -c 5 -i 0.2 -I 10.244.0.1 10.244.1.1 >/tmp/ping.out 2>&1
 echo "PING-RC=$?"
-wait "$pid"
+finish_agent "$pid"
 rc=$?
-
-print_block FLOWS-JSON /tmp/flows.json
-print_block AGENT-STDERR /tmp/agent.err
-echo "AGENT-EXIT=$rc"
 print_tc_after n1 tunl0 eth0
 exit "$rc"

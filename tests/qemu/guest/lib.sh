@@ -77,6 +77,17 @@ wait_attached() {
     return 1
 }
 
+# Waits for the agent (pid $1) started with its output in /tmp/flows.json and
+# /tmp/agent.err, prints both blocks and AGENT-EXIT=<rc>, and returns its exit status.
+finish_agent() {
+    wait "$1"
+    _rc=$?
+    print_block FLOWS-JSON /tmp/flows.json
+    print_block AGENT-STDERR /tmp/agent.err
+    echo "AGENT-EXIT=$_rc"
+    return "$_rc"
+}
+
 # Prints file $2 between `$1-BEGIN` and `$1-END` lines (the host parses these blocks).
 print_block() {
     echo "$1-BEGIN"

@@ -38,11 +38,7 @@ sleep 1.5
 wait_attached "" "$HOST_IF" "$pid"
 ping -c 5 -i 0.2 10.0.0.2 >/tmp/ping.out 2>&1
 echo "PING-RC=$?"
-wait "$pid"
+finish_agent "$pid"
 rc=$?
-
-print_block FLOWS-JSON /tmp/flows.json
-print_block AGENT-STDERR /tmp/agent.err
-echo "AGENT-EXIT=$rc"
 print_tc_after "" "$HOST_IF"
 exit "$rc"
