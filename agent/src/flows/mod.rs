@@ -89,10 +89,15 @@ pub enum Direction {
 }
 
 impl Direction {
-    const BOTH: [(Self, u32); 2] = [
-        (Self::Ingress, direction::INGRESS),
-        (Self::Egress, direction::EGRESS),
-    ];
+    const BOTH: [Self; 2] = [Self::Ingress, Self::Egress];
+
+    /// The value the eBPF programs use ([`agent_common::direction`]).
+    fn raw(self) -> u32 {
+        match self {
+            Self::Ingress => direction::INGRESS,
+            Self::Egress => direction::EGRESS,
+        }
+    }
 }
 
 /// One flow, merged over CPUs.
@@ -116,6 +121,17 @@ pub struct Flow {
     pub drops: u64,
     /// The `enum skb_drop_reason` value of the last of those drops.
     pub last_drop_reason: Option<u32>,
+}
+
+/// One of the object's programs, typed.
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, FlowsError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(FlowsError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| FlowsError::Program { name, source })
 }
 
 /// Converts jiffies to monotonic nanoseconds from two simultaneous samples of both clocks.
@@ -221,11 +237,7 @@ impl Probe {
             .load(OBJECT)
             .map_err(FlowsError::Load)?;
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_NOOP, PROG_CLOCK] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(FlowsError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| FlowsError::Program { name, source })?;
+            let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| FlowsError::Program { name, source })?;
         }
@@ -252,12 +264,7 @@ impl Probe {
             (PROG_KFREE_SKB, "kfree_skb"),
             (PROG_TCP_RETRANSMIT, "tcp_retransmit_skb"),
         ] {
-            let prog: &mut RawTracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(FlowsError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| FlowsError::Program { name, source })?;
+            let prog: &mut RawTracePoint = program_mut(&mut self.ebpf, name)?;
             prog.load()
                 .map_err(|source| FlowsError::Program { name, source })?;
             prog.attach(tracepoint)
@@ -289,11 +296,11 @@ impl Probe {
         }
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| FlowsError::Cpus(e))?;
         let mut state: PerCpuArray<_, IfaceState> = self.map_mut(IFACE_STATE_MAP)?;
-        for (_, raw) in Direction::BOTH {
+        for dir in Direction::BOTH {
             let zeroes = PerCpuValues::try_from(vec![IfaceState::default(); cpus])
                 .map_err(FlowsError::Cpus)?;
             state
-                .set(u32::from(slot) * 2 + raw, zeroes, 0)
+                .set(u32::from(slot) * 2 + dir.raw(), zeroes, 0)
                 .map_err(|e| FlowsError::Map(IFACE_STATE_MAP, e))?;
         }
         let mut cfg: Array<_, IfaceConfig> = self.map_mut(IFACE_CONFIG_MAP)?;
@@ -350,12 +357,7 @@ impl Probe {
             (ingress, TcAttachType::Ingress, "ingress"),
             (egress, TcAttachType::Egress, "egress"),
         ] {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(FlowsError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| FlowsError::Program { name, source })?;
+            let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
             let options = if tcx {
                 TcAttachOptions::TcxOrder(LinkOrder::first())
             } else {
@@ -467,7 +469,7 @@ impl Probe {
     fn iface_counts(&self, ifindex: u32) -> Result<Vec<(Direction, Counts)>, FlowsError> {
         Direction::BOTH
             .iter()
-            .map(|&(dir, _)| Ok((dir, sum_counters(self.counts_per_cpu(ifindex, dir)?.iter()))))
+            .map(|&dir| Ok((dir, sum_counters(self.counts_per_cpu(ifindex, dir)?.iter()))))
             .collect()
     }
 
@@ -480,14 +482,9 @@ impl Probe {
         let Some(&slot) = self.slots.get(&ifindex) else {
             return Ok(Vec::new());
         };
-        let raw = if dir == Direction::Egress {
-            direction::EGRESS
-        } else {
-            direction::INGRESS
-        };
         let map: PerCpuArray<_, IfaceState> = self.map(IFACE_STATE_MAP)?;
         let values = map
-            .get(&(u32::from(slot) * 2 + raw), 0)
+            .get(&(u32::from(slot) * 2 + dir.raw()), 0)
             .map_err(|e| FlowsError::Map(IFACE_STATE_MAP, e))?;
         Ok(values.iter().map(|s| s.counters).collect())
     }
@@ -533,9 +530,9 @@ impl Probe {
         into: &mut HashMap<FlowKey, Vec<FlowValue>>,
     ) -> Result<(), FlowsError> {
         let state: PerCpuArray<_, IfaceState> = self.map(IFACE_STATE_MAP)?;
-        for (_, raw) in Direction::BOTH {
+        for dir in Direction::BOTH {
             let per_cpu = state
-                .get(&(slot * 2 + raw), 0)
+                .get(&(slot * 2 + dir.raw()), 0)
                 .map_err(|e| FlowsError::Map(IFACE_STATE_MAP, e))?;
             for e in per_cpu.iter().map(|s| &s.flow) {
                 if e.value.packets > 0 || e.value.drops > 0 {
