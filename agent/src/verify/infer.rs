@@ -207,7 +207,7 @@ mod tests {
         observed::{Source, Unavailable},
         verify::{
             CheckId, Severity,
-            testutil::{healthy, ids, run_inferred},
+            testutil::{healthy, ids, route_mut, run_inferred},
         },
     };
 
@@ -377,11 +377,7 @@ mod tests {
         );
 
         let (_, mut o) = healthy();
-        let r = o
-            .routes
-            .iter_mut()
-            .find(|r| r.destination.to_string() == "10.244.1.0/26")
-            .expect("route");
+        let r = route_mut(&mut o, "10.244.1.0/26");
         r.dev = Some("eth0".into());
         r.gateway = Some("10.99.0.12".parse().expect("ip"));
         r.onlink = false;

@@ -220,7 +220,7 @@ fn unexpected(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::testutil::{healthy, ids, run};
+    use crate::verify::testutil::{healthy, ids, route_mut, run};
 
     #[test]
     fn healthy_node_is_quiet() {
@@ -242,11 +242,7 @@ mod tests {
     #[test]
     fn route_via_underlay_is_wrong_device() {
         let (e, mut o) = healthy();
-        let r = o
-            .routes
-            .iter_mut()
-            .find(|r| r.destination.to_string() == "10.244.1.0/26")
-            .expect("route");
+        let r = route_mut(&mut o, "10.244.1.0/26");
         r.dev = Some("eth0".into());
         r.gateway = Some("10.99.0.12".parse().expect("ip"));
         let v = run(&e, &o);
@@ -260,11 +256,7 @@ mod tests {
     #[test]
     fn wrong_gateway_is_wrong_nexthop() {
         let (e, mut o) = healthy();
-        let r = o
-            .routes
-            .iter_mut()
-            .find(|r| r.destination.to_string() == "10.244.1.0/26")
-            .expect("route");
+        let r = route_mut(&mut o, "10.244.1.0/26");
         r.gateway = Some("10.244.1.9".parse().expect("ip"));
         assert_eq!(
             ids(&run(&e, &o)),
@@ -285,12 +277,7 @@ mod tests {
     #[test]
     fn stale_block_route_is_unexpected_but_foreign_routes_are_not() {
         let (e, mut o) = healthy();
-        let mut stale = o
-            .routes
-            .iter()
-            .find(|r| r.destination.to_string() == "10.244.1.0/26")
-            .expect("route")
-            .clone();
+        let mut stale = route_mut(&mut o, "10.244.1.0/26").clone();
         stale.destination = "10.244.7.0/26".parse().expect("net");
         o.routes.push(stale);
         let mut foreign = o.routes[0].clone();

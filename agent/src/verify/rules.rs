@@ -354,6 +354,15 @@ mod tests {
         verify::testutil::{healthy, ids, run},
     };
 
+    /// A table of the nft-backend dump, to break it.
+    fn table_mut<'a>(o: &'a mut ObservedDataplane, name: &str) -> &'a mut iptables::IptTable {
+        nft_dump(o)
+            .tables
+            .iter_mut()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no table {name}"))
+    }
+
     fn nft_dump(o: &mut ObservedDataplane) -> &mut IptablesDump {
         o.iptables
             .iter_mut()
@@ -364,11 +373,7 @@ mod tests {
     #[test]
     fn hook_and_chain_removal_fire() {
         let (e, mut o) = healthy();
-        let filter = nft_dump(&mut o)
-            .tables
-            .iter_mut()
-            .find(|t| t.name == "filter")
-            .expect("filter");
+        let filter = table_mut(&mut o, "filter");
         filter
             .rules
             .retain(|r| !(r.chain == "INPUT" && r.target.as_deref() == Some("cali-INPUT")));
@@ -376,11 +381,7 @@ mod tests {
             ids(&run(&e, &o)),
             [(CheckId::RulesFelixMissing, "filter INPUT".into())]
         );
-        let nat = nft_dump(&mut o)
-            .tables
-            .iter_mut()
-            .find(|t| t.name == "nat")
-            .expect("nat");
+        let nat = table_mut(&mut o, "nat");
         nat.chains.retain(|c| c.name != "cali-POSTROUTING");
         let got = ids(&run(&e, &o));
         assert!(
@@ -419,11 +420,7 @@ mod tests {
     #[test]
     fn failsafe_port_removed() {
         let (e, mut o) = healthy();
-        let filter = nft_dump(&mut o)
-            .tables
-            .iter_mut()
-            .find(|t| t.name == "filter")
-            .expect("filter");
+        let filter = table_mut(&mut o, "filter");
         let idx = filter
             .rules
             .iter()
@@ -452,11 +449,7 @@ mod tests {
     #[test]
     fn nat_outgoing_rule_removed() {
         let (e, mut o) = healthy();
-        let nat = nft_dump(&mut o)
-            .tables
-            .iter_mut()
-            .find(|t| t.name == "nat")
-            .expect("nat");
+        let nat = table_mut(&mut o, "nat");
         nat.rules.retain(|r| r.chain != "cali-nat-outgoing");
         assert_eq!(
             ids(&run(&e, &o)),
@@ -467,11 +460,7 @@ mod tests {
     #[test]
     fn unrelated_chains_are_ignored() {
         let (e, mut o) = healthy();
-        let filter = nft_dump(&mut o)
-            .tables
-            .iter_mut()
-            .find(|t| t.name == "filter")
-            .expect("filter");
+        let filter = table_mut(&mut o, "filter");
         let extra = iptables::parse(
             "*filter\n:KUBE-FIREWALL - [0:0]\n:DOCKER-USER - [0:0]\n-A INPUT -j KUBE-FIREWALL\n-A KUBE-FIREWALL -m mark --mark 0x8000/0x8000 -j DROP\n-A DOCKER-USER -j RETURN\nCOMMIT\n",
             None,

@@ -184,6 +184,17 @@ pub(crate) fn run_inferred(o: &ObservedDataplane) -> Verification {
     verify(None, o, &Policy::default())
 }
 
+/// The observed route to `dst` (a CIDR as it prints), to break it.
+pub(crate) fn route_mut<'a>(
+    o: &'a mut ObservedDataplane,
+    dst: &str,
+) -> &'a mut crate::observed::Route {
+    o.routes
+        .iter_mut()
+        .find(|r| r.destination.to_string() == dst)
+        .unwrap_or_else(|| panic!("no route to {dst}"))
+}
+
 /// (check, subject) of every finding, in report order.
 pub(crate) fn ids(v: &Verification) -> Vec<(CheckId, String)> {
     v.findings
