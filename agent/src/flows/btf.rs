@@ -104,37 +104,55 @@ pub fn member_offset(btf: &[u8], structure: &str, member: &str) -> Result<u32, B
 /// The byte offset of a nested member, `path` naming one member per level:
 /// `net_device` + `["nd_net", "net"]` is `offsetof(struct net_device, nd_net.net)`.
 pub fn path_offset(btf: &[u8], structure: &str, path: &[&str]) -> Result<u32, BtfError> {
-    let blob = Blob::parse(btf)?;
-    let types = blob.types().collect::<Result<Vec<_>, _>>()?;
-    let not_found = || BtfError::MemberNotFound {
-        structure: structure.to_string(),
-        member: path.join("."),
-    };
-    let mut current = None;
-    for ty in &types {
-        if ty.kind == KIND_STRUCT && blob.name(ty.name_off)? == structure.as_bytes() {
-            current = Some(ty);
-            break;
-        }
+    Structs::parse(btf)?.path_offset(structure, path)
+}
+
+/// A blob with its type section indexed by ID once, for several member lookups.
+struct Structs<'a> {
+    blob: Blob<'a>,
+    types: Vec<Type<'a>>,
+}
+
+impl<'a> Structs<'a> {
+    fn parse(btf: &'a [u8]) -> Result<Self, BtfError> {
+        let blob = Blob::parse(btf)?;
+        let types = blob.types().collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { blob, types })
     }
-    let mut bits = 0u32;
-    for (i, member) in path.iter().enumerate() {
-        let ty = current.ok_or_else(not_found)?;
-        let (b, type_id) =
-            find_member(&blob, &types, ty, member.as_bytes(), 0)?.ok_or_else(not_found)?;
-        bits = bits.saturating_add(b);
-        if i + 1 < path.len() {
-            current =
-                resolve(&types, type_id).filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION);
-        }
-    }
-    if !bits.is_multiple_of(8) {
-        return Err(BtfError::Bitfield {
+
+    /// As [`path_offset`], on the already indexed blob.
+    fn path_offset(&self, structure: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let (blob, types) = (&self.blob, self.types.as_slice());
+        let not_found = || BtfError::MemberNotFound {
             structure: structure.to_string(),
             member: path.join("."),
-        });
+        };
+        let mut current = None;
+        for ty in types {
+            if ty.kind == KIND_STRUCT && blob.name(ty.name_off)? == structure.as_bytes() {
+                current = Some(ty);
+                break;
+            }
+        }
+        let mut bits = 0u32;
+        for (i, member) in path.iter().enumerate() {
+            let ty = current.ok_or_else(not_found)?;
+            let (b, type_id) =
+                find_member(blob, types, ty, member.as_bytes(), 0)?.ok_or_else(not_found)?;
+            bits = bits.saturating_add(b);
+            if i + 1 < path.len() {
+                current = resolve(types, type_id)
+                    .filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION);
+            }
+        }
+        if !bits.is_multiple_of(8) {
+            return Err(BtfError::Bitfield {
+                structure: structure.to_string(),
+                member: path.join("."),
+            });
+        }
+        Ok(bits / 8)
     }
-    Ok(bits / 8)
 }
 
 /// The bit offset and type id of `member` in struct or union `ty`, or in one of its
@@ -190,14 +208,16 @@ fn resolve<'t, 'a>(types: &'t [Type<'a>], mut id: u32) -> Option<&'t Type<'a>> {
 /// tracepoint reads, from its BTF.
 pub fn kernel_offsets() -> Result<agent_common::KernelOffsets, BtfError> {
     let btf = read_vmlinux()?;
+    // The type section is indexed once for all six lookups.
+    let s = Structs::parse(&btf)?;
     Ok(agent_common::KernelOffsets {
         valid: 1,
-        skb_dev: member_offset(&btf, "sk_buff", "dev")?,
-        skb_head: member_offset(&btf, "sk_buff", "head")?,
-        skb_network_header: member_offset(&btf, "sk_buff", "network_header")?,
-        dev_ifindex: member_offset(&btf, "net_device", "ifindex")?,
-        dev_net: path_offset(&btf, "net_device", &["nd_net", "net"])?,
-        net_inum: path_offset(&btf, "net", &["ns", "inum"])?,
+        skb_dev: s.path_offset("sk_buff", &["dev"])?,
+        skb_head: s.path_offset("sk_buff", &["head"])?,
+        skb_network_header: s.path_offset("sk_buff", &["network_header"])?,
+        dev_ifindex: s.path_offset("net_device", &["ifindex"])?,
+        dev_net: s.path_offset("net_device", &["nd_net", "net"])?,
+        net_inum: s.path_offset("net", &["ns", "inum"])?,
     })
 }
 

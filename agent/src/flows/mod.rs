@@ -691,6 +691,8 @@ pub struct Session {
     pub retired: Vec<(Target, Retired)>,
     only: Option<String>,
     pub notes: Vec<String>,
+    /// The kernel's drop reason names, read from BTF once.
+    reason_names: Option<BTreeMap<u32, String>>,
 }
 
 impl Session {
@@ -704,12 +706,19 @@ impl Session {
                 "drops not attributed to interfaces or flows: {why}"
             ));
         }
+        let reason_names = btf::drop_reasons().ok();
+        if reason_names.is_none() {
+            notes.push(
+                "drop reason names unavailable (no /sys/kernel/btf/vmlinux): codes shown".into(),
+            );
+        }
         Ok(Self {
             probe,
             targets: Vec::new(),
             retired: Vec::new(),
             only: only.map(str::to_string),
             notes,
+            reason_names,
         })
     }
 
@@ -755,14 +764,9 @@ impl Session {
         window_seconds: u64,
         top: usize,
     ) -> Result<report::FlowsReport, FlowsError> {
-        let names = btf::drop_reasons().ok();
-        let drops = report::name_drops(&self.probe.drops()?, names.as_ref());
-        let mut notes = self.notes.clone();
-        if names.is_none() {
-            notes.push(
-                "drop reason names unavailable (no /sys/kernel/btf/vmlinux): codes shown".into(),
-            );
-        }
+        let names = self.reason_names.as_ref();
+        let drops = report::name_drops(&self.probe.drops()?, names);
+        let notes = self.notes.clone();
         let mut counts = self.probe.counts()?;
         let mut flows = self.probe.flows()?;
         let mut targets = self.targets.clone();
@@ -783,7 +787,7 @@ impl Session {
             flows,
             top,
             drops,
-            names.as_ref(),
+            names,
             notes,
         );
         r.tcp_retransmits = self.probe.retransmits()?;
