@@ -29,20 +29,28 @@ fn with_probe(lab: &LabGuard, traffic: impl FnOnce() + Send + 'static) -> FlowsR
     })
 }
 
-/// Turns IPv6 off in every namespace of the lab (switch, nodes and pods), so that no
-/// link-local, router-solicitation or MLD packet lands in the exact counts.
-fn ipv4_only(lab: &LabGuard) {
+/// Silences what the lab's namespaces (switch, nodes and pods) send on their own, so that
+/// only the test's packets land in the exact counts: IPv6 (link-local, router solicitations,
+/// MLD) is turned off, and IGMP reports for link-local groups (the switch's, which node-a
+/// counts and drops) are not sent.
+fn quiet(lab: &LabGuard) {
     for ns in lab.0.spec.all_netns() {
         sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1");
+        sysctl(&ns, "net.ipv4.igmp_link_local_mcast_reports", "0");
     }
 }
 
+/// Pings node-b's first pod from node-a's first pod.
 fn pod_ping(lab: &LabGuard, args: &[&str]) -> bool {
-    let pod = &lab.0.spec.nodes[0].pods[0];
     let to = lab.0.spec.nodes[1].pods[0].ip.to_string();
-    let mut argv = vec!["ip", "netns", "exec", pod.netns.as_str(), "ping", "-q"];
+    ping(&lab.0.spec.nodes[0].pods[0].netns, &to, args)
+}
+
+/// `ping -q ARGS TO` in namespace `ns`; whether every reply came.
+fn ping(ns: &str, to: &str, args: &[&str]) -> bool {
+    let mut argv = vec!["ip", "netns", "exec", ns, "ping", "-q"];
     argv.extend_from_slice(args);
-    argv.push(&to);
+    argv.push(to);
     sh::ok(&argv)
 }
 
@@ -74,25 +82,13 @@ fn pod_to_pod_pings_are_counted_exactly_at_every_hop() {
         lab.0.spec.nodes[0].pods[0].clone(),
         lab.0.spec.nodes[1].pods[0].clone(),
     );
-    ipv4_only(&lab);
+    quiet(&lab);
     // Resolve the pods' gateways and the nodes' ARP first, so that only the pings themselves
     // are counted.
     assert!(pod_ping(&lab, &["-c", "1", "-W", "2"]));
     let (pod_ns, to) = (a1.netns.clone(), b1.ip.to_string());
     let r = with_probe(&lab, move || {
-        let ok = sh::ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &pod_ns,
-            "ping",
-            "-q",
-            "-c",
-            &PINGS.to_string(),
-            "-i",
-            "0.01",
-            &to,
-        ]);
+        let ok = ping(&pod_ns, &to, &["-c", &PINGS.to_string(), "-i", "0.01"]);
         assert!(ok, "pings across the tunnel");
     });
     let (a, b) = (a1.ip.to_string(), b1.ip.to_string());
@@ -128,8 +124,9 @@ fn pod_to_pod_pings_are_counted_exactly_at_every_hop() {
             assert_eq!(
                 counted(iface, dir),
                 Some((PINGS, PINGS * frame)),
-                "{iface} {dir:?}: {:#?}",
-                r.interfaces
+                "{iface} {dir:?}: {:#?}\n{:#?}",
+                r.interfaces,
+                r.flows
             );
         }
     }
@@ -140,6 +137,7 @@ fn a_drop_rule_is_counted_under_netfilter_drop() {
     let lab = LabGuard::up("fd");
     let node = lab.0.spec.nodes[0].clone();
     let (a1, b1) = (node.pods[0].clone(), lab.0.spec.nodes[1].pods[0].clone());
+    quiet(&lab);
     assert!(pod_ping(&lab, &["-c", "1", "-W", "2"]));
     let rule = [
         "-s",
@@ -166,21 +164,11 @@ fn a_drop_rule_is_counted_under_netfilter_drop() {
     sh::run(&insert).expect("insert DROP rule");
     let (pod_ns, to) = (a1.netns.clone(), b1.ip.to_string());
     let r = with_probe(&lab, move || {
-        let ok = sh::ok(&[
-            "ip",
-            "netns",
-            "exec",
+        let ok = ping(
             &pod_ns,
-            "ping",
-            "-q",
-            "-c",
-            &PINGS.to_string(),
-            "-i",
-            "0.01",
-            "-W",
-            "1",
             &to,
-        ]);
+            &["-c", &PINGS.to_string(), "-i", "0.01", "-W", "1"],
+        );
         assert!(!ok, "the DROP rule lets pings through");
     });
     let nf = r
@@ -254,10 +242,11 @@ fn df_packets_above_the_tunnel_mtu_are_an_mtu_signal() {
     let to = lab.0.spec.nodes[1].pods[0].ip.to_string();
     let pod_ns = a1.netns.clone();
     let r = with_probe(&lab, move || {
-        let ok = sh::ok(&[
-            "ip", "netns", "exec", &pod_ns, "ping", "-q", "-M", "do", "-s", "1460", "-c", "3",
-            "-i", "0.2", "-W", "1", &to,
-        ]);
+        let ok = ping(
+            &pod_ns,
+            &to,
+            &["-M", "do", "-s", "1460", "-c", "3", "-i", "0.2", "-W", "1"],
+        );
         assert!(!ok, "1488-byte DF packets crossed a 1450 tunnel");
     });
     let veth_in = r
@@ -300,10 +289,11 @@ fn diag_correlates_mtu_signals_with_the_mtu_finding() {
         in_netns(&node.netns, move |rt| {
             let traffic = std::thread::spawn(move || {
                 std::thread::sleep(std::time::Duration::from_millis(500));
-                sh::ok(&[
-                    "ip", "netns", "exec", &pod_ns, "ping", "-q", "-M", "do", "-s", size, "-c",
-                    "2", "-i", "0.2", "-W", "1", &to,
-                ])
+                ping(
+                    &pod_ns,
+                    &to,
+                    &["-M", "do", "-s", size, "-c", "2", "-i", "0.2", "-W", "1"],
+                )
             });
             let mut t = rt
                 .block_on(agent::analysis::sample_traffic(&node.name, 2))
