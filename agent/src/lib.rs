@@ -7,4 +7,6 @@ pub mod diag;
 pub mod flows;
 pub mod node;
 pub mod observed;
+pub mod pipeline;
+pub mod report;
 pub mod verify;

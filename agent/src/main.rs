@@ -3,11 +3,12 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use agent::{
-    analysis::{self, Analysis},
-    desired::{Datastore, files, kube},
-    diag, node,
+    analysis::Analysis,
+    flows::watch::{self, WatchError, WatchOptions},
+    node,
     observed::{self, bundle},
-    verify::{GraceTracker, Policy},
+    pipeline::{self, DatastoreSource},
+    report,
 };
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -152,6 +153,22 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
+impl Input {
+    fn pipeline(&self) -> pipeline::Input {
+        pipeline::Input {
+            node_name: self.node_name.clone(),
+            datastore: match (&self.datastore, self.kube) {
+                (Some(dir), _) => DatastoreSource::Dir(dir.clone()),
+                (None, true) => DatastoreSource::Kube,
+                (None, false) => DatastoreSource::None,
+            },
+            grace: Duration::from_secs(self.grace),
+            conntrack_pressure: self.conntrack_pressure,
+            bundle: self.bundle.clone(),
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Network namespaces are per thread: a single-threaded runtime keeps every netlink socket
     // and child process in the namespace this process was started in.
@@ -185,36 +202,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drops_seconds,
             no_ebpf,
         } => {
-            let a = rt.block_on(async {
-                // The drop sample counts while the dataplane is read and verified.
-                let want = !no_ebpf && drops_seconds > 0 && input.bundle.is_none();
-                let sample = async {
-                    if want {
-                        let name = node::resolve_name(input.node_name.as_deref());
-                        Some(analysis::sample_traffic(&name, drops_seconds).await)
-                    } else {
-                        None
-                    }
-                };
-                let (a, sample) = tokio::join!(analyse(&input), sample);
-                let mut a = a?;
-                match sample {
-                    Some(Ok(mut t)) => {
-                        t.mtu_correlation = analysis::correlate_mtu(a.verification.as_ref(), &t);
-                        a.traffic = Some(t);
-                    }
-                    Some(Err(e)) => a.traffic_unavailable = Some(observed::error_chain(&e)),
-                    None => {}
-                }
-                anyhow::Ok(a)
-            })?;
-            print(&input, &a, diag::render::text)?;
+            let seconds = if no_ebpf { 0 } else { drops_seconds };
+            let a = rt.block_on(pipeline::diag_with_sample(&input.pipeline(), seconds))?;
+            print(&input, &a, report::diag_text::text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Flows(args) => rt.block_on(flows(args)),
         Command::Check { input } => {
-            let a = rt.block_on(analyse(&input))?;
-            print(&input, &a, diag::render::check_text)?;
+            let a = rt.block_on(pipeline::analyse(&input.pipeline()))?;
+            print(&input, &a, report::diag_text::check_text)?;
             Ok(match &a.verification {
                 None => {
                     eprintln!("agent: could not verify: no Calico dataplane found on this node");
@@ -227,195 +223,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// How long `--kube` waits for the first list of every resource.
-const KUBE_LIST_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn load_datastore(input: &Input, in_bundle: &[PathBuf]) -> anyhow::Result<Option<Datastore>> {
-    let ds = if input.kube {
-        let client = kube::client().await?;
-        kube::read_once(&client, KUBE_LIST_TIMEOUT)
-            .await
-            .context("reading the Calico datastore from the Kubernetes API")?
-    } else if let Some(dir) = &input.datastore {
-        files::load_dir(dir).with_context(|| format!("datastore {}", dir.display()))?
-    } else if !in_bundle.is_empty() {
-        files::load_files(in_bundle).context("Calico YAML in the bundle")?
-    } else {
-        return Ok(None);
-    };
-    for w in &ds.warnings {
-        tracing::warn!("{w}");
-    }
-    if ds.is_empty() {
-        anyhow::bail!(
-            "the datastore holds no Calico objects (IPPools, IPAMBlocks, Nodes, FelixConfigurations)"
-        );
-    }
-    Ok(Some(ds))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
-    if let Some(dir) = &input.bundle {
-        return analyse_bundle(input, dir).await;
-    }
-    let ds = load_datastore(input, &[]).await?;
-    let name = node::resolve_name(input.node_name.as_deref());
-    let grace = Duration::from_secs(input.grace);
-    let mut tracker = GraceTracker::default();
-    let first = pass(&ds, &name, grace, input.conntrack_pressure, &mut tracker).await?;
-    if grace.is_zero() || tracker.pending() == 0 {
-        return Ok(first);
-    }
-    // Something looked wrong: look again once the grace window has passed.
-    tokio::time::sleep(grace).await;
-    pass(&ds, &name, grace, input.conntrack_pressure, &mut tracker).await
-}
-
-/// A captured bundle is a single moment: no grace window applies.
-async fn analyse_bundle(input: &Input, dir: &std::path::Path) -> anyhow::Result<Analysis> {
-    let b = bundle::read_dir(dir)?;
-    let mut obs = b.observed;
-    // The bundle's hostname file is the node's identity unless the operator says otherwise.
-    if let Some(n) = input.node_name.as_deref().filter(|n| !n.is_empty()) {
-        obs.node_name = n.to_string();
-    } else if obs.node_name.is_empty() {
-        obs.node_name = node::resolve_name(None);
-    }
-    let ds = load_datastore(input, &b.datastore_files).await?;
-    let expected = analysis::expected_for(&obs, ds.as_ref())?;
-    let mut a = analysis::analyse(
-        &obs,
-        expected.as_ref(),
-        &Policy {
-            now: obs.captured_at,
-            conntrack_pressure: input.conntrack_pressure,
-        },
-    );
-    a.input_notes = b
-        .recognised
-        .iter()
-        .map(|(p, f)| format!("read {} as {f}", p.display()))
-        .chain(b.notes)
-        .collect();
-    Ok(a)
-}
-
-async fn pass(
-    ds: &Option<Datastore>,
-    name: &str,
-    grace: Duration,
-    conntrack_pressure: f64,
-    tracker: &mut GraceTracker,
-) -> anyhow::Result<Analysis> {
-    let obs = observed::read_live(name).await;
-    let expected = analysis::expected_for(&obs, ds.as_ref())?;
-    let policy = Policy {
-        now: now(),
-        conntrack_pressure,
-    };
-    let mut a = analysis::analyse(&obs, expected.as_ref(), &policy);
-    a.verification = a
-        .verification
-        .map(|v| tracker.confirm(v, policy.now, grace));
-    Ok(a)
-}
-
-/// Counts for a window (or until interrupted with --watch); the probe is dropped, and every
-/// program detached, on every way out: end of window, SIGINT, SIGTERM, error.
 async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     if args.no_ebpf {
         println!("flows unavailable: eBPF disabled by --no-ebpf");
         return Ok(ExitCode::SUCCESS);
     }
-    let name = node::resolve_name(args.node_name.as_deref());
-    let opts = agent::flows::ProbeOptions {
-        flow_table_size: args.flow_table_size,
-        drops: true,
-        calibrate: args.calibrate,
+    let opts = WatchOptions {
+        node: node::resolve_name(args.node_name.as_deref()),
+        probe: agent::flows::ProbeOptions {
+            flow_table_size: args.flow_table_size,
+            drops: true,
+            calibrate: args.calibrate,
+        },
+        iface: args.iface.clone(),
+        seconds: args.seconds,
+        top: args.top,
+        watch: args.watch,
     };
-    let mut session = match agent::flows::Session::start(opts, args.iface.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("flows unavailable: {}", observed::error_chain(&e));
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let started = std::time::Instant::now();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("SIGTERM handler")?;
-    // Workload veths come and go with pods: a link event attaches to a new one within
-    // milliseconds. Without events (a socket error), a re-scan every second does it.
-    let mut events = match observed::netlink::LinkEvents::subscribe() {
-        Ok(e) => Some(e),
-        Err(e) => {
-            session.notes.push(format!(
-                "no link events ({}): new interfaces are found by a re-scan every second",
-                observed::error_chain(&e)
-            ));
-            None
-        }
-    };
-    loop {
-        refresh(&mut session).await;
-        if session.targets.is_empty() && args.iface.is_some() {
-            anyhow::bail!(
-                "no interface {} to attach to",
-                args.iface.as_deref().unwrap_or_default()
-            );
-        }
-        let mut stop = false;
-        let end = tokio::time::Instant::now() + Duration::from_secs(args.seconds.max(1));
-        loop {
-            let changed = async {
-                match events.as_mut() {
-                    Some(e) => e.changed().await,
-                    None => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        Some(())
-                    }
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(end) => break,
-                c = changed => match c {
-                    Some(()) => refresh(&mut session).await,
-                    // The subscription ended: fall back to re-scanning.
-                    None => events = None,
-                },
-                _ = tokio::signal::ctrl_c() => { stop = true; break; }
-                _ = term.recv() => { stop = true; break; }
-            }
-        }
-        // Counts are cumulative from the first attach (also across --watch refreshes).
-        let report = session.report(&name, started.elapsed().as_secs(), args.top)?;
+    let mut encode_error = None;
+    let result = watch::run(opts, |r| {
         if args.json {
-            println!(
-                "{}",
-                serde_json::to_string(&report).context("encoding JSON")?
-            );
+            match serde_json::to_string(r) {
+                Ok(j) => println!("{j}"),
+                Err(e) => encode_error = Some(e),
+            }
         } else {
-            print!("{}", agent::flows::report::text(&report, args.drops));
+            print!("{}", report::flows_text::text(r, args.drops));
         }
-        if stop || !args.watch {
-            return Ok(ExitCode::SUCCESS);
-        }
+    })
+    .await;
+    if let Some(e) = encode_error {
+        return Err(e).context("encoding JSON");
     }
-}
-
-/// Attaches to new interfaces; a failed listing is logged and retried on the next event or
-/// tick, never the end of the run.
-async fn refresh(session: &mut agent::flows::Session) {
-    match observed::read_interfaces().await {
-        Ok(obs) => session.refresh(&obs),
-        Err(e) => {
-            tracing::warn!(error = %observed::error_chain(&e), "listing interfaces over netlink")
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(WatchError::Flows(e)) => {
+            println!("flows unavailable: {}", observed::error_chain(&e));
+            Ok(ExitCode::from(2))
         }
+        Err(e) => Err(e.into()),
     }
 }
 

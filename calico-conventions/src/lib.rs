@@ -4,8 +4,21 @@
 
 use sha1::{Digest as _, Sha1};
 
-/// `vxlan.calico`: Felix's IPv4 VXLAN device (`dataplanedefs.VXLANIfaceNameV4`).
-pub const VXLAN_DEVICE: &str = "vxlan.calico";
+/// Devices Felix creates for each encapsulation (`dataplanedefs`, `wireguard.go`).
+pub const VXLAN_V4: &str = "vxlan.calico";
+pub const VXLAN_V6: &str = "vxlan-v6.calico";
+pub const IPIP: &str = "tunl0";
+pub const WIREGUARD_V4: &str = "wireguard.cali";
+pub const WIREGUARD_V6: &str = "wg-v6.cali";
+pub const TUNNEL_DEVICES: [&str; 5] = [VXLAN_V4, VXLAN_V6, IPIP, WIREGUARD_V4, WIREGUARD_V6];
+/// Felix's default workload interface prefix (`InterfacePrefix`).
+pub const WORKLOAD_PREFIX: &str = "cali";
+
+/// A workload's host-side veth (`cali…`), not one of Felix's own `*.cali` devices.
+pub fn is_workload_iface(name: &str) -> bool {
+    name.starts_with(WORKLOAD_PREFIX) && !name.contains('.')
+}
+
 /// Felix's `VXLANVNI` and `VXLANPort` defaults.
 pub const VXLAN_VNI: u32 = 4096;
 pub const VXLAN_PORT: u16 = 4789;
@@ -14,7 +27,9 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 pub const IPIP_OVERHEAD: u32 = 20;
 pub const WIREGUARD_OVERHEAD: u32 = 60;
 /// Felix's route protocol for blackholes and same-subnet routes (`DefaultRouteProto`).
-pub const ROUTE_PROTOCOL: u8 = 80;
+pub const PROTO_CALICO: u8 = 80;
+/// The route protocol BIRD (calico-node's BGP daemon) installs its routes with.
+pub const PROTO_BIRD: u8 = 12;
 /// The host side of every workload veth (`cni-plugin` `hostSideMAC`).
 pub const WORKLOAD_HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
 

@@ -5,10 +5,9 @@ use std::net::IpAddr;
 
 use agent::{
     diag::{self, Mode},
-    observed::{
-        ObservedDataplane, PROTO_BOOT, PROTO_CALICO, RouteType, TABLE_MAIN, iptables::Backend,
-    },
+    observed::{ObservedDataplane, PROTO_BOOT, RouteType, TABLE_MAIN, iptables::Backend},
 };
+use calico_conventions::PROTO_CALICO;
 use integration_tests::{LabGuard, observe};
 use xtask::lab::{
     Fault, NodeSpec,

@@ -3,7 +3,8 @@
 
 use std::net::IpAddr;
 
-use agent::observed::{PROTO_CALICO, RouteType};
+use agent::observed::RouteType;
+use calico_conventions::PROTO_CALICO;
 use integration_tests::{NetnsGuard, ip, observe, unique};
 
 #[test]

@@ -12,7 +12,7 @@ use super::{Block, Datastore, EncapMode, Node, ProtoPort};
 use calico_conventions::{
     FAILSAFE_IN, FAILSAFE_OUT, IPIP_OVERHEAD, VXLAN_OVERHEAD, WIREGUARD_OVERHEAD,
 };
-pub use calico_conventions::{VXLAN_DEVICE as VXLAN_DEV, vtep_mac, workload_iface};
+pub use calico_conventions::{VXLAN_V4 as VXLAN_DEV, vtep_mac, workload_iface};
 
 pub const IPIP_DEV: &str = "tunl0";
 pub const WIREGUARD_DEV: &str = "wireguard.cali";

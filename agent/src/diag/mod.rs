@@ -1,32 +1,21 @@
 //! `agent diag`: the Calico-relevant part of the observed dataplane, summarised for an operator
-//! in the middle of an incident. Building the summary is pure; [`render`] turns it into text.
+//! in the middle of an incident. Building the summary is pure; `report::diag_text` renders it.
 
 mod mode;
-pub mod render;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::verify::Severity;
 
 pub use self::mode::{Mode, detect_modes};
-use crate::observed::{
-    FdbEntry, Link, Neighbour, ObservedDataplane, PROTO_BIRD, PROTO_CALICO, PROTO_KERNEL, Route,
-    RouteType, TABLE_LOCAL, Unavailable, iptables::Backend,
+use calico_conventions::{
+    PROTO_BIRD, PROTO_CALICO, TUNNEL_DEVICES, VXLAN_V4, VXLAN_V6, WIREGUARD_V4, is_workload_iface,
 };
 
-/// Devices Felix creates for each encapsulation (`dataplanedefs`, `wireguard.go`).
-pub const VXLAN_V4: &str = "vxlan.calico";
-pub const VXLAN_V6: &str = "vxlan-v6.calico";
-pub const IPIP: &str = "tunl0";
-pub const WIREGUARD_V4: &str = "wireguard.cali";
-pub const WIREGUARD_V6: &str = "wg-v6.cali";
-pub const TUNNEL_DEVICES: [&str; 5] = [VXLAN_V4, VXLAN_V6, IPIP, WIREGUARD_V4, WIREGUARD_V6];
-/// Felix's default workload interface prefix (`InterfacePrefix`).
-pub const WORKLOAD_PREFIX: &str = "cali";
-
-pub fn is_workload_iface(name: &str) -> bool {
-    name.starts_with(WORKLOAD_PREFIX) && !name.contains('.')
-}
+use crate::observed::{
+    FdbEntry, Link, Neighbour, ObservedDataplane, PROTO_KERNEL, Route, RouteType, TABLE_LOCAL,
+    Unavailable, iptables::Backend,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diag {

@@ -2,8 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{IPIP, VXLAN_V4, VXLAN_V6, WIREGUARD_V4, WIREGUARD_V6, is_workload_iface};
-use crate::observed::{ObservedDataplane, PROTO_BIRD, PROTO_CALICO, RouteType, TABLE_MAIN};
+use calico_conventions::{
+    IPIP, PROTO_BIRD, PROTO_CALICO, VXLAN_V4, VXLAN_V6, WIREGUARD_V4, WIREGUARD_V6,
+    is_workload_iface,
+};
+
+use crate::observed::{ObservedDataplane, RouteType, TABLE_MAIN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

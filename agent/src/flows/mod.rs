@@ -9,6 +9,7 @@
 pub mod btf;
 pub mod report;
 pub mod targets;
+pub mod watch;
 
 pub use self::targets::{IfaceClass, Target};
 

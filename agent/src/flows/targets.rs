@@ -1,12 +1,10 @@
 //! Which interfaces the TC programs attach to: Calico's tunnels, the underlay NIC and every
 //! workload veth, as the observed dataplane lists them.
 
+use calico_conventions::{IPIP, TUNNEL_DEVICES, is_workload_iface};
 use serde::Serialize;
 
-use crate::{
-    diag::{TUNNEL_DEVICES, is_workload_iface},
-    observed::{Link, ObservedDataplane, TABLE_MAIN},
-};
+use crate::observed::{Link, ObservedDataplane, TABLE_MAIN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +68,7 @@ impl Target {
         let l3 = matches!(
             l.kind.as_deref(),
             Some("ipip" | "wireguard" | "tun" | "gre" | "sit")
-        ) || l.name == "tunl0"
+        ) || l.name == IPIP
             || l.mac.is_none();
         Self {
             name: l.name.clone(),

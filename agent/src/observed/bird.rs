@@ -34,43 +34,67 @@ impl BgpPeer {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum BirdError {
+    #[error("no BIRD control socket at {} (BGP not in use here?)", SOCKETS.join(" or "))]
+    NoSocket,
+    #[error("{path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: unexpected greeting {greeting:?}")]
+    Greeting {
+        path: String,
+        greeting: Option<String>,
+    },
+    #[error("{path}: BIRD error: {line}")]
+    Bird { path: String, line: String },
+    #[error("{path}: no answer within {TIMEOUT:?}")]
+    Timeout { path: String },
+}
+
 /// Reads the BGP peers. `Err` when no BIRD answers (BGP not in use on this node, or the socket
 /// is not mounted into the agent).
-pub async fn read(socket: Option<&str>) -> Result<Vec<BgpPeer>, String> {
+pub async fn read(socket: Option<&str>) -> Result<Vec<BgpPeer>, BirdError> {
     let path = match socket {
         Some(p) => p.to_string(),
         None => SOCKETS
             .iter()
             .find(|p| Path::new(p).exists())
             .map(|p| (*p).to_string())
-            .ok_or_else(|| {
-                format!(
-                    "no BIRD control socket at {} (BGP not in use here?)",
-                    SOCKETS.join(" or ")
-                )
-            })?,
+            .ok_or(BirdError::NoSocket)?,
+    };
+    let io = |source| BirdError::Io {
+        path: path.clone(),
+        source,
     };
     let exchange = async {
-        let stream = UnixStream::connect(&path)
-            .await
-            .map_err(|e| format!("connect {path}: {e}"))?;
+        let stream = UnixStream::connect(&path).await.map_err(io)?;
         let (r, mut w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
         // The greeting: `0001 BIRD 1.6.8 ready.`
-        match lines.next_line().await.map_err(|e| e.to_string())? {
+        match lines.next_line().await.map_err(io)? {
             Some(l) if l.starts_with("0001") => {}
-            other => return Err(format!("{path}: unexpected greeting {other:?}")),
+            greeting => {
+                return Err(BirdError::Greeting {
+                    path: path.clone(),
+                    greeting,
+                });
+            }
         }
-        w.write_all(b"show protocols\n")
-            .await
-            .map_err(|e| e.to_string())?;
+        w.write_all(b"show protocols\n").await.map_err(io)?;
         let mut reply = Vec::new();
-        while let Some(l) = lines.next_line().await.map_err(|e| e.to_string())? {
+        while let Some(l) = lines.next_line().await.map_err(io)? {
             if l.starts_with("0000") {
                 break;
             }
             if l.starts_with('8') || l.starts_with('9') {
-                return Err(format!("{path}: BIRD error: {l}"));
+                return Err(BirdError::Bird {
+                    path: path.clone(),
+                    line: l,
+                });
             }
             reply.push(l);
         }
@@ -78,7 +102,7 @@ pub async fn read(socket: Option<&str>) -> Result<Vec<BgpPeer>, String> {
     };
     let reply = tokio::time::timeout(TIMEOUT, exchange)
         .await
-        .map_err(|_| format!("{path}: no answer within {TIMEOUT:?}"))??;
+        .map_err(|_| BirdError::Timeout { path: path.clone() })??;
     Ok(parse_protocols(&reply))
 }
 

@@ -28,34 +28,64 @@ impl FelixHealth {
 
 /// Asks Felix whether it is ready. `Err` means the endpoint could not be asked (health
 /// reporting off, another port, not in this network namespace).
-pub async fn read(endpoint: &str) -> Result<FelixHealth, String> {
+pub async fn read(endpoint: &str) -> Result<FelixHealth, HealthError> {
+    let io = |what: &'static str| {
+        move |source| HealthError::Io {
+            what,
+            endpoint: endpoint.to_string(),
+            source,
+        }
+    };
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(endpoint)
             .await
-            .map_err(|e| format!("connect {endpoint}: {e}"))?;
+            .map_err(io("connect"))?;
         s.write_all(b"GET /readiness HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await
-            .map_err(|e| format!("write to {endpoint}: {e}"))?;
+            .map_err(io("write to"))?;
         let mut buf = Vec::new();
         s.take(64 * 1024)
             .read_to_end(&mut buf)
             .await
-            .map_err(|e| format!("read from {endpoint}: {e}"))?;
-        Ok::<_, String>(buf)
+            .map_err(io("read from"))?;
+        Ok::<_, HealthError>(buf)
     };
     let buf = tokio::time::timeout(TIMEOUT, exchange)
         .await
-        .map_err(|_| format!("{endpoint} did not answer within {TIMEOUT:?}"))??;
+        .map_err(|_| HealthError::Timeout {
+            endpoint: endpoint.to_string(),
+        })??;
     parse(endpoint, &String::from_utf8_lossy(&buf))
 }
 
-fn parse(endpoint: &str, response: &str) -> Result<FelixHealth, String> {
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("{what} {endpoint}")]
+    Io {
+        what: &'static str,
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{endpoint} did not answer within {TIMEOUT:?}")]
+    Timeout { endpoint: String },
+    #[error("{endpoint}: not an HTTP response: {status_line:?}")]
+    NotHttp {
+        endpoint: String,
+        status_line: String,
+    },
+}
+
+fn parse(endpoint: &str, response: &str) -> Result<FelixHealth, HealthError> {
     let status_line = response.lines().next().unwrap_or_default();
     let status = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{endpoint}: not an HTTP response: {status_line:?}"))?;
+        .ok_or_else(|| HealthError::NotHttp {
+            endpoint: endpoint.to_string(),
+            status_line: status_line.to_string(),
+        })?;
     let detail = response
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)

@@ -5,7 +5,7 @@ pub mod bundle;
 pub mod calico_ct;
 pub mod caps;
 pub mod conntrack;
-mod exec;
+pub mod exec;
 pub mod felix_health;
 pub mod iptables;
 pub mod model;
@@ -58,8 +58,8 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
     obs.iptables = iptables::read_all(&mut unavailable).await;
     match nft::read().await {
         Ok(rs) => obs.nft = Some(rs),
-        Err(reason) if reason.contains("not installed") => {}
-        Err(reason) => unavailable.push(Unavailable::new(Source::Nftables, "nft", reason)),
+        Err(e) if e.not_installed() => {}
+        Err(e) => unavailable.push(Unavailable::new(Source::Nftables, "nft", error_chain(&e))),
     }
     if obs.links.iter().any(|l| {
         l.kind.as_deref() == Some("wireguard")
@@ -73,18 +73,20 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
         .unwrap_or_else(|_| felix_health::DEFAULT_ENDPOINT.into());
     match felix_health::read(&endpoint).await {
         Ok(h) => obs.felix_health = Some(h),
-        Err(reason) => unavailable.push(Unavailable::new(
+        Err(e) => unavailable.push(Unavailable::new(
             Source::FelixHealth,
             "felix readiness",
-            reason,
+            error_chain(&e),
         )),
     }
     // AGENT_BIRD_SOCKET points at a non-default BIRD control socket.
     match bird::read(std::env::var("AGENT_BIRD_SOCKET").ok().as_deref()).await {
         Ok(peers) => obs.bgp_peers = Some(peers),
-        Err(reason) => {
-            unavailable.push(Unavailable::new(Source::Bgp, "bird show protocols", reason))
-        }
+        Err(e) => unavailable.push(Unavailable::new(
+            Source::Bgp,
+            "bird show protocols",
+            error_chain(&e),
+        )),
     }
     match conntrack::dump_counts() {
         Ok(c) => obs.conntrack = Some(c),

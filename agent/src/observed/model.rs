@@ -208,11 +208,8 @@ impl RouteType {
     }
 }
 
-/// Calico's own route protocol number (`dataplanedefs.DefaultRouteProto`).
-pub const PROTO_CALICO: u8 = 80;
 pub const PROTO_KERNEL: u8 = 2;
 pub const PROTO_BOOT: u8 = 3;
-pub const PROTO_BIRD: u8 = 12;
 /// The main routing table.
 pub const TABLE_MAIN: u32 = 254;
 /// The kernel's local table (local and broadcast addresses).

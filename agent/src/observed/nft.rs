@@ -243,16 +243,29 @@ fn type_of(v: Option<&Value>) -> String {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum NftReadError {
+    #[error(transparent)]
+    Exec(#[from] exec::ExecError),
+    #[error("nft -j list ruleset")]
+    Parse(#[source] NftParseError),
+}
+
+impl NftReadError {
+    /// `nft` is not installed: nftables is then simply not part of this node's picture.
+    pub fn not_installed(&self) -> bool {
+        matches!(self, Self::Exec(exec::ExecError::NotFound { .. }))
+    }
+}
+
 /// Reads the live ruleset with `nft -j list ruleset`.
-pub async fn read() -> Result<NftRuleset, String> {
-    let out = exec::run("nft", &["-j", "list", "ruleset"])
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn read() -> Result<NftRuleset, NftReadError> {
+    let out = exec::run("nft", &["-j", "list", "ruleset"]).await?;
     if out.trim().is_empty() {
         // nft prints nothing at all when there is no table in this namespace.
         return Ok(NftRuleset::default());
     }
-    parse_json(&out).map_err(|e| format!("nft -j list ruleset: {e}"))
+    parse_json(&out).map_err(NftReadError::Parse)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub fn read(root: &Path, unavailable: &mut Vec<Unavailable>) -> Sysctls {
                 if let Some(v) = read_u8(&dir.join("rp_filter")) {
                     s.rp_filter.insert(name.clone(), v);
                 }
-                if name.starts_with("cali") {
+                if calico_conventions::is_workload_iface(&name) {
                     insert(&mut s.proxy_arp, &name, read_u8(&dir.join("proxy_arp")));
                     insert(&mut s.forwarding, &name, read_u8(&dir.join("forwarding")));
                 }

@@ -7,10 +7,9 @@ use std::{collections::BTreeSet, net::IpAddr};
 use super::{
     CheckId, Finding, Severity, parent_of, present_tunnels, tunnel::overhead, workload_mtu,
 };
-use crate::{
-    diag::{IPIP, VXLAN_V4},
-    observed::{ObservedDataplane, PROTO_BIRD, PROTO_CALICO, RouteType, TABLE_MAIN},
-};
+use calico_conventions::{IPIP, PROTO_BIRD, PROTO_CALICO, VXLAN_V4};
+
+use crate::observed::{ObservedDataplane, RouteType, TABLE_MAIN};
 
 pub(super) fn check(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     tunnels(obs, out);

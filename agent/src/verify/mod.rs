@@ -19,9 +19,10 @@ pub use self::{
     finding::{CheckId, Finding, Severity, Skipped},
     grace::GraceTracker,
 };
+use calico_conventions::{TUNNEL_DEVICES, is_workload_iface};
+
 use crate::{
     desired::expected::Expected,
-    diag::{TUNNEL_DEVICES, is_workload_iface},
     observed::{Link, ObservedDataplane, Source, Unavailable},
 };
 

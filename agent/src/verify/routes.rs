@@ -5,12 +5,11 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{CheckId, Finding, Severity};
+use calico_conventions::{PROTO_BIRD, PROTO_CALICO, VXLAN_V4, is_workload_iface};
+
 use crate::{
     desired::expected::{Expected, RouteTarget},
-    diag::{VXLAN_V4, is_workload_iface},
-    observed::{
-        ObservedDataplane, PROTO_BIRD, PROTO_CALICO, PROTO_KERNEL, Route, RouteType, TABLE_MAIN,
-    },
+    observed::{ObservedDataplane, PROTO_KERNEL, Route, RouteType, TABLE_MAIN},
 };
 
 fn main_routes<'a>(obs: &'a ObservedDataplane, dst: &'a IpNet) -> impl Iterator<Item = &'a Route> {

@@ -8,9 +8,8 @@ use serde::Serialize;
 use sha1::{Digest as _, Sha1};
 
 pub use calico_conventions::{
-    FAILSAFE_IN, FAILSAFE_OUT, ROUTE_PROTOCOL as PROTO_CALICO, VXLAN_DEVICE as VXLAN_DEV,
-    VXLAN_PORT, VXLAN_VNI as VNI, WORKLOAD_HOST_MAC, vtep_mac,
-    workload_iface as workload_veth_name,
+    FAILSAFE_IN, FAILSAFE_OUT, PROTO_CALICO, VXLAN_PORT, VXLAN_V4 as VXLAN_DEV, VXLAN_VNI as VNI,
+    WORKLOAD_HOST_MAC, vtep_mac, workload_iface as workload_veth_name,
 };
 pub const UNDERLAY_MTU: u32 = 1500;
 /// Felix's VXLAN MTU: host MTU minus the 50-byte VXLAN overhead.

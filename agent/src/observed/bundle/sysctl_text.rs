@@ -69,10 +69,14 @@ fn apply(s: &mut Sysctls, key: &[String], value: &str) -> Result<(), String> {
         ["net", "ipv4", "conf", iface, "rp_filter"] => {
             insert(&mut s.rp_filter, iface, small()?);
         }
-        ["net", "ipv4", "conf", iface, "proxy_arp"] if iface.starts_with("cali") => {
+        ["net", "ipv4", "conf", iface, "proxy_arp"]
+            if calico_conventions::is_workload_iface(iface) =>
+        {
             insert(&mut s.proxy_arp, iface, small()?);
         }
-        ["net", "ipv4", "conf", iface, "forwarding"] if iface.starts_with("cali") => {
+        ["net", "ipv4", "conf", iface, "forwarding"]
+            if calico_conventions::is_workload_iface(iface) =>
+        {
             insert(&mut s.forwarding, iface, small()?);
         }
         ["net", "netfilter", "nf_conntrack_count"] => s.conntrack_count = Some(large()?),

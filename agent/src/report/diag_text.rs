@@ -3,8 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::Severity;
-use crate::{analysis::Analysis, observed::Route, verify::Verification};
+use crate::{
+    analysis::Analysis,
+    observed::Route,
+    verify::{Severity, Verification},
+};
 
 /// Rows shown per route group before eliding the rest.
 const MAX_ROWS: usize = 12;
@@ -219,7 +222,7 @@ fn traffic(o: &mut String, a: &Analysis) {
             "  {:<28} {:>10}  ({})",
             r.reason,
             r.count,
-            crate::flows::report::class_breakdown(&r.by_class)
+            super::flows_text::class_breakdown(&r.by_class)
         );
     }
     let _ = writeln!(o, "  TCP retransmissions: {}", t.tcp_retransmits);

@@ -1,0 +1,176 @@
+//! One analysis from the operator's inputs: which datastore, which node, live or a bundle, and
+//! the grace re-check. `agent diag`/`check` run it once; the daemon keeps its parts running.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    analysis::{self, Analysis},
+    desired::{Datastore, files, kube},
+    node,
+    observed::{self, bundle},
+    verify::{GraceTracker, Policy},
+};
+
+/// Where the expected state comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatastoreSource {
+    /// None: the mode is inferred from the node, and datastore checks are listed as not run.
+    None,
+    /// A directory of Calico YAML.
+    Dir(PathBuf),
+    /// The Kubernetes API (in-cluster service account or KUBECONFIG), read-only.
+    Kube,
+}
+
+/// What one analysis reads and how it judges.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub node_name: Option<String>,
+    pub datastore: DatastoreSource,
+    pub grace: Duration,
+    pub conntrack_pressure: f64,
+    /// A captured bundle to analyse instead of the live node.
+    pub bundle: Option<PathBuf>,
+}
+
+impl Input {
+    pub fn node(&self) -> String {
+        node::resolve_name(self.node_name.as_deref())
+    }
+}
+
+/// How long `--kube` waits for the first list of every resource.
+pub const KUBE_LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads the datastore once; `in_bundle` is the Calico YAML found in a bundle, used when no
+/// other source is given.
+pub async fn load_datastore(
+    source: &DatastoreSource,
+    in_bundle: &[PathBuf],
+) -> anyhow::Result<Option<Datastore>> {
+    let ds = match source {
+        DatastoreSource::Kube => {
+            let client = kube::client().await?;
+            kube::read_once(&client, KUBE_LIST_TIMEOUT)
+                .await
+                .context("reading the Calico datastore from the Kubernetes API")?
+        }
+        DatastoreSource::Dir(dir) => {
+            files::load_dir(dir).with_context(|| format!("datastore {}", dir.display()))?
+        }
+        DatastoreSource::None if !in_bundle.is_empty() => {
+            files::load_files(in_bundle).context("Calico YAML in the bundle")?
+        }
+        DatastoreSource::None => return Ok(None),
+    };
+    for w in &ds.warnings {
+        tracing::warn!("{w}");
+    }
+    if ds.is_empty() {
+        anyhow::bail!(
+            "the datastore holds no Calico objects (IPPools, IPAMBlocks, Nodes, FelixConfigurations)"
+        );
+    }
+    Ok(Some(ds))
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One analysis of the live node (or of `input.bundle`). With a grace window, anything that
+/// looked wrong is looked at again once the window has passed, and only what persisted is
+/// reported.
+pub async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
+    if let Some(dir) = &input.bundle {
+        return analyse_bundle(input, dir).await;
+    }
+    let ds = load_datastore(&input.datastore, &[]).await?;
+    let name = input.node();
+    let mut tracker = GraceTracker::default();
+    let first = live_pass(&ds, &name, input, &mut tracker).await?;
+    if input.grace.is_zero() || tracker.pending() == 0 {
+        return Ok(first);
+    }
+    tokio::time::sleep(input.grace).await;
+    live_pass(&ds, &name, input, &mut tracker).await
+}
+
+/// A captured bundle is a single moment: no grace window applies. The bundle's hostname file
+/// is the node's identity unless the operator names one.
+async fn analyse_bundle(input: &Input, dir: &Path) -> anyhow::Result<Analysis> {
+    let b = bundle::read_dir(dir)?;
+    let mut obs = b.observed;
+    if let Some(n) = input.node_name.as_deref().filter(|n| !n.is_empty()) {
+        obs.node_name = n.to_string();
+    } else if obs.node_name.is_empty() {
+        obs.node_name = node::resolve_name(None);
+    }
+    let ds = load_datastore(&input.datastore, &b.datastore_files).await?;
+    let expected = analysis::expected_for(&obs, ds.as_ref())?;
+    let mut a = analysis::analyse(
+        &obs,
+        expected.as_ref(),
+        &Policy {
+            now: obs.captured_at,
+            conntrack_pressure: input.conntrack_pressure,
+        },
+    );
+    a.input_notes = b
+        .recognised
+        .iter()
+        .map(|(p, f)| format!("read {} as {f}", p.display()))
+        .chain(b.notes)
+        .collect();
+    Ok(a)
+}
+
+async fn live_pass(
+    ds: &Option<Datastore>,
+    name: &str,
+    input: &Input,
+    tracker: &mut GraceTracker,
+) -> anyhow::Result<Analysis> {
+    let obs = observed::read_live(name).await;
+    let expected = analysis::expected_for(&obs, ds.as_ref())?;
+    let policy = Policy {
+        now: now(),
+        conntrack_pressure: input.conntrack_pressure,
+    };
+    let mut a = analysis::analyse(&obs, expected.as_ref(), &policy);
+    a.verification = a
+        .verification
+        .map(|v| tracker.confirm(v, policy.now, input.grace));
+    Ok(a)
+}
+
+/// `diag` on the live node: the analysis, with the traffic sample taken while it runs.
+pub async fn diag_with_sample(input: &Input, sample_seconds: u64) -> anyhow::Result<Analysis> {
+    let want = sample_seconds > 0 && input.bundle.is_none();
+    let sample = async {
+        if want {
+            Some(analysis::sample_traffic(&input.node(), sample_seconds).await)
+        } else {
+            None
+        }
+    };
+    let (a, sample) = tokio::join!(analyse(input), sample);
+    let mut a = a?;
+    match sample {
+        Some(Ok(mut t)) => {
+            t.mtu_correlation = analysis::correlate_mtu(a.verification.as_ref(), &t);
+            a.traffic = Some(t);
+        }
+        Some(Err(e)) => a.traffic_unavailable = Some(observed::error_chain(&e)),
+        None => {}
+    }
+    Ok(a)
+}
