@@ -1,7 +1,7 @@
 //! One analysis of a node: the observed dataplane summarised for an operator, and verified
 //! against the datastore when there is one (else against what the node itself implies).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     desired::{
@@ -13,17 +13,41 @@ use crate::{
     verify::{self, Policy, Verification},
 };
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Analysis {
     pub diag: Diag,
     /// `None` when there is no Calico dataplane to verify.
     pub verification: Option<Verification>,
     /// What an offline input was read as, and what could not be used.
     pub input_notes: Vec<String>,
-    /// Drops and MTU signals sampled while the analysis ran (live `diag` only).
+    /// Drops and MTU signals sampled while the analysis ran (live `diag` only; never sent by
+    /// the daemon, so never read back).
+    #[serde(skip_deserializing)]
     pub traffic: Option<TrafficSample>,
     /// Why there is no traffic sample, when one was asked for.
     pub traffic_unavailable: Option<String>,
+    /// Set when the analysis came from the running daemon (`agent run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonInfo>,
+}
+
+/// What the daemon adds to an analysis: how fresh it is and what only time can tell.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    /// Seconds since the daemon started.
+    pub uptime_seconds: u64,
+    /// Milliseconds since the epoch of the verification this analysis is.
+    pub verified_at_ms: u64,
+    pub grace_seconds: u64,
+    /// Findings seen but still inside the grace window.
+    pub pending: usize,
+    pub netlink_events: u64,
+    pub resyncs: u64,
+    pub overruns: u64,
+    /// State changes per BGP session in the flap window (BIRD protocol name → count).
+    pub bgp_flaps: std::collections::BTreeMap<String, u32>,
+    /// The observe-only eBPF programs: attached to N interfaces, or why not.
+    pub ebpf: String,
 }
 
 /// What the observe-only programs saw during `diag`'s sample window.
@@ -172,6 +196,7 @@ pub fn analyse(obs: &ObservedDataplane, expected: Option<&Expected>, policy: &Po
         input_notes: Vec::new(),
         traffic: None,
         traffic_unavailable: None,
+        daemon: None,
     }
 }
 

@@ -53,6 +53,59 @@ enum Command {
     },
     /// Count traffic, flows, MTU signals and drops with the agent's observe-only eBPF programs.
     Flows(FlowsArgs),
+    /// Run as the node's daemon: verify continuously, serve /metrics, /healthz, /readyz and the
+    /// local API that `diag` and `check` ask first.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
+    #[arg(long, env = "AGENT_NODE_NAME")]
+    node_name: Option<String>,
+    /// Directory of Calico YAML to verify against, re-read when its files change.
+    #[arg(long, env = "AGENT_DATASTORE", conflicts_with = "kube")]
+    datastore: Option<PathBuf>,
+    /// Follow the Calico datastore in the Kubernetes API (read-only watchers).
+    #[arg(long, env = "AGENT_KUBE")]
+    kube: bool,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "AGENT_LISTEN", default_value = "0.0.0.0:9647")]
+    listen: std::net::SocketAddr,
+    /// Unix socket of the local API (mode 0600; `diag` and `check` ask it first).
+    #[arg(long, env = "AGENT_SOCKET", default_value = agent::daemon::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Publish a finding only once it has persisted this many seconds (Felix's own
+    /// reprogramming briefly looks like drift).
+    #[arg(long, env = "AGENT_GRACE_SECONDS", default_value_t = 5)]
+    grace: u64,
+    /// Fill fraction of the conntrack table above which conntrack.pressure is reported.
+    #[arg(long, env = "AGENT_CONNTRACK_PRESSURE", default_value_t = agent::verify::DEFAULT_CONNTRACK_PRESSURE, value_parser = fraction)]
+    conntrack_pressure: f64,
+    /// Do not load the observe-only eBPF programs (no flow, drop or MTU-signal metrics).
+    #[arg(long, env = "AGENT_NO_EBPF")]
+    no_ebpf: bool,
+    /// Flow table capacity (LRU).
+    #[arg(long, env = "AGENT_FLOW_TABLE_SIZE", default_value_t = agent_common::FLOWS_DEFAULT_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    flow_table_size: u32,
+    /// Seconds between full re-reads of the node (also done at once after a netlink overrun).
+    #[arg(long, env = "AGENT_RESYNC_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    resync: u64,
+    /// Seconds between reads of iptables and nftables.
+    #[arg(long, env = "AGENT_POLL_RULES_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    poll_rules: u64,
+    /// Seconds between reads of sysctls, conntrack and Calico's pinned eBPF maps.
+    #[arg(long, env = "AGENT_POLL_KERNEL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    poll_kernel: u64,
+    /// Seconds between reads of Felix's health, BIRD and WireGuard (and eBPF counter exports).
+    #[arg(long, env = "AGENT_POLL_SERVICES_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    poll_services: u64,
+    /// Milliseconds to wait after a netlink notification before verifying (a burst is one run).
+    #[arg(long, env = "AGENT_DEBOUNCE_MS", default_value_t = 20)]
+    debounce_ms: u64,
+    /// Receive buffer of the netlink notification socket, in bytes (default: the kernel's).
+    #[arg(long, env = "AGENT_NETLINK_RCVBUF")]
+    netlink_rcvbuf: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +172,12 @@ struct Input {
     /// Print JSON instead of text.
     #[arg(long, env = "AGENT_JSON")]
     json: bool,
+    /// The running daemon's local API; asked first, unless --bundle or --no-daemon.
+    #[arg(long, env = "AGENT_SOCKET", default_value = agent::daemon::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Read the node directly even when a daemon (`agent run`) answers on --socket.
+    #[arg(long, env = "AGENT_NO_DAEMON")]
+    no_daemon: bool,
 }
 
 /// A fill fraction: more than 0, at most 1.
@@ -134,8 +193,13 @@ fn fraction(s: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    let daemon = matches!(cli.command, Command::Run(_));
     match run(cli) {
         Ok(code) => code,
+        Err(e) if daemon => {
+            eprintln!("agent: {e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("agent: could not verify: {e:#}");
             ExitCode::from(2)
@@ -203,13 +267,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_ebpf,
         } => {
             let seconds = if no_ebpf { 0 } else { drops_seconds };
-            let a = rt.block_on(pipeline::diag_with_sample(&input.pipeline(), seconds))?;
+            let a = rt.block_on(async {
+                match from_daemon(&input).await {
+                    Some(a) => pipeline::add_sample(a, &input.pipeline(), seconds).await,
+                    None => pipeline::diag_with_sample(&input.pipeline(), seconds).await,
+                }
+            })?;
             print(&input, &a, report::diag_text::text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Flows(args) => rt.block_on(flows(args)),
+        Command::Run(args) => rt.block_on(daemon(args)),
         Command::Check { input } => {
-            let a = rt.block_on(pipeline::analyse(&input.pipeline()))?;
+            let a = rt.block_on(analyse(&input))?;
             print(&input, &a, report::diag_text::check_text)?;
             Ok(match &a.verification {
                 None => {
@@ -221,6 +291,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The running daemon's analysis, when one answers (and the input is the live node).
+async fn from_daemon(input: &Input) -> Option<Analysis> {
+    if input.no_daemon || input.bundle.is_some() {
+        return None;
+    }
+    match report::http::fetch_analysis(&input.socket).await {
+        Ok(a) => Some(a),
+        Err(report::http::LocalApiError::NotRunning(_)) => None,
+        Err(e) => {
+            tracing::warn!(error = %observed::error_chain(&e), "reading the node directly");
+            None
+        }
+    }
+}
+
+async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
+    match from_daemon(input).await {
+        Some(a) => Ok(a),
+        None => pipeline::analyse(&input.pipeline()).await,
+    }
+}
+
+async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let cfg = agent::daemon::Config {
+        node_name: node::resolve_name(args.node_name.as_deref()),
+        datastore: match (args.datastore, args.kube) {
+            (Some(dir), _) => DatastoreSource::Dir(dir),
+            (None, true) => DatastoreSource::Kube,
+            (None, false) => DatastoreSource::None,
+        },
+        listen: args.listen,
+        socket: args.socket,
+        grace: Duration::from_secs(args.grace),
+        conntrack_pressure: args.conntrack_pressure,
+        no_ebpf: args.no_ebpf,
+        flow_table_size: args.flow_table_size,
+        resync: Duration::from_secs(args.resync),
+        poll_rules: Duration::from_secs(args.poll_rules),
+        poll_kernel: Duration::from_secs(args.poll_kernel),
+        poll_services: Duration::from_secs(args.poll_services),
+        poll_datastore: Duration::from_secs(2),
+        debounce: Duration::from_millis(args.debounce_ms),
+        netlink_rx_buffer: args.netlink_rcvbuf,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received: shutting down");
+        token.cancel();
+    });
+    agent::daemon::run(cfg, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {

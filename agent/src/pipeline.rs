@@ -79,11 +79,11 @@ pub async fn load_datastore(
     Ok(Some(ds))
 }
 
-/// Seconds since the epoch.
-pub fn now() -> u64 {
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One analysis of the live node (or of `input.bundle`). With a grace window, anything that
@@ -141,29 +141,48 @@ async fn live_pass(
 ) -> anyhow::Result<Analysis> {
     let obs = observed::read_live(name).await;
     let expected = analysis::expected_for(&obs, ds.as_ref())?;
+    let now_ms = now_ms();
     let policy = Policy {
-        now: now(),
+        now: now_ms / 1000,
         conntrack_pressure: input.conntrack_pressure,
     };
     let mut a = analysis::analyse(&obs, expected.as_ref(), &policy);
     a.verification = a
         .verification
-        .map(|v| tracker.confirm(v, policy.now, input.grace));
+        .map(|v| tracker.confirm(v, now_ms, input.grace));
     Ok(a)
 }
 
 /// `diag` on the live node: the analysis, with the traffic sample taken while it runs.
 pub async fn diag_with_sample(input: &Input, sample_seconds: u64) -> anyhow::Result<Analysis> {
-    let want = sample_seconds > 0 && input.bundle.is_none();
-    let sample = async {
-        if want {
-            Some(analysis::sample_traffic(&input.node(), sample_seconds).await)
-        } else {
-            None
-        }
-    };
-    let (a, sample) = tokio::join!(analyse(input), sample);
-    let mut a = a?;
+    let (a, sample) = tokio::join!(analyse(input), sample(input, sample_seconds));
+    Ok(with_sample(a?, sample))
+}
+
+/// An analysis already made (by the daemon) with a traffic sample taken now.
+pub async fn add_sample(
+    a: Analysis,
+    input: &Input,
+    sample_seconds: u64,
+) -> anyhow::Result<Analysis> {
+    Ok(with_sample(a, sample(input, sample_seconds).await))
+}
+
+async fn sample(
+    input: &Input,
+    seconds: u64,
+) -> Option<Result<analysis::TrafficSample, crate::flows::FlowsError>> {
+    if seconds > 0 && input.bundle.is_none() {
+        Some(analysis::sample_traffic(&input.node(), seconds).await)
+    } else {
+        None
+    }
+}
+
+fn with_sample(
+    mut a: Analysis,
+    sample: Option<Result<analysis::TrafficSample, crate::flows::FlowsError>>,
+) -> Analysis {
     match sample {
         Some(Ok(mut t)) => {
             t.mtu_correlation = analysis::correlate_mtu(a.verification.as_ref(), &t);
@@ -172,5 +191,5 @@ pub async fn diag_with_sample(input: &Input, sample_seconds: u64) -> anyhow::Res
         Some(Err(e)) => a.traffic_unavailable = Some(observed::error_chain(&e)),
         None => {}
     }
-    Ok(a)
+    a
 }

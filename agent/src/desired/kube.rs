@@ -95,6 +95,8 @@ fn resources(group: CalicoGroup) -> Vec<ApiResource> {
 pub struct KubeDatastore {
     stores: Vec<(ApiResource, reflector::Store<DynamicObject>)>,
     tasks: Vec<JoinHandle<()>>,
+    /// Bumped on every watch event: a changed value means a new snapshot is worth taking.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl KubeDatastore {
@@ -103,7 +105,9 @@ impl KubeDatastore {
     pub fn start(client: &Client, group: CalicoGroup) -> Self {
         let mut stores = Vec::new();
         let mut tasks = Vec::new();
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         for ar in resources(group) {
+            let generation = generation.clone();
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             let writer = reflector::store::Writer::new(ar.clone());
             stores.push((ar.clone(), writer.as_reader()));
@@ -112,13 +116,27 @@ impl KubeDatastore {
             tasks.push(tokio::spawn(async move {
                 let mut events = std::pin::pin!(reflector(writer, stream));
                 while let Some(event) = events.next().await {
-                    if let Err(e) = event {
-                        tracing::warn!(kind = %kind, error = %e, "Watch of Calico datastore failed; retrying with backoff.");
+                    match event {
+                        Ok(_) => {
+                            generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::warn!(kind = %kind, error = %e, "Watch of Calico datastore failed; retrying with backoff.")
+                        }
                     }
                 }
             }));
         }
-        Self { stores, tasks }
+        Self {
+            stores,
+            tasks,
+            generation,
+        }
+    }
+
+    /// Changes with every watch event.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until every resource has been listed once.

@@ -447,6 +447,15 @@ impl Probe {
         Some(JiffiesClock::new((j0, n0), now))
     }
 
+    /// Kernel time spent in our programs so far (0 unless `kernel.bpf_stats_enabled=1`).
+    pub fn run_time_ns(&self) -> u64 {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok())
+            .map(|i| u64::try_from(i.run_time().as_nanos()).unwrap_or(u64::MAX))
+            .sum()
+    }
+
     /// Kernel ids of the loaded programs (to check from outside that they are gone).
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
@@ -757,6 +766,14 @@ impl Session {
                 )),
             }
         }
+    }
+
+    /// Drops so far per kernel reason, named.
+    pub fn drop_rows(&self) -> Result<Vec<report::DropRow>, FlowsError> {
+        Ok(report::name_drops(
+            &self.probe.drops()?,
+            self.reason_names.as_ref(),
+        ))
     }
 
     pub fn report(

@@ -10,6 +10,7 @@ pub mod felix_health;
 pub mod iptables;
 pub mod model;
 pub mod netlink;
+pub mod netlink_events;
 pub mod nft;
 pub mod sysctl;
 pub mod wireguard;
@@ -18,15 +19,49 @@ pub use model::*;
 
 use self::netlink::Netlink;
 
+/// Groups of sources read together. Netlink state changes arrive as events; the others have
+/// no events and are polled (`agent run` gives each group its own timer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceGroup {
+    /// Links, addresses, routes, neighbours, FDB, rules.
+    Netlink,
+    /// iptables (both backends) and nftables: external commands, the costliest read.
+    Rules,
+    /// Sysctls, the conntrack table and Calico's pinned eBPF maps.
+    Kernel,
+    /// Felix's health endpoint, BIRD and WireGuard.
+    Services,
+}
+
+impl SourceGroup {
+    pub const ALL: [SourceGroup; 4] = [Self::Netlink, Self::Rules, Self::Kernel, Self::Services];
+
+    /// The kinds of state this group reads.
+    pub fn kinds(self) -> &'static [Source] {
+        use Source::*;
+        match self {
+            Self::Netlink => &[
+                Links,
+                LinkDetails,
+                Addresses,
+                Routes,
+                Neighbours,
+                Fdb,
+                Rules,
+            ],
+            Self::Rules => &[Iptables, Ip6tables, Nftables],
+            Self::Kernel => &[Sysctls, Conntrack, CalicoConntrack],
+            Self::Services => &[FelixHealth, Bgp, Wireguard],
+        }
+    }
+}
+
 /// Reads every source from the calling thread's network namespace. A source that fails is
 /// listed in `unavailable` with the reason (and the missing capability, when that is the
 /// cause); the rest of the snapshot is still returned.
 pub async fn read_live(node_name: &str) -> ObservedDataplane {
     let mut obs = ObservedDataplane {
         node_name: node_name.to_string(),
-        captured_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
         ..Default::default()
     };
     if let Some(set) = caps::effective() {
@@ -36,82 +71,116 @@ pub async fn read_live(node_name: &str) -> ObservedDataplane {
             }
         }
     }
+    for group in SourceGroup::ALL {
+        refresh(&mut obs, group).await;
+    }
+    obs
+}
+
+/// Reads one group of sources again into `obs`, replacing what it held and the group's
+/// `unavailable` entries. Services come after netlink: WireGuard is read only when its
+/// device exists.
+pub async fn refresh(obs: &mut ObservedDataplane, group: SourceGroup) {
+    obs.captured_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut unavailable = Vec::new();
-    match Netlink::open() {
-        Ok(nl) => read_netlink(&nl, &mut obs, &mut unavailable).await,
-        Err(e) => {
-            let reason = error_chain(&e);
-            for kind in [
-                Source::Links,
-                Source::LinkDetails,
-                Source::Addresses,
-                Source::Routes,
-                Source::Neighbours,
-                Source::Fdb,
-                Source::Rules,
-            ] {
-                unavailable.push(Unavailable::new(kind, "netlink", reason.clone()));
+    match group {
+        SourceGroup::Netlink => match Netlink::open() {
+            Ok(nl) => read_netlink(&nl, obs, &mut unavailable).await,
+            Err(e) => {
+                let reason = error_chain(&e);
+                for kind in group.kinds() {
+                    unavailable.push(Unavailable::new(*kind, "netlink", reason.clone()));
+                }
             }
+        },
+        SourceGroup::Rules => {
+            obs.iptables = iptables::read_all(&mut unavailable).await;
+            obs.nft = match nft::read().await {
+                Ok(rs) => Some(rs),
+                Err(e) if e.not_installed() => None,
+                Err(e) => {
+                    unavailable.push(Unavailable::new(Source::Nftables, "nft", error_chain(&e)));
+                    None
+                }
+            };
         }
+        SourceGroup::Kernel => read_kernel(obs, &mut unavailable),
+        SourceGroup::Services => read_services(obs, &mut unavailable).await,
     }
-    obs.sysctls = sysctl::read_live(&mut unavailable);
-    obs.iptables = iptables::read_all(&mut unavailable).await;
-    match nft::read().await {
-        Ok(rs) => obs.nft = Some(rs),
-        Err(e) if e.not_installed() => {}
-        Err(e) => unavailable.push(Unavailable::new(Source::Nftables, "nft", error_chain(&e))),
-    }
-    if obs.links.iter().any(|l| {
-        l.kind.as_deref() == Some("wireguard")
-            || l.name.starts_with("wireguard.")
-            || l.name.starts_with("wg-")
-    }) {
-        obs.wireguard = wireguard::read(&mut unavailable).await;
-    }
-    // AGENT_FELIX_HEALTH points at a non-default HealthHost:HealthPort.
-    let endpoint = std::env::var("AGENT_FELIX_HEALTH")
-        .unwrap_or_else(|_| felix_health::DEFAULT_ENDPOINT.into());
-    match felix_health::read(&endpoint).await {
-        Ok(h) => obs.felix_health = Some(h),
-        Err(e) => unavailable.push(Unavailable::new(
-            Source::FelixHealth,
-            "felix readiness",
-            error_chain(&e),
-        )),
-    }
-    // AGENT_BIRD_SOCKET points at a non-default BIRD control socket.
-    match bird::read(std::env::var("AGENT_BIRD_SOCKET").ok().as_deref()).await {
-        Ok(peers) => obs.bgp_peers = Some(peers),
-        Err(e) => unavailable.push(Unavailable::new(
-            Source::Bgp,
-            "bird show protocols",
-            error_chain(&e),
-        )),
-    }
-    match conntrack::dump_counts() {
-        Ok(c) => obs.conntrack = Some(c),
-        Err(e) => unavailable.push(Unavailable::new(
-            Source::Conntrack,
-            "conntrack dump",
-            error_chain(&e),
-        )),
-    }
+    obs.unavailable.retain(|u| !group.kinds().contains(&u.kind));
+    obs.unavailable.extend(unavailable);
+}
+
+fn read_kernel(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) {
+    obs.sysctls = sysctl::read_live(unavailable);
+    obs.conntrack = match conntrack::dump_counts() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            unavailable.push(Unavailable::new(
+                Source::Conntrack,
+                "conntrack dump",
+                error_chain(&e),
+            ));
+            None
+        }
+    };
     // AGENT_CALICO_BPF_DIR points at the host's bpffs where it is mounted elsewhere.
     let pin_dir =
         std::env::var("AGENT_CALICO_BPF_DIR").unwrap_or_else(|_| CALICO_BPF_PIN_DIR.into());
     let pin_dir = std::path::Path::new(&pin_dir);
     obs.calico_bpf_pins = calico_bpf_pins(pin_dir);
-    match calico_ct::read(pin_dir) {
-        None => {}
-        Some(Ok(ct)) => obs.calico_conntrack = Some(ct),
-        Some(Err(e)) => unavailable.push(Unavailable::new(
-            Source::CalicoConntrack,
-            "calico conntrack map",
-            error_chain(&e),
-        )),
-    }
-    obs.unavailable = unavailable;
-    obs
+    obs.calico_conntrack = match calico_ct::read(pin_dir) {
+        None => None,
+        Some(Ok(ct)) => Some(ct),
+        Some(Err(e)) => {
+            unavailable.push(Unavailable::new(
+                Source::CalicoConntrack,
+                "calico conntrack map",
+                error_chain(&e),
+            ));
+            None
+        }
+    };
+}
+
+async fn read_services(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) {
+    obs.wireguard = if obs.links.iter().any(|l| {
+        l.kind.as_deref() == Some("wireguard")
+            || l.name.starts_with("wireguard.")
+            || l.name.starts_with("wg-")
+    }) {
+        wireguard::read(unavailable).await
+    } else {
+        Vec::new()
+    };
+    // AGENT_FELIX_HEALTH points at a non-default HealthHost:HealthPort.
+    let endpoint = std::env::var("AGENT_FELIX_HEALTH")
+        .unwrap_or_else(|_| felix_health::DEFAULT_ENDPOINT.into());
+    obs.felix_health = match felix_health::read(&endpoint).await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            unavailable.push(Unavailable::new(
+                Source::FelixHealth,
+                "felix readiness",
+                error_chain(&e),
+            ));
+            None
+        }
+    };
+    // AGENT_BIRD_SOCKET points at a non-default BIRD control socket.
+    obs.bgp_peers = match bird::read(std::env::var("AGENT_BIRD_SOCKET").ok().as_deref()).await {
+        Ok(peers) => Some(peers),
+        Err(e) => {
+            unavailable.push(Unavailable::new(
+                Source::Bgp,
+                "bird show protocols",
+                error_chain(&e),
+            ));
+            None
+        }
+    };
 }
 
 /// Only the links and routes: what choosing the interfaces to attach to needs, cheap enough

@@ -11,7 +11,7 @@ use rtnetlink::{
     Handle, IpVersion, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressMessage},
         link::{
             InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
         },
@@ -131,29 +131,7 @@ impl Netlink {
                 what: "address",
                 source,
             })?;
-        let mut out = Vec::new();
-        for m in msgs {
-            // IFA_LOCAL is the interface's own address on point-to-point links; prefer it.
-            let mut addr = None;
-            for a in &m.attributes {
-                match a {
-                    AddressAttribute::Local(ip) => addr = Some(*ip),
-                    AddressAttribute::Address(ip) if addr.is_none() => addr = Some(*ip),
-                    _ => {}
-                }
-            }
-            let Some(ip) = addr else { continue };
-            let Ok(net) = IpNet::new(ip, m.header.prefix_len) else {
-                continue;
-            };
-            out.push(Address {
-                ifindex: m.header.index,
-                ifname: name_of(links, m.header.index),
-                address: net,
-                scope: super::model::scope_name(u8::from(m.header.scope)),
-            });
-        }
-        Ok(out)
+        Ok(msgs.iter().filter_map(|m| address_from(m, links)).collect())
     }
 
     /// Routes of every table and both families. The builder defaults to table main and
@@ -204,25 +182,7 @@ impl Netlink {
             })?;
         Ok(msgs
             .iter()
-            .filter(|m| matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6))
-            .filter_map(|m| {
-                let mut dst = None;
-                let mut lladdr = None;
-                for a in &m.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(a) => dst = neigh_addr(a),
-                        NeighbourAttribute::LinkLayerAddress(mac) => lladdr = Some(mac_string(mac)),
-                        _ => {}
-                    }
-                }
-                Some(Neighbour {
-                    ifindex: m.header.ifindex,
-                    dev: name_of(links, m.header.ifindex),
-                    destination: dst?,
-                    lladdr,
-                    state: nud_name(m.header.state),
-                })
-            })
+            .filter_map(|m| neighbour_from(m, links))
             .collect())
     }
 
@@ -240,35 +200,7 @@ impl Netlink {
                 what: "fdb",
                 source,
             })?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| {
-                let mut e = FdbEntry {
-                    ifindex: m.header.ifindex,
-                    dev: name_of(links, m.header.ifindex),
-                    mac: String::new(),
-                    destination: None,
-                    vni: None,
-                    port: None,
-                    controller: None,
-                    self_entry: m.header.flags.contains(NeighbourFlags::Own),
-                    state: nud_name(m.header.state),
-                };
-                for a in &m.attributes {
-                    match a {
-                        NeighbourAttribute::LinkLayerAddress(mac) => e.mac = mac_string(mac),
-                        NeighbourAttribute::Destination(a) => e.destination = neigh_addr(a),
-                        NeighbourAttribute::Vni(v) => e.vni = Some(*v),
-                        NeighbourAttribute::Port(p) => e.port = Some(*p),
-                        NeighbourAttribute::Controller(c) => {
-                            e.controller = Some(name_of(links, *c))
-                        }
-                        _ => {}
-                    }
-                }
-                (!e.mac.is_empty()).then_some(e)
-            })
-            .collect())
+        Ok(msgs.iter().filter_map(|m| fdb_from(m, links)).collect())
     }
 
     pub async fn rules(&self) -> Result<Vec<IpRule>, NetlinkError> {
@@ -295,6 +227,73 @@ impl Drop for Netlink {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+pub(super) fn address_from(m: &AddressMessage, links: &[Link]) -> Option<Address> {
+    // IFA_LOCAL is the interface's own address on point-to-point links; prefer it.
+    let mut addr = None;
+    for a in &m.attributes {
+        match a {
+            AddressAttribute::Local(ip) => addr = Some(*ip),
+            AddressAttribute::Address(ip) if addr.is_none() => addr = Some(*ip),
+            _ => {}
+        }
+    }
+    Some(Address {
+        ifindex: m.header.index,
+        ifname: name_of(links, m.header.index),
+        address: IpNet::new(addr?, m.header.prefix_len).ok()?,
+        scope: super::model::scope_name(u8::from(m.header.scope)),
+    })
+}
+
+/// An ARP/NDP entry; `None` for other families (the bridge FDB is [`fdb_from`]).
+pub(super) fn neighbour_from(m: &NeighbourMessage, links: &[Link]) -> Option<Neighbour> {
+    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
+        return None;
+    }
+    let mut dst = None;
+    let mut lladdr = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(a) => dst = neigh_addr(a),
+            NeighbourAttribute::LinkLayerAddress(mac) => lladdr = Some(mac_string(mac)),
+            _ => {}
+        }
+    }
+    Some(Neighbour {
+        ifindex: m.header.ifindex,
+        dev: name_of(links, m.header.ifindex),
+        destination: dst?,
+        lladdr,
+        state: nud_name(m.header.state),
+    })
+}
+
+/// A bridge-family neighbour: one `bridge fdb` entry.
+pub(super) fn fdb_from(m: &NeighbourMessage, links: &[Link]) -> Option<FdbEntry> {
+    let mut e = FdbEntry {
+        ifindex: m.header.ifindex,
+        dev: name_of(links, m.header.ifindex),
+        mac: String::new(),
+        destination: None,
+        vni: None,
+        port: None,
+        controller: None,
+        self_entry: m.header.flags.contains(NeighbourFlags::Own),
+        state: nud_name(m.header.state),
+    };
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(mac) => e.mac = mac_string(mac),
+            NeighbourAttribute::Destination(a) => e.destination = neigh_addr(a),
+            NeighbourAttribute::Vni(v) => e.vni = Some(*v),
+            NeighbourAttribute::Port(p) => e.port = Some(*p),
+            NeighbourAttribute::Controller(c) => e.controller = Some(name_of(links, *c)),
+            _ => {}
+        }
+    }
+    (!e.mac.is_empty()).then_some(e)
 }
 
 fn name_of(links: &[Link], index: u32) -> String {
@@ -434,7 +433,7 @@ fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn route_from(m: &RouteMessage, links: &[Link]) -> Option<Route> {
+pub(super) fn route_from(m: &RouteMessage, links: &[Link]) -> Option<Route> {
     let h = &m.header;
     let (zero, max): (IpAddr, u8) = match h.address_family {
         AddressFamily::Inet => (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 32),
@@ -481,7 +480,7 @@ fn route_from(m: &RouteMessage, links: &[Link]) -> Option<Route> {
     Some(r)
 }
 
-fn rule_from(m: &RuleMessage, family: u8) -> IpRule {
+pub(super) fn rule_from(m: &RuleMessage, family: u8) -> IpRule {
     let h = &m.header;
     let mut r = IpRule {
         family,

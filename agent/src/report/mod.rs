@@ -3,3 +3,5 @@
 
 pub mod diag_text;
 pub mod flows_text;
+pub mod http;
+pub mod metrics;

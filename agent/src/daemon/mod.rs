@@ -1,0 +1,550 @@
+//! `agent run`: the always-on agent. One full read and verification at start; then netlink
+//! notifications update the in-memory snapshot and re-verify (debounced), sources without
+//! notifications are polled on their own timers, the datastore is followed, and everything
+//! is re-read on a resync timer and at once after a netlink overrun. A finding is published
+//! once it has persisted for the grace window and cleared as soon as the state is right.
+
+mod datastore;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::time::{Instant as TokioInstant, MissedTickBehavior};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use self::datastore::DatastoreFeed;
+use crate::{
+    analysis::{self, DaemonInfo},
+    desired::expected::Expected,
+    flows::{self, ProbeOptions, Session},
+    observed::{
+        self, ObservedDataplane, SourceGroup,
+        netlink_events::{self, Change, NetlinkEvents},
+    },
+    pipeline::{DatastoreSource, now_ms},
+    report::{
+        http::{Shared, local_router, metrics_router},
+        metrics::{Delta, KindLabels, Metrics, SourceLabels},
+    },
+    verify::{GraceTracker, Policy},
+};
+
+/// Where the local API listens unless `--socket` says otherwise: the pod's writable emptyDir.
+pub const DEFAULT_SOCKET: &str = "/run/calico-dataplane-agent/agent.sock";
+
+/// How the daemon runs; every field is a flag of `agent run`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub datastore: DatastoreSource,
+    pub listen: SocketAddr,
+    /// The local API's unix socket.
+    pub socket: PathBuf,
+    pub grace: Duration,
+    pub conntrack_pressure: f64,
+    pub no_ebpf: bool,
+    pub flow_table_size: u32,
+    /// Full re-read of everything.
+    pub resync: Duration,
+    /// iptables/nftables.
+    pub poll_rules: Duration,
+    /// Sysctls, conntrack, Calico's pinned maps.
+    pub poll_kernel: Duration,
+    /// Felix's health, BIRD, WireGuard; also when the eBPF counters are exported.
+    pub poll_services: Duration,
+    /// How often the datastore is checked for changes.
+    pub poll_datastore: Duration,
+    /// Quiet time after a netlink notification before re-verifying (bursts become one run).
+    pub debounce: Duration,
+    /// The netlink notification socket's receive buffer, bytes (kernel default when `None`).
+    pub netlink_rx_buffer: Option<usize>,
+}
+
+/// Runs until `shutdown` is cancelled, then detaches everything and closes its sockets.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let shared = Shared::new(metrics.clone(), cfg.poll_services.min(cfg.resync));
+    let tracker = TaskTracker::new();
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {} (--listen)", cfg.listen))?;
+    let unix = bind_socket(&cfg.socket)?;
+    let token = shutdown.clone();
+    let app = metrics_router(shared.clone());
+    tracker.spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+    let token = shutdown.clone();
+    let app = local_router(shared.clone());
+    tracker.spawn(async move {
+        if let Err(e) = axum::serve(unix, app)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "local API server failed");
+        }
+    });
+    tracing::info!(listen = %cfg.listen, socket = %cfg.socket.display(), node = %cfg.node_name, "agent running");
+
+    let result = async {
+        let mut daemon = Daemon::start(cfg.clone(), shared, metrics).await?;
+        daemon.run(shutdown.clone()).await;
+        anyhow::Ok(())
+    }
+    .await;
+    // Dropping the daemon detached the eBPF programs; now the servers.
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(3), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("servers did not stop within 3 s");
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    result
+}
+
+/// Binds the local API socket, mode 0600 (it answers with the node's whole dataplane). A
+/// socket left behind by a killed agent is replaced; any other file there is an error.
+fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "{} exists and is not a socket (--socket)",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {} for --socket", dir.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the local API socket {} (--socket)", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+struct Daemon {
+    cfg: Config,
+    shared: Shared,
+    metrics: Arc<Metrics>,
+    obs: ObservedDataplane,
+    datastore: DatastoreFeed,
+    expected: Option<Expected>,
+    /// Why the expected state could not be computed (node not in the datastore…).
+    expected_error: Option<String>,
+    grace: GraceTracker,
+    flows: Option<Session>,
+    ebpf_state: String,
+    exported_counts: std::collections::HashMap<(u32, flows::Direction), flows::Counts>,
+    exported_drops: std::collections::HashMap<u32, u64>,
+    retransmits: Delta,
+    run_ns: Delta,
+    started: Instant,
+    events: u64,
+    resyncs: u64,
+    overruns: u64,
+    /// Findings published last time, to time their detection.
+    published: std::collections::HashSet<(crate::verify::CheckId, String)>,
+}
+
+impl Daemon {
+    async fn start(cfg: Config, shared: Shared, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let datastore = DatastoreFeed::open(&cfg.datastore).await?;
+        let (flows, ebpf_state) = if cfg.no_ebpf {
+            (None, "disabled by --no-ebpf".to_string())
+        } else {
+            let opts = ProbeOptions {
+                flow_table_size: cfg.flow_table_size,
+                ..ProbeOptions::default()
+            };
+            match Session::start(opts, None) {
+                Ok(s) => (Some(s), "attached".to_string()),
+                // Verification goes on without flows.
+                Err(e) => {
+                    let why = observed::error_chain(&e);
+                    tracing::warn!(error = %why, "flows unavailable");
+                    (None, format!("flows unavailable: {why}"))
+                }
+            }
+        };
+        metrics.ebpf_attached.set(i64::from(flows.is_some()));
+        let mut d = Self {
+            obs: ObservedDataplane::default(),
+            datastore,
+            expected: None,
+            expected_error: None,
+            grace: GraceTracker::default(),
+            flows,
+            ebpf_state,
+            exported_counts: Default::default(),
+            exported_drops: Default::default(),
+            retransmits: Delta::default(),
+            run_ns: Delta::default(),
+            started: Instant::now(),
+            events: 0,
+            resyncs: 0,
+            overruns: 0,
+            published: Default::default(),
+            cfg,
+            shared,
+            metrics,
+        };
+        d.full_read().await;
+        d.recompute_expected();
+        d.verify();
+        Ok(d)
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) {
+        let mut events = match NetlinkEvents::subscribe(self.cfg.netlink_rx_buffer) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(error = %observed::error_chain(&e), "no netlink notifications: changes are seen on the resync timer only");
+                None
+            }
+        };
+        // Changes between the first read and the subscription: read once more.
+        self.full_read().await;
+        let tick = |every: Duration| {
+            let mut t = tokio::time::interval_at(TokioInstant::now() + every, every);
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            t
+        };
+        let mut resync = tick(self.cfg.resync);
+        let mut rules = tick(self.cfg.poll_rules);
+        let mut kernel = tick(self.cfg.poll_kernel);
+        let mut services = tick(self.cfg.poll_services);
+        let mut datastore = tick(self.cfg.poll_datastore);
+        // When to verify next (debounced notifications, a finding's grace window ending).
+        let mut verify_at: Option<TokioInstant> = None;
+        let mut relist = false;
+        self.export_flows();
+        self.verify();
+        loop {
+            self.shared.update(|p| p.heartbeat = Some(Instant::now()));
+            if let Some(due) = self.grace.next_due(now_ms(), self.cfg.grace) {
+                let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+                let at = TokioInstant::now() + wait;
+                verify_at = Some(verify_at.map_or(at, |v| v.min(at)));
+            }
+            let sleep_until = verify_at.unwrap_or_else(|| TokioInstant::now() + self.cfg.resync);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                m = next_event(&mut events) => {
+                    let Some(first) = m else {
+                        tracing::warn!("netlink notifications ended: changes are seen on the resync timer only");
+                        events = None;
+                        continue;
+                    };
+                    let mut overrun = false;
+                    let mut pending = Some(first);
+                    while let Some(msg) = pending {
+                        match netlink_events::apply(&mut self.obs, &msg) {
+                            Change::Overrun => overrun = true,
+                            Change::Relist => relist = true,
+                            _ => {}
+                        }
+                        self.count_event(&msg);
+                        pending = events.as_mut().and_then(NetlinkEvents::try_next);
+                    }
+                    if overrun {
+                        self.overruns += 1;
+                        self.metrics.netlink_overruns.inc();
+                        self.resync("overrun").await;
+                        relist = false;
+                        verify_at = Some(TokioInstant::now());
+                    } else {
+                        let at = TokioInstant::now() + self.cfg.debounce;
+                        verify_at = Some(verify_at.map_or(at, |v| v.min(at)));
+                    }
+                }
+                _ = resync.tick() => {
+                    self.resync("timer").await;
+                    relist = false;
+                    verify_at = Some(TokioInstant::now());
+                }
+                _ = rules.tick() => {
+                    self.refresh(SourceGroup::Rules).await;
+                    verify_at = Some(TokioInstant::now());
+                }
+                _ = kernel.tick() => {
+                    self.refresh(SourceGroup::Kernel).await;
+                    verify_at = Some(TokioInstant::now());
+                }
+                _ = services.tick() => {
+                    self.refresh(SourceGroup::Services).await;
+                    self.export_flows();
+                    verify_at = Some(TokioInstant::now());
+                }
+                _ = datastore.tick() => {
+                    if self.datastore.poll_changed() {
+                        self.recompute_expected();
+                        verify_at = Some(TokioInstant::now());
+                    }
+                }
+                () = tokio::time::sleep_until(sleep_until), if verify_at.is_some() => {
+                    verify_at = None;
+                    if std::mem::take(&mut relist) {
+                        self.metrics.resyncs.get_or_create(&KindLabels { kind: "relist".into() }).inc();
+                        self.refresh(SourceGroup::Netlink).await;
+                        self.attach_new_interfaces();
+                    }
+                    self.verify();
+                }
+            }
+        }
+        tracing::info!("shutting down: detaching eBPF programs");
+        self.flows = None;
+        self.metrics.ebpf_attached.set(0);
+    }
+
+    fn count_event(
+        &mut self,
+        msg: &netlink_packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    ) {
+        self.events += 1;
+        let kind = match &msg.payload {
+            netlink_packet_core::NetlinkPayload::Overrun(_) => "overrun",
+            _ => "message",
+        };
+        self.metrics
+            .netlink_events
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    async fn full_read(&mut self) {
+        let mut obs = observed::read_live(&self.cfg.node_name).await;
+        std::mem::swap(&mut self.obs, &mut obs);
+        self.count_source_errors(&SourceGroup::ALL);
+        self.attach_new_interfaces();
+    }
+
+    async fn resync(&mut self, cause: &str) {
+        self.resyncs += 1;
+        self.metrics
+            .resyncs
+            .get_or_create(&KindLabels { kind: cause.into() })
+            .inc();
+        self.full_read().await;
+        // MTU detection follows the links, so the expected state may move with them.
+        self.recompute_expected();
+    }
+
+    async fn refresh(&mut self, group: SourceGroup) {
+        observed::refresh(&mut self.obs, group).await;
+        self.count_source_errors(&[group]);
+    }
+
+    fn count_source_errors(&self, groups: &[SourceGroup]) {
+        for u in self
+            .obs
+            .unavailable
+            .iter()
+            .filter(|u| groups.iter().any(|g| g.kinds().contains(&u.kind)))
+        {
+            let kind = serde_json::to_value(u.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            self.metrics
+                .source_errors
+                .get_or_create(&SourceLabels { source: kind })
+                .inc();
+        }
+    }
+
+    fn recompute_expected(&mut self) {
+        match self.datastore.current() {
+            Ok(None) => {
+                self.expected = None;
+                self.expected_error = None;
+            }
+            Ok(Some(ds)) => match analysis::expected_for(&self.obs, Some(ds)) {
+                Ok(e) => {
+                    self.expected = e;
+                    self.expected_error = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %observed::error_chain(&e), "expected dataplane");
+                    self.expected = None;
+                    self.expected_error = Some(observed::error_chain(&e));
+                }
+            },
+            Err(why) => {
+                self.expected = None;
+                self.expected_error = Some(why);
+            }
+        }
+    }
+
+    fn attach_new_interfaces(&mut self) {
+        if let Some(s) = self.flows.as_mut() {
+            s.refresh(&self.obs);
+            self.metrics
+                .ebpf_interfaces
+                .set(i64::try_from(s.targets.len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Adds what the eBPF counters gained since the last export to the metrics.
+    fn export_flows(&mut self) {
+        if let Some(ct) = &self.obs.sysctls.conntrack_count {
+            self.metrics
+                .conntrack_entries
+                .set(i64::try_from(*ct).unwrap_or(i64::MAX));
+        }
+        if let Some(max) = &self.obs.sysctls.conntrack_max {
+            self.metrics
+                .conntrack_max
+                .set(i64::try_from(*max).unwrap_or(i64::MAX));
+        }
+        let Some(s) = self.flows.as_mut() else {
+            return;
+        };
+        let mut finals = Vec::new();
+        for (t, retired) in std::mem::take(&mut s.retired) {
+            for (dir, c) in retired.counts {
+                finals.push((t.ifindex, t.class, dir, c));
+            }
+        }
+        let counts = match s.probe.counts() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %observed::error_chain(&e), "reading the eBPF counters");
+                return;
+            }
+        };
+        for ((ifindex, dir), c) in counts {
+            if let Some(t) = s.targets.iter().find(|t| t.ifindex == ifindex) {
+                finals.push((ifindex, t.class, dir, c));
+            }
+        }
+        for (ifindex, class, dir, c) in finals {
+            let last = self
+                .exported_counts
+                .insert((ifindex, dir), c)
+                .unwrap_or_default();
+            let delta = flows::Counts {
+                packets: c.packets.saturating_sub(last.packets),
+                bytes: c.bytes.saturating_sub(last.bytes),
+                ..Default::default()
+            };
+            self.metrics.add_iface(class, dir, &delta);
+        }
+        // Released interfaces are gone for good: forget them (pod churn must not grow this).
+        let live: std::collections::HashSet<u32> = s.targets.iter().map(|t| t.ifindex).collect();
+        self.exported_counts.retain(|(i, _), _| live.contains(i));
+        if let Ok(drops) = s.drop_rows() {
+            for row in drops {
+                let total = row.count;
+                let last = self.exported_drops.insert(row.code, total).unwrap_or(0);
+                self.metrics
+                    .drops
+                    .get_or_create(&crate::report::metrics::ReasonLabels { reason: row.reason })
+                    .inc_by(total.saturating_sub(last));
+            }
+        }
+        if let Ok(r) = s.probe.retransmits() {
+            self.metrics
+                .tcp_retransmits
+                .inc_by(self.retransmits.advance(r));
+        }
+        self.metrics
+            .ebpf_run_ns
+            .inc_by(self.run_ns.advance(s.probe.run_time_ns()));
+    }
+
+    fn verify(&mut self) {
+        let t0 = Instant::now();
+        let now = now_ms();
+        let policy = Policy {
+            now: now / 1000,
+            conntrack_pressure: self.cfg.conntrack_pressure,
+        };
+        let mut a = analysis::analyse(&self.obs, self.expected.as_ref(), &policy);
+        if let Some(why) = &self.expected_error {
+            a.input_notes
+                .push(format!("not verified against the datastore: {why}"));
+        }
+        a.verification = a
+            .verification
+            .map(|v| self.grace.confirm(v, now, self.cfg.grace));
+        self.metrics
+            .verify_duration
+            .observe(t0.elapsed().as_secs_f64());
+        let mut published = std::collections::HashSet::new();
+        if let Some(v) = &a.verification {
+            self.metrics.record_verification(v);
+            for f in &v.findings {
+                let key = f.key();
+                if !self.published.contains(&key) {
+                    let first = self.grace.first_seen_ms(&key).unwrap_or(now);
+                    self.metrics
+                        .drift_detection
+                        .observe(now.saturating_sub(first) as f64 / 1000.0);
+                    tracing::warn!(check = %f.check, subject = %f.subject, expected = %f.expected, actual = %f.actual, "drift");
+                }
+                published.insert(key);
+            }
+            for gone in self.published.difference(&published) {
+                tracing::info!(check = %gone.0, subject = %gone.1, "drift cleared");
+            }
+        }
+        self.published = published;
+        a.daemon = Some(DaemonInfo {
+            uptime_seconds: self.started.elapsed().as_secs(),
+            verified_at_ms: now,
+            grace_seconds: self.cfg.grace.as_secs(),
+            pending: self.grace.pending() - a.verification.as_ref().map_or(0, |v| v.findings.len()),
+            netlink_events: self.events,
+            resyncs: self.resyncs,
+            overruns: self.overruns,
+            bgp_flaps: Default::default(),
+            ebpf: match &self.flows {
+                Some(s) => format!("attached to {} interface(s)", s.targets.len()),
+                None => self.ebpf_state.clone(),
+            },
+        });
+        let mut not_ready = Vec::new();
+        if let Some(u) = self
+            .obs
+            .unavailable
+            .iter()
+            .find(|u| u.kind == observed::Source::Routes)
+        {
+            not_ready.push(format!("routes not readable: {}", u.reason));
+        }
+        self.metrics.ready.set(i64::from(not_ready.is_empty()));
+        self.shared.update(|p| {
+            p.analysis = Some(a);
+            p.not_ready = not_ready;
+        });
+    }
+}
+
+async fn next_event(
+    events: &mut Option<NetlinkEvents>,
+) -> Option<netlink_packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>> {
+    match events.as_mut() {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,216 @@
+//! The daemon's HTTP surfaces: `/metrics`, `/healthz`, `/readyz` on `--listen` for Prometheus
+//! and the kubelet, and the local API on a unix socket (`GET /v1/analysis`) that `agent diag`
+//! and `agent check` ask before reading the node themselves.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use super::metrics::Metrics;
+use crate::analysis::Analysis;
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+/// What the daemon publishes after every verification.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub analysis: Option<Analysis>,
+    /// Why the agent is not ready yet (empty once it is).
+    pub not_ready: Vec<String>,
+    /// When the main loop last went round; `/healthz` fails when it stalls.
+    pub heartbeat: Option<Instant>,
+}
+
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub published: Arc<Mutex<Published>>,
+    /// The main loop wakes at least this often (the shortest poll timer).
+    pub heartbeat_limit: Duration,
+}
+
+impl Shared {
+    pub fn new(metrics: Arc<Metrics>, heartbeat_limit: Duration) -> Self {
+        Self {
+            metrics,
+            published: Arc::new(Mutex::new(Published::default())),
+            heartbeat_limit,
+        }
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Published)) {
+        // A panic elsewhere while holding the lock leaves plain data behind: keep serving it.
+        let mut p = self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut p);
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Published) -> T) -> T {
+        let p = self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&p)
+    }
+}
+
+/// `/metrics`, `/healthz`, `/readyz`.
+pub fn metrics_router(shared: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+/// The local API: `/v1/analysis` (and the same health endpoints, for `curl --unix-socket`).
+pub fn local_router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/analysis", get(analysis))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    if let Some(rss) = super::metrics::resident_memory_bytes() {
+        s.metrics
+            .resident_memory
+            .set(i64::try_from(rss).unwrap_or(i64::MAX));
+    }
+    match s.metrics.encode() {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn healthz(State(s): State<Shared>) -> Response {
+    let limit = s.heartbeat_limit * 3;
+    match s.read(|p| p.heartbeat.map(|h| h.elapsed())) {
+        Some(age) if age > limit => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the verification loop has not run for {} s", age.as_secs()),
+        )
+            .into_response(),
+        _ => (StatusCode::OK, "ok\n").into_response(),
+    }
+}
+
+async fn readyz(State(s): State<Shared>) -> Response {
+    let not_ready = s.read(|p| {
+        if p.analysis.is_none() && p.not_ready.is_empty() {
+            vec!["the first verification has not finished".to_string()]
+        } else {
+            p.not_ready.clone()
+        }
+    });
+    if not_ready.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", not_ready.join("; ")),
+        )
+            .into_response()
+    }
+}
+
+async fn analysis(State(s): State<Shared>) -> Response {
+    match s.read(|p| p.analysis.clone()) {
+        Some(a) => Json(a).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the first verification has not finished\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Why the local API could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalApiError {
+    #[error("no agent daemon listens on {0}")]
+    NotRunning(String),
+    #[error("talking to the agent daemon on {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent daemon on {path} answered {status}: {body}")]
+    Status {
+        path: String,
+        status: String,
+        body: String,
+    },
+    #[error("the agent daemon on {path} sent an analysis this version cannot read")]
+    Decode {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the agent daemon on {path} did not answer within {TIMEOUT:?}")]
+    Timeout { path: String },
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The running daemon's current analysis. HTTP/1.0 by hand: one request, the body to EOF.
+pub async fn fetch_analysis(socket: &Path) -> Result<Analysis, LocalApiError> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let path = socket.display().to_string();
+    let io = |source| LocalApiError::Io {
+        path: path.clone(),
+        source,
+    };
+    let exchange = async {
+        let mut s = match tokio::net::UnixStream::connect(socket).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(LocalApiError::NotRunning(path.clone()));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        s.write_all(b"GET /v1/analysis HTTP/1.0\r\nHost: agent\r\n\r\n")
+            .await
+            .map_err(io)?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(io)?;
+        Ok(buf)
+    };
+    let buf = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| LocalApiError::Timeout { path: path.clone() })??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(LocalApiError::Status {
+            path,
+            status: status.to_string(),
+            body: body.trim().chars().take(300).collect(),
+        });
+    }
+    serde_json::from_str(body).map_err(|source| LocalApiError::Decode { path, source })
+}
