@@ -7,6 +7,7 @@
 
 pub mod finding;
 mod grace;
+mod history;
 mod infer;
 mod routes;
 mod rules;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     finding::{CheckId, Finding, Severity, Skipped},
     grace::GraceTracker,
+    history::{History, HistoryPolicy, REJECT_AFTER_TIME},
 };
 use calico_conventions::{TUNNEL_DEVICES, is_workload_iface};
 
