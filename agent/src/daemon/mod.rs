@@ -31,7 +31,7 @@ use crate::{
         http::{Shared, local_router, metrics_router},
         metrics::{Delta, KindLabels, Metrics, SourceLabels},
     },
-    verify::{GraceTracker, Policy},
+    verify::{CheckId, GraceTracker, History, HistoryPolicy, Policy},
 };
 
 /// Where the local API listens unless `--socket` says otherwise: the pod's writable emptyDir.
@@ -150,6 +150,9 @@ struct Daemon {
     /// Why the expected state could not be computed (node not in the datastore…).
     expected_error: Option<String>,
     grace: GraceTracker,
+    /// BIRD and WireGuard over time: what one read cannot tell.
+    history: History,
+    history_policy: HistoryPolicy,
     flows: Option<Session>,
     ebpf_state: String,
     exported_counts: std::collections::HashMap<(u32, flows::Direction), flows::Counts>,
@@ -191,6 +194,8 @@ impl Daemon {
             expected: None,
             expected_error: None,
             grace: GraceTracker::default(),
+            history: History::new(&HistoryPolicy::default()),
+            history_policy: HistoryPolicy::default(),
             flows,
             ebpf_state,
             exported_counts: Default::default(),
@@ -290,6 +295,7 @@ impl Daemon {
                 }
                 _ = services.tick() => {
                     self.refresh(SourceGroup::Services).await;
+                    self.history.observe(&self.obs, now_ms());
                     self.export_flows();
                     verify_at = Some(TokioInstant::now());
                 }
@@ -333,6 +339,7 @@ impl Daemon {
     async fn full_read(&mut self) {
         let mut obs = observed::read_live(&self.cfg.node_name).await;
         std::mem::swap(&mut self.obs, &mut obs);
+        self.history.observe(&self.obs, now_ms());
         self.count_source_errors(&SourceGroup::ALL);
         self.attach_new_interfaces();
     }
@@ -484,6 +491,9 @@ impl Daemon {
             a.input_notes
                 .push(format!("not verified against the datastore: {why}"));
         }
+        if let Some(v) = a.verification.as_mut() {
+            self.history.apply(v, &self.history_policy, now);
+        }
         a.verification = a
             .verification
             .map(|v| self.grace.confirm(v, now, self.cfg.grace));
@@ -509,6 +519,15 @@ impl Daemon {
             }
         }
         self.published = published;
+        let flapping = a.verification.as_ref().map_or(0, |v| {
+            v.findings
+                .iter()
+                .filter(|f| f.check == CheckId::BgpSessionFlapping)
+                .count()
+        });
+        self.metrics
+            .bgp_flapping_sessions
+            .set(i64::try_from(flapping).unwrap_or(i64::MAX));
         a.daemon = Some(DaemonInfo {
             uptime_seconds: self.started.elapsed().as_secs(),
             verified_at_ms: now,
@@ -517,7 +536,7 @@ impl Daemon {
             netlink_events: self.events,
             resyncs: self.resyncs,
             overruns: self.overruns,
-            bgp_flaps: Default::default(),
+            bgp_flaps: self.history.flaps(&self.history_policy, now),
             ebpf: match &self.flows {
                 Some(s) => format!("attached to {} interface(s)", s.targets.len()),
                 None => self.ebpf_state.clone(),
