@@ -3,3 +3,4 @@
 
 pub mod diag_text;
 pub mod flows_text;
+pub mod kube_status;
