@@ -38,7 +38,7 @@ pub struct DaemonInfo {
     pub uptime_seconds: u64,
     /// Milliseconds since the epoch of the verification this analysis is.
     pub verified_at_ms: u64,
-    pub grace_seconds: u64,
+    pub grace_seconds: f64,
     /// Findings seen but still inside the grace window.
     pub pending: usize,
     pub netlink_events: u64,

@@ -77,8 +77,8 @@ struct RunArgs {
     socket: PathBuf,
     /// Publish a finding only once it has persisted this many seconds (Felix's own
     /// reprogramming briefly looks like drift).
-    #[arg(long, env = "AGENT_GRACE_SECONDS", default_value_t = 5)]
-    grace: u64,
+    #[arg(long, env = "AGENT_GRACE_SECONDS", default_value = "5", value_parser = grace_seconds)]
+    grace: Duration,
     /// Fill fraction of the conntrack table above which conntrack.pressure is reported.
     #[arg(long, env = "AGENT_CONNTRACK_PRESSURE", default_value_t = agent::verify::DEFAULT_CONNTRACK_PRESSURE, value_parser = fraction)]
     conntrack_pressure: f64,
@@ -89,17 +89,17 @@ struct RunArgs {
     #[arg(long, env = "AGENT_FLOW_TABLE_SIZE", default_value_t = agent_common::FLOWS_DEFAULT_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     flow_table_size: u32,
     /// Seconds between full re-reads of the node (also done at once after a netlink overrun).
-    #[arg(long, env = "AGENT_RESYNC_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
-    resync: u64,
+    #[arg(long, env = "AGENT_RESYNC_SECONDS", default_value = "60", value_parser = seconds)]
+    resync: Duration,
     /// Seconds between reads of iptables and nftables.
-    #[arg(long, env = "AGENT_POLL_RULES_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    poll_rules: u64,
+    #[arg(long, env = "AGENT_POLL_RULES_SECONDS", default_value = "10", value_parser = seconds)]
+    poll_rules: Duration,
     /// Seconds between reads of sysctls, conntrack and Calico's pinned eBPF maps.
-    #[arg(long, env = "AGENT_POLL_KERNEL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    poll_kernel: u64,
+    #[arg(long, env = "AGENT_POLL_KERNEL_SECONDS", default_value = "10", value_parser = seconds)]
+    poll_kernel: Duration,
     /// Seconds between reads of Felix's health, BIRD and WireGuard (and eBPF counter exports).
-    #[arg(long, env = "AGENT_POLL_SERVICES_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
-    poll_services: u64,
+    #[arg(long, env = "AGENT_POLL_SERVICES_SECONDS", default_value = "5", value_parser = seconds)]
+    poll_services: Duration,
     /// Milliseconds to wait after a netlink notification before verifying (a burst is one run).
     #[arg(long, env = "AGENT_DEBOUNCE_MS", default_value_t = 20)]
     debounce_ms: u64,
@@ -178,6 +178,24 @@ struct Input {
     /// Read the node directly even when a daemon (`agent run`) answers on --socket.
     #[arg(long, env = "AGENT_NO_DAEMON")]
     no_daemon: bool,
+}
+
+/// A positive number of seconds, fractions allowed (`0.5`).
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Duration::from_secs_f64(v)),
+        Ok(_) => Err(format!("{s} is not a positive number of seconds")),
+        Err(_) => Err(format!("{s:?} is not a number of seconds")),
+    }
+}
+
+/// Seconds, 0 allowed (no grace window).
+fn grace_seconds(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        Ok(Duration::ZERO)
+    } else {
+        seconds(s)
+    }
 }
 
 /// A fill fraction: more than 0, at most 1.
@@ -325,14 +343,14 @@ async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         listen: args.listen,
         socket: args.socket,
-        grace: Duration::from_secs(args.grace),
+        grace: args.grace,
         conntrack_pressure: args.conntrack_pressure,
         no_ebpf: args.no_ebpf,
         flow_table_size: args.flow_table_size,
-        resync: Duration::from_secs(args.resync),
-        poll_rules: Duration::from_secs(args.poll_rules),
-        poll_kernel: Duration::from_secs(args.poll_kernel),
-        poll_services: Duration::from_secs(args.poll_services),
+        resync: args.resync,
+        poll_rules: args.poll_rules,
+        poll_kernel: args.poll_kernel,
+        poll_services: args.poll_services,
         poll_datastore: Duration::from_secs(2),
         debounce: Duration::from_millis(args.debounce_ms),
         netlink_rx_buffer: args.netlink_rcvbuf,

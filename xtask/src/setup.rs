@@ -36,6 +36,7 @@ pub fn setup() -> anyhow::Result<()> {
     rust_components()?;
     bpf_linker()?;
     apt_packages()?;
+    python_packages()?;
     println!("setup: all tools present");
     Ok(())
 }
@@ -117,6 +118,24 @@ fn bpf_linker() -> anyhow::Result<()> {
         ],
         &[("LLVM_PREFIX", &prefix)],
     )
+}
+
+/// PyPI packages the tests use: Prometheus' own exposition parser reads `/metrics`.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("prometheus_client", "prometheus-client==0.26.0")];
+
+fn python_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(module, _)| !sh::ok(&["python3", "-c", &format!("import {module}")]))
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing PyPI packages: {}", missing.join(" "));
+    let mut argv = vec!["python3", "-m", "pip", "install", "--quiet"];
+    argv.extend(missing);
+    sh::stream(&argv)
 }
 
 fn apt_packages() -> anyhow::Result<()> {

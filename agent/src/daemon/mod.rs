@@ -165,6 +165,47 @@ struct Daemon {
     overruns: u64,
     /// Findings published last time, to time their detection.
     published: std::collections::HashSet<(crate::verify::CheckId, String)>,
+    /// Confirmed findings for the task that writes Events and the Node condition (`--kube`).
+    to_kube: Option<tokio::sync::watch::Sender<Vec<crate::verify::Finding>>>,
+}
+
+/// Writes Events and the Node condition from the latest findings, off the verification loop
+/// (the API server's latency never delays detection). Only the newest findings matter.
+fn spawn_kube_status(
+    client: ::kube::Client,
+    node: String,
+    metrics: Arc<Metrics>,
+) -> tokio::sync::watch::Sender<Vec<crate::verify::Finding>> {
+    use crate::report::kube_status::{NodeStatusReporter, ReporterOptions};
+    let (tx, mut rx) = tokio::sync::watch::channel(Vec::new());
+    let opts = ReporterOptions {
+        // The chart sets POD_NAME from the downward API.
+        reporting_instance: std::env::var("POD_NAME").unwrap_or_default(),
+        ..ReporterOptions::default()
+    };
+    let mut reporter = NodeStatusReporter::new(client, node, opts);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let findings = rx.borrow_and_update().clone();
+            let result = match reporter
+                .update(&findings, std::time::SystemTime::now())
+                .await
+            {
+                Ok(_) => "ok",
+                Err(e) => {
+                    tracing::warn!(error = %observed::error_chain(&e), "writing Events or the Node condition");
+                    "error"
+                }
+            };
+            metrics
+                .k8s_writes
+                .get_or_create(&KindLabels {
+                    kind: result.into(),
+                })
+                .inc();
+        }
+    });
+    tx
 }
 
 impl Daemon {
@@ -188,6 +229,14 @@ impl Daemon {
             }
         };
         metrics.ebpf_attached.set(i64::from(flows.is_some()));
+        let to_kube = match &cfg.datastore {
+            DatastoreSource::Kube => Some(spawn_kube_status(
+                crate::desired::kube::client().await?,
+                cfg.node_name.clone(),
+                metrics.clone(),
+            )),
+            _ => None,
+        };
         let mut d = Self {
             obs: ObservedDataplane::default(),
             datastore,
@@ -207,6 +256,7 @@ impl Daemon {
             resyncs: 0,
             overruns: 0,
             published: Default::default(),
+            to_kube,
             cfg,
             shared,
             metrics,
@@ -518,6 +568,17 @@ impl Daemon {
                 tracing::info!(check = %gone.0, subject = %gone.1, "drift cleared");
             }
         }
+        if let (Some(tx), Some(v)) = (&self.to_kube, &a.verification) {
+            // Only a changed set of findings is worth a write.
+            tx.send_if_modified(|cur| {
+                let changed = cur.len() != v.findings.len()
+                    || cur.iter().zip(&v.findings).any(|(x, y)| x.key() != y.key());
+                if changed {
+                    cur.clone_from(&v.findings);
+                }
+                changed
+            });
+        }
         self.published = published;
         let flapping = a.verification.as_ref().map_or(0, |v| {
             v.findings
@@ -531,7 +592,7 @@ impl Daemon {
         a.daemon = Some(DaemonInfo {
             uptime_seconds: self.started.elapsed().as_secs(),
             verified_at_ms: now,
-            grace_seconds: self.cfg.grace.as_secs(),
+            grace_seconds: self.cfg.grace.as_secs_f64(),
             pending: self.grace.pending() - a.verification.as_ref().map_or(0, |v| v.findings.len()),
             netlink_events: self.events,
             resyncs: self.resyncs,

@@ -226,6 +226,19 @@ impl Metrics {
             "Kubernetes writes (events, node condition) by result",
             m.k8s_writes.clone(),
         );
+        // Every series exists from the start, so rate() and absent() work before the first event.
+        for (family, kinds) in [
+            (&m.resyncs, &["timer", "overrun", "relist"][..]),
+            (&m.netlink_events, &["message", "overrun"][..]),
+            (&m.k8s_writes, &["ok", "error"][..]),
+        ] {
+            for kind in kinds {
+                // Creating the series is the point; the guard is dropped at once.
+                drop(family.get_or_create(&KindLabels {
+                    kind: (*kind).into(),
+                }));
+            }
+        }
         Self { registry, ..m }
     }
 

@@ -1,0 +1,474 @@
+//! `agent run` inside a lab node's network namespace: faults appear in `/metrics` and in the
+//! local API within a second after the grace window and clear after repair; pod churn and a
+//! route table flush-and-restore never surface; a burst that overruns the notification socket
+//! ends in a resync and the right state; `/metrics` parses with Prometheus' own Python parser
+//! and carries no unbounded label; SIGTERM leaves no program attached. Needs root.
+
+use std::{
+    collections::BTreeSet,
+    io::Write as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use clap::ValueEnum as _;
+use xtask::lab::{Fault, Lab};
+
+/// Each test runs a daemon with eBPF programs, and the detach check reads the machine-wide
+/// program list: one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct LabGuard(Lab);
+
+impl LabGuard {
+    fn up(tag: &str) -> Self {
+        let lab = Lab::new(&format!("cdpt-{tag}{}", std::process::id() % 10000));
+        lab.up().expect("lab up");
+        Self(lab)
+    }
+
+    fn datastore(&self) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{}-ds", self.0.spec.nodes[0].netns));
+        self.0.write_datastore(&dir).expect("datastore");
+        dir
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        self.0.down();
+    }
+}
+
+/// `agent run` in a namespace; SIGTERMed (then killed) on drop.
+struct Daemon {
+    child: Child,
+    netns: String,
+    socket: PathBuf,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(lab: &LabGuard, grace: &str, extra: &[&str]) -> Self {
+        let node = &lab.0.spec.nodes[0];
+        let socket = std::env::temp_dir().join(format!("{}.sock", node.netns));
+        let port = 19000 + u16::try_from(std::process::id() % 1000).unwrap_or(0);
+        let ds = lab.datastore();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.netns,
+                env!("CARGO_BIN_EXE_agent"),
+                "run",
+            ])
+            .args(["--node-name", &node.name, "--grace", grace])
+            .arg("--datastore")
+            .arg(&ds)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--poll-rules", "0.5", "--log", "error"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start agent run");
+        let d = Self {
+            child,
+            netns: node.netns.clone(),
+            socket,
+            port,
+        };
+        let start = Instant::now();
+        while d
+            .try_get_local("/readyz")
+            .is_none_or(|(code, _)| code != 200)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "agent run did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    fn try_get_local(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).ok()?;
+        http_get(&mut s, path)
+    }
+
+    /// The findings the local API reports: (check ID, subject).
+    fn findings(&self) -> BTreeSet<(String, String)> {
+        let (code, body) = self
+            .try_get_local("/v1/analysis")
+            .expect("local API answers");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("analysis JSON");
+        v["verification"]["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                (
+                    f["check"].as_str().unwrap_or_default().to_string(),
+                    f["subject"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// `/metrics`, fetched from inside the node's namespace.
+    fn metrics(&self) -> String {
+        let path = format!("/var/run/netns/{}", self.netns);
+        let port = self.port;
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("netns");
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let mut s =
+                std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect /metrics");
+            let (code, body) = http_get(&mut s, "/metrics").expect("metrics answer");
+            assert_eq!(code, 200);
+            body
+        })
+        .join()
+        .expect("metrics thread")
+    }
+
+    /// The value of one sample line (`name{labels}`) in `/metrics`, 0 when absent.
+    fn metric(&self, series: &str) -> f64 {
+        sample(&self.metrics(), series)
+    }
+
+    /// Waits until `cond` holds on the findings; returns how long it took.
+    fn wait_findings(
+        &self,
+        limit: Duration,
+        what: &str,
+        cond: impl Fn(&BTreeSet<(String, String)>) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let f = self.findings();
+            if cond(&f) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what}: not within {limit:?}; findings now {f:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM; the exit status and how long it took.
+    fn stop(mut self) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        // `ip netns exec` execs the agent: the child is the agent itself.
+        sh(&format!("kill -TERM {}", self.child.id()));
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "agent run ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn http_get(s: &mut (impl std::io::Read + std::io::Write), path: &str) -> Option<(u16, String)> {
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn sh(cmd: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{cmd}");
+}
+
+/// The check each lab fault must raise on node-a.
+fn fault_check(f: Fault) -> &'static str {
+    match f {
+        Fault::RouteDelete => "route.missing",
+        Fault::RouteUnderlay => "route.wrong-device",
+        Fault::BlackholeDelete => "route.blackhole.missing",
+        Fault::TunnelMtu => "mtu.tunnel.mismatch",
+        Fault::PodMtu => "mtu.workload.mismatch",
+        Fault::FdbFlush => "vxlan.fdb.missing",
+        Fault::ArpDelete => "vxlan.neigh.missing",
+        Fault::TunnelDown => "tunnel.down",
+        Fault::TunnelAddress => "tunnel.address.mismatch",
+        Fault::FailsafeDelete => "failsafe.missing",
+        Fault::InputJumpDelete => "rules.felix.missing",
+    }
+}
+
+#[test]
+fn every_fault_is_published_within_a_second_after_grace_and_clears_after_repair() {
+    let _serial = serial();
+    let lab = LabGuard::up("dmf");
+    let grace = Duration::from_secs(2);
+    let d = Daemon::start(&lab, "2", &[]);
+    assert!(d.findings().is_empty(), "healthy lab: {:?}", d.findings());
+    let node = lab.0.spec.nodes[0].name.clone();
+    for fault in Fault::value_variants() {
+        let check = fault_check(*fault);
+        let injected = Instant::now();
+        lab.0.fault(&node, *fault).expect("inject");
+        let took = d.wait_findings(grace * 3, check, |f| f.iter().any(|(c, _)| c == check));
+        // Polled sources (iptables every 0.5 s here) may add up to one poll to the window.
+        assert!(
+            took <= grace + Duration::from_secs(1),
+            "{check} took {took:?} (grace {grace:?})"
+        );
+        // Never before the grace window: Felix's own reprogramming must not page anyone.
+        assert!(
+            injected.elapsed() >= grace,
+            "{check} published before the grace window"
+        );
+        let gauge = d.metrics();
+        let total: f64 = ["critical", "warning", "info"]
+            .iter()
+            .map(|sev| {
+                sample(
+                    &gauge,
+                    &format!("calico_dpagent_findings{{check=\"{check}\",severity=\"{sev}\"}}"),
+                )
+            })
+            .sum();
+        assert!(total >= 1.0, "{check} not in /metrics");
+        lab.0.repair().expect("repair");
+        d.wait_findings(
+            Duration::from_secs(3),
+            "cleared after repair",
+            BTreeSet::is_empty,
+        );
+        assert!(!d.metrics().lines().any(|l| {
+            l.starts_with(&format!("calico_dpagent_findings{{check=\"{check}\""))
+                && !l.ends_with(" 0")
+        }));
+    }
+    let (status, took) = d.stop();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+}
+
+#[test]
+fn pod_churn_and_a_route_table_flush_and_restore_raise_nothing() {
+    let _serial = serial();
+    let lab = LabGuard::up("dmc");
+    let ns = lab.0.spec.nodes[0].netns.clone();
+    let d = Daemon::start(&lab, "3", &[]);
+    // 20 pods the way the CNI plugin wires them, then deleted again.
+    for i in 0..20 {
+        let host = format!("cali{:011x}", 0xc0ffee_u64 + i);
+        let ip = format!("10.244.0.{}", 20 + i);
+        sh(&format!(
+            "ip -n {ns} link add {host} mtu 1450 type veth peer name cdptpod{i} mtu 1450 && \
+             ip -n {ns} link set {host} up && ip -n {ns} link set cdptpod{i} up && \
+             ip -n {ns} route add {ip}/32 dev {host} scope link"
+        ));
+    }
+    for i in 0..20 {
+        sh(&format!("ip -n {ns} link del cdptpod{i}"));
+    }
+    let dump = std::env::temp_dir().join(format!("{ns}.routes"));
+    sh(&format!(
+        "ip -n {ns} route save table main > {d} && ip -n {ns} route flush table main && \
+         ip -n {ns} route restore < {d}",
+        d = dump.display()
+    ));
+    let _ = std::fs::remove_file(&dump);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(d.findings().is_empty(), "{:?}", d.findings());
+    let m = d.metrics();
+    assert_eq!(
+        sample(&m, "calico_dpagent_drift_detection_seconds_count"),
+        0.0,
+        "a transient state was published as drift"
+    );
+    assert!(sample(&m, "calico_dpagent_netlink_events_total{kind=\"message\"}") > 40.0);
+}
+
+#[test]
+fn a_burst_that_overruns_the_socket_ends_in_a_resync_and_the_right_state() {
+    let _serial = serial();
+    let lab = LabGuard::up("dmb");
+    let node = &lab.0.spec.nodes[0];
+    let remote = &lab.0.spec.nodes[1];
+    // A small receive buffer makes the overrun certain.
+    let d = Daemon::start(&lab, "1", &["--netlink-rcvbuf", "8192"]);
+    // 10,000 route changes; the last one (of the burst) really deletes a block route.
+    let mut batch = String::new();
+    for i in 0..5000u32 {
+        batch.push_str(&format!(
+            "route add blackhole 10.250.{}.{}/32 proto 80\n",
+            i / 250,
+            i % 250
+        ));
+    }
+    for i in 0..5000u32 {
+        batch.push_str(&format!("route del 10.250.{}.{}/32\n", i / 250, i % 250));
+    }
+    batch.push_str(&format!("route del {}\n", remote.block));
+    let file = std::env::temp_dir().join(format!("{}.batch", node.netns));
+    std::fs::write(&file, batch).expect("batch file");
+    sh(&format!("ip -n {} -batch {}", node.netns, file.display()));
+    let _ = std::fs::remove_file(&file);
+    let block = remote.block.to_string();
+    d.wait_findings(Duration::from_secs(5), "the deleted block route", |f| {
+        *f == BTreeSet::from([("route.missing".to_string(), block.clone())])
+    });
+    let m = d.metrics();
+    assert!(
+        sample(&m, "calico_dpagent_netlink_overruns_total") >= 1.0,
+        "no overrun"
+    );
+    assert!(sample(&m, "calico_dpagent_resyncs_total{kind=\"overrun\"}") >= 1.0);
+    lab.0.repair().expect("repair");
+    d.wait_findings(Duration::from_secs(3), "repaired", BTreeSet::is_empty);
+}
+
+#[test]
+fn metrics_parse_with_prometheus_and_labels_are_bounded_and_sigterm_detaches() {
+    let _serial = serial();
+    let lab = LabGuard::up("dmm");
+    let d = Daemon::start(&lab, "0", &["--poll-services", "0.5"]);
+    lab.0
+        .fault(&lab.0.spec.nodes[0].name, Fault::FdbFlush)
+        .expect("inject");
+    lab.0.check_connectivity().ok();
+    d.wait_findings(Duration::from_secs(3), "fdb fault", |f| !f.is_empty());
+    std::thread::sleep(Duration::from_secs(1));
+    let text = d.metrics();
+    assert!(d.metric("calico_dpagent_ebpf_attached") == 1.0, "{text}");
+    // Prometheus' own parser (prometheus_client, OpenMetrics): every family and label.
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    out.append({"family": fam.name, "type": fam.type, "labels": {}})
+    for s in fam.samples:
+        out.append({"family": fam.name, "type": fam.type, "name": s.name, "labels": s.labels})
+print(json.dumps(out))
+"#;
+    let mut py = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    py.stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = py.wait_with_output().expect("python3 output");
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let families: BTreeSet<&str> = samples
+        .iter()
+        .filter_map(|s| s["family"].as_str())
+        .collect();
+    for f in [
+        "calico_dpagent_findings",
+        "calico_dpagent_checks",
+        "calico_dpagent_verify_duration_seconds",
+        "calico_dpagent_drift_detection_seconds",
+        "calico_dpagent_iface_packets",
+        "calico_dpagent_drops",
+        "calico_dpagent_conntrack_entries",
+        "calico_dpagent_netlink_overruns",
+        "calico_dpagent_resyncs",
+        "calico_dpagent_resident_memory_bytes",
+        "calico_dpagent_ebpf_attached",
+    ] {
+        assert!(families.contains(f), "{f} missing from {families:?}");
+    }
+    // Bounded labels: known names only, and no value that is an address, a port, a MAC, a
+    // pod's interface or anything else that grows with the cluster.
+    let allowed = [
+        "check",
+        "severity",
+        "result",
+        "iface_class",
+        "direction",
+        "reason",
+        "kind",
+        "source",
+        "le",
+    ];
+    let lab_names: Vec<String> = lab
+        .0
+        .spec
+        .nodes
+        .iter()
+        .flat_map(|n| [n.name.clone(), n.ip.to_string(), n.vtep_mac.clone()])
+        .collect();
+    for s in &samples {
+        for (k, v) in s["labels"].as_object().into_iter().flatten() {
+            let v = v.as_str().unwrap_or_default();
+            assert!(allowed.contains(&k.as_str()), "unexpected label {k}={v}");
+            assert!(
+                v.parse::<std::net::IpAddr>().is_err() && !v.contains('/') && !v.contains(':'),
+                "unbounded value {k}={v}"
+            );
+            assert!(
+                !v.starts_with("cali") && !lab_names.iter().any(|n| n == v),
+                "{k}={v}"
+            );
+        }
+    }
+    let (status, took) = d.stop();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let left = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool");
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left
+            .lines()
+            .any(|l| l.contains("name dp_tc_") || l.contains("name dp_kfree_skb")),
+        "programs left attached after SIGTERM:\n{left}"
+    );
+}
