@@ -11,6 +11,7 @@ use agent_common::{
     IFACE_SLOTS, IfaceConfig, IfaceState, KernelOffsets, direction, flow_flags, iface_class,
 };
 use aya_ebpf::{
+    EbpfContext,
     bindings::TC_ACT_UNSPEC,
     helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{classifier, map, raw_tracepoint},
@@ -44,6 +45,39 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     dev_net: 0,
     net_inum: 0,
 };
+
+/// Rare events worth a log line in userspace (aya-log), each at most once per
+/// [`LOG_INTERVAL_JIFFIES`] per CPU: a flood of malformed packets must not become a flood of
+/// log records.
+mod rare {
+    pub const FLOW_INSERT_FAILED: u32 = 0;
+    pub const BAD_IPV4_HEADER: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// 1 s at HZ=1000, 4 s at HZ=250.
+const LOG_INTERVAL_JIFFIES: u64 = 1000;
+
+#[map(name = "LOG_LIMIT")]
+static LOG_LIMIT: PerCpuArray<u64> = PerCpuArray::with_max_entries(rare::COUNT, 0);
+
+/// Whether a rare event of `kind` may be logged now (and notes that it is).
+#[inline(always)]
+fn may_log(kind: u32) -> bool {
+    let Some(last) = LOG_LIMIT.get_ptr_mut(kind) else {
+        return false;
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_jiffies64() };
+    // SAFETY: per-CPU array slot, valid until the program returns.
+    unsafe {
+        if *last != 0 && now.wrapping_sub(*last) < LOG_INTERVAL_JIFFIES {
+            return false;
+        }
+        *last = now;
+    }
+    true
+}
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -138,6 +172,7 @@ fn observe(ctx: &TcContext, dir: u32) {
     c.icmp_frag_needed += u64::from(frag_needed);
     if let Some(p) = ip {
         add_flow(
+            ctx,
             &mut state.flow,
             &p.key,
             u64::from(len),
@@ -148,7 +183,14 @@ fn observe(ctx: &TcContext, dir: u32) {
 }
 
 #[inline(always)]
-fn add_flow(c: &mut FlowCacheEntry, key: &FlowKey, len: u64, tcp_flags: u8, flags: u8) {
+fn add_flow(
+    ctx: &TcContext,
+    c: &mut FlowCacheEntry,
+    key: &FlowKey,
+    len: u64,
+    tcp_flags: u8,
+    flags: u8,
+) {
     // SAFETY: no preconditions. Tick resolution is enough for first/last seen, and jiffies
     // is a plain load where the kernel's clock helpers cost ~45 ns a packet on a busy VM.
     let now = unsafe { bpf_jiffies64() };
@@ -162,7 +204,7 @@ fn add_flow(c: &mut FlowCacheEntry, key: &FlowKey, len: u64, tcp_flags: u8, flag
         return;
     }
     if v.packets > 0 || v.drops > 0 {
-        flush(&c.key, v);
+        flush(ctx, &c.key, v);
     }
     c.key = *key;
     *v = FlowValue {
@@ -190,7 +232,7 @@ fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
 
 /// Adds a flow's cached counts to its entry in the flow table, creating it if needed.
 #[inline(always)]
-fn flush(key: &FlowKey, c: &FlowValue) {
+fn flush(ctx: &impl EbpfContext, key: &FlowKey, c: &FlowValue) {
     match FLOWS.get_ptr_mut(key) {
         Some(v) => {
             // SAFETY: per-CPU LRU value, valid until the program returns.
@@ -212,7 +254,13 @@ fn flush(key: &FlowKey, c: &FlowValue) {
         }
         None => {
             // The LRU evicts the least recently used flow when full: memory stays bounded.
-            let _ = FLOWS.insert(key, c, 0);
+            // An insert still fails when the kernel cannot take a free node (memory pressure):
+            // the flow's counts are lost, which userspace should hear about.
+            if let Err(e) = FLOWS.insert(key, c, 0) {
+                if may_log(rare::FLOW_INSERT_FAILED) {
+                    aya_log_ebpf::warn!(ctx, "flow table insert failed: error {}", e);
+                }
+            }
         }
     }
 }
@@ -264,7 +312,16 @@ fn parse_ipv4(ctx: &TcContext, ifindex: u32, l3: bool) -> Option<Ipv4> {
         ETH_HLEN
     };
     let ip: [u8; 20] = read(ctx, off)?;
-    if ip[0] >> 4 != 4 {
+    if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
+        // EtherType (or skb->protocol) says IPv4 but the header is not one.
+        if may_log(rare::BAD_IPV4_HEADER) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "unparsable IPv4 header on ifindex {}: first byte {}",
+                ifindex,
+                ip[0]
+            );
+        }
         return None;
     }
     let frag = u16::from_be_bytes([ip[6], ip[7]]);

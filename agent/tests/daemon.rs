@@ -52,6 +52,8 @@ struct Daemon {
     netns: String,
     socket: PathBuf,
     port: u16,
+    /// The daemon's stderr (its log).
+    log: PathBuf,
 }
 
 impl Daemon {
@@ -60,6 +62,8 @@ impl Daemon {
         let socket = std::env::temp_dir().join(format!("{}.sock", node.netns));
         let port = 19000 + u16::try_from(std::process::id() % 1000).unwrap_or(0);
         let ds = lab.datastore();
+        let log = std::env::temp_dir().join(format!("{}.log", node.netns));
+        let stderr = std::fs::File::create(&log).expect("log file");
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -74,10 +78,10 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--poll-rules", "0.5", "--log", "error"])
+            .args(["--poll-rules", "0.5", "--log", "warn"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start agent run");
         let d = Self {
@@ -85,6 +89,7 @@ impl Daemon {
             netns: node.netns.clone(),
             socket,
             port,
+            log,
         };
         let start = Instant::now();
         while d
@@ -168,6 +173,10 @@ impl Daemon {
         }
     }
 
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGTERM; the exit status and how long it took.
     fn stop(mut self) -> (std::process::ExitStatus, Duration) {
         let start = Instant::now();
@@ -191,6 +200,13 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
+        if std::thread::panicking() {
+            eprintln!(
+                "agent run's log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -471,4 +487,40 @@ print(json.dumps(out))
             .any(|l| l.contains("name dp_tc_") || l.contains("name dp_kfree_skb")),
         "programs left attached after SIGTERM:\n{left}"
     );
+}
+
+#[test]
+fn a_malformed_ipv4_header_is_logged_once_by_the_programs() {
+    let _serial = serial();
+    let lab = LabGuard::up("dml");
+    let d = Daemon::start(&lab, "5", &[]);
+    let pod = &lab.0.spec.nodes[0].pods[0];
+    // A frame that says IPv4 (EtherType 0x0800) but whose header is not: version 5. Ten of
+    // them: the programs log the first and hold the rest back (at most one a second).
+    let script = r#"
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+frame = bytes.fromhex("eeeeeeeeeeee" "020000000001" "0800") + bytes([0x55]) + bytes(45)
+for _ in range(10):
+    s.send(frame)
+"#;
+    let ok = Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "python3", "-c", script])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "sending raw frames from {}", pod.netns);
+    let start = Instant::now();
+    let needle = "unparsable IPv4 header";
+    while !d.log().contains(needle) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no eBPF log record in:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.log().matches(needle).count(), 1, "{}", d.log());
+    assert!(d.log().contains("first byte 85"), "{}", d.log());
 }

@@ -165,6 +165,8 @@ struct Daemon {
     overruns: u64,
     /// Findings published last time, to time their detection.
     published: std::collections::HashSet<(crate::verify::CheckId, String)>,
+    /// Reads the eBPF programs' log records into tracing while they are loaded.
+    log_drain: Option<tokio::task::JoinHandle<()>>,
     /// Confirmed findings for the task that writes Events and the Node condition (`--kube`).
     to_kube: Option<tokio::sync::watch::Sender<Vec<crate::verify::Finding>>>,
 }
@@ -211,6 +213,7 @@ fn spawn_kube_status(
 impl Daemon {
     async fn start(cfg: Config, shared: Shared, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let datastore = DatastoreFeed::open(&cfg.datastore).await?;
+        let mut log_drain = None;
         let (flows, ebpf_state) = if cfg.no_ebpf {
             (None, "disabled by --no-ebpf".to_string())
         } else {
@@ -219,7 +222,12 @@ impl Daemon {
                 ..ProbeOptions::default()
             };
             match Session::start(opts, None) {
-                Ok(s) => (Some(s), "attached".to_string()),
+                Ok(mut s) => {
+                    if let Some(logger) = s.probe.take_logger() {
+                        log_drain = Some(tokio::spawn(flows::drain_logs(logger)));
+                    }
+                    (Some(s), "attached".to_string())
+                }
                 // Verification goes on without flows.
                 Err(e) => {
                     let why = observed::error_chain(&e);
@@ -257,6 +265,7 @@ impl Daemon {
             overruns: 0,
             published: Default::default(),
             to_kube,
+            log_drain,
             cfg,
             shared,
             metrics,
@@ -367,6 +376,9 @@ impl Daemon {
             }
         }
         tracing::info!("shutting down: detaching eBPF programs");
+        if let Some(t) = self.log_drain.take() {
+            t.abort();
+        }
         self.flows = None;
         self.metrics.ebpf_attached.set(0);
     }

@@ -186,6 +186,39 @@ pub struct Retired {
     pub flows: Vec<Flow>,
 }
 
+/// The programs' log-record reader, writing to the `log` facade (bridged into tracing).
+pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Forwards the programs' log records to `log` (and so to tracing) as they arrive, until the
+/// task is dropped. Records not read in time are lost by the kernel's ring buffer, never
+/// block a program.
+pub async fn drain_logs(logger: EbpfLogger) {
+    // SAFETY: the AsyncFd owns the logger, and with it the ring buffer's fd, for its whole
+    // life; the logger's fd never changes.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF log records will not be read");
+            return;
+        }
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading eBPF log records");
+                return;
+            }
+        }
+    }
+}
+
 /// Options fixed at load time.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeOptions {
@@ -221,6 +254,8 @@ pub struct Probe {
     pub drops_unavailable: Option<String>,
     /// Why drops are not attributed to interfaces and flows, if they are not.
     pub drops_unattributed: Option<String>,
+    /// The programs' rare-event log records, until someone takes it to drain them.
+    logger: Option<EbpfLogger>,
 }
 
 impl Probe {
@@ -237,6 +272,11 @@ impl Probe {
             .override_global(KERNEL_OFFSETS_GLOBAL, &offsets, true)
             .load(OBJECT)
             .map_err(FlowsError::Load)?;
+        // The programs log only rare events (a failed flow-table insert, a malformed IPv4
+        // header), rate-limited in the kernel; without the logger they are simply not seen.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .inspect_err(|e| tracing::warn!(error = %e, "eBPF log records will not be read"))
+            .ok();
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_NOOP, PROG_CLOCK] {
             let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
             prog.load()
@@ -249,6 +289,7 @@ impl Probe {
             slots: BTreeMap::new(),
             drops_unavailable: None,
             drops_unattributed,
+            logger,
         };
         probe.clock_anchor = probe.clock_sample().ok();
         if opts.drops
@@ -445,6 +486,11 @@ impl Probe {
             now = self.clock_sample().ok()?;
         }
         Some(JiffiesClock::new((j0, n0), now))
+    }
+
+    /// The log-record reader, for [`drain_logs`]; `None` once taken or when it could not start.
+    pub fn take_logger(&mut self) -> Option<EbpfLogger> {
+        self.logger.take()
     }
 
     /// Kernel time spent in our programs so far (0 unless `kernel.bpf_stats_enabled=1`).

@@ -40,7 +40,8 @@ pub fn text(a: &Analysis) -> String {
     }
 
     if let Some(v) = &a.verification {
-        findings(&mut o, v);
+        findings(&mut o, v, a.daemon.as_ref());
+        daemon(&mut o, a);
     }
     traffic(&mut o, a);
     if !d.anomalies.is_empty() {
@@ -267,7 +268,10 @@ fn input_notes(o: &mut String, a: &Analysis) {
 pub fn check_text(a: &Analysis) -> String {
     let mut o = String::new();
     match &a.verification {
-        Some(v) => findings(&mut o, v),
+        Some(v) => {
+            findings(&mut o, v, a.daemon.as_ref());
+            daemon(&mut o, a);
+        }
         None => {
             let _ = writeln!(
                 o,
@@ -305,8 +309,45 @@ fn summary(o: &mut String, a: &Analysis) {
     );
 }
 
-/// Findings, most severe first, each with expected vs actual and the next step.
-pub fn findings(o: &mut String, v: &Verification) {
+/// What the running daemon adds: how fresh the answer is, what waits in the grace window,
+/// and the BGP sessions' flap counts (only time shows those).
+fn daemon(o: &mut String, a: &Analysis) {
+    let Some(d) = &a.daemon else {
+        return;
+    };
+    let age_ms = crate::pipeline::now_ms().saturating_sub(d.verified_at_ms);
+    let _ = writeln!(
+        o,
+        "
+AGENT (answered by `agent run`, up {}): verified {age_ms} ms ago; grace window {} s, {} finding(s) inside it; {} netlink event(s), {} resync(s), {} overrun(s); eBPF {}",
+        duration(d.uptime_seconds),
+        d.grace_seconds,
+        d.pending,
+        d.netlink_events,
+        d.resyncs,
+        d.overruns,
+        d.ebpf
+    );
+    for (session, flaps) in &d.bgp_flaps {
+        let _ = writeln!(
+            o,
+            "  BGP {session}: {flaps} state change(s) in the flap window"
+        );
+    }
+}
+
+/// `3h12m`, `4m05s`, `17s`.
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Findings, most severe first, each with expected vs actual and the next step; with a
+/// daemon's answer, also how long each has been there.
+pub fn findings(o: &mut String, v: &Verification, daemon: Option<&crate::analysis::DaemonInfo>) {
     let basis = if v.with_datastore {
         "against the datastore"
     } else {
@@ -321,6 +362,10 @@ pub fn findings(o: &mut String, v: &Verification) {
         let _ = writeln!(o, "        expected: {}", f.expected);
         let _ = writeln!(o, "        actual:   {}", f.actual);
         let _ = writeln!(o, "        hint:     {}", f.hint);
+        if let Some(d) = daemon.filter(|_| f.since > 0) {
+            let age = (d.verified_at_ms / 1000).saturating_sub(f.since);
+            let _ = writeln!(o, "        since:    {} ago", duration(age));
+        }
     }
     if !v.skipped.is_empty() {
         let need_ds = v
