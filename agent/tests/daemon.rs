@@ -173,6 +173,28 @@ impl Daemon {
         }
     }
 
+    /// `agent check` (run outside the node's namespace: only the socket connects them) gets
+    /// the daemon's analysis, in milliseconds, with the finding's age.
+    fn check_answers_from_the_daemon(&self, check: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&self.socket).expect("socket").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "local API socket mode {mode:o}");
+        let start = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("check")
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("agent check");
+        let took = start.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains(check), "{text}");
+        assert!(text.contains("answered by `agent run`"), "{text}");
+        assert!(text.contains("since:"), "{text}");
+        assert!(took < Duration::from_millis(500), "agent check took {took:?}");
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -264,6 +286,9 @@ fn every_fault_is_published_within_a_second_after_grace_and_clears_after_repair(
         let injected = Instant::now();
         lab.0.fault(&node, *fault).expect("inject");
         let took = d.wait_findings(grace * 3, check, |f| f.iter().any(|(c, _)| c == check));
+        if *fault == Fault::RouteDelete {
+            d.check_answers_from_the_daemon(check);
+        }
         // Polled sources (iptables every 0.5 s here) may add up to one poll to the window.
         assert!(
             took <= grace + Duration::from_secs(1),
