@@ -177,7 +177,10 @@ impl Daemon {
     /// the daemon's analysis, in milliseconds, with the finding's age.
     fn check_answers_from_the_daemon(&self, check: &str) {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&self.socket).expect("socket").permissions().mode();
+        let mode = std::fs::metadata(&self.socket)
+            .expect("socket")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "local API socket mode {mode:o}");
         let start = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_agent"))
@@ -192,7 +195,10 @@ impl Daemon {
         assert!(text.contains(check), "{text}");
         assert!(text.contains("answered by `agent run`"), "{text}");
         assert!(text.contains("since:"), "{text}");
-        assert!(took < Duration::from_millis(500), "agent check took {took:?}");
+        assert!(
+            took < Duration::from_millis(500),
+            "agent check took {took:?}"
+        );
     }
 
     fn log(&self) -> String {

@@ -19,7 +19,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use self::datastore::DatastoreFeed;
 use crate::{
-    analysis::{self, DaemonInfo},
+    analysis::{self, Analysis, DaemonInfo},
     desired::expected::Expected,
     flows::{self, ProbeOptions, Session},
     observed::{
@@ -31,7 +31,7 @@ use crate::{
         http::{Shared, local_router, metrics_router},
         metrics::{Delta, KindLabels, Metrics, SourceLabels},
     },
-    verify::{CheckId, GraceTracker, History, HistoryPolicy, Policy},
+    verify::{self, CheckId, GraceTracker, History, HistoryPolicy, Policy},
 };
 
 /// Where the local API listens unless `--socket` says otherwise: the pod's writable emptyDir.
@@ -68,7 +68,7 @@ pub struct Config {
 /// Runs until `shutdown` is cancelled, then detaches everything and closes its sockets.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let shared = Shared::new(metrics.clone(), cfg.poll_services.min(cfg.resync));
+    let (shared, requests) = Shared::new(metrics.clone(), cfg.poll_services.min(cfg.resync));
     let tracker = TaskTracker::new();
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -99,7 +99,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
     let result = async {
         let mut daemon = Daemon::start(cfg.clone(), shared, metrics).await?;
-        daemon.run(shutdown.clone()).await;
+        daemon.run(shutdown.clone(), requests).await;
         anyhow::Ok(())
     }
     .await;
@@ -163,6 +163,8 @@ struct Daemon {
     events: u64,
     resyncs: u64,
     overruns: u64,
+    /// The last verification, what it was made against, and the daemon's facts then.
+    last: Option<(crate::verify::Verification, Vec<String>, DaemonInfo)>,
     /// Findings published last time, to time their detection.
     published: std::collections::HashSet<(crate::verify::CheckId, String)>,
     /// Reads the eBPF programs' log records into tracing while they are loaded.
@@ -264,6 +266,7 @@ impl Daemon {
             resyncs: 0,
             overruns: 0,
             published: Default::default(),
+            last: None,
             to_kube,
             log_drain,
             cfg,
@@ -276,7 +279,11 @@ impl Daemon {
         Ok(d)
     }
 
-    async fn run(&mut self, shutdown: CancellationToken) {
+    async fn run(
+        &mut self,
+        shutdown: CancellationToken,
+        mut requests: tokio::sync::mpsc::Receiver<crate::report::http::AnalysisRequest>,
+    ) {
         let mut events = match NetlinkEvents::subscribe(self.cfg.netlink_rx_buffer) {
             Ok(e) => Some(e),
             Err(e) => {
@@ -311,6 +318,9 @@ impl Daemon {
             let sleep_until = verify_at.unwrap_or_else(|| TokioInstant::now() + self.cfg.resync);
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(reply) = requests.recv() => {
+                    let _ = reply.send(self.answer());
+                }
                 m = next_event(&mut events) => {
                     let Some(first) = m else {
                         tracing::warn!("netlink notifications ended: changes are seen on the resync timer only");
@@ -548,39 +558,35 @@ impl Daemon {
             now: now / 1000,
             conntrack_pressure: self.cfg.conntrack_pressure,
         };
-        let mut a = analysis::analyse(&self.obs, self.expected.as_ref(), &policy);
-        if let Some(why) = &self.expected_error {
-            a.input_notes
-                .push(format!("not verified against the datastore: {why}"));
-        }
-        if let Some(v) = a.verification.as_mut() {
-            self.history.apply(v, &self.history_policy, now);
-        }
-        a.verification = a
-            .verification
-            .map(|v| self.grace.confirm(v, now, self.cfg.grace));
+        let mut v = verify::verify(self.expected.as_ref(), &self.obs, &policy);
+        self.history.apply(&mut v, &self.history_policy, now);
+        let v = self.grace.confirm(v, now, self.cfg.grace);
+        let input_notes: Vec<String> = self
+            .expected_error
+            .iter()
+            .map(|why| format!("not verified against the datastore: {why}"))
+            .collect();
         self.metrics
             .verify_duration
             .observe(t0.elapsed().as_secs_f64());
         let mut published = std::collections::HashSet::new();
-        if let Some(v) = &a.verification {
-            self.metrics.record_verification(v);
-            for f in &v.findings {
-                let key = f.key();
-                if !self.published.contains(&key) {
-                    let first = self.grace.first_seen_ms(&key).unwrap_or(now);
-                    self.metrics
-                        .drift_detection
-                        .observe(now.saturating_sub(first) as f64 / 1000.0);
-                    tracing::warn!(check = %f.check, subject = %f.subject, expected = %f.expected, actual = %f.actual, "drift");
-                }
-                published.insert(key);
+        self.metrics.record_verification(&v);
+        for f in &v.findings {
+            let key = f.key();
+            if !self.published.contains(&key) {
+                let first = self.grace.first_seen_ms(&key).unwrap_or(now);
+                self.metrics
+                    .drift_detection
+                    .observe(now.saturating_sub(first) as f64 / 1000.0);
+                tracing::warn!(check = %f.check, subject = %f.subject, expected = %f.expected, actual = %f.actual, "drift");
             }
-            for gone in self.published.difference(&published) {
-                tracing::info!(check = %gone.0, subject = %gone.1, "drift cleared");
-            }
+            published.insert(key);
         }
-        if let (Some(tx), Some(v)) = (&self.to_kube, &a.verification) {
+        for gone in self.published.difference(&published) {
+            tracing::info!(check = %gone.0, subject = %gone.1, "drift cleared");
+        }
+        self.published = published;
+        if let Some(tx) = &self.to_kube {
             // Only a changed set of findings is worth a write.
             tx.send_if_modified(|cur| {
                 let changed = cur.len() != v.findings.len()
@@ -591,21 +597,19 @@ impl Daemon {
                 changed
             });
         }
-        self.published = published;
-        let flapping = a.verification.as_ref().map_or(0, |v| {
-            v.findings
-                .iter()
-                .filter(|f| f.check == CheckId::BgpSessionFlapping)
-                .count()
-        });
+        let flapping = v
+            .findings
+            .iter()
+            .filter(|f| f.check == CheckId::BgpSessionFlapping)
+            .count();
         self.metrics
             .bgp_flapping_sessions
             .set(i64::try_from(flapping).unwrap_or(i64::MAX));
-        a.daemon = Some(DaemonInfo {
+        let info = DaemonInfo {
             uptime_seconds: self.started.elapsed().as_secs(),
             verified_at_ms: now,
             grace_seconds: self.cfg.grace.as_secs_f64(),
-            pending: self.grace.pending() - a.verification.as_ref().map_or(0, |v| v.findings.len()),
+            pending: self.grace.pending().saturating_sub(v.findings.len()),
             netlink_events: self.events,
             resyncs: self.resyncs,
             overruns: self.overruns,
@@ -614,7 +618,8 @@ impl Daemon {
                 Some(s) => format!("attached to {} interface(s)", s.targets.len()),
                 None => self.ebpf_state.clone(),
             },
-        });
+        };
+        self.last = Some((v, input_notes, info));
         let mut not_ready = Vec::new();
         if let Some(u) = self
             .obs
@@ -626,9 +631,27 @@ impl Daemon {
         }
         self.metrics.ready.set(i64::from(not_ready.is_empty()));
         self.shared.update(|p| {
-            p.analysis = Some(a);
+            p.verified = true;
             p.not_ready = not_ready;
         });
+    }
+
+    /// The operator's view of the current state, built when the local API is asked.
+    fn answer(&self) -> Analysis {
+        let diag = crate::diag::build(&self.obs);
+        let (verification, input_notes, daemon) = match &self.last {
+            Some((v, notes, info)) => (Some(v.clone()), notes.clone(), Some(info.clone())),
+            None => (None, Vec::new(), None),
+        };
+        Analysis {
+            // As for one-shot runs: with no Calico on the node and no datastore, nothing to verify.
+            verification: verification.filter(|_| diag.calico_found || self.expected.is_some()),
+            diag,
+            input_notes,
+            traffic: None,
+            traffic_unavailable: None,
+            daemon,
+        }
     }
 }
 

@@ -21,12 +21,18 @@ use axum::{
 /// What the daemon publishes after every verification.
 #[derive(Debug, Default)]
 pub struct Published {
-    pub analysis: Option<Analysis>,
+    /// The first verification is done.
+    pub verified: bool,
     /// Why the agent is not ready yet (empty once it is).
     pub not_ready: Vec<String>,
     /// When the main loop last went round; `/healthz` fails when it stalls.
     pub heartbeat: Option<Instant>,
 }
+
+/// A request for the current analysis, answered by the daemon's loop. The operator's view
+/// (routes grouped, workloads, chains) is built only when someone asks: after each event the
+/// daemon only verifies.
+pub type AnalysisRequest = tokio::sync::oneshot::Sender<Analysis>;
 
 #[derive(Clone)]
 pub struct Shared {
@@ -34,15 +40,25 @@ pub struct Shared {
     pub published: Arc<Mutex<Published>>,
     /// The main loop wakes at least this often (the shortest poll timer).
     pub heartbeat_limit: Duration,
+    requests: tokio::sync::mpsc::Sender<AnalysisRequest>,
 }
 
 impl Shared {
-    pub fn new(metrics: Arc<Metrics>, heartbeat_limit: Duration) -> Self {
-        Self {
-            metrics,
-            published: Arc::new(Mutex::new(Published::default())),
-            heartbeat_limit,
-        }
+    /// The shared state, and the receiving end of analysis requests for the daemon's loop.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        heartbeat_limit: Duration,
+    ) -> (Self, tokio::sync::mpsc::Receiver<AnalysisRequest>) {
+        let (requests, rx) = tokio::sync::mpsc::channel(16);
+        (
+            Self {
+                metrics,
+                published: Arc::new(Mutex::new(Published::default())),
+                heartbeat_limit,
+                requests,
+            },
+            rx,
+        )
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Published)) {
@@ -114,7 +130,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
 
 async fn readyz(State(s): State<Shared>) -> Response {
     let not_ready = s.read(|p| {
-        if p.analysis.is_none() && p.not_ready.is_empty() {
+        if !p.verified && p.not_ready.is_empty() {
             vec!["the first verification has not finished".to_string()]
         } else {
             p.not_ready.clone()
@@ -132,11 +148,26 @@ async fn readyz(State(s): State<Shared>) -> Response {
 }
 
 async fn analysis(State(s): State<Shared>) -> Response {
-    match s.read(|p| p.analysis.clone()) {
-        Some(a) => Json(a).into_response(),
-        None => (
+    if !s.read(|p| p.verified) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the first verification has not finished\n",
+        )
+            .into_response();
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if s.requests.send(tx).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down\n",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(TIMEOUT, rx).await {
+        Ok(Ok(a)) => Json(a).into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the verification loop did not answer\n",
         )
             .into_response(),
     }

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::{CheckId, Finding, Severity};
+use super::{CheckId, Finding, IndexMap, IndexSet, Severity};
 use calico_conventions::{PROTO_BIRD, PROTO_CALICO, VXLAN_V4, is_workload_iface};
 
 use crate::{
@@ -12,10 +12,22 @@ use crate::{
     observed::{ObservedDataplane, PROTO_KERNEL, Route, RouteType, TABLE_MAIN},
 };
 
-fn main_routes<'a>(obs: &'a ObservedDataplane, dst: &'a IpNet) -> impl Iterator<Item = &'a Route> {
-    obs.routes
-        .iter()
-        .filter(move |r| r.table == TABLE_MAIN && r.destination == *dst)
+/// The main table's routes by destination, built once per verification, so that checking
+/// thousands of blocks costs a lookup each rather than a scan of every route.
+struct MainRoutes<'a>(IndexMap<IpNet, Vec<&'a Route>>);
+
+impl<'a> MainRoutes<'a> {
+    fn new(obs: &'a ObservedDataplane) -> Self {
+        let mut by_dst = IndexMap::with_capacity_and_hasher(obs.routes.len(), Default::default());
+        for r in obs.routes.iter().filter(|r| r.table == TABLE_MAIN) {
+            by_dst.entry(r.destination).or_insert_with(Vec::new).push(r);
+        }
+        Self(by_dst)
+    }
+
+    fn to(&self, dst: &IpNet) -> impl Iterator<Item = &'a Route> + '_ {
+        self.0.get(dst).into_iter().flatten().copied()
+    }
 }
 
 /// A missing or down device has no routes; tunnel.missing/tunnel.down report the cause once.
@@ -25,16 +37,44 @@ fn device_unusable(obs: &ObservedDataplane, dev: &str) -> bool {
 
 pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     let underlay = super::node_ip_link(e, obs).map(|l| l.name.clone());
+    let routes = MainRoutes::new(obs);
+    let mut unusable: IndexMap<&str, bool> = IndexMap::default();
     for exp in &e.routes {
         let dst = IpNet::V4(exp.destination);
+        // The healthy case, thousands of times per verification: one lookup, no formatting.
+        let (device, gateway) = match &exp.target {
+            RouteTarget::Blackhole => {
+                if routes.to(&dst).any(|r| r.kind == RouteType::Blackhole) {
+                    continue;
+                }
+                (None, None)
+            }
+            RouteTarget::Device { device, gateway } => {
+                if *unusable
+                    .entry(device.as_str())
+                    .or_insert_with(|| device_unusable(obs, device))
+                {
+                    continue;
+                }
+                (Some(device.as_str()), gateway.map(IpAddr::V4))
+            }
+            RouteTarget::Underlay { gateway } => (underlay.as_deref(), Some(IpAddr::V4(*gateway))),
+        };
+        if device.is_some()
+            && routes.to(&dst).any(|r| {
+                r.kind == RouteType::Unicast && r.dev.as_deref() == device && r.gateway == gateway
+            })
+        {
+            continue;
+        }
         let subject = crate::observed::host_or_net(&dst);
         match &exp.target {
             RouteTarget::Blackhole => {
-                if !main_routes(obs, &dst).any(|r| r.kind == RouteType::Blackhole) {
+                if !routes.to(&dst).any(|r| r.kind == RouteType::Blackhole) {
                     out.push(
                         Finding::new(CheckId::RouteBlackholeMissing, Severity::Warning, subject.clone())
                             .expected(format!("blackhole {subject} proto 80 ({})", exp.reason))
-                            .actual(describe(main_routes(obs, &dst)))
+                            .actual(describe(routes.to(&dst)))
                             .hint(format!(
                                 "without it, traffic to unallocated addresses of this node's block follows the default route and loops or leaks; Felix restores it on its route resync (90 s): `ip route show {subject}`"
                             )),
@@ -42,9 +82,6 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
                 }
             }
             RouteTarget::Device { device, gateway } => {
-                if device_unusable(obs, device) {
-                    continue;
-                }
                 let want = format!(
                     "{subject}{} dev {device}{}",
                     gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
@@ -56,7 +93,7 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
                 );
                 compare(
                     out,
-                    obs,
+                    &routes,
                     &dst,
                     &subject,
                     &want,
@@ -72,7 +109,7 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
                 let want = format!("{subject} via {gateway} dev {dev} proto 80 onlink");
                 compare(
                     out,
-                    obs,
+                    &routes,
                     &dst,
                     &subject,
                     &want,
@@ -83,7 +120,7 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
             }
         }
     }
-    workloads(e, obs, out);
+    workloads(e, obs, &routes, out);
     unexpected(e, obs, out);
 }
 
@@ -93,7 +130,7 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
 )]
 fn compare(
     out: &mut Vec<Finding>,
-    obs: &ObservedDataplane,
+    routes: &MainRoutes<'_>,
     dst: &IpNet,
     subject: &str,
     want: &str,
@@ -101,7 +138,8 @@ fn compare(
     device: &str,
     gateway: Option<IpAddr>,
 ) {
-    let found: Vec<&Route> = main_routes(obs, dst)
+    let found: Vec<&Route> = routes
+        .to(dst)
         .filter(|r| r.kind == RouteType::Unicast)
         .collect();
     let expected = format!("{want} ({reason})");
@@ -109,7 +147,7 @@ fn compare(
         out.push(
             Finding::new(CheckId::RouteMissing, Severity::Critical, subject)
                 .expected(expected)
-                .actual(describe(main_routes(obs, dst)))
+                .actual(describe(routes.to(dst)))
                 .hint(format!(
                     "traffic to {subject} follows a less specific route or is dropped; Felix re-adds it on its next route resync (90 s) — if it stays missing, check calico-node's log for route errors: `kubectl logs -n calico-system ds/calico-node -c calico-node | grep -i route`"
                 )),
@@ -153,7 +191,12 @@ fn describe<'a>(routes: impl Iterator<Item = &'a Route>) -> String {
     }
 }
 
-fn workloads(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+fn workloads(
+    e: &Expected,
+    obs: &ObservedDataplane,
+    routes: &MainRoutes<'_>,
+    out: &mut Vec<Finding>,
+) {
     for w in &e.workloads {
         // Until the CNI plugin has created the interface (or after it removed it) there is
         // nothing to route to: that is pod churn, not drift.
@@ -164,13 +207,16 @@ fn workloads(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
             continue;
         }
         let dst = IpNet::V4(Ipv4Net::from(w.ip));
-        if main_routes(obs, &dst).any(|r| r.dev.as_deref() == Some(w.iface.as_str())) {
+        if routes
+            .to(&dst)
+            .any(|r| r.dev.as_deref() == Some(w.iface.as_str()))
+        {
             continue;
         }
         out.push(
             Finding::new(CheckId::RouteWorkloadMissing, Severity::Critical, w.ip.to_string())
                 .expected(format!("{} dev {} scope link (pod {})", w.ip, w.iface, w.pod))
-                .actual(describe(main_routes(obs, &dst)))
+                .actual(describe(routes.to(&dst)))
                 .hint(format!(
                     "the pod {} cannot receive traffic; Felix writes this route when the workload endpoint is active: check `kubectl get workloadendpoints -A | grep {}` and calico-node's log",
                     w.pod,
@@ -183,6 +229,7 @@ fn workloads(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
 /// Routes Felix owns (on vxlan.calico, or with its exclusive protocol 80) that it would not
 /// program now: left over from a block that moved or a node that left.
 fn unexpected(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+    let wanted: IndexSet<IpNet> = e.routes.iter().map(|x| IpNet::V4(x.destination)).collect();
     for r in obs.routes.iter().filter(|r| r.table == TABLE_MAIN) {
         if r.protocol == PROTO_KERNEL
             || !matches!(r.kind, RouteType::Unicast | RouteType::Blackhole)
@@ -192,11 +239,7 @@ fn unexpected(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
             continue;
         }
         let felix_owned = r.dev.as_deref() == Some(VXLAN_V4) || (r.protocol == PROTO_CALICO);
-        if !felix_owned
-            || e.routes
-                .iter()
-                .any(|x| IpNet::V4(x.destination) == r.destination)
-        {
+        if !felix_owned || wanted.contains(&r.destination) {
             continue;
         }
         // Pod routes for this node's workloads on the tunnel do not exist; a BIRD route is

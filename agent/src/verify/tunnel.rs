@@ -3,16 +3,16 @@
 
 use std::net::IpAddr;
 
-use super::{CheckId, Finding, Severity, node_ip_link, parent_of, workload_mtu};
+use super::{CheckId, Finding, IndexMap, Severity, node_ip_link, parent_of, workload_mtu};
 use crate::{
     desired::expected::{Expected, ExpectedTunnel},
-    observed::ObservedDataplane,
+    observed::{FdbEntry, Neighbour, ObservedDataplane},
 };
 
 /// Encapsulation overhead per device kind (`int_dataplane.go`).
 pub(super) fn overhead(device: &str) -> u32 {
     match device {
-        "tunl0" => calico_conventions::IPIP_OVERHEAD,
+        calico_conventions::IPIP => calico_conventions::IPIP_OVERHEAD,
         d if d.starts_with("wireguard") || d.starts_with("wg-") => {
             calico_conventions::WIREGUARD_OVERHEAD
         }
@@ -162,11 +162,23 @@ fn vteps(e: &Expected, vx: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
         // The kernel flushes a down device's neighbours; tunnel.missing/down say why.
         return;
     }
+    let Some(index) = obs.link(dev).map(|l| l.index) else {
+        return;
+    };
+    // Indexed once (by the device's ifindex, not its name): thousands of VTEPs must not mean
+    // thousands of scans.
+    let neighbours: IndexMap<IpAddr, &Neighbour> = obs
+        .neighbours
+        .iter()
+        .filter(|n| n.ifindex == index)
+        .map(|n| (n.destination, n))
+        .collect();
+    let mut fdb_by_mac: IndexMap<&str, Vec<&FdbEntry>> = IndexMap::default();
+    for f in obs.fdb.iter().filter(|f| f.ifindex == index) {
+        fdb_by_mac.entry(f.mac.as_str()).or_default().push(f);
+    }
     for v in &e.vteps {
-        let neigh = obs
-            .neighbours
-            .iter()
-            .find(|n| n.dev == dev && n.destination == IpAddr::V4(v.tunnel_ip));
+        let neigh = neighbours.get(&IpAddr::V4(v.tunnel_ip)).copied();
         match neigh {
             None => out.push(
                 Finding::new(CheckId::VxlanNeighMissing, Severity::Critical, v.tunnel_ip.to_string())
@@ -185,11 +197,9 @@ fn vteps(e: &Expected, vx: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
             ),
             Some(_) => {}
         }
-        let fdb: Vec<_> = obs
-            .fdb
-            .iter()
-            .filter(|f| f.dev == dev && f.mac == v.mac)
-            .collect();
+        let fdb = fdb_by_mac
+            .get(v.mac.as_str())
+            .map_or(&[][..], Vec::as_slice);
         if !fdb
             .iter()
             .any(|f| f.destination == Some(IpAddr::V4(v.node_ip)))
