@@ -160,7 +160,7 @@ fn time(mut f: impl FnMut()) -> Duration {
 struct Row {
     nodes: u32,
     routes: usize,
-    findings: usize,
+    findings: Vec<String>,
     verify: Duration,
     diag: Duration,
     dump: Duration,
@@ -190,7 +190,7 @@ fn measure(nodes: u32) -> anyhow::Result<Row> {
             Ok(Row {
                 nodes,
                 routes: obs.routes.len(),
-                findings: findings.len(),
+                findings: findings.iter().map(|f| f.check.to_string()).collect(),
                 diag: time(|| {
                     let _ = agent::diag::build(&obs);
                 }),
@@ -222,7 +222,7 @@ fn main() -> anyhow::Result<()> {
             "| {} | {} | {} | **{}** | {} | {:.2} | {} |",
             r.nodes,
             r.routes,
-            r.findings,
+            r.findings.join(", "),
             ms(r.verify),
             ms(r.dump),
             r.verify.as_secs_f64() / r.dump.as_secs_f64(),

@@ -16,6 +16,8 @@ use anyhow::{Context as _, bail};
 
 use crate::{lab::Lab, sh};
 
+mod daemon;
+
 const PREFIX: &str = "cdpb";
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Rounds of (baseline, ours, baseline, empty program); a last baseline closes them.
@@ -36,12 +38,21 @@ pub fn run(root: &Path, seconds: u32) -> anyhow::Result<()> {
         "cargo", "bench", "--quiet", "-p", "agent", "--bench", "tc_cost",
     ])
     .context("cargo bench --bench tc_cost")?;
+    let reverify = sh::run(&[
+        "cargo", "bench", "--quiet", "-p", "agent", "--bench", "reverify",
+    ])
+    .context("cargo bench --bench reverify")?;
     let agent = root.join("target/release/agent");
     let lab = Lab::new(PREFIX);
     lab.up()?;
     let result = measure(&lab, &agent, seconds);
+    let daemon = result
+        .is_ok()
+        .then(|| daemon::measure(&lab, &agent))
+        .transpose();
     lab.down();
     let (samples, ours, floor) = result?;
+    let daemon = daemon?.unwrap_or_default();
     let ratio = median_ratio(&samples, WITH);
     let empty_ratio = median_ratio(&samples, EMPTY);
     let ((ns, ours_runs), (floor_ns, floor_runs)) = (median_per_run(&ours), median_per_run(&floor));
@@ -78,6 +89,11 @@ pub fn run(root: &Path, seconds: u32) -> anyhow::Result<()> {
     md.push_str(&per_packet);
     md.push_str("\nReading: a packet of the flow its interface saw last (the common case: bulk transfers arrive in runs) costs an array lookup and a key compare in the per-interface flow cache. A packet of another flow than the last moves the cached one into the LRU flow table and is not measured here (the kernel repeats one packet); it pays one LRU hash lookup more (measured before the cache existed, when every packet paid it: 62–66 ns above the empty program on this machine). Packets on an interface the agent does not follow cost nothing measurable.\n");
     md.push_str("\n### Why the two measures differ, and what tuning found\n\nIn isolation the kernel times our work at about 23 ns a packet; under iperf3, bpf_stats charges about 80 ns more than the empty program. Under load the program's data (the interface's per-CPU state, the skb fields, the packet headers) is less often in cache than in a loop of one packet, and that, not instructions, is most of the difference. Measured while tuning (bpf_stats under iperf3 in this lab, medians of three runs, each change alone): a kernel clock helper per packet (`bpf_ktime_get_coarse_ns` or `bpf_ktime_get_ns`) cost about 45 ns, so flow times are jiffies now (a plain load); a flow-table hash lookup per packet cost about 65 ns, so the hit path uses the per-interface last-flow cache; reading `gso_size` (in the skb's shared info) cost about 15 ns, so it is read only for packets above the MTU. The 50 ns target is met by the kernel-timed measure and not yet by bpf_stats under iperf3; the empty program alone costs 60–70 ns there, so on this VM bpf_stats cannot show any program under 50 ns absolute.\n");
+    md.push_str("\n## The daemon, `agent run` (issue 10)\n\n### Detection latency\n\nThe release binary runs in node-a of the lab with the lab's datastore; each fault is injected, the local API is polled every 2 ms until the finding is there, then the lab is repaired and the finding must clear.\n\n");
+    md.push_str(&daemon);
+    md.push_str("\n### Re-verification after one event, at real cluster sizes\n\n`agent/benches/reverify.rs`: a network namespace holding the real VXLAN state of a node with 1,000 and 5,000 remote nodes (a route, a permanent ARP entry and an FDB entry per remote VTEP, built with `ip -batch`), read with the agent's own readers; the datastore holds every node and block. After a netlink event the daemon applies it to its snapshot and verifies; it builds the operator's view (routes grouped, workloads, chains) only when the local API is asked. Medians of 41 runs, against reading the same routes over netlink in the same run. The namespace has no Felix chains, hence the one finding.\n\n");
+    md.push_str(&reverify);
+    md.push_str("\nReading: verification is linear in the state (routes, neighbours and FDB entries are indexed once per run with a fast hash; before that, scans per block made it quadratic: 128 ms at 5,000 nodes). After one event it costs less than reading the routes again would.\n");
     std::fs::write(root.join("BENCHMARKS.md"), &md).context("writing BENCHMARKS.md")?;
     print!("{md}");
     Ok(())

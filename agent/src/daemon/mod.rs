@@ -24,7 +24,7 @@ use crate::{
     flows::{self, ProbeOptions, Session},
     observed::{
         self, ObservedDataplane, SourceGroup,
-        netlink_events::{self, Change, NetlinkEvents},
+        netlink_events::{self, Change, NetlinkEvents, Notification},
     },
     pipeline::{DatastoreSource, now_ms},
     report::{
@@ -330,12 +330,13 @@ impl Daemon {
                     let mut overrun = false;
                     let mut pending = Some(first);
                     while let Some(msg) = pending {
-                        match netlink_events::apply(&mut self.obs, &msg) {
+                        let change = netlink_events::apply(&mut self.obs, &msg);
+                        match change {
                             Change::Overrun => overrun = true,
                             Change::Relist => relist = true,
-                            _ => {}
+                            Change::Applied | Change::Ignored => {}
                         }
-                        self.count_event(&msg);
+                        self.count_event(change);
                         pending = events.as_mut().and_then(NetlinkEvents::try_next);
                     }
                     if overrun {
@@ -393,14 +394,12 @@ impl Daemon {
         self.metrics.ebpf_attached.set(0);
     }
 
-    fn count_event(
-        &mut self,
-        msg: &netlink_packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
-    ) {
+    fn count_event(&mut self, change: Change) {
         self.events += 1;
-        let kind = match &msg.payload {
-            netlink_packet_core::NetlinkPayload::Overrun(_) => "overrun",
-            _ => "message",
+        let kind = if change == Change::Overrun {
+            "overrun"
+        } else {
+            "message"
         };
         self.metrics
             .netlink_events
@@ -409,8 +408,7 @@ impl Daemon {
     }
 
     async fn full_read(&mut self) {
-        let mut obs = observed::read_live(&self.cfg.node_name).await;
-        std::mem::swap(&mut self.obs, &mut obs);
+        self.obs = observed::read_live(&self.cfg.node_name).await;
         self.history.observe(&self.obs, now_ms());
         self.count_source_errors(&SourceGroup::ALL);
         self.attach_new_interfaces();
@@ -655,9 +653,7 @@ impl Daemon {
     }
 }
 
-async fn next_event(
-    events: &mut Option<NetlinkEvents>,
-) -> Option<netlink_packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>> {
+async fn next_event(events: &mut Option<NetlinkEvents>) -> Option<Notification> {
     match events.as_mut() {
         Some(e) => e.next().await,
         None => std::future::pending().await,

@@ -33,10 +33,10 @@ pub enum Change {
     Ignored,
 }
 
-type Messages = futures::channel::mpsc::UnboundedReceiver<(
-    NetlinkMessage<RouteNetlinkMessage>,
-    netlink_sys::SocketAddr,
-)>;
+/// One notification as the kernel sent it.
+pub type Notification = NetlinkMessage<RouteNetlinkMessage>;
+
+type Messages = futures::channel::mpsc::UnboundedReceiver<(Notification, netlink_sys::SocketAddr)>;
 
 /// A subscription to link, address, route, neighbour (incl. FDB) and rule notifications of
 /// both families in the calling thread's network namespace.
@@ -73,12 +73,12 @@ impl NetlinkEvents {
     }
 
     /// The next notification; `None` when the subscription ended.
-    pub async fn next(&mut self) -> Option<NetlinkMessage<RouteNetlinkMessage>> {
+    pub async fn next(&mut self) -> Option<Notification> {
         self.messages.next().await.map(|(m, _)| m)
     }
 
     /// A notification already queued, without waiting.
-    pub fn try_next(&mut self) -> Option<NetlinkMessage<RouteNetlinkMessage>> {
+    pub fn try_next(&mut self) -> Option<Notification> {
         self.messages.try_recv().ok().map(|(m, _)| m)
     }
 }
@@ -90,7 +90,7 @@ impl Drop for NetlinkEvents {
 }
 
 /// Applies one notification to `obs`.
-pub fn apply(obs: &mut ObservedDataplane, msg: &NetlinkMessage<RouteNetlinkMessage>) -> Change {
+pub fn apply(obs: &mut ObservedDataplane, msg: &Notification) -> Change {
     let m = match &msg.payload {
         NetlinkPayload::Overrun(_) => return Change::Overrun,
         NetlinkPayload::InnerMessage(m) => m,
