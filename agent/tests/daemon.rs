@@ -54,6 +54,8 @@ struct Daemon {
     port: u16,
     /// The daemon's stderr (its log).
     log: PathBuf,
+    /// The directory of Calico YAML it follows.
+    datastore: PathBuf,
 }
 
 impl Daemon {
@@ -90,6 +92,7 @@ impl Daemon {
             socket,
             port,
             log,
+            datastore: ds,
         };
         let start = Instant::now();
         while d
@@ -554,4 +557,24 @@ for _ in range(10):
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(d.log().matches(needle).count(), 1, "{}", d.log());
     assert!(d.log().contains("first byte 85"), "{}", d.log());
+}
+
+#[test]
+fn datastore_changes_are_followed() {
+    let _serial = serial();
+    let lab = LabGuard::up("dmd");
+    let d = Daemon::start(&lab, "1", &[]);
+    assert!(d.findings().is_empty(), "{:?}", d.findings());
+    // A node joins the cluster (its YAML lands in the directory) but was never programmed here.
+    let extra = d.datastore.join("node-c.yaml");
+    std::fs::write(&extra, lab.0.spec.unprogrammed_node_yaml()).expect("node-c.yaml");
+    d.wait_findings(Duration::from_secs(6), "node-c's block", |f| {
+        f.contains(&("route.missing".to_string(), "10.244.2.0/26".to_string()))
+    });
+    std::fs::remove_file(&extra).expect("remove node-c.yaml");
+    d.wait_findings(
+        Duration::from_secs(6),
+        "node-c gone again",
+        BTreeSet::is_empty,
+    );
 }

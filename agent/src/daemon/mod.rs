@@ -5,6 +5,7 @@
 //! once it has persisted for the grace window and cleared as soon as the state is right.
 
 mod datastore;
+mod ebpf;
 
 use std::{
     net::SocketAddr,
@@ -21,7 +22,6 @@ use self::datastore::DatastoreFeed;
 use crate::{
     analysis::{self, Analysis, DaemonInfo},
     desired::expected::Expected,
-    flows::{self, ProbeOptions, Session},
     observed::{
         self, ObservedDataplane, SourceGroup,
         netlink_events::{self, Change, NetlinkEvents, Notification},
@@ -29,7 +29,7 @@ use crate::{
     pipeline::{DatastoreSource, now_ms},
     report::{
         http::{Shared, local_router, metrics_router},
-        metrics::{Delta, KindLabels, Metrics, SourceLabels},
+        metrics::{KindLabels, Metrics, SourceLabels},
     },
     verify::{self, CheckId, GraceTracker, History, HistoryPolicy, Policy},
 };
@@ -153,12 +153,7 @@ struct Daemon {
     /// BIRD and WireGuard over time: what one read cannot tell.
     history: History,
     history_policy: HistoryPolicy,
-    flows: Option<Session>,
-    ebpf_state: String,
-    exported_counts: std::collections::HashMap<(u32, flows::Direction), flows::Counts>,
-    exported_drops: std::collections::HashMap<u32, u64>,
-    retransmits: Delta,
-    run_ns: Delta,
+    ebpf: ebpf::Ebpf,
     started: Instant,
     events: u64,
     resyncs: u64,
@@ -167,8 +162,6 @@ struct Daemon {
     last: Option<(crate::verify::Verification, Vec<String>, DaemonInfo)>,
     /// Findings published last time, to time their detection.
     published: std::collections::HashSet<(crate::verify::CheckId, String)>,
-    /// Reads the eBPF programs' log records into tracing while they are loaded.
-    log_drain: Option<tokio::task::JoinHandle<()>>,
     /// Confirmed findings for the task that writes Events and the Node condition (`--kube`).
     to_kube: Option<tokio::sync::watch::Sender<Vec<crate::verify::Finding>>>,
 }
@@ -215,30 +208,7 @@ fn spawn_kube_status(
 impl Daemon {
     async fn start(cfg: Config, shared: Shared, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let datastore = DatastoreFeed::open(&cfg.datastore).await?;
-        let mut log_drain = None;
-        let (flows, ebpf_state) = if cfg.no_ebpf {
-            (None, "disabled by --no-ebpf".to_string())
-        } else {
-            let opts = ProbeOptions {
-                flow_table_size: cfg.flow_table_size,
-                ..ProbeOptions::default()
-            };
-            match Session::start(opts, None) {
-                Ok(mut s) => {
-                    if let Some(logger) = s.probe.take_logger() {
-                        log_drain = Some(tokio::spawn(flows::drain_logs(logger)));
-                    }
-                    (Some(s), "attached".to_string())
-                }
-                // Verification goes on without flows.
-                Err(e) => {
-                    let why = observed::error_chain(&e);
-                    tracing::warn!(error = %why, "flows unavailable");
-                    (None, format!("flows unavailable: {why}"))
-                }
-            }
-        };
-        metrics.ebpf_attached.set(i64::from(flows.is_some()));
+        let ebpf = ebpf::Ebpf::start(cfg.no_ebpf, cfg.flow_table_size, &metrics);
         let to_kube = match &cfg.datastore {
             DatastoreSource::Kube => Some(spawn_kube_status(
                 crate::desired::kube::client().await?,
@@ -255,12 +225,7 @@ impl Daemon {
             grace: GraceTracker::default(),
             history: History::new(&HistoryPolicy::default()),
             history_policy: HistoryPolicy::default(),
-            flows,
-            ebpf_state,
-            exported_counts: Default::default(),
-            exported_drops: Default::default(),
-            retransmits: Delta::default(),
-            run_ns: Delta::default(),
+            ebpf,
             started: Instant::now(),
             events: 0,
             resyncs: 0,
@@ -268,7 +233,6 @@ impl Daemon {
             published: Default::default(),
             last: None,
             to_kube,
-            log_drain,
             cfg,
             shared,
             metrics,
@@ -306,7 +270,7 @@ impl Daemon {
         // When to verify next (debounced notifications, a finding's grace window ending).
         let mut verify_at: Option<TokioInstant> = None;
         let mut relist = false;
-        self.export_flows();
+        self.export_counters();
         self.verify();
         loop {
             self.shared.update(|p| p.heartbeat = Some(Instant::now()));
@@ -366,7 +330,7 @@ impl Daemon {
                 _ = services.tick() => {
                     self.refresh(SourceGroup::Services).await;
                     self.history.observe(&self.obs, now_ms());
-                    self.export_flows();
+                    self.export_counters();
                     verify_at = Some(TokioInstant::now());
                 }
                 _ = datastore.tick() => {
@@ -387,11 +351,7 @@ impl Daemon {
             }
         }
         tracing::info!("shutting down: detaching eBPF programs");
-        if let Some(t) = self.log_drain.take() {
-            t.abort();
-        }
-        self.flows = None;
-        self.metrics.ebpf_attached.set(0);
+        self.ebpf.stop(&self.metrics);
     }
 
     fn count_event(&mut self, change: Change) {
@@ -473,80 +433,19 @@ impl Daemon {
     }
 
     fn attach_new_interfaces(&mut self) {
-        if let Some(s) = self.flows.as_mut() {
-            s.refresh(&self.obs);
-            self.metrics
-                .ebpf_interfaces
-                .set(i64::try_from(s.targets.len()).unwrap_or(i64::MAX));
-        }
+        self.ebpf.refresh(&self.obs, &self.metrics);
     }
 
-    /// Adds what the eBPF counters gained since the last export to the metrics.
-    fn export_flows(&mut self) {
-        if let Some(ct) = &self.obs.sysctls.conntrack_count {
-            self.metrics
-                .conntrack_entries
-                .set(i64::try_from(*ct).unwrap_or(i64::MAX));
-        }
-        if let Some(max) = &self.obs.sysctls.conntrack_max {
-            self.metrics
-                .conntrack_max
-                .set(i64::try_from(*max).unwrap_or(i64::MAX));
-        }
-        let Some(s) = self.flows.as_mut() else {
-            return;
-        };
-        let mut finals = Vec::new();
-        for (t, retired) in std::mem::take(&mut s.retired) {
-            for (dir, c) in retired.counts {
-                finals.push((t.ifindex, t.class, dir, c));
-            }
-        }
-        let counts = match s.probe.counts() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %observed::error_chain(&e), "reading the eBPF counters");
-                return;
-            }
-        };
-        for ((ifindex, dir), c) in counts {
-            if let Some(t) = s.targets.iter().find(|t| t.ifindex == ifindex) {
-                finals.push((ifindex, t.class, dir, c));
-            }
-        }
-        for (ifindex, class, dir, c) in finals {
-            let last = self
-                .exported_counts
-                .insert((ifindex, dir), c)
-                .unwrap_or_default();
-            let delta = flows::Counts {
-                packets: c.packets.saturating_sub(last.packets),
-                bytes: c.bytes.saturating_sub(last.bytes),
-                ..Default::default()
-            };
-            self.metrics.add_iface(class, dir, &delta);
-        }
-        // Released interfaces are gone for good: forget them (pod churn must not grow this).
-        let live: std::collections::HashSet<u32> = s.targets.iter().map(|t| t.ifindex).collect();
-        self.exported_counts.retain(|(i, _), _| live.contains(i));
-        if let Ok(drops) = s.drop_rows() {
-            for row in drops {
-                let total = row.count;
-                let last = self.exported_drops.insert(row.code, total).unwrap_or(0);
-                self.metrics
-                    .drops
-                    .get_or_create(&crate::report::metrics::ReasonLabels { reason: row.reason })
-                    .inc_by(total.saturating_sub(last));
-            }
-        }
-        if let Ok(r) = s.probe.retransmits() {
-            self.metrics
-                .tcp_retransmits
-                .inc_by(self.retransmits.advance(r));
-        }
+    /// The counters Prometheus reads between verifications: conntrack and the eBPF programs'.
+    fn export_counters(&mut self) {
+        let gauge = |v: Option<u64>| i64::try_from(v.unwrap_or(0)).unwrap_or(i64::MAX);
         self.metrics
-            .ebpf_run_ns
-            .inc_by(self.run_ns.advance(s.probe.run_time_ns()));
+            .conntrack_entries
+            .set(gauge(self.obs.sysctls.conntrack_count));
+        self.metrics
+            .conntrack_max
+            .set(gauge(self.obs.sysctls.conntrack_max));
+        self.ebpf.export(&self.metrics);
     }
 
     fn verify(&mut self) {
@@ -612,10 +511,7 @@ impl Daemon {
             resyncs: self.resyncs,
             overruns: self.overruns,
             bgp_flaps: self.history.flaps(&self.history_policy, now),
-            ebpf: match &self.flows {
-                Some(s) => format!("attached to {} interface(s)", s.targets.len()),
-                None => self.ebpf_state.clone(),
-            },
+            ebpf: self.ebpf.describe(),
         };
         self.last = Some((v, input_notes, info));
         let mut not_ready = Vec::new();

@@ -245,3 +245,50 @@ pub async fn fetch_analysis(socket: &Path) -> Result<Analysis, LocalApiError> {
     }
     serde_json::from_str(body).map_err(|source| LocalApiError::Decode { path, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared::new(Arc::new(Metrics::new()), Duration::from_millis(100)).0
+    }
+
+    #[tokio::test]
+    async fn readyz_waits_for_the_first_verification_and_names_what_is_missing() {
+        let s = shared();
+        assert_eq!(
+            readyz(State(s.clone())).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        s.update(|p| p.verified = true);
+        assert_eq!(readyz(State(s.clone())).await.status(), StatusCode::OK);
+        s.update(|p| p.not_ready = vec!["routes not readable: EPERM".into()]);
+        let r = readyz(State(s)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_when_the_loop_stalls() {
+        let s = shared();
+        s.update(|p| p.heartbeat = Some(Instant::now()));
+        assert_eq!(healthz(State(s.clone())).await.status(), StatusCode::OK);
+        s.update(|p| p.heartbeat = Instant::now().checked_sub(Duration::from_secs(1)));
+        assert_eq!(
+            healthz(State(s)).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_are_openmetrics_text() {
+        let r = metrics(State(shared())).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        );
+    }
+}
