@@ -77,7 +77,7 @@ struct RunArgs {
     socket: PathBuf,
     /// Publish a finding only once it has persisted this many seconds (Felix's own
     /// reprogramming briefly looks like drift).
-    #[arg(long, env = "AGENT_GRACE_SECONDS", default_value = "5", value_parser = grace_seconds)]
+    #[arg(long, env = "AGENT_GRACE_SECONDS", default_value = "5", value_parser = seconds_or_zero)]
     grace: Duration,
     /// Fill fraction of the conntrack table above which conntrack.pressure is reported.
     #[arg(long, env = "AGENT_CONNTRACK_PRESSURE", default_value_t = agent::verify::DEFAULT_CONNTRACK_PRESSURE, value_parser = fraction)]
@@ -106,6 +106,10 @@ struct RunArgs {
     /// Receive buffer of the netlink notification socket, in bytes (default: the kernel's).
     #[arg(long, env = "AGENT_NETLINK_RCVBUF")]
     netlink_rcvbuf: Option<usize>,
+    /// With --kube: at most one Event per check in this many seconds (the next one says how
+    /// many were held back); 0 sends every one.
+    #[arg(long, env = "AGENT_EVENT_INTERVAL_SECONDS", default_value = "60", value_parser = seconds_or_zero)]
+    event_interval: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -189,8 +193,8 @@ fn seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Seconds, 0 allowed (no grace window).
-fn grace_seconds(s: &str) -> Result<Duration, String> {
+/// Seconds, 0 allowed (no grace window, no rate limit).
+fn seconds_or_zero(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         Ok(Duration::ZERO)
     } else {
@@ -354,6 +358,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         poll_datastore: Duration::from_secs(2),
         debounce: Duration::from_millis(args.debounce_ms),
         netlink_rx_buffer: args.netlink_rcvbuf,
+        event_interval: args.event_interval,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -59,11 +59,24 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// With the lab's datastore as a directory.
     fn start(lab: &LabGuard, grace: &str, extra: &[&str]) -> Self {
+        let ds = lab.datastore();
+        let mut args = vec!["--datastore", ds.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        Self::spawn(lab, grace, &args, &[], ds.clone())
+    }
+
+    fn spawn(
+        lab: &LabGuard,
+        grace: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        ds: PathBuf,
+    ) -> Self {
         let node = &lab.0.spec.nodes[0];
         let socket = std::env::temp_dir().join(format!("{}.sock", node.netns));
         let port = 19000 + u16::try_from(std::process::id() % 1000).unwrap_or(0);
-        let ds = lab.datastore();
         let log = std::env::temp_dir().join(format!("{}.log", node.netns));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = Command::new("ip")
@@ -75,8 +88,7 @@ impl Daemon {
                 "run",
             ])
             .args(["--node-name", &node.name, "--grace", grace])
-            .arg("--datastore")
-            .arg(&ds)
+            .envs(env.iter().copied())
             .arg("--socket")
             .arg(&socket)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -577,4 +589,209 @@ fn datastore_changes_are_followed() {
         "node-c gone again",
         BTreeSet::is_empty,
     );
+}
+
+/// What the mock API server saw: (method, path, body).
+type Seen = std::sync::Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+/// An in-process mock of the Kubernetes API server (there is none on this machine), listening
+/// inside `netns` so that the agent there reaches it on loopback. It serves the lab's Calico
+/// datastore as the API server returns it (the recordings of `kube.rs`), accepts Events and
+/// Node status patches, and records every request. Returns the URL.
+fn mock_api_server(netns: &str, seen: Seen) -> String {
+    use axum::{
+        Router,
+        extract::RawQuery,
+        http::{Method, StatusCode, Uri},
+        response::IntoResponse,
+    };
+    let list = |plural: &str| -> Option<&'static str> {
+        Some(match plural {
+            "ippools" => include_str!("kube-responses/ippools.json"),
+            "ipamblocks" => include_str!("kube-responses/ipamblocks.json"),
+            "blockaffinities" => include_str!("kube-responses/blockaffinities.json"),
+            "felixconfigurations" => include_str!("kube-responses/felixconfigurations.json"),
+            "nodes" => include_str!("kube-responses/nodes.json"),
+            _ => return None,
+        })
+    };
+    let json = |status: StatusCode, body: String| {
+        (status, [("content-type", "application/json")], body).into_response()
+    };
+    let app = Router::new()
+        .route(
+            "/apis",
+            axum::routing::get(move || async move {
+                json(
+                    StatusCode::OK,
+                    include_str!("kube-responses/apis.json").to_string(),
+                )
+            }),
+        )
+        .fallback(
+            move |method: Method, uri: Uri, RawQuery(q): RawQuery, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let path = uri.path().to_string();
+                    let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    seen.lock()
+                        .expect("lock")
+                        .push((method.to_string(), path.clone(), value.clone()));
+                    let watch = q.as_deref().is_some_and(|q| q.contains("watch=true"));
+                    let plural = path.rsplit('/').next().unwrap_or_default().to_string();
+                    match method {
+                        Method::GET if watch => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            json(StatusCode::OK, String::new())
+                        }
+                        Method::GET if path.starts_with("/api/v1/nodes/") => json(
+                            StatusCode::OK,
+                            format!(r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{plural}"}},"status":{{}}}}"#),
+                        ),
+                        Method::GET => match list(&plural) {
+                            Some(l) => json(StatusCode::OK, l.to_string()),
+                            None => json(StatusCode::NOT_FOUND, "{}".into()),
+                        },
+                        Method::POST => json(StatusCode::CREATED, value.to_string()),
+                        Method::PATCH => json(
+                            StatusCode::OK,
+                            r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a"}}"#
+                                .into(),
+                        ),
+                        _ => json(StatusCode::METHOD_NOT_ALLOWED, "{}".into()),
+                    }
+                }
+            },
+        );
+    let path = format!("/var/run/netns/{netns}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let _ = tx.send(format!("http://{addr}"));
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("mock API server started")
+}
+
+#[test]
+fn with_kube_drift_becomes_node_events_and_the_node_condition() {
+    let _serial = serial();
+    let lab = LabGuard::up("dmk");
+    let node = lab.0.spec.nodes[0].clone();
+    let seen: Seen = Default::default();
+    let url = mock_api_server(&node.netns, seen.clone());
+    let kubeconfig = std::env::temp_dir().join(format!("{}.kubeconfig", node.netns));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {url}\ncontexts:\n- name: mock\n  context:\n    cluster: mock\n    user: agent\ncurrent-context: mock\nusers:\n- name: agent\n  user:\n    token: test-token\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let d = Daemon::spawn(
+        &lab,
+        "1",
+        &["--kube", "--event-interval", "0"],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().expect("utf-8")),
+            ("POD_NAME", "calico-dataplane-agent-x7k2p"),
+        ],
+        PathBuf::new(),
+    );
+    let writes = |method: &str, suffix: &str| -> Vec<serde_json::Value> {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .filter(|(m, p, _)| m == method && p.ends_with(suffix))
+            .map(|(_, _, b)| b.clone())
+            .collect()
+    };
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what}: {:?}",
+                seen.lock().expect("lock")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let condition = |b: &serde_json::Value| b["status"]["conditions"][0].clone();
+    let status_patch = format!("/api/v1/nodes/{}/status", node.name);
+    // Healthy: the condition says so, and no event is sent.
+    wait("the first condition patch", &|| {
+        !writes("PATCH", &status_patch).is_empty()
+    });
+    let first = condition(&writes("PATCH", &status_patch)[0]);
+    assert_eq!(first["type"], "CalicoDataplaneDrift");
+    assert_eq!(first["status"], "False");
+    assert_eq!(first["reason"], "NoDrift");
+    assert!(writes("POST", "/events").is_empty());
+    // Drift: a Warning event on the Node, and the condition turns True naming the check.
+    lab.0.fault(&node.name, Fault::RouteDelete).expect("inject");
+    wait("the drift event", &|| !writes("POST", "/events").is_empty());
+    let event = writes("POST", "/events")[0].clone();
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "DataplaneDrift");
+    assert_eq!(event["regarding"]["kind"], "Node");
+    assert_eq!(event["regarding"]["name"], node.name.as_str());
+    assert_eq!(event["reportingInstance"], "calico-dataplane-agent-x7k2p");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("route.missing") && note.contains("10.244.1.0/26"),
+        "{note}"
+    );
+    wait("the True condition", &|| {
+        writes("PATCH", &status_patch)
+            .iter()
+            .any(|b| condition(b)["status"] == "True")
+    });
+    let drift = writes("PATCH", &status_patch)
+        .into_iter()
+        .map(|b| condition(&b))
+        .find(|c| c["status"] == "True")
+        .expect("True condition");
+    assert_eq!(drift["reason"], "DriftDetected");
+    assert!(
+        drift["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("route.missing")
+    );
+    // Repair: a Normal event, and the condition back to False.
+    lab.0.repair().expect("repair");
+    wait("the cleared event", &|| {
+        writes("POST", "/events")
+            .iter()
+            .any(|e| e["reason"] == "DataplaneDriftCleared" && e["type"] == "Normal")
+    });
+    wait("the False condition again", &|| {
+        writes("PATCH", &status_patch)
+            .last()
+            .is_some_and(|b| condition(b)["status"] == "False")
+    });
+    // The agent writes nothing else: Events and the Node's status only.
+    for (method, path, _) in seen.lock().expect("lock").iter() {
+        assert!(
+            method == "GET"
+                || (method == "POST" && path == "/apis/events.k8s.io/v1/namespaces/default/events")
+                || (method == "PATCH" && *path == status_patch),
+            "unexpected write {method} {path}"
+        );
+    }
+    assert!(d.metric("calico_dpagent_k8s_writes_total{kind=\"ok\"}") >= 3.0);
+    let _ = std::fs::remove_file(&kubeconfig);
 }

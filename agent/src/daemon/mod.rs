@@ -63,6 +63,8 @@ pub struct Config {
     pub debounce: Duration,
     /// The netlink notification socket's receive buffer, bytes (kernel default when `None`).
     pub netlink_rx_buffer: Option<usize>,
+    /// At most one Kubernetes Event per check in this time (with `--kube`); 0 sends them all.
+    pub event_interval: Duration,
 }
 
 /// Runs until `shutdown` is cancelled, then detaches everything and closes its sockets.
@@ -171,6 +173,7 @@ struct Daemon {
 fn spawn_kube_status(
     client: ::kube::Client,
     node: String,
+    event_interval: Duration,
     metrics: Arc<Metrics>,
 ) -> tokio::sync::watch::Sender<Vec<crate::verify::Finding>> {
     use crate::report::kube_status::{NodeStatusReporter, ReporterOptions};
@@ -178,7 +181,7 @@ fn spawn_kube_status(
     let opts = ReporterOptions {
         // The chart sets POD_NAME from the downward API.
         reporting_instance: std::env::var("POD_NAME").unwrap_or_default(),
-        ..ReporterOptions::default()
+        event_interval,
     };
     let mut reporter = NodeStatusReporter::new(client, node, opts);
     tokio::spawn(async move {
@@ -213,6 +216,7 @@ impl Daemon {
             DatastoreSource::Kube => Some(spawn_kube_status(
                 crate::desired::kube::client().await?,
                 cfg.node_name.clone(),
+                cfg.event_interval,
                 metrics.clone(),
             )),
             _ => None,
@@ -484,9 +488,12 @@ impl Daemon {
         }
         self.published = published;
         if let Some(tx) = &self.to_kube {
-            // Only a changed set of findings is worth a write.
+            // The first verification is always written (the condition says "no drift" too);
+            // after that only a changed set of findings is worth a write.
+            let first = self.last.is_none();
             tx.send_if_modified(|cur| {
-                let changed = cur.len() != v.findings.len()
+                let changed = first
+                    || cur.len() != v.findings.len()
                     || cur.iter().zip(&v.findings).any(|(x, y)| x.key() != y.key());
                 if changed {
                     cur.clone_from(&v.findings);
