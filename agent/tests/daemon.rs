@@ -795,3 +795,64 @@ fn with_kube_drift_becomes_node_events_and_the_node_condition() {
     assert!(d.metric("calico_dpagent_k8s_writes_total{kind=\"ok\"}") >= 3.0);
     let _ = std::fs::remove_file(&kubeconfig);
 }
+
+#[test]
+fn without_bpf_privileges_flows_are_unavailable_and_verification_goes_on() {
+    let _serial = serial();
+    let lab = LabGuard::up("dmp");
+    let node = lab.0.spec.nodes[0].clone();
+    let ds = lab.datastore();
+    let socket = std::env::temp_dir().join(format!("{}.sock", node.netns));
+    // Root without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: the programs cannot load.
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.netns, "setpriv"])
+        .args(["--bounding-set=-bpf,-perfmon,-sys_admin", "--inh-caps=-all"])
+        .args([
+            env!("CARGO_BIN_EXE_agent"),
+            "run",
+            "--node-name",
+            &node.name,
+        ])
+        .args(["--grace", "0", "--listen", "127.0.0.1:0"])
+        .arg("--datastore")
+        .arg(&ds)
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent run under setpriv");
+    let answer = || -> Option<serde_json::Value> {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        let (code, body) = http_get(&mut s, "/v1/analysis")?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    };
+    let start = Instant::now();
+    let a = loop {
+        if let Some(a) = answer() {
+            break a;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no answer");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ebpf = a["daemon"]["ebpf"].as_str().unwrap_or_default().to_string();
+    assert!(ebpf.starts_with("flows unavailable"), "{ebpf}");
+    lab.0.fault(&node.name, Fault::RouteDelete).expect("inject");
+    let start = Instant::now();
+    loop {
+        let a = answer().expect("answer");
+        let found = a["verification"]["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f["check"] == "route.missing");
+        if found {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "{a}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&socket);
+}
