@@ -58,17 +58,40 @@ enum Command {
     Run(RunArgs),
 }
 
+/// Which node, and what it is verified against: the same for `run`, `diag` and `check`.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
+struct Target {
     /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
     #[arg(long, env = "AGENT_NODE_NAME")]
     node_name: Option<String>,
-    /// Directory of Calico YAML to verify against, re-read when its files change.
+    /// Directory of Calico YAML (`calicoctl get … -o yaml` / `kubectl get … -o yaml`) to verify
+    /// against (`agent run` re-reads it when its files change).
     #[arg(long, env = "AGENT_DATASTORE", conflicts_with = "kube")]
     datastore: Option<PathBuf>,
-    /// Follow the Calico datastore in the Kubernetes API (read-only watchers).
+    /// Read the datastore from the Kubernetes API (in-cluster service account or KUBECONFIG),
+    /// read-only, through watchers.
     #[arg(long, env = "AGENT_KUBE")]
     kube: bool,
+    /// Fill fraction of the conntrack table (nf_conntrack_count / nf_conntrack_max) above which
+    /// conntrack.pressure is reported.
+    #[arg(long, env = "AGENT_CONNTRACK_PRESSURE", default_value_t = agent::verify::DEFAULT_CONNTRACK_PRESSURE, value_parser = fraction)]
+    conntrack_pressure: f64,
+}
+
+impl Target {
+    fn datastore(&self) -> DatastoreSource {
+        match (&self.datastore, self.kube) {
+            (Some(dir), _) => DatastoreSource::Dir(dir.clone()),
+            (None, true) => DatastoreSource::Kube,
+            (None, false) => DatastoreSource::None,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    target: Target,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "AGENT_LISTEN", default_value = "0.0.0.0:9647")]
     listen: std::net::SocketAddr,
@@ -79,9 +102,6 @@ struct RunArgs {
     /// reprogramming briefly looks like drift).
     #[arg(long, env = "AGENT_GRACE_SECONDS", default_value = "5", value_parser = seconds_or_zero)]
     grace: Duration,
-    /// Fill fraction of the conntrack table above which conntrack.pressure is reported.
-    #[arg(long, env = "AGENT_CONNTRACK_PRESSURE", default_value_t = agent::verify::DEFAULT_CONNTRACK_PRESSURE, value_parser = fraction)]
-    conntrack_pressure: f64,
     /// Do not load the observe-only eBPF programs (no flow, drop or MTU-signal metrics).
     #[arg(long, env = "AGENT_NO_EBPF")]
     no_ebpf: bool,
@@ -150,24 +170,12 @@ struct FlowsArgs {
 
 #[derive(Debug, clap::Args)]
 struct Input {
-    /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
-    #[arg(long, env = "AGENT_NODE_NAME")]
-    node_name: Option<String>,
-    /// Directory of Calico YAML (`calicoctl get … -o yaml` / `kubectl get … -o yaml`) to verify against.
-    #[arg(long, env = "AGENT_DATASTORE", conflicts_with = "kube")]
-    datastore: Option<PathBuf>,
-    /// Read the datastore from the Kubernetes API (in-cluster service account or KUBECONFIG),
-    /// read-only, through watchers.
-    #[arg(long, env = "AGENT_KUBE")]
-    kube: bool,
+    #[command(flatten)]
+    target: Target,
     /// Report a finding only if it is still there after this many seconds (Felix's own resync
     /// can briefly look like drift). 0 reports at once.
-    #[arg(long, env = "AGENT_GRACE_SECONDS", default_value_t = 0)]
-    grace: u64,
-    /// Fill fraction of the conntrack table (nf_conntrack_count / nf_conntrack_max) above which
-    /// conntrack.pressure is reported.
-    #[arg(long, env = "AGENT_CONNTRACK_PRESSURE", default_value_t = agent::verify::DEFAULT_CONNTRACK_PRESSURE, value_parser = fraction)]
-    conntrack_pressure: f64,
+    #[arg(long, env = "AGENT_GRACE_SECONDS", default_value = "0", value_parser = seconds_or_zero)]
+    grace: Duration,
     /// Analyse a directory of captured text dumps instead of the live node: ours
     /// (`--bundle-out`), an extracted `calicoctl node diags` archive, or pasted command
     /// outputs. Calico YAML found inside is used as the datastore unless one is given.
@@ -242,14 +250,10 @@ fn init_tracing(filter: &str) {
 impl Input {
     fn pipeline(&self) -> pipeline::Input {
         pipeline::Input {
-            node_name: self.node_name.clone(),
-            datastore: match (&self.datastore, self.kube) {
-                (Some(dir), _) => DatastoreSource::Dir(dir.clone()),
-                (None, true) => DatastoreSource::Kube,
-                (None, false) => DatastoreSource::None,
-            },
-            grace: Duration::from_secs(self.grace),
-            conntrack_pressure: self.conntrack_pressure,
+            node_name: self.target.node_name.clone(),
+            datastore: self.target.datastore(),
+            grace: self.grace,
+            conntrack_pressure: self.target.conntrack_pressure,
             bundle: self.bundle.clone(),
         }
     }
@@ -271,7 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let files = rt
                 .block_on(bundle::capture(
                     &dir,
-                    &node::resolve_name(input.node_name.as_deref()),
+                    &node::resolve_name(input.target.node_name.as_deref()),
                 ))
                 .with_context(|| format!("writing a bundle to {}", dir.display()))?;
             println!(
@@ -339,16 +343,12 @@ async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
 
 async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = agent::daemon::Config {
-        node_name: node::resolve_name(args.node_name.as_deref()),
-        datastore: match (args.datastore, args.kube) {
-            (Some(dir), _) => DatastoreSource::Dir(dir),
-            (None, true) => DatastoreSource::Kube,
-            (None, false) => DatastoreSource::None,
-        },
+        node_name: node::resolve_name(args.target.node_name.as_deref()),
+        datastore: args.target.datastore(),
         listen: args.listen,
         socket: args.socket,
         grace: args.grace,
-        conntrack_pressure: args.conntrack_pressure,
+        conntrack_pressure: args.target.conntrack_pressure,
         no_ebpf: args.no_ebpf,
         flow_table_size: args.flow_table_size,
         resync: args.resync,
