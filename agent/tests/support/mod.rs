@@ -1,0 +1,285 @@
+//! Shared by the daemon and Prometheus tests: a lab that cleans up after itself, `agent run`
+//! in one of its namespaces, and plain HTTP to it.
+
+#![allow(dead_code, reason = "each test binary uses part of it")]
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use xtask::lab::Lab;
+
+/// Each test runs a daemon with eBPF programs, and the detach check reads the machine-wide
+/// program list: one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub struct LabGuard(pub Lab);
+
+impl LabGuard {
+    pub fn up(tag: &str) -> Self {
+        let lab = Lab::new(&format!("cdpt-{tag}{}", std::process::id() % 10000));
+        lab.up().expect("lab up");
+        Self(lab)
+    }
+
+    pub fn datastore(&self) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{}-ds", self.0.spec.nodes[0].netns));
+        self.0.write_datastore(&dir).expect("datastore");
+        dir
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        self.0.down();
+    }
+}
+
+/// `agent run` in a namespace; SIGTERMed (then killed) on drop.
+pub struct Daemon {
+    child: Child,
+    pub netns: String,
+    pub socket: PathBuf,
+    /// Where `/metrics` listens inside the namespace (127.0.0.1).
+    pub port: u16,
+    /// The daemon's stderr (its log).
+    log: PathBuf,
+    /// The directory of Calico YAML it follows.
+    pub datastore: PathBuf,
+}
+
+impl Daemon {
+    /// With the lab's datastore as a directory.
+    pub fn start(lab: &LabGuard, grace: &str, extra: &[&str]) -> Self {
+        let ds = lab.datastore();
+        let mut args = vec!["--datastore", ds.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        Self::spawn(lab, grace, &args, &[], ds.clone())
+    }
+
+    pub fn spawn(
+        lab: &LabGuard,
+        grace: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        ds: PathBuf,
+    ) -> Self {
+        let node = &lab.0.spec.nodes[0];
+        let socket = std::env::temp_dir().join(format!("{}.sock", node.netns));
+        let port = 19000 + u16::try_from(std::process::id() % 1000).unwrap_or(0);
+        let log = std::env::temp_dir().join(format!("{}.log", node.netns));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &node.netns,
+                env!("CARGO_BIN_EXE_agent"),
+                "run",
+            ])
+            .args(["--node-name", &node.name, "--grace", grace])
+            .envs(env.iter().copied())
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--poll-rules", "0.5", "--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start agent run");
+        let d = Self {
+            child,
+            netns: node.netns.clone(),
+            socket,
+            port,
+            log,
+            datastore: ds,
+        };
+        let start = Instant::now();
+        while d
+            .try_get_local("/readyz")
+            .is_none_or(|(code, _)| code != 200)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "agent run did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    pub fn try_get_local(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).ok()?;
+        http_get(&mut s, path)
+    }
+
+    /// The findings the local API reports: (check ID, subject).
+    pub fn findings(&self) -> BTreeSet<(String, String)> {
+        let (code, body) = self
+            .try_get_local("/v1/analysis")
+            .expect("local API answers");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("analysis JSON");
+        v["verification"]["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                (
+                    f["check"].as_str().unwrap_or_default().to_string(),
+                    f["subject"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// `/metrics`, fetched from inside the node's namespace.
+    pub fn metrics(&self) -> String {
+        let (code, body) =
+            get_in_netns(&self.netns, self.port, "/metrics").expect("metrics answer");
+        assert_eq!(code, 200);
+        body
+    }
+
+    /// The value of one sample line (`name{labels}`) in `/metrics`, 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        sample(&self.metrics(), series)
+    }
+
+    /// Waits until `cond` holds on the findings; returns how long it took.
+    pub fn wait_findings(
+        &self,
+        limit: Duration,
+        what: &str,
+        cond: impl Fn(&BTreeSet<(String, String)>) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let f = self.findings();
+            if cond(&f) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what}: not within {limit:?}; findings now {f:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `agent check` (run outside the node's namespace: only the socket connects them) gets
+    /// the daemon's analysis, in milliseconds, with the finding's age.
+    pub fn check_answers_from_the_daemon(&self, check: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&self.socket)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "local API socket mode {mode:o}");
+        let start = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("check")
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("agent check");
+        let took = start.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains(check), "{text}");
+        assert!(text.contains("answered by `agent run`"), "{text}");
+        assert!(text.contains("since:"), "{text}");
+        assert!(
+            took < Duration::from_millis(500),
+            "agent check took {took:?}"
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; the exit status and how long it took.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        // `ip netns exec` execs the agent: the child is the agent itself.
+        sh(&format!("kill -TERM {}", self.child.id()));
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "agent run ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        if std::thread::panicking() {
+            eprintln!(
+                "agent run's log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+pub fn http_get(
+    s: &mut (impl std::io::Read + std::io::Write),
+    path: &str,
+) -> Option<(u16, String)> {
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub fn sh(cmd: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{cmd}");
+}
+
+/// `GET path` from 127.0.0.1:`port` inside network namespace `netns` (a thread that entered
+/// it: setns is per thread).
+pub fn get_in_netns(netns: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let ns = format!("/var/run/netns/{netns}");
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&ns).ok()?;
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        http_get(&mut s, &path)
+    })
+    .join()
+    .ok()?
+}
