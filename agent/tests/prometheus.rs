@@ -35,7 +35,7 @@ import json, sys, yaml, helm_python
 chart = helm_python.Chart.load(sys.argv[1])
 values = yaml.safe_load(open(sys.argv[2])) or {}
 out = chart.render(values, name=sys.argv[3], namespace="calico-system")
-docs = [d for text in out.values() for d in yaml.safe_load_all(text) if d]
+docs = [d for path, text in out.items() if path.endswith((".yaml", ".yml")) for d in yaml.safe_load_all(text) if d]
 sm = next(d for d in docs if d["kind"] == "ServiceMonitor")
 rule = next(d for d in docs if d["kind"] == "PrometheusRule")
 with open(sys.argv[4], "w") as f:
