@@ -708,6 +708,7 @@ def _() -> str:
 # --- summary --------------------------------------------------------------------------------
 
 shutil.rmtree(WORK, ignore_errors=True)
+CHART_HANDLE.close()
 failed = [name for name, err in RESULTS if err]
 print(f"{len(RESULTS) - len(failed)} passed, {len(failed)} failed", flush=True)
 if failed:
