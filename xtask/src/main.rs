@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum as _};
 use xtask::{
-    bench,
+    bench, image,
     lab::{Fault, Lab},
     setup, sh,
 };
@@ -41,6 +41,13 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// Build the container image (Dockerfile stage `runtime`) from the release binary with
+    /// buildah, on a debootstrapped bookworm base made once; prints the image ID.
+    Image {
+        /// Name the image gets in local container storage.
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
     /// The fake Calico node lab in network namespaces.
     Lab {
         #[command(subcommand)]
@@ -73,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test => test(),
         Command::Demo { keep } => demo(keep),
         Command::Bench { seconds } => bench::run(&workspace_root(), seconds),
+        Command::Image { tag } => image::run(&workspace_root(), &tag),
         Command::Lab { action } => lab(action),
     }
 }
