@@ -9,9 +9,13 @@
 #                 `cargo build --release -p agent`.
 #   release       runtime-base + the binary the builder compiled. The last stage: the default.
 #
-# Real-world build, from source (BuildKit, or podman/buildah >= 1.29, which skip the unused
-# `runtime` stage):
+# Real-world build, from source:
 #   docker build -t calico-dataplane-agent .
+# BuildKit and buildah >= 1.29 skip the unused `runtime` stage; buildah 1.28 (podman 4.3,
+# Debian 12) builds every stage, so there ${AGENT_BINARY} must exist in the context as well.
+# Behind a TLS-intercepting egress proxy the builder's downloads (rustup, crates.io) need its CA:
+#   buildah bud -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro …
+# (verified that way: the from-source build takes about 9 minutes on 2 cores).
 # From a binary built on the host (what `cargo xtask image` does, with buildah and a local
 # debootstrapped base; the binary must be inside the build context, see .dockerignore):
 #   cargo build --release -p agent

@@ -97,7 +97,9 @@ pub fn build(root: &Path, tag: &str, verbose: bool) -> anyhow::Result<Image> {
     let result = step.run(
         "buildah bud (runtime stage)",
         Command::new("buildah")
-            .args(["bud", "--isolation", "chroot", "--layers", "--pull-never"])
+            // --force-rm: no working container is left behind when a step fails.
+            .args(["bud", "--isolation", "chroot", "--layers", "--force-rm"])
+            .arg("--pull-never")
             .args(["--target", RUNTIME_STAGE])
             .args(["--build-arg", &format!("BASE={BASE_IMAGE}")])
             .args(["--build-arg", &format!("AGENT_BINARY={CONTEXT_BINARY}")])
