@@ -617,7 +617,8 @@ fn without_net_raw(c: &Container, lab: &Lab) {
     assert_eq!(failed.len(), 1, "{what}: {failed:?}");
     assert_eq!(failed[0].0, "iptables", "{what}: {failed:?}");
     assert!(
-        failed[0].1.contains("Can't open socket to ipset"),
+        failed[0].1.contains("Can't open socket to ipset")
+            && failed[0].1.contains("needs CAP_NET_RAW"),
         "{what}: {failed:?}"
     );
     let flows = c.flows_while_pinging(Some("net_raw"), lab);

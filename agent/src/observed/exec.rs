@@ -19,9 +19,14 @@ pub enum ExecError {
         stderr: String,
     },
     #[error(
-        "{program} lacks a privilege: {stderr} (needs CAP_NET_ADMIN in the node's network namespace)"
+        "{program} lacks a privilege: {stderr} (needs {needs} in the node's network namespace)"
     )]
-    Permission { program: String, stderr: String },
+    Permission {
+        program: String,
+        stderr: String,
+        /// The capability that was missing.
+        needs: &'static str,
+    },
     #[error("{program} did not finish within {}s", TIMEOUT.as_secs())]
     Timeout { program: String },
     #[error("could not start {program}")]
@@ -57,10 +62,20 @@ pub async fn run(program: &str, args: &[&str]) -> Result<String, ExecError> {
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() {
         let lower = stderr.to_lowercase();
-        if lower.contains("permission denied") || lower.contains("operation not permitted") {
+        // iptables-save opens an ipset socket for every `-m set` match (Felix's rules are full
+        // of them): without CAP_NET_RAW it says only this.
+        let needs = if lower.contains("can't open socket to ipset") {
+            Some("CAP_NET_RAW")
+        } else if lower.contains("permission denied") || lower.contains("operation not permitted") {
+            Some("CAP_NET_ADMIN")
+        } else {
+            None
+        };
+        if let Some(needs) = needs {
             return Err(ExecError::Permission {
                 program: program.into(),
                 stderr,
+                needs,
             });
         }
         return Err(ExecError::Failed {
