@@ -598,3 +598,22 @@ fn without_bpf_privileges_flows_are_unavailable_and_verification_goes_on() {
     let _ = child.wait();
     let _ = std::fs::remove_file(&socket);
 }
+
+#[test]
+fn an_underlay_mtu_change_moves_the_expected_tunnel_mtu_at_once() {
+    let _serial = serial();
+    let lab = LabGuard::up("dmu");
+    let ns = lab.0.spec.nodes[0].netns.clone();
+    let d = Daemon::start(&lab, "0.5", &[]);
+    // Felix would now program vxlan.calico with 1350: the 1450 it has is wrong, and the
+    // daemon must know before its 60 s resync.
+    sh(&format!("ip -n {ns} link set eth0 mtu 1400"));
+    d.wait_findings(Duration::from_secs(3), "the tunnel MTU", |f| {
+        f.contains(&(
+            "mtu.tunnel.mismatch".to_string(),
+            "vxlan.calico".to_string(),
+        ))
+    });
+    sh(&format!("ip -n {ns} link set eth0 mtu 1500"));
+    d.wait_findings(Duration::from_secs(3), "back to 1500", BTreeSet::is_empty);
+}

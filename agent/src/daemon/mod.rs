@@ -347,8 +347,14 @@ impl Daemon {
                     verify_at = None;
                     if std::mem::take(&mut relist) {
                         self.metrics.resyncs.get_or_create(&KindLabels { kind: "relist".into() }).inc();
+                        let facts = analysis::host_facts(&self.obs);
                         self.refresh(SourceGroup::Netlink).await;
                         self.attach_new_interfaces();
+                        // Felix derives the tunnel MTUs from the links: follow an underlay
+                        // MTU change at once rather than at the next resync.
+                        if analysis::host_facts(&self.obs) != facts {
+                            self.recompute_expected();
+                        }
                     }
                     self.verify();
                 }

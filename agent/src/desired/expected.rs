@@ -111,7 +111,7 @@ pub struct ExpectedWorkload {
 }
 
 /// Facts about the node that Felix reads from the kernel rather than the datastore.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFacts {
     /// (name, mtu, oper-up) of every link.
     pub links: Vec<(String, u32, bool)>,
