@@ -120,7 +120,8 @@ struct RunArgs {
     /// Seconds between reads of Felix's health, BIRD and WireGuard (and eBPF counter exports).
     #[arg(long, env = "AGENT_POLL_SERVICES_SECONDS", default_value = "5", value_parser = seconds)]
     poll_services: Duration,
-    /// Milliseconds to wait after a netlink notification before verifying (a burst is one run).
+    /// Verify this many milliseconds after the first netlink notification of a burst (the
+    /// burst is one verification).
     #[arg(long, env = "AGENT_DEBOUNCE_MS", default_value_t = 20)]
     debounce_ms: u64,
     /// Receive buffer of the netlink notification socket, in bytes (default: the kernel's).

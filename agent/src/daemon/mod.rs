@@ -59,7 +59,8 @@ pub struct Config {
     pub poll_services: Duration,
     /// How often the datastore is checked for changes.
     pub poll_datastore: Duration,
-    /// Quiet time after a netlink notification before re-verifying (bursts become one run).
+    /// How long after the first notification of a burst to re-verify: the burst is one run,
+    /// and a steady stream of notifications cannot postpone it.
     pub debounce: Duration,
     /// The netlink notification socket's receive buffer, bytes (kernel default when `None`).
     pub netlink_rx_buffer: Option<usize>,
