@@ -8,7 +8,6 @@
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -73,14 +72,7 @@ fn datastore(nodes: u32) -> anyhow::Result<Datastore> {
 }
 
 fn run(argv: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(argv[0]).args(&argv[1..]).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}: {}",
-        argv.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    xtask::sh::run(argv).map(drop)
 }
 
 /// Node 0's kernel state, as Felix programs it, in namespace `ns`.
@@ -129,15 +121,7 @@ fn program(ns: &str, nodes: u32) -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_file(&file);
     result?;
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ])
+    xtask::lab::sysctl(ns, "net.ipv4.ip_forward", "1")
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -347,16 +347,6 @@ fn mock_api_server(netns: &str, seen: Seen) -> String {
         http::{Method, StatusCode, Uri},
         response::IntoResponse,
     };
-    let list = |plural: &str| -> Option<&'static str> {
-        Some(match plural {
-            "ippools" => include_str!("kube-responses/ippools.json"),
-            "ipamblocks" => include_str!("kube-responses/ipamblocks.json"),
-            "blockaffinities" => include_str!("kube-responses/blockaffinities.json"),
-            "felixconfigurations" => include_str!("kube-responses/felixconfigurations.json"),
-            "nodes" => include_str!("kube-responses/nodes.json"),
-            _ => return None,
-        })
-    };
     let json = |status: StatusCode, body: String| {
         (status, [("content-type", "application/json")], body).into_response()
     };
@@ -390,7 +380,7 @@ fn mock_api_server(netns: &str, seen: Seen) -> String {
                             StatusCode::OK,
                             format!(r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{plural}"}},"status":{{}}}}"#),
                         ),
-                        Method::GET => match list(&plural) {
+                        Method::GET => match support::recorded(&plural) {
                             Some(l) => json(StatusCode::OK, l.to_string()),
                             None => json(StatusCode::NOT_FOUND, "{}".into()),
                         },

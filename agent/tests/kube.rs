@@ -3,11 +3,15 @@
 //! resourceVersions, Node items without apiVersion/kind) and scripted watch events. There is no
 //! cluster on this machine; this is the real kube client and runtime against real HTTP.
 
+mod support;
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+use support::recorded;
 
 use agent::desired::{
     Datastore,
@@ -32,17 +36,6 @@ struct Mock {
     /// One watch event (JSON line) per plural, sent on its first watch.
     watch_events: BTreeMap<&'static str, String>,
     requests: Arc<Mutex<Vec<String>>>,
-}
-
-fn recorded(plural: &str) -> Option<&'static str> {
-    Some(match plural {
-        "ippools" => include_str!("kube-responses/ippools.json"),
-        "ipamblocks" => include_str!("kube-responses/ipamblocks.json"),
-        "blockaffinities" => include_str!("kube-responses/blockaffinities.json"),
-        "felixconfigurations" => include_str!("kube-responses/felixconfigurations.json"),
-        "nodes" => include_str!("kube-responses/nodes.json"),
-        _ => return None,
-    })
 }
 
 fn json(status: StatusCode, body: String) -> Response {

@@ -283,3 +283,16 @@ pub fn get_in_netns(netns: &str, port: u16, path: &str) -> Option<(u16, String)>
     .join()
     .ok()?
 }
+
+/// The lab's Calico datastore as the Kubernetes API server returns it (recorded list
+/// responses: managedFields, resourceVersions, Node items without apiVersion/kind), by plural.
+pub fn recorded(plural: &str) -> Option<&'static str> {
+    Some(match plural {
+        "ippools" => include_str!("../kube-responses/ippools.json"),
+        "ipamblocks" => include_str!("../kube-responses/ipamblocks.json"),
+        "blockaffinities" => include_str!("../kube-responses/blockaffinities.json"),
+        "felixconfigurations" => include_str!("../kube-responses/felixconfigurations.json"),
+        "nodes" => include_str!("../kube-responses/nodes.json"),
+        _ => return None,
+    })
+}
