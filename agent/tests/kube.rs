@@ -122,15 +122,7 @@ async fn serve(mock: Mock) -> (kube::Client, tokio::task::JoinHandle<()>) {
             get(calico(mock.clone())),
         )
         .with_state(mock);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
-    (kube::Client::try_from(config).expect("client"), server)
+    support::kube_client_for(app).await
 }
 
 fn lab_yaml_datastore() -> Datastore {

@@ -5,6 +5,8 @@
 //! the created Event echoed, the Node for GET and for the status PATCH, a `Status` object for
 //! 403 and 404. The tests assert the request bodies, not only that calls were made.
 
+mod support;
+
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -145,15 +147,7 @@ impl Server {
     async fn start(mock: Mock) -> Self {
         let requests = mock.requests.clone();
         let app = Router::new().fallback(handle).with_state(mock);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
-        let client = kube::Client::try_from(config).expect("client");
+        let (client, task) = support::kube_client_for(app).await;
         Self {
             requests,
             task,

@@ -296,3 +296,17 @@ pub fn recorded(plural: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// Serves `app` on loopback as a mock Kubernetes API server (there is none on this machine) and
+/// returns the real kube client pointed at it, with the server's task.
+pub async fn kube_client_for(app: axum::Router) -> (kube::Client, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+    (kube::Client::try_from(config).expect("client"), task)
+}
