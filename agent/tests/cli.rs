@@ -1,6 +1,8 @@
 //! The `agent` binary on a node without Calico, with and without privileges. Needs root to
 //! create the network namespace; runs the binary inside it with `ip netns exec`.
 
+mod support;
+
 use std::{
     process::Command,
     sync::{Mutex, MutexGuard},
@@ -192,31 +194,6 @@ fn check_exit_codes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// No program named like ours is loaded (the cli tests load eBPF only through this binary,
-/// one test at a time: this is the only one that does).
-fn ours_loaded() -> Vec<String> {
-    // The kernel frees a program after an RCU grace period once its last fd is closed.
-    for _ in 0..30 {
-        if loaded_now().is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    loaded_now()
-}
-
-fn loaded_now() -> Vec<String> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("name dp_tc_") || l.contains("name dp_kfree_skb"))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn flows_detach_on_exit_and_on_sigterm() {
     let _serial = serial();
@@ -237,9 +214,9 @@ fn flows_detach_on_exit_and_on_sigterm() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
     assert_eq!(v["window_seconds"], 1);
     assert!(
-        ours_loaded().is_empty(),
+        support::ours_loaded().is_empty(),
         "left loaded after exit: {:?}",
-        ours_loaded()
+        support::ours_loaded()
     );
 
     let child = Command::new("ip")
@@ -259,7 +236,10 @@ fn flows_detach_on_exit_and_on_sigterm() {
         .spawn()
         .expect("spawn");
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(!loaded_now().is_empty(), "nothing attached while running");
+    assert!(
+        !support::loaded_now().is_empty(),
+        "nothing attached while running"
+    );
     let pid = i32::try_from(child.id()).expect("pid");
     // `ip netns exec` execs the agent: the pid is the agent's.
     assert!(
@@ -272,9 +252,9 @@ fn flows_detach_on_exit_and_on_sigterm() {
     assert!(out.status.success(), "{:?}", out.status);
     assert!(String::from_utf8_lossy(&out.stdout).contains("INTERFACES"));
     assert!(
-        ours_loaded().is_empty(),
+        support::ours_loaded().is_empty(),
         "left loaded after SIGTERM: {:?}",
-        ours_loaded()
+        support::ours_loaded()
     );
 
     // A failed start (no such interface) leaves nothing behind either.
@@ -282,9 +262,9 @@ fn flows_detach_on_exit_and_on_sigterm() {
     assert_ne!(code, 0);
     assert!(err.contains("no interface nope0"), "{err}");
     assert!(
-        ours_loaded().is_empty(),
+        support::ours_loaded().is_empty(),
         "left loaded after a failed start: {:?}",
-        ours_loaded()
+        support::ours_loaded()
     );
 
     let (code, out, _) = agent(&ns.0, false, &["flows", "--no-ebpf"], &[]);

@@ -264,16 +264,10 @@ print(json.dumps(out))
     let (status, took) = d.stop();
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
-    let left = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool");
-    let left = String::from_utf8_lossy(&left.stdout);
+    let left = support::ours_loaded();
     assert!(
-        !left
-            .lines()
-            .any(|l| l.contains("name dp_tc_") || l.contains("name dp_kfree_skb")),
-        "programs left attached after SIGTERM:\n{left}"
+        left.is_empty(),
+        "programs left loaded after SIGTERM: {left:?}"
     );
 }
 

@@ -310,3 +310,28 @@ pub async fn kube_client_for(app: axum::Router) -> (kube::Client, tokio::task::J
     let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
     (kube::Client::try_from(config).expect("client"), task)
 }
+
+/// Our programs still loaded machine-wide (tests that load eBPF run one at a time). The kernel
+/// frees a program an RCU grace period after its last fd is closed: wait up to 3 s for that.
+pub fn ours_loaded() -> Vec<String> {
+    for _ in 0..30 {
+        if loaded_now().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    loaded_now()
+}
+
+/// Our programs loaded right now.
+pub fn loaded_now() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("name dp_"))
+        .map(str::to_string)
+        .collect()
+}
