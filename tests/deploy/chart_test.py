@@ -139,6 +139,12 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    expect(len(found) == 1, f"expected one {kind} {name}, rendered {len(found)}")
+    return found[0]
+
+
 def notes(rendered: dict[str, str]) -> str:
     return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
 
@@ -377,8 +383,8 @@ def _() -> None:
     expect(pod["imagePullSecrets"] == [{"name": "regcred"}], "imagePullSecrets")
 
 
-def rbac_rules(docs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    role = one(docs, "ClusterRole")
+def rbac_rules(docs: list[dict[str, Any]], name: str = FULLNAME) -> list[tuple[str, str, str]]:
+    role = named(docs, "ClusterRole", name)
     out = []
     for rule in role["rules"]:
         expect(not rule.get("nonResourceURLs") and not rule.get("resourceNames"), f"unexpected rule {rule}")
@@ -405,13 +411,12 @@ def _() -> str:
                 for v in ("get", "list", "watch"):
                     expect((g, r, v) in triples, f"{name}: {v} on {g} {r} missing")
         expect(not any(r in ("secrets", "configmaps", "pods/exec") for _, r in reads), f"{name}: reads beyond the datastore")
-        binding = one(docs, "ClusterRoleBinding")
-        sa = one(docs, "ServiceAccount")
-        expect(binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"], "binding names another role")
+        binding = named(docs, "ClusterRoleBinding", FULLNAME)
+        ds = one(docs, "DaemonSet")
+        sa = named(docs, "ServiceAccount", ds["spec"]["template"]["spec"]["serviceAccountName"])
+        expect(binding["roleRef"]["name"] == FULLNAME, "binding names another role")
         expect(binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}],
                f"binding subjects are {binding['subjects']}")
-        ds = one(docs, "DaemonSet")
-        expect(ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"], "pod uses another ServiceAccount")
     return f"{len(DOCS)} renders"
 
 
