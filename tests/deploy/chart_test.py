@@ -7,7 +7,9 @@ Renders the chart with the Helm v4 engine (helm_python) for every values file in
 directory, lints it, validates every manifest against the Kubernetes 1.33 schemas
 (kubernetes_validate; the Prometheus Operator kinds, which have no built-in schema, against
 tests/deploy/monitoring-crds.schema.json), checks the DaemonSet's security properties, the RBAC,
-the monitoring objects, the dashboard and the values schema, then runs `promtool check rules` on
+the report push (endpoint, spool, token, headers, CA), the optional collector (Deployment,
+PVC, Service, TokenReview-only RBAC, and that it accepts exactly the agents' token), the
+monitoring objects, the dashboard and the values schema, then runs `promtool check rules` on
 the rendered PrometheusRule's groups and `promtool test rules` with tests/deploy/alerts_test.yaml.
 Prints one line per check; exits 1 when one fails, 2 when a tool or module is missing.
 
@@ -249,7 +251,10 @@ def _() -> None:
     expect(kinds == want, f"rendered {kinds}, want {want}")
 
 
-def security_checks(ds: dict[str, Any], caps: list[str]) -> None:
+SPOOL_MOUNT = "/var/lib/calico-dataplane-agent"
+
+
+def security_checks(ds: dict[str, Any], caps: list[str], spool_host: str = SPOOL_MOUNT) -> None:
     pod = ds["spec"]["template"]["spec"]
     c = agent_container(ds)
     sc = c.get("securityContext", {})
@@ -281,20 +286,27 @@ def security_checks(ds: dict[str, Any], caps: list[str]) -> None:
     expect(run and "emptyDir" in volumes[run["name"]], "an emptyDir must be mounted at /run/calico-dataplane-agent")
     socket = env_of(c)["AGENT_SOCKET"]["value"]
     expect(socket.startswith("/run/calico-dataplane-agent/"), f"AGENT_SOCKET {socket} is outside the emptyDir")
-    # Host paths: only these, and read-only except the xtables lock (iptables-save takes it).
+    # Host paths: only these, and read-only except the xtables lock (iptables-save takes it) and
+    # the report spool (host directory spool.hostPath, mounted at SPOOL_MOUNT).
     want_host = {
         "/sys/fs/bpf": ("Directory", True),
         "/sys/kernel/btf": ("Directory", True),
         "/run/xtables.lock": ("FileOrCreate", False),
         "/var/run/calico": ("DirectoryOrCreate", True),
+        spool_host: ("DirectoryOrCreate", False),
     }
     for path, m in mounts.items():
         vol = volumes[m["name"]]
         if "hostPath" not in vol:
-            expect("emptyDir" in vol, f"volume {m['name']} is neither hostPath nor emptyDir")
+            # Besides emptyDirs only the report token and the report CA, both read-only.
+            if "emptyDir" not in vol:
+                expect(any(k in vol for k in ("projected", "configMap", "secret")),
+                       f"volume {m['name']} is not hostPath, emptyDir, projected, configMap or secret")
+                expect(m.get("readOnly") is True, f"{path} ({m['name']}) must be read-only")
             continue
         host = vol["hostPath"]["path"]
-        expect(host in want_host and host == path, f"unexpected hostPath {host} at {path}")
+        expect(host in want_host and (host == path or (host == spool_host and path == SPOOL_MOUNT)),
+               f"unexpected hostPath {host} at {path}")
         kind, ro = want_host[host]
         expect(vol["hostPath"].get("type") == kind, f"hostPath {host} has type {vol['hostPath'].get('type')}, want {kind}")
         expect(bool(m.get("readOnly")) == ro, f"{path} must be {'read-only' if ro else 'writable'}")
@@ -545,6 +557,344 @@ def _() -> str:
     walk(schema)
     expect(closed == total, f"{total - closed} object(s) with properties allow unknown keys")
     return f"{total} closed objects"
+
+
+# --- report push and the collector ------------------------------------------------------
+
+COLLECTOR = f"{FULLNAME}-collector"
+COLLECTOR_KINDS = ["ClusterRole", "ClusterRoleBinding", "Deployment", "PersistentVolumeClaim", "Service",
+                   "ServiceAccount", "ServiceMonitor"]
+
+
+def args_of(container: dict[str, Any]) -> dict[str, list[str]]:
+    """--flag=value arguments after the subcommand, by flag (a flag given without a value maps
+    to [""]); every argument must be of one of these two forms."""
+    out: dict[str, list[str]] = {}
+    for a in container["args"][1:]:
+        expect(a.startswith("--"), f"argument {a!r} is not a --flag")
+        flag, _, value = a.partition("=")
+        out.setdefault(flag, []).append(value)
+    return out
+
+
+def volume_at(pod: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any] | None:
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        if m["mountPath"] == path:
+            return volumes[m["name"]]
+    return None
+
+
+def collector_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if "collector" in d["metadata"]["name"]
+            or d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "collector"]
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@check("default values: no collector object, no report flag, no spool volume, no report token (nothing is pushed)")
+def _() -> None:
+    docs = DOCS["default-values.yaml"]
+    expect(not collector_objects(docs), f"collector objects rendered: {[d['metadata']['name'] for d in collector_objects(docs)]}")
+    ds = one(docs, "DaemonSet")
+    c = agent_container(ds)
+    expect(c["args"] == ["run"], f"args are {c['args']}")
+    pod = ds["spec"]["template"]["spec"]
+    names = {v["name"] for v in pod["volumes"]}
+    expect(not names & {"spool", "report-token", "report-ca"}, f"report volumes without a push: {sorted(names)}")
+    expect(volume_at(pod, c, SPOOL_MOUNT) is None, f"something is mounted at {SPOOL_MOUNT} without a push")
+
+
+@check("report.endpoint alone: --report-endpoint and interval, the spool a writable hostPath /var/lib/calico-dataplane-agent (DirectoryOrCreate) by default with --spool-dir in it, no token")
+def _() -> None:
+    docs = manifests(render({"report": {"endpoint": "http://otel.observability.svc:4318"}}))
+    expect(not collector_objects(docs), "collector objects rendered with only report.endpoint")
+    ds = one(docs, "DaemonSet")
+    security_checks(ds, DEFAULT_CAPS)
+    pod, c = ds["spec"]["template"]["spec"], agent_container(ds)
+    a = args_of(c)
+    expect(a.get("--report-endpoint") == ["http://otel.observability.svc:4318"], f"args are {c['args']}")
+    expect(a.get("--report-interval") == ["60"] and a.get("--spool-max-bytes") == ["67108864"], f"args are {c['args']}")
+    expect("--report-token-file" not in a, "the ServiceAccount token goes to a foreign endpoint (serviceAccountToken auto)")
+    vol = volume_at(pod, c, SPOOL_MOUNT)
+    expect(vol and vol.get("hostPath") == {"path": SPOOL_MOUNT, "type": "DirectoryOrCreate"}, f"spool volume is {vol}")
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == SPOOL_MOUNT)
+    expect(not mount.get("readOnly"), "the spool mount must be writable")
+    (spool_dir,) = a["--spool-dir"]
+    expect(spool_dir.startswith(SPOOL_MOUNT + "/"), f"--spool-dir {spool_dir} is not on the spool mount (the root is read-only)")
+    always = args_of(agent_container(one(manifests(render({"report": {
+        "endpoint": "http://otel.observability.svc:4318", "serviceAccountToken": "always"}})), "DaemonSet")))
+    expect("--report-token-file" in always, "serviceAccountToken: always sends no token")
+
+
+@check("spool.volume emptyDir: no host path, an emptyDir above spool.maxBytes, valid for Kubernetes")
+def _() -> None:
+    docs = manifests(render({"report": {"endpoint": "https://otel.example.com"}, "spool": {"volume": "emptyDir", "maxBytes": 1048576}}))
+    ds = one(docs, "DaemonSet")
+    security_checks(ds, DEFAULT_CAPS)
+    pod, c = ds["spec"]["template"]["spec"], agent_container(ds)
+    vol = volume_at(pod, c, SPOOL_MOUNT)
+    expect(vol and "emptyDir" in vol and "hostPath" not in vol, f"spool volume is {vol}")
+    expect(int(vol["emptyDir"]["sizeLimit"]) > 1048576, f"emptyDir limit {vol['emptyDir']['sizeLimit']} is not above maxBytes")
+    expect(all(v.get("hostPath", {}).get("path") != SPOOL_MOUNT for v in pod["volumes"]), "a spool hostPath remains")
+    kubernetes_validate.validate({k: v for k, v in ds.items() if k != "__template"}, KUBE_VERSION, strict=True)
+
+
+@check("ci/collector-values.yaml renders the agent's objects and the collector's Deployment, PVC, Service, ServiceAccount, ClusterRole(Binding), ServiceMonitor")
+def _() -> None:
+    docs = DOCS["collector-values.yaml"]
+    got = sorted(d["kind"] for d in collector_objects(docs))
+    expect(got == COLLECTOR_KINDS, f"collector objects {got}, want {COLLECTOR_KINDS}")
+    for d in collector_objects(docs):
+        expect(d["metadata"]["name"] == COLLECTOR, f"{d['kind']} is named {d['metadata']['name']}, want {COLLECTOR}")
+
+
+@check("collector Deployment: 1 replica, Recreate, non-root 65532 (fsGroup 65532), no capabilities, read-only root, no escalation, seccomp RuntimeDefault, no host access, /healthz probes, PVC at the --db directory")
+def _() -> None:
+    v = CI_VALUES["collector-values.yaml"]["collector"]
+    docs = DOCS["collector-values.yaml"]
+    dep = named(docs, "Deployment", COLLECTOR)
+    spec = dep["spec"]
+    expect(spec["replicas"] == 1, f"replicas {spec['replicas']}: SQLite has one writer")
+    expect(spec["strategy"] == {"type": "Recreate"}, f"strategy is {spec['strategy']}: the RWO volume and the SQLite writer need Recreate")
+    pod = spec["template"]["spec"]
+    psc = pod["securityContext"]
+    for k, want in {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532}.items():
+        expect(psc.get(k) == want, f"pod securityContext {k} is {psc.get(k)}, want {want}")
+    expect(not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), "the collector needs no host namespace")
+    expect(not any("hostPath" in vol for vol in pod["volumes"]), "the collector mounts a host path")
+    expect(pod["serviceAccountName"] == COLLECTOR, f"serviceAccountName is {pod['serviceAccountName']}")
+    (c,) = pod["containers"]
+    expect(c["args"][0] == "collector", f"args are {c['args']}")
+    sc = c["securityContext"]
+    expect(sc.get("capabilities") == {"drop": ["ALL"]}, f"capabilities are {sc.get('capabilities')}: drop ALL, add none")
+    expect(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem must be true")
+    expect(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation must be false")
+    expect(not sc.get("privileged"), "privileged")
+    expect(sc.get("runAsUser", psc["runAsUser"]) != 0, "runs as root")
+    seccomp = sc.get("seccompProfile") or psc.get("seccompProfile")
+    expect(seccomp == {"type": "RuntimeDefault"}, f"seccompProfile is {seccomp}")
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = c[probe]["httpGet"]
+        expect(get["path"] == "/healthz" and get["port"] in ("otlp-http", 4318), f"{probe} is {get}")
+    expect(c["ports"] == [{"name": "otlp-http", "containerPort": 4318, "protocol": "TCP"}], f"ports are {c['ports']}")
+    expect(c["resources"] == v["resources"], f"resources are {c['resources']}")
+    a = args_of(c)
+    (db,) = a["--db"]
+    data_dir = db.rsplit("/", 1)[0]
+    vol = volume_at(pod, c, data_dir)
+    pvc = named(docs, "PersistentVolumeClaim", COLLECTOR)
+    expect(vol == {"name": vol and vol["name"], "persistentVolumeClaim": {"claimName": COLLECTOR}},
+           f"the volume at {data_dir} (the directory of --db {db}) is {vol}, want the PVC {COLLECTOR}")
+    writable = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
+    expect(writable == [data_dir], f"writable mounts are {writable}, want only {data_dir}")
+    expect(pvc["spec"]["accessModes"] == ["ReadWriteOnce"], f"accessModes {pvc['spec']['accessModes']}")
+    expect(pvc["spec"]["resources"]["requests"]["storage"] == v["persistence"]["size"], "PVC size")
+    expect(pvc["spec"].get("storageClassName") == v["persistence"]["storageClassName"], "PVC storageClassName")
+    expect(a.get("--retention") == [v["retention"]] and a.get("--stale-after") == [str(v["staleAfter"])]
+           and a.get("--max-body-bytes") == [str(v["maxBodyBytes"])], f"args are {c['args']}")
+    expect(pod["nodeSelector"] == v["nodeSelector"] and pod["tolerations"] == v["tolerations"]
+           and pod["affinity"] == v["affinity"] and pod["priorityClassName"] == v["priorityClassName"], "scheduling values")
+    labels = spec["template"]["metadata"]["labels"]
+    expect(labels.get("example.com/team") == "networking", "podLabels")
+
+
+@check("collector RBAC: a ClusterRole of exactly [create tokenreviews.authentication.k8s.io], bound to the collector's own ServiceAccount")
+def _() -> None:
+    docs = DOCS["collector-values.yaml"]
+    role = named(docs, "ClusterRole", COLLECTOR)
+    expect(role["rules"] == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}],
+           f"rules are {role['rules']}")
+    binding = named(docs, "ClusterRoleBinding", COLLECTOR)
+    expect(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": COLLECTOR},
+           f"roleRef is {binding['roleRef']}")
+    expect(binding["subjects"] == [{"kind": "ServiceAccount", "name": COLLECTOR, "namespace": NAMESPACE}],
+           f"subjects are {binding['subjects']}")
+    named(docs, "ServiceAccount", COLLECTOR)
+    agent_sa = one(docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"]
+    expect(agent_sa != COLLECTOR, "the agent and the collector share a ServiceAccount")
+    no_rbac = manifests(render({"collector": {"enabled": True}, "rbac": {"create": False}}))
+    expect(not [d for d in no_rbac if d["kind"].startswith("ClusterRole")], "rbac.create false still renders RBAC")
+
+
+@check("collector on: the agents push to the collector Service with a projected token of report.tokenAudience; the collector allows exactly that audience and the agents' namespace/ServiceAccount")
+def _() -> None:
+    values = CI_VALUES["collector-values.yaml"]
+    docs = DOCS["collector-values.yaml"]
+    svc = named(docs, "Service", COLLECTOR)
+    port = next(p for p in svc["spec"]["ports"] if p["name"] == "otlp-http")
+    expect(port["port"] == 4318 and port["targetPort"] == "otlp-http", f"Service ports are {svc['spec']['ports']}")
+    ds = one(docs, "DaemonSet")
+    security_checks(ds, DEFAULT_CAPS)
+    pod, c = ds["spec"]["template"]["spec"], agent_container(ds)
+    a = args_of(c)
+    want = f"http://{svc['metadata']['name']}.{NAMESPACE}.svc:{port['port']}"
+    expect(a.get("--report-endpoint") == [want], f"--report-endpoint is {a.get('--report-endpoint')}, want {want}")
+    expect(a.get("--report-interval") == [str(values["report"]["interval"])], f"--report-interval is {a.get('--report-interval')}")
+    (token_file,) = a["--report-token-file"]
+    token_dir, _, token_name = token_file.rpartition("/")
+    vol = volume_at(pod, c, token_dir)
+    expect(vol and "projected" in vol, f"--report-token-file {token_file} is not in a projected volume ({vol})")
+    (source,) = vol["projected"]["sources"]
+    audience = values["report"]["tokenAudience"]
+    expect(source.get("serviceAccountToken") == {"audience": audience, "expirationSeconds": 3600, "path": token_name},
+           f"projected source is {source}")
+    collector = named(docs, "Deployment", COLLECTOR)["spec"]["template"]["spec"]["containers"][0]
+    ca = args_of(collector)
+    expect("--kube-tokenreview" in ca, f"collector args are {collector['args']}")
+    expect(not {"--no-auth", "--token-file"} & set(ca), "the collector must authenticate by TokenReview only")
+    expect(ca.get("--audience") == [audience], f"--audience is {ca.get('--audience')}, the agents' tokens carry {audience}")
+    want_sa = f"{NAMESPACE}/{pod['serviceAccountName']}"
+    expect(pod["serviceAccountName"] == values["serviceAccount"]["name"], "agent ServiceAccount name")
+    expect(ca.get("--allow-service-account") == [want_sa], f"--allow-service-account is {ca.get('--allow-service-account')}, want {want_sa}")
+    (spool,) = a["--spool-dir"]
+    expect(volume_at(pod, c, SPOOL_MOUNT)["hostPath"]["path"] == SPOOL_MOUNT and spool.startswith(SPOOL_MOUNT + "/"),
+           "the spool is a hostPath by default with the collector too")
+
+
+@check("collector selectors: the agent's DaemonSet, Service and monitors never select the collector, nor the collector's the agents; the collector's ServiceMonitor scrapes a port of its Service")
+def _() -> None:
+    docs = DOCS["collector-values.yaml"]
+    ds = one(docs, "DaemonSet")
+    dep = named(docs, "Deployment", COLLECTOR)
+    agent_pod = ds["spec"]["template"]["metadata"]["labels"]
+    coll_pod = dep["spec"]["template"]["metadata"]["labels"]
+    agent_svc, coll_svc = named(docs, "Service", FULLNAME), named(docs, "Service", COLLECTOR)
+    agent_sm, coll_sm = named(docs, "ServiceMonitor", FULLNAME), named(docs, "ServiceMonitor", COLLECTOR)
+    for what, sel, own, other in (
+        ("DaemonSet", ds["spec"]["selector"]["matchLabels"], agent_pod, coll_pod),
+        ("agent Service", agent_svc["spec"]["selector"], agent_pod, coll_pod),
+        ("agent ServiceMonitor", agent_sm["spec"]["selector"]["matchLabels"], agent_svc["metadata"]["labels"], coll_svc["metadata"]["labels"]),
+        ("Deployment", dep["spec"]["selector"]["matchLabels"], coll_pod, agent_pod),
+        ("collector Service", coll_svc["spec"]["selector"], coll_pod, agent_pod),
+        ("collector ServiceMonitor", coll_sm["spec"]["selector"]["matchLabels"], coll_svc["metadata"]["labels"], agent_svc["metadata"]["labels"]),
+    ):
+        expect(matches(sel, own), f"the {what} selects nothing of its own: {sel}")
+        expect(not matches(sel, other), f"the {what} also selects the other component: {sel}")
+    pm = manifests(render({"collector": {"enabled": True}, "podMonitor": {"enabled": True}}))
+    expect(not matches(one(pm, "PodMonitor")["spec"]["selector"]["matchLabels"], coll_pod), "the agent PodMonitor selects the collector")
+    (ep,) = coll_sm["spec"]["endpoints"]
+    expect(ep["port"] in {p["name"] for p in coll_svc["spec"]["ports"]} and ep["path"] == "/metrics", f"endpoint is {ep}")
+    expect(ep["interval"] == CI_VALUES["collector-values.yaml"]["collector"]["serviceMonitor"]["interval"], "interval")
+    expect(coll_sm["metadata"]["labels"].get("release") == "kube-prometheus-stack", "serviceMonitor labels")
+
+
+@check("the agent alerts' job matcher (anchored regex) matches the agent's job and not the collector's")
+def _() -> None:
+    docs = DOCS["collector-values.yaml"]
+    jobs = {}
+    for name in (FULLNAME, COLLECTOR):
+        (ep,) = named(docs, "ServiceMonitor", name)["spec"]["endpoints"]
+        jobs[name] = next(r["replacement"] for r in ep["relabelings"] if r.get("targetLabel") == "job")
+    rules = {r["alert"]: r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    matchers = set(re.findall(r'job=~"([^"]*)"', rules["CalicoDataplaneAgentDown"]["expr"]))
+    expect(len(matchers) == 1, f"job matchers {matchers}")
+    (m,) = matchers
+    expect(re.fullmatch(m, jobs[FULLNAME]), f"{m!r} does not match the agent's job {jobs[FULLNAME]!r}")
+    expect(not re.fullmatch(m, jobs[COLLECTOR]), f"{m!r} matches the collector's job {jobs[COLLECTOR]!r}")
+
+
+@check("ci/external-otel-values.yaml: --report-endpoint, a literal and a Secret header (through an env var), the CA from a ConfigMap as --report-ca-file, no token, no collector")
+def _() -> None:
+    v = CI_VALUES["external-otel-values.yaml"]["report"]
+    docs = DOCS["external-otel-values.yaml"]
+    expect(not collector_objects(docs), "collector objects rendered")
+    ds = one(docs, "DaemonSet")
+    security_checks(ds, DEFAULT_CAPS, spool_host=CI_VALUES["external-otel-values.yaml"]["spool"]["hostPath"])
+    pod, c = ds["spec"]["template"]["spec"], agent_container(ds)
+    a = args_of(c)
+    expect(a.get("--report-endpoint") == [v["endpoint"]], f"--report-endpoint is {a.get('--report-endpoint')}")
+    expect("--report-token-file" not in a, "the ServiceAccount token goes to an external endpoint")
+    headers = a.get("--report-header", [])
+    expect(headers[0] == "X-Scope-OrgID=networking", f"headers are {headers}")
+    name, _, ref = headers[1].partition("=")
+    var = re.fullmatch(r"\$\(([A-Z0-9_]+)\)", ref)
+    expect(name == "Authorization" and var, f"the Secret header is {headers[1]!r}, want Authorization=$(VAR)")
+    env = env_of(c)[var.group(1)]
+    expect(env.get("valueFrom") == {"secretKeyRef": v["headers"][1]["secretKeyRef"]}, f"{var.group(1)} is {env}")
+    (ca_file,) = a["--report-ca-file"]
+    ca_dir, _, key = ca_file.rpartition("/")
+    vol = volume_at(pod, c, ca_dir)
+    expect(vol and vol.get("configMap") == {"name": v["ca"]["configMapName"], "items": [{"key": key, "path": key}]}
+           and key == v["ca"]["key"], f"--report-ca-file {ca_file}: volume {vol}")
+    secret = one(manifests(render({"report": {"endpoint": v["endpoint"], "ca": {"secretName": "otel-ca"}}})), "DaemonSet")
+    svol = volume_at(secret["spec"]["template"]["spec"], agent_container(secret), ca_dir)
+    expect(svol and svol.get("secret", {}).get("secretName") == "otel-ca", f"CA from a Secret: {svol}")
+
+
+@check("report.headers: a literal \"$\" survives Kubernetes' $(VAR) expansion of args")
+def _() -> None:
+    ds = one(manifests(render({"report": {"endpoint": "https://otel.example.com", "headers": [{"name": "X-Key", "value": "a$(b)c"}]}})), "DaemonSet")
+    headers = args_of(agent_container(ds))["--report-header"]
+    expect(headers == ["X-Key=a$$(b)c"], f"headers are {headers}")
+
+
+@check("collector persistence: existingClaim is used and no PVC rendered; disabled is an emptyDir; a long release name keeps the Service a DNS label the agents resolve")
+def _() -> None:
+    docs = manifests(render({"collector": {"enabled": True, "persistence": {"existingClaim": "reports-db"}}}))
+    expect(not [d for d in docs if d["kind"] == "PersistentVolumeClaim"], "a PVC rendered with existingClaim")
+    pod = named(docs, "Deployment", COLLECTOR)["spec"]["template"]["spec"]
+    expect({"name": "data", "persistentVolumeClaim": {"claimName": "reports-db"}} in pod["volumes"], f"volumes are {pod['volumes']}")
+    docs = manifests(render({"collector": {"enabled": True, "persistence": {"enabled": False}}}))
+    expect(not [d for d in docs if d["kind"] == "PersistentVolumeClaim"], "a PVC rendered with persistence off")
+    pod = named(docs, "Deployment", COLLECTOR)["spec"]["template"]["spec"]
+    expect(any("emptyDir" in v for v in pod["volumes"]), f"volumes are {pod['volumes']}")
+    long = "x" * 60
+    docs = manifests(render({"collector": {"enabled": True}, "fullnameOverride": long}))
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["labels"].get("app.kubernetes.io/component") == "collector")
+    name = svc["metadata"]["name"]
+    expect(len(name) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), f"Service name {name!r}")
+    endpoint = args_of(agent_container(one(docs, "DaemonSet")))["--report-endpoint"][0]
+    expect(endpoint.startswith(f"http://{name}.{NAMESPACE}.svc:"), f"--report-endpoint {endpoint} for Service {name}")
+    for d in docs:
+        kubernetes_validate.validate({k: v for k, v in d.items() if k != "__template"}, KUBE_VERSION, strict=True)
+    sa = manifests(render({"collector": {"enabled": True}, "serviceAccount": {"create": False, "name": "existing"}}))
+    args = args_of(named(sa, "Deployment", COLLECTOR)["spec"]["template"]["spec"]["containers"][0])
+    expect(args["--allow-service-account"] == [f"{NAMESPACE}/existing"], f"--allow-service-account {args['--allow-service-account']}")
+
+
+def refused(values: dict[str, Any], must_mention: list[str]) -> str:
+    """The values pass the schema but the chart's own checks refuse them, naming the keys."""
+    try:
+        render(values)
+    except helm.HelmError as e:
+        for word in must_mention:
+            expect(word in str(e), f"error does not mention {word!r}: {e}")
+        return str(e).strip().splitlines()[-1].strip()
+    raise Failure(f"rendered {values}")
+
+
+@check("values schema rejects collector.persistence.size: 20 and report.interval: -1 (and a bad spool.volume, serviceAccountToken, header), naming each key")
+def _() -> str:
+    first = rejected({"collector": {"persistence": {"size": 20}}}, ["/collector/persistence/size", "string"])
+    rejected({"report": {"interval": -1}}, ["/report/interval", "minimum"])
+    rejected({"spool": {"volume": "tmpfs"}}, ["/spool/volume"])
+    rejected({"report": {"serviceAccountToken": "sometimes"}}, ["/report/serviceAccountToken"])
+    rejected({"report": {"headers": [{"name": "Bad Name", "value": "x"}]}}, ["/report/headers/0/name"])
+    rejected({"report": {"headers": [{"name": "X-A", "value": "a,b"}]}}, ["/report/headers/0/value"])
+    rejected({"report": {"endpoint": "otel:4318"}}, ["/report/endpoint"])
+    rejected({"collector": {"retention": "1 week"}}, ["/collector/retention"])
+    return first
+
+
+@check("the chart refuses contradictory report values with the fix: CA from both, /v1/logs in the endpoint, collector without token, Authorization with the token, staleAfter within one interval")
+def _() -> None:
+    refused({"report": {"endpoint": "https://o.example", "ca": {"configMapName": "a", "secretName": "b"}}}, ["report.ca", "not both"])
+    refused({"report": {"endpoint": "https://o.example/v1/logs"}}, ["report.endpoint", "/v1/logs"])
+    refused({"collector": {"enabled": True}, "report": {"serviceAccountToken": "never"}}, ["report.serviceAccountToken", "collector.enabled"])
+    refused({"collector": {"enabled": True}, "report": {"headers": [{"name": "authorization", "value": "Bearer x"}]}},
+            ["Authorization", "report.serviceAccountToken"])
+    refused({"collector": {"enabled": True, "staleAfter": 60}}, ["collector.staleAfter", "report.interval"])
+
+
+@check("NOTES.txt with the collector: `kubectl port-forward svc/<collector> 4318` and http://localhost:4318/")
+def _() -> None:
+    text = notes(RENDERED["collector-values.yaml"])
+    for want in (f"kubectl port-forward -n {NAMESPACE} svc/{COLLECTOR} 4318", "http://localhost:4318/"):
+        expect(want in text, f"NOTES.txt lacks {want!r}")
+    expect("port-forward" not in notes(RENDERED["default-values.yaml"]), "NOTES.txt mentions the collector without it")
 
 
 @check("NOTES.txt shows `kubectl exec … ds/<fullname> -c agent -- agent diag` and `agent check`")
