@@ -55,7 +55,7 @@ enum Command {
     Flows(FlowsArgs),
     /// Run as the node's daemon: verify continuously, serve /metrics, /healthz, /readyz and the
     /// local API that `diag` and `check` ask first.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// Which node, and what it is verified against: the same for `run`, `diag` and `check`.
@@ -131,6 +131,73 @@ struct RunArgs {
     /// many were held back); 0 sends every one.
     #[arg(long, env = "AGENT_EVENT_INTERVAL_SECONDS", default_value = "60", value_parser = seconds_or_zero)]
     event_interval: Duration,
+    #[command(flatten)]
+    report: ReportArgs,
+}
+
+/// Reports to a central endpoint: `agent collector`, or any OpenTelemetry Collector.
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// OTLP/HTTP endpoint (base URL) to push reports to: POSTs go to URL/v1/logs and
+    /// URL/v1/metrics. Without it nothing is pushed.
+    #[arg(long, env = "AGENT_REPORT_ENDPOINT")]
+    report_endpoint: Option<String>,
+    /// Push a report at least this often (and on every change of findings).
+    #[arg(long, env = "AGENT_REPORT_INTERVAL_SECONDS", default_value = "60", value_parser = seconds)]
+    report_interval: Duration,
+    /// Bearer token file, re-read before every request (the pod's projected ServiceAccount
+    /// token rotates).
+    #[arg(long, env = "AGENT_REPORT_TOKEN_FILE")]
+    report_token_file: Option<PathBuf>,
+    /// Extra request header NAME=VALUE (repeatable; comma-separated in the variable).
+    #[arg(long, env = "AGENT_REPORT_HEADERS", value_delimiter = ',', value_parser = header)]
+    report_header: Vec<(String, String)>,
+    /// PEM CA bundle that signs an https endpoint's certificate (default: the system's roots).
+    #[arg(long, env = "AGENT_REPORT_CA_FILE")]
+    report_ca_file: Option<PathBuf>,
+    /// Longest wait between delivery attempts, seconds (exponential backoff with jitter up to
+    /// it; an endpoint's Retry-After is honoured).
+    #[arg(long, env = "AGENT_REPORT_RETRY_MAX_SECONDS", default_value = "30", value_parser = seconds)]
+    report_retry_max: Duration,
+    /// Give up one request after this many seconds.
+    #[arg(long, env = "AGENT_REPORT_TIMEOUT_SECONDS", default_value = "10", value_parser = seconds)]
+    report_timeout: Duration,
+    /// Where reports wait until the endpoint acknowledges them (fsync'd; survives restarts).
+    #[arg(
+        long,
+        env = "AGENT_SPOOL_DIR",
+        default_value = "/var/lib/calico-dataplane-agent/spool"
+    )]
+    spool_dir: PathBuf,
+    /// The spool's bound: past it the oldest reports are dropped (and counted).
+    #[arg(long, env = "AGENT_SPOOL_MAX_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..))]
+    spool_max_bytes: u64,
+}
+
+impl ReportArgs {
+    fn config(&self) -> Option<agent::report::push::PushConfig> {
+        Some(agent::report::push::PushConfig {
+            endpoint: self.report_endpoint.clone()?,
+            interval: self.report_interval,
+            token_file: self.report_token_file.clone(),
+            headers: self.report_header.clone(),
+            ca_file: self.report_ca_file.clone(),
+            spool_dir: self.spool_dir.clone(),
+            spool_max_bytes: self.spool_max_bytes,
+            retry_max: self.report_retry_max,
+            timeout: self.report_timeout,
+        })
+    }
+}
+
+/// `NAME=VALUE`.
+fn header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -304,7 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Flows(args) => rt.block_on(flows(args)),
-        Command::Run(args) => rt.block_on(daemon(args)),
+        Command::Run(args) => rt.block_on(daemon(*args)),
         Command::Check { input } => {
             let a = rt.block_on(analyse(&input))?;
             print(&input, &a, report::diag_text::check_text)?;
@@ -360,6 +427,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         debounce: Duration::from_millis(args.debounce_ms),
         netlink_rx_buffer: args.netlink_rcvbuf,
         event_interval: args.event_interval,
+        report: args.report.config(),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

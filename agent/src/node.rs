@@ -11,6 +11,11 @@ pub fn resolve_name(explicit: Option<&str>) -> String {
     {
         return n.to_string();
     }
+    hostname()
+}
+
+/// The kernel's hostname (of this network namespace's UTS namespace), `unknown` if unreadable.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

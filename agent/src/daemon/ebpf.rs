@@ -6,7 +6,10 @@ use std::collections::{HashMap, HashSet};
 use crate::{
     flows::{self, Counts, Direction, ProbeOptions, Session},
     observed::{self, ObservedDataplane},
-    report::metrics::{Delta, Metrics, ReasonLabels},
+    report::{
+        metrics::{Delta, Metrics, ReasonLabels, direction_label},
+        otlp::CounterSummary,
+    },
 };
 
 pub(super) struct Ebpf {
@@ -19,6 +22,8 @@ pub(super) struct Ebpf {
     exported_drops: HashMap<u32, u64>,
     retransmits: Delta,
     run_ns: Delta,
+    /// Everything exported so far: the counters of the pushed reports.
+    totals: CounterSummary,
 }
 
 impl Ebpf {
@@ -32,6 +37,10 @@ impl Ebpf {
             exported_drops: HashMap::new(),
             retransmits: Delta::default(),
             run_ns: Delta::default(),
+            totals: CounterSummary {
+                since_ms: crate::pipeline::now_ms(),
+                ..CounterSummary::default()
+            },
         };
         if !disabled {
             let opts = ProbeOptions {
@@ -109,6 +118,12 @@ impl Ebpf {
                 ..Counts::default()
             };
             metrics.add_iface(class, dir, &delta);
+            self.totals.add_interface(
+                class.name(),
+                direction_label(dir),
+                delta.packets,
+                delta.bytes,
+            );
         }
         // Released interfaces are gone for good: forget them (pod churn must not grow this).
         let live: HashSet<u32> = s.targets.iter().map(|t| t.ifindex).collect();
@@ -116,18 +131,27 @@ impl Ebpf {
         if let Ok(rows) = s.drop_rows() {
             for row in rows {
                 let last = self.exported_drops.insert(row.code, row.count).unwrap_or(0);
+                let delta = row.count.saturating_sub(last);
+                *self.totals.drops.entry(row.reason.clone()).or_default() += delta;
                 metrics
                     .drops
                     .get_or_create(&ReasonLabels { reason: row.reason })
-                    .inc_by(row.count.saturating_sub(last));
+                    .inc_by(delta);
             }
         }
         if let Ok(r) = s.probe.retransmits() {
-            metrics.tcp_retransmits.inc_by(self.retransmits.advance(r));
+            let delta = self.retransmits.advance(r);
+            self.totals.tcp_retransmits += delta;
+            metrics.tcp_retransmits.inc_by(delta);
         }
         metrics
             .ebpf_run_ns
             .inc_by(self.run_ns.advance(s.probe.run_time_ns()));
+    }
+
+    /// The counters since start, for reports.
+    pub(super) fn totals(&self) -> &CounterSummary {
+        &self.totals
     }
 
     /// Detaches everything (dropping the session does).

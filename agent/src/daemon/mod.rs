@@ -30,6 +30,8 @@ use crate::{
     report::{
         http::{Shared, local_router, metrics_router},
         metrics::{KindLabels, Metrics, SourceLabels},
+        otlp::Report,
+        push::{PushConfig, Pusher},
     },
     verify::{self, CheckId, GraceTracker, History, HistoryPolicy, Policy},
 };
@@ -66,6 +68,8 @@ pub struct Config {
     pub netlink_rx_buffer: Option<usize>,
     /// At most one Kubernetes Event per check in this time (with `--kube`); 0 sends them all.
     pub event_interval: Duration,
+    /// Where reports are pushed (`--report-endpoint`), if anywhere.
+    pub report: Option<PushConfig>,
 }
 
 /// Runs until `shutdown` is cancelled, then detaches everything and closes its sockets.
@@ -167,6 +171,10 @@ struct Daemon {
     published: std::collections::HashSet<(crate::verify::CheckId, String)>,
     /// Confirmed findings for the task that writes Events and the Node condition (`--kube`).
     to_kube: Option<tokio::sync::watch::Sender<Vec<crate::verify::Finding>>>,
+    /// Reports to the central endpoint (`--report-endpoint`).
+    pusher: Option<Pusher>,
+    /// The findings of the last report, to send a new one as soon as they change.
+    reported: Option<Vec<(CheckId, String)>>,
 }
 
 /// Writes Events and the Node condition from the latest findings, off the verification loop
@@ -222,6 +230,12 @@ impl Daemon {
             )),
             _ => None,
         };
+        let pusher = cfg
+            .report
+            .clone()
+            .map(|r| Pusher::start(r, &cfg.node_name, metrics.clone()))
+            .transpose()
+            .context("starting the report push")?;
         let mut d = Self {
             obs: ObservedDataplane::default(),
             datastore,
@@ -238,6 +252,8 @@ impl Daemon {
             published: Default::default(),
             last: None,
             to_kube,
+            pusher,
+            reported: None,
             cfg,
             shared,
             metrics,
@@ -272,6 +288,12 @@ impl Daemon {
         let mut kernel = tick(self.cfg.poll_kernel);
         let mut services = tick(self.cfg.poll_services);
         let mut datastore = tick(self.cfg.poll_datastore);
+        let mut report = tick(
+            self.cfg
+                .report
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |r| r.interval),
+        );
         // When to verify next (debounced notifications, a finding's grace window ending).
         let mut verify_at: Option<TokioInstant> = None;
         let mut relist = false;
@@ -338,6 +360,7 @@ impl Daemon {
                     self.export_counters();
                     verify_at = Some(TokioInstant::now());
                 }
+                _ = report.tick(), if self.pusher.is_some() => self.report(),
                 _ = datastore.tick() => {
                     if self.datastore.poll_changed() {
                         self.recompute_expected();
@@ -363,6 +386,10 @@ impl Daemon {
         }
         tracing::info!("shutting down: detaching eBPF programs");
         self.ebpf.stop(&self.metrics);
+        if let Some(p) = self.pusher.take() {
+            // Undelivered reports stay in the spool for the next start.
+            p.stop();
+        }
     }
 
     fn count_event(&mut self, change: Change) {
@@ -528,6 +555,15 @@ impl Daemon {
             ebpf: self.ebpf.describe(),
         };
         self.last = Some((v, input_notes, info));
+        let keys: Vec<_> = self
+            .last
+            .iter()
+            .flat_map(|l| &l.0.findings)
+            .map(|f| f.key())
+            .collect();
+        if self.reported.as_ref() != Some(&keys) {
+            self.report();
+        }
         let mut not_ready = Vec::new();
         if let Some(u) = self
             .obs
@@ -542,6 +578,33 @@ impl Daemon {
             p.verified = true;
             p.not_ready = not_ready;
         });
+    }
+
+    /// Pushes a report of the last verification (on every change of findings, and on the
+    /// report timer).
+    fn report(&mut self) {
+        let (Some(pusher), Some((v, _, _))) = (&self.pusher, &self.last) else {
+            return;
+        };
+        let modes: Vec<String> = crate::diag::detect_modes(&self.obs)
+            .0
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
+        // As for the local API: no Calico on the node and no datastore is "unverified".
+        let verified = !modes.is_empty() || self.expected.is_some();
+        let mut counters = self.ebpf.totals().clone();
+        counters.conntrack_entries = self.obs.sysctls.conntrack_count;
+        counters.conntrack_max = self.obs.sysctls.conntrack_max;
+        let report = Report::new(
+            &self.cfg.node_name,
+            &modes,
+            verified.then_some(v),
+            counters,
+            now_ms(),
+        );
+        self.reported = Some(v.findings.iter().map(|f| f.key()).collect());
+        pusher.send(report);
     }
 
     /// The operator's view of the current state, built when the local API is asked.

@@ -47,6 +47,15 @@ pub struct KindLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    /// `logs` (the reports) or `metrics` (their counters).
+    pub signal: String,
+    /// `ok`, `unreachable`, `timeout`, `throttled`, `server_error`, `unauthorized`,
+    /// `rejected` or `token_unreadable`.
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
 }
@@ -75,6 +84,11 @@ pub struct Metrics {
     pub resident_memory: Gauge,
     pub ready: Gauge,
     pub k8s_writes: Family<KindLabels, Counter>,
+    pub report_push: Family<PushLabels, Counter>,
+    /// Reports given up: `spool_full` (oldest dropped), `rejected` by the endpoint,
+    /// `unreadable` on disk, `spool_error`.
+    pub report_dropped: Family<ReasonLabels, Counter>,
+    pub spool_bytes: Gauge,
 }
 
 /// Verification takes microseconds on a small node and tens of milliseconds at thousands of
@@ -115,6 +129,9 @@ impl Metrics {
             resident_memory: Gauge::default(),
             ready: Gauge::default(),
             k8s_writes: Family::default(),
+            report_push: Family::default(),
+            report_dropped: Family::default(),
+            spool_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -226,6 +243,21 @@ impl Metrics {
             "Kubernetes writes (events, node condition) by result",
             m.k8s_writes.clone(),
         );
+        registry.register(
+            "report_push",
+            "Requests to the report endpoint per signal (logs, metrics) and result",
+            m.report_push.clone(),
+        );
+        registry.register(
+            "report_dropped",
+            "Reports given up, per reason (spool_full: the oldest dropped from a full spool)",
+            m.report_dropped.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes of reports in the spool waiting for the endpoint",
+            m.spool_bytes.clone(),
+        );
         // Every series exists from the start, so rate() and absent() work before the first event.
         for (family, kinds) in [
             (&m.resyncs, &["timer", "overrun", "relist"][..]),
@@ -285,16 +317,19 @@ impl Metrics {
     pub fn add_iface(&self, class: IfaceClass, dir: Direction, delta: &Counts) {
         let labels = IfaceLabels {
             iface_class: class.name().into(),
-            direction: match dir {
-                Direction::Ingress => "ingress",
-                Direction::Egress => "egress",
-            }
-            .into(),
+            direction: direction_label(dir).into(),
         };
         self.iface_packets
             .get_or_create(&labels)
             .inc_by(delta.packets);
         self.iface_bytes.get_or_create(&labels).inc_by(delta.bytes);
+    }
+}
+
+pub fn direction_label(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
     }
 }
 

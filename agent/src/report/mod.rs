@@ -8,3 +8,5 @@ pub mod http;
 pub mod kube_status;
 pub mod metrics;
 pub mod otlp;
+pub mod push;
+pub mod spool;

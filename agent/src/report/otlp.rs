@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::verify::{Finding, Severity, Skipped, Verification};
+use crate::verify::{Finding, Skipped, Verification};
 
 /// The report's schema; the collector refuses other versions of it.
 pub const SCHEMA: &str = "calico-dpagent.report/v1";
@@ -107,21 +107,13 @@ impl From<&Finding> for ReportFinding {
     fn from(f: &Finding) -> Self {
         Self {
             check: f.check.as_str().into(),
-            severity: severity_name(f.severity).into(),
+            severity: super::metrics::severity_label(f.severity).into(),
             subject: f.subject.clone(),
             expected: f.expected.clone(),
             actual: f.actual.clone(),
             hint: f.hint.clone(),
             since: f.since,
         }
-    }
-}
-
-fn severity_name(s: Severity) -> &'static str {
-    match s {
-        Severity::Critical => "critical",
-        Severity::Warning => "warning",
-        Severity::Info => "info",
     }
 }
 
@@ -166,6 +158,28 @@ pub struct InterfaceCounts {
     pub direction: String,
     pub packets: u64,
     pub bytes: u64,
+}
+
+impl CounterSummary {
+    /// Adds what one interface class and direction gained.
+    pub fn add_interface(&mut self, iface_class: &str, direction: &str, packets: u64, bytes: u64) {
+        match self
+            .interfaces
+            .iter_mut()
+            .find(|i| i.iface_class == iface_class && i.direction == direction)
+        {
+            Some(i) => {
+                i.packets += packets;
+                i.bytes += bytes;
+            }
+            None => self.interfaces.push(InterfaceCounts {
+                iface_class: iface_class.into(),
+                direction: direction.into(),
+                packets,
+                bytes,
+            }),
+        }
+    }
 }
 
 impl Report {
@@ -505,7 +519,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::verify::CheckId;
+    use crate::verify::{CheckId, Severity};
 
     fn sample() -> Report {
         let v = Verification {
