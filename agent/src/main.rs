@@ -149,8 +149,9 @@ struct ReportArgs {
     /// token rotates).
     #[arg(long, env = "AGENT_REPORT_TOKEN_FILE")]
     report_token_file: Option<PathBuf>,
-    /// Extra request header NAME=VALUE (repeatable; comma-separated in the variable).
-    #[arg(long, env = "AGENT_REPORT_HEADERS", value_delimiter = ',', value_parser = header)]
+    /// Extra request header NAME=VALUE (repeat the flag for more; the variable holds one, as
+    /// header values may contain commas).
+    #[arg(long, env = "AGENT_REPORT_HEADER", value_parser = header)]
     report_header: Vec<(String, String)>,
     /// PEM CA bundle that signs an https endpoint's certificate (default: the system's roots).
     #[arg(long, env = "AGENT_REPORT_CA_FILE")]

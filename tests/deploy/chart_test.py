@@ -873,7 +873,7 @@ def _() -> str:
     rejected({"spool": {"volume": "tmpfs"}}, ["/spool/volume"])
     rejected({"report": {"serviceAccountToken": "sometimes"}}, ["/report/serviceAccountToken"])
     rejected({"report": {"headers": [{"name": "Bad Name", "value": "x"}]}}, ["/report/headers/0/name"])
-    rejected({"report": {"headers": [{"name": "X-A", "value": "a,b"}]}}, ["/report/headers/0/value"])
+    rejected({"report": {"headers": [{"name": "X-A", "value": "a\nb"}]}}, ["/report/headers/0/value"])
     rejected({"report": {"endpoint": "otel:4318"}}, ["/report/endpoint"])
     rejected({"collector": {"retention": "1 week"}}, ["/collector/retention"])
     return first
