@@ -607,3 +607,132 @@ fn a_full_spool_drops_the_oldest_reports_and_counts_each_exactly() {
     assert_eq!(gaps, [(2, 1 + dropped as u64)], "dropped {dropped}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Headless Chromium's DOM of `url`, loaded from inside `netns`.
+fn dump_dom(netns: &str, dir: &Path, url: &str) -> String {
+    let profile = dir.join("chromium-profile");
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "timeout", "60", "chromium"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", url])
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium");
+    assert!(out.status.success(), "chromium: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_cluster_page_lists_the_lab_nodes_and_shows_the_injected_fault() {
+    let _serial = serial();
+    let lab = LabGuard::up("rpc");
+    let (a, b) = (lab.0.spec.nodes[0].clone(), lab.0.spec.nodes[1].clone());
+    let dir = scratch("page");
+    let ds = lab.datastore();
+    // The collector on node-a's underlay address: node-b's agent reaches it across the lab.
+    let listen = format!("{}:{COLLECTOR}", a.ip);
+    let db = dir.join("collector.db");
+    let _coll = Proc::spawn(
+        &a.netns,
+        "agent collector",
+        &dir,
+        &[
+            env!("CARGO_BIN_EXE_agent"),
+            "collector",
+            "--no-auth",
+            "--listen",
+            &listen,
+            "--db",
+            db.to_str().expect("utf-8"),
+        ],
+    );
+    let endpoint = format!("http://{listen}");
+    let agents: Vec<Proc> = [&a, &b]
+        .iter()
+        .map(|n| {
+            let spool = dir.join(format!("spool-{}", n.name));
+            let socket = dir.join(format!("{}.sock", n.name));
+            Proc::spawn(
+                &n.netns,
+                &format!("agent run on {}", n.name),
+                &dir,
+                &[
+                    env!("CARGO_BIN_EXE_agent"),
+                    "run",
+                    "--no-ebpf",
+                    "--node-name",
+                    &n.name,
+                    "--datastore",
+                    ds.to_str().expect("utf-8"),
+                    "--grace",
+                    "0",
+                    "--listen",
+                    "127.0.0.1:9647",
+                    "--socket",
+                    socket.to_str().expect("utf-8"),
+                    "--spool-dir",
+                    spool.to_str().expect("utf-8"),
+                    "--report-endpoint",
+                    &endpoint,
+                ],
+            )
+        })
+        .collect();
+    let findings = || {
+        std::thread::spawn({
+            let (ns, ip) = (a.netns.clone(), a.ip);
+            move || -> Option<String> {
+                let fd = std::fs::File::open(format!("/var/run/netns/{ns}")).ok()?;
+                nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+                let mut s = std::net::TcpStream::connect((ip, COLLECTOR)).ok()?;
+                support::http_get(&mut s, "/v1/findings").map(|(_, body)| body)
+            }
+        })
+        .join()
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    };
+    lab.0.fault(&b.name, Fault::RouteDelete).expect("inject");
+    wait_until(
+        Duration::from_secs(20),
+        "node-b's finding at the collector",
+        || {
+            let f = findings();
+            f.contains(&b.name) && f.contains("route.missing")
+        },
+    );
+    let dom = dump_dom(&a.netns, &dir, &format!("{endpoint}/"));
+    assert!(dom.contains(&a.name) && dom.contains(&b.name), "{dom}");
+    assert!(dom.contains("route.missing"), "{dom}");
+    // The finding's subject: the block route node-b lost.
+    let v: Value = serde_json::from_str(&findings()).expect("JSON");
+    let list = v.get("findings").unwrap_or(&v);
+    let subject = list
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["node"] == b.name.as_str() && f["check"] == "route.missing")
+        .and_then(|f| f["subject"].as_str())
+        .expect("node-b's route.missing")
+        .to_string();
+    assert!(dom.contains(&subject), "{subject} not on the page");
+    // node-a is healthy: none of its findings is drift.
+    assert!(
+        !list
+            .as_array()
+            .expect("findings")
+            .iter()
+            .any(|f| f["node"] == a.name.as_str() && f["severity"] != "info"),
+        "{v}"
+    );
+    drop(agents);
+    let _ = std::fs::remove_dir_all(&dir);
+}
