@@ -1,0 +1,1 @@
+//! Tests of the receiver (filled in the next commit).
