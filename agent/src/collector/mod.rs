@@ -10,6 +10,8 @@ pub mod ingest;
 pub mod metrics;
 pub mod page;
 pub mod store;
+#[cfg(test)]
+mod testutil;
 
 use std::{
     net::SocketAddr,

@@ -865,3 +865,296 @@ pub fn summary(c: &Connection, stale_before_ms: u64) -> rusqlite::Result<Summary
         findings,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::testutil::{TempDir, batch, finding, report};
+
+    fn open(dir: &TempDir) -> Store {
+        Store::open(&dir.path().join("sub/collector.db")).expect("open")
+    }
+
+    async fn gaps_of(store: &Store, node: &str) -> Vec<(u64, u64)> {
+        let node = node.to_string();
+        store
+            .read(move |c| nodes(c))
+            .await
+            .expect("nodes")
+            .into_iter()
+            .find(|n| n.node == node)
+            .map(|n| n.gaps.iter().map(|g| (g.from, g.to)).collect())
+            .unwrap_or_default()
+    }
+
+    async fn send(store: &Store, node: &str, seqs: &[u64]) -> Ingested {
+        store
+            .ingest(batch(
+                seqs.iter()
+                    .map(|&s| report(node, "s1", s, Vec::new()))
+                    .collect(),
+            ))
+            .await
+            .expect("ingest")
+    }
+
+    #[tokio::test]
+    async fn retries_are_stored_once() {
+        let dir = TempDir::new("store-idem");
+        let store = open(&dir);
+        assert_eq!(send(&store, "node-a", &[1, 2]).await.stored, 2);
+        let again = send(&store, "node-a", &[2, 1, 3]).await;
+        assert_eq!((again.stored, again.duplicates), (1, 2));
+        let rows = store
+            .read(|c| reports(c, "node-a", 100))
+            .await
+            .expect("reports");
+        let seqs: Vec<u64> = rows.iter().map(|r| r.sequence).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        let n = &store.read(nodes).await.expect("nodes")[0];
+        assert_eq!(
+            (n.stored, n.received, n.duplicates, n.sequence),
+            (3, 3, 2, 3)
+        );
+        // The same sequence in another stream is another report.
+        store
+            .ingest(batch(vec![report("node-a", "s2", 1, Vec::new())]))
+            .await
+            .expect("ingest");
+        assert_eq!(
+            store
+                .read(|c| reports(c, "node-a", 100))
+                .await
+                .expect("r")
+                .len(),
+            4
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn gaps_open_on_a_jump_and_late_reports_fill_or_split_them() {
+        let dir = TempDir::new("store-gaps");
+        let store = open(&dir);
+        send(&store, "node-a", &[1, 2, 5]).await;
+        assert_eq!(gaps_of(&store, "node-a").await, [(3, 4)]);
+        send(&store, "node-a", &[4]).await;
+        assert_eq!(gaps_of(&store, "node-a").await, [(3, 3)]);
+        send(&store, "node-a", &[3]).await;
+        assert!(gaps_of(&store, "node-a").await.is_empty());
+
+        send(&store, "node-b", &[1, 10]).await;
+        send(&store, "node-b", &[5]).await;
+        assert_eq!(gaps_of(&store, "node-b").await, [(2, 4), (6, 9)]);
+        send(&store, "node-b", &[2, 9]).await;
+        assert_eq!(gaps_of(&store, "node-b").await, [(3, 4), (6, 8)]);
+        let n = store.read(nodes).await.expect("nodes");
+        assert_eq!(n[1].missing(), 5);
+
+        // The collector first hears of a stream at 7: what came before is not missing.
+        send(&store, "node-c", &[7, 8]).await;
+        send(&store, "node-c", &[3]).await;
+        assert!(gaps_of(&store, "node-c").await.is_empty());
+        let summary = store.read(|c| summary(c, 0)).await.expect("summary");
+        assert_eq!(summary.missing_reports, 5);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_latest_report_by_generation_time_holds_the_nodes_findings() {
+        let dir = TempDir::new("store-latest");
+        let store = open(&dir);
+        let drift = report(
+            "node-a",
+            "s1",
+            5,
+            vec![finding("route.missing", "10.244.1.0/26")],
+        );
+        store.ingest(batch(vec![drift])).await.expect("ingest");
+        // A late, older, clean report (a spool draining) does not clear the finding.
+        store
+            .ingest(batch(vec![report("node-a", "s1", 4, Vec::new())]))
+            .await
+            .expect("ingest");
+        let f = store
+            .read(|c| findings(c, None, None))
+            .await
+            .expect("findings");
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].check.as_str(), f[0].node.as_str()),
+            ("route.missing", "node-a")
+        );
+        let n = &store.read(nodes).await.expect("nodes")[0];
+        assert_eq!(
+            (n.sequence, n.verdict.as_str(), n.findings.critical),
+            (5, "drift", 1)
+        );
+        // A newer clean one does.
+        store
+            .ingest(batch(vec![report("node-a", "s1", 6, Vec::new())]))
+            .await
+            .expect("ingest");
+        assert!(
+            store
+                .read(|c| findings(c, None, None))
+                .await
+                .expect("f")
+                .is_empty()
+        );
+        let only = store
+            .read(|c| findings(c, Some("route.missing"), Some("node-b")))
+            .await
+            .expect("filtered");
+        assert!(only.is_empty());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_each_nodes_latest_and_forgets_silent_nodes() {
+        let dir = TempDir::new("store-retention");
+        let store = open(&dir);
+        let mut old = batch(vec![
+            report("node-a", "s1", 1, Vec::new()),
+            report("node-a", "s1", 2, Vec::new()),
+            report("node-a", "s1", 5, Vec::new()),
+            report("node-gone", "s1", 1, vec![finding("route.missing", "x")]),
+        ]);
+        old.received_at_ms = 1_000;
+        store.ingest(old).await.expect("old");
+        let mut new = batch(vec![report("node-a", "s1", 6, Vec::new())]);
+        new.received_at_ms = 5_000;
+        store.ingest(new).await.expect("new");
+        assert_eq!(gaps_of(&store, "node-a").await, [(3, 4)]);
+
+        let pruned = store.retention(2_000).await.expect("retention");
+        assert_eq!(
+            pruned,
+            Pruned {
+                reports: 3,
+                nodes: 1
+            }
+        );
+        let n = store.read(nodes).await.expect("nodes");
+        assert_eq!(n.len(), 1);
+        assert_eq!(
+            (n[0].node.as_str(), n[0].stored, n[0].received),
+            ("node-a", 1, 4)
+        );
+        // The gap lay before every report kept: history beyond the retention.
+        assert!(n[0].gaps.is_empty());
+        assert!(
+            store
+                .read(|c| findings(c, None, None))
+                .await
+                .expect("f")
+                .is_empty()
+        );
+
+        // Never a node's latest, however old.
+        let mut quiet = batch(vec![report("node-b", "s1", 1, Vec::new())]);
+        quiet.received_at_ms = 3_000;
+        store.ingest(quiet).await.expect("quiet");
+        assert_eq!(store.retention(2_500).await.expect("r"), Pruned::default());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_request_stores_nothing_and_does_not_fail_its_group() {
+        let dir = TempDir::new("store-atomic");
+        let store = open(&dir);
+        let mut bad = batch(vec![report("node-bad", "s1", 1, Vec::new())]);
+        // SQLite stores NaN as NULL, which the schema refuses: the request fails at its end.
+        bad.points.push(MetricPoint {
+            node: "node-bad".into(),
+            name: "x".into(),
+            attributes: "{}".into(),
+            value: PointValue::Double(f64::NAN),
+            time_unix_nano: 1,
+        });
+        let good = batch(vec![report("node-good", "s1", 1, Vec::new())]);
+        let (bad, good) = tokio::join!(store.ingest(bad), store.ingest(good));
+        assert!(bad.is_err());
+        assert_eq!(good.expect("good").stored, 1);
+        let names: Vec<String> = store
+            .read(nodes)
+            .await
+            .expect("nodes")
+            .into_iter()
+            .map(|n| n.node)
+            .collect();
+        assert_eq!(names, ["node-good"]);
+        assert!(
+            store
+                .read(|c| reports(c, "node-bad", 10))
+                .await
+                .expect("r")
+                .is_empty()
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn metric_points_keep_the_latest_value_per_series() {
+        let dir = TempDir::new("store-points");
+        let store = open(&dir);
+        let point = |t: u64, v: i64| MetricPoint {
+            node: "node-a".into(),
+            name: "calico_dpagent.drops".into(),
+            attributes: r#"{"reason":"NO_SOCKET"}"#.into(),
+            value: PointValue::Int(v),
+            time_unix_nano: t,
+        };
+        for (t, v) in [(10, 1), (30, 3), (20, 2)] {
+            let mut b = batch(Vec::new());
+            b.points.push(point(t, v));
+            store.ingest(b).await.expect("ingest");
+        }
+        let p = store.read(|c| points(c, "node-a")).await.expect("points");
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].value, p[0].time_unix_nano), (PointValue::Int(3), 30));
+        assert_eq!(p[0].attributes["reason"], "NO_SOCKET");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_old_database_is_migrated_and_keeps_its_reports() {
+        let dir = TempDir::new("store-migrate");
+        let path = dir.path().join("collector.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(MIGRATIONS[0]).expect("v1");
+            c.pragma_update(None, "user_version", 1).expect("version");
+            c.execute(
+                "INSERT INTO nodes (node, stream, sequence, generated_at_ms, received_at_ms, agent_version, mode, verdict, received, stored)
+                 VALUES ('node-old', 's1', 3, 1, 1, '0.0.9', 'VXLAN', 'clean', 3, 3)",
+                [],
+            )
+            .expect("node");
+        }
+        let store = Store::open(&path).expect("migrates");
+        let n = store.read(nodes).await.expect("nodes");
+        assert_eq!((n[0].node.as_str(), n[0].duplicates), ("node-old", 0));
+        // What version 2 added works.
+        send(&store, "node-old", &[3]).await;
+        let n = store.read(nodes).await.expect("nodes");
+        assert_eq!(
+            n[0].stored, 4,
+            "sequence 3 of s1 was not in the reports table"
+        );
+        let version: i64 = store
+            .read(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .await
+            .expect("version");
+        assert_eq!(version, i64_of(SCHEMA_VERSION as u64));
+        store.close().await;
+
+        let c = Connection::open(&path).expect("open");
+        c.pragma_update(None, "user_version", 99).expect("version");
+        drop(c);
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+}
