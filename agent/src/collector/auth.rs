@@ -233,11 +233,14 @@ impl TokenFile {
     }
 }
 
+/// When the API server answered, and its answer.
+type Cached = (Instant, Result<Identity, Refusal>);
+
 struct Reviewer {
     client: kube::Client,
     allowed: Vec<ServiceAccount>,
     audience: Option<String>,
-    cache: Mutex<HashMap<u128, (Instant, Result<Identity, Refusal>)>>,
+    cache: Mutex<HashMap<u128, Cached>>,
     /// Two independently keyed SipHashes: a 128-bit key for the cache that nobody outside can
     /// compute, so the cache never holds the tokens themselves.
     keys: (

@@ -168,16 +168,89 @@ pub fn decode(signal: Signal, encoding: Encoding, bytes: &[u8]) -> Result<Decode
         (Signal::Logs, Encoding::Protobuf) => ExportLogsServiceRequest::decode(bytes)
             .map(Decoded::Logs)
             .map_err(|e| fail(&e)),
-        (Signal::Logs, Encoding::Json) => serde_json::from_slice(bytes)
-            .map(Decoded::Logs)
-            .map_err(|e| fail(&e)),
+        (Signal::Logs, Encoding::Json) => from_json(bytes).map(Decoded::Logs).map_err(|e| fail(&e)),
         (Signal::Metrics, Encoding::Protobuf) => ExportMetricsServiceRequest::decode(bytes)
             .map(Decoded::Metrics)
             .map_err(|e| fail(&e)),
-        (Signal::Metrics, Encoding::Json) => serde_json::from_slice(bytes)
-            .map(Decoded::Metrics)
-            .map_err(|e| fail(&e)),
+        (Signal::Metrics, Encoding::Json) => {
+            from_json(bytes).map(Decoded::Metrics).map_err(|e| fail(&e))
+        }
     }
+}
+
+/// OTLP/JSON, also as protobuf's generic JSON mapping writes it (Python's `json_format`, Go's
+/// `protojson`): that writes trace and span IDs as base64 where OTLP/JSON has hex, which
+/// opentelemetry-proto refuses. Only a body that fails as it is pays for the second pass.
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    let first = match serde_json::from_slice(bytes) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Err(first);
+    };
+    if !base64_ids_to_hex(&mut value) {
+        return Err(first);
+    }
+    serde_json::from_value(value).map_err(|_| first)
+}
+
+/// Rewrites `traceId`/`spanId` strings that are base64 (not hex) as hex; true if any was.
+fn base64_ids_to_hex(v: &mut serde_json::Value) -> bool {
+    let mut changed = false;
+    match v {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                if let ("traceId" | "spanId", serde_json::Value::String(s)) =
+                    (key.as_str(), &*value)
+                    && !(s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                    && let Some(bytes) = base64(s)
+                {
+                    *value = serde_json::Value::String(
+                        bytes.iter().map(|b| format!("{b:02x}")).collect(),
+                    );
+                    changed = true;
+                } else {
+                    changed |= base64_ids_to_hex(value);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                changed |= base64_ids_to_hex(item);
+            }
+        }
+        _ => {}
+    }
+    changed
+}
+
+/// Standard base64 with padding (what protobuf's JSON mapping writes); None if it is not.
+fn base64(s: &str) -> Option<Vec<u8>> {
+    fn sextet(c: u8) -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        }))
+    }
+    let trimmed = s.trim_end_matches('=');
+    if !s.len().is_multiple_of(4) || s.len() - trimmed.len() > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
+    for chunk in trimmed.as_bytes().chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= sextet(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 /// What a request stores, and what of it was not stored (counted and explained in

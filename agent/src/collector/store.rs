@@ -878,7 +878,7 @@ mod tests {
     async fn gaps_of(store: &Store, node: &str) -> Vec<(u64, u64)> {
         let node = node.to_string();
         store
-            .read(move |c| nodes(c))
+            .read(nodes)
             .await
             .expect("nodes")
             .into_iter()
