@@ -151,11 +151,20 @@ struct CollectorArgs {
     token_file: Option<PathBuf>,
     /// Accept the agents' ServiceAccount tokens, checked with a TokenReview against the
     /// Kubernetes API server (answers cached for 60 s).
-    #[arg(long, env = "AGENT_COLLECTOR_KUBE_TOKENREVIEW", requires = "allow_service_account")]
+    #[arg(
+        long,
+        env = "AGENT_COLLECTOR_KUBE_TOKENREVIEW",
+        requires = "allow_service_account"
+    )]
     kube_tokenreview: bool,
     /// With --kube-tokenreview: a ServiceAccount allowed to report (repeatable; env:
     /// comma-separated).
-    #[arg(long, env = "AGENT_COLLECTOR_ALLOW_SERVICE_ACCOUNT", value_name = "NAMESPACE/NAME", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "AGENT_COLLECTOR_ALLOW_SERVICE_ACCOUNT",
+        value_name = "NAMESPACE/NAME",
+        value_delimiter = ','
+    )]
     allow_service_account: Vec<agent::collector::ServiceAccount>,
     /// With --kube-tokenreview: the audience the tokens must be issued for (TokenReview
     /// spec.audiences).
