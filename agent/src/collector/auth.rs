@@ -315,6 +315,15 @@ impl Reviewer {
                 _ => "the Kubernetes API server rejected the token".into(),
             })));
         }
+        // An authenticator that ignores audiences answers without them: the token is then valid
+        // for the API server only, not for us (the TokenReview API's own advice).
+        if let Some(audience) = &self.audience
+            && !status.audiences.iter().flatten().any(|a| a == audience)
+        {
+            return Ok(Err(unauthorized(format!(
+                "the token was not issued for the audience {audience:?}"
+            ))));
+        }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
         let Some(account) = username
@@ -468,9 +477,11 @@ mod tests {
                         "good" => serde_json::json!({"authenticated": true, "audiences": audiences, "user": {
                             "username": "system:serviceaccount:calico-system:calico-dataplane-agent",
                             "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}}}),
-                        "other" => serde_json::json!({"authenticated": true, "user": {
+                        "other" => serde_json::json!({"authenticated": true, "audiences": audiences, "user": {
                             "username": "system:serviceaccount:default:default"}}),
-                        "user" => serde_json::json!({"authenticated": true, "user": {"username": "alice"}}),
+                        "user" => serde_json::json!({"authenticated": true, "audiences": audiences, "user": {"username": "alice"}}),
+                        "api-server-only" => serde_json::json!({"authenticated": true, "user": {
+                            "username": "system:serviceaccount:calico-system:calico-dataplane-agent"}}),
                         _ => serde_json::json!({"authenticated": false, "error": "invalid bearer token"}),
                     };
                     Json(serde_json::json!({
@@ -541,13 +552,23 @@ mod tests {
             "{}",
             user.message
         );
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let aud = auth
+            .check(&headers(Some("Bearer api-server-only")))
+            .await
+            .expect_err("audience");
+        assert_eq!(aud.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            aud.message.contains("not issued for the audience"),
+            "{}",
+            aud.message
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
         // Positive and negative answers come from the cache for a while.
         for _ in 0..10 {
             assert!(auth.check(&headers(Some("Bearer good"))).await.is_ok());
             assert!(auth.check(&headers(Some("Bearer bad"))).await.is_err());
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
         assert_eq!(
             auth.check(&headers(None)).await.expect_err("none").status,
             StatusCode::UNAUTHORIZED
