@@ -276,3 +276,43 @@ pub async fn healthz(State(app): State<App>) -> Response {
             .into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_stale_once_its_latest_report_is_older_than_the_limit() {
+        let row = NodeRow {
+            node: "node-a".into(),
+            stream: "s1".into(),
+            sequence: 7,
+            generated_at_ms: 1_700_000_000_000,
+            received_at_ms: 1_700_000_001_000,
+            agent_version: "0.1.0".into(),
+            mode: "VXLAN".into(),
+            verdict: "drift".into(),
+            received: 7,
+            stored: 6,
+            duplicates: 1,
+            findings: SeverityCounts {
+                critical: 1,
+                info: 2,
+                ..SeverityCounts::default()
+            },
+            gaps: vec![Gap {
+                stream: "s1".into(),
+                from: 3,
+                to: 4,
+            }],
+        };
+        let fresh = node_view(&row, 1_700_000_101_000, 180_000);
+        assert_eq!((fresh.age_seconds, fresh.stale), (100, false));
+        assert_eq!((fresh.missing, fresh.findings.total), (2, 3));
+        assert_eq!(fresh.generated_at, "2023-11-14T22:13:20.000Z");
+        let stale = node_view(&row, 1_700_000_182_000, 180_000);
+        assert_eq!((stale.age_seconds, stale.stale), (181, true));
+        // A collector clock behind the report's arrival is not a negative age.
+        assert_eq!(node_view(&row, 0, 180_000).age_seconds, 0);
+    }
+}

@@ -568,6 +568,11 @@ fn retention(conn: &mut Connection, cutoff: i64) -> Result<Pruned, StoreError> {
         )?;
     }
     let nodes = tx.execute("DELETE FROM nodes WHERE received_at_ms < ?1", [cutoff])?;
+    // Series not updated for the whole retention, also of senders that never sent a report.
+    tx.execute(
+        "DELETE FROM metric_points WHERE received_at_ms < ?1",
+        [cutoff],
+    )?;
     let reports = tx.execute(
         "DELETE FROM reports WHERE received_at_ms < ?1 AND NOT EXISTS (
              SELECT 1 FROM nodes n WHERE n.node = reports.node AND n.stream = reports.stream
@@ -1021,6 +1026,13 @@ mod tests {
             report("node-gone", "s1", 1, vec![finding("route.missing", "x")]),
         ]);
         old.received_at_ms = 1_000;
+        old.points.push(MetricPoint {
+            node: "metrics-only".into(),
+            name: "c".into(),
+            attributes: "{}".into(),
+            value: PointValue::Int(1),
+            time_unix_nano: 1,
+        });
         store.ingest(old).await.expect("old");
         let mut new = batch(vec![report("node-a", "s1", 6, Vec::new())]);
         new.received_at_ms = 5_000;
@@ -1043,6 +1055,8 @@ mod tests {
         );
         // The gap lay before every report kept: history beyond the retention.
         assert!(n[0].gaps.is_empty());
+        let series = store.read(|c| points(c, "metrics-only")).await.expect("p");
+        assert!(series.is_empty(), "{series:?}");
         assert!(
             store
                 .read(|c| findings(c, None, None))
