@@ -2,6 +2,7 @@
 //! Calico Felix programs. See `shared/DESIGN.md` for the architecture.
 
 pub mod analysis;
+pub mod collector;
 pub mod daemon;
 pub mod desired;
 pub mod diag;

@@ -56,6 +56,9 @@ enum Command {
     /// Run as the node's daemon: verify continuously, serve /metrics, /healthz, /readyz and the
     /// local API that `diag` and `check` ask first.
     Run(Box<RunArgs>),
+    /// Receive the agents' reports over OTLP/HTTP (/v1/logs, /v1/metrics), store them in
+    /// SQLite and serve /v1/nodes, /v1/findings, /metrics and a cluster page at /.
+    Collector(CollectorArgs),
 }
 
 /// Which node, and what it is verified against: the same for `run`, `diag` and `check`.
@@ -202,6 +205,56 @@ fn header(s: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("auth").required(true).args(["token_file", "kube_tokenreview", "no_auth"])))]
+struct CollectorArgs {
+    /// Address of the OTLP/HTTP receiver, the API, /metrics and the cluster page.
+    #[arg(long, env = "AGENT_COLLECTOR_LISTEN", default_value = agent::collector::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// The SQLite database (created with its directory when missing).
+    #[arg(long, env = "AGENT_COLLECTOR_DB", default_value = agent::collector::DEFAULT_DB)]
+    db: PathBuf,
+    /// Accept requests carrying `Authorization: Bearer <the token in this file>` (re-read when
+    /// the file changes).
+    #[arg(long, env = "AGENT_COLLECTOR_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Accept the agents' ServiceAccount tokens, checked with a TokenReview against the
+    /// Kubernetes API server (answers cached for 60 s).
+    #[arg(
+        long,
+        env = "AGENT_COLLECTOR_KUBE_TOKENREVIEW",
+        requires = "allow_service_account"
+    )]
+    kube_tokenreview: bool,
+    /// With --kube-tokenreview: a ServiceAccount allowed to report (repeatable; env:
+    /// comma-separated).
+    #[arg(
+        long,
+        env = "AGENT_COLLECTOR_ALLOW_SERVICE_ACCOUNT",
+        value_name = "NAMESPACE/NAME",
+        value_delimiter = ','
+    )]
+    allow_service_account: Vec<agent::collector::ServiceAccount>,
+    /// With --kube-tokenreview: the audience the tokens must be issued for (TokenReview
+    /// spec.audiences).
+    #[arg(long, env = "AGENT_COLLECTOR_AUDIENCE", requires = "kube_tokenreview")]
+    audience: Option<String>,
+    /// Accept reports from anyone who can connect (explicit: no authentication).
+    #[arg(long, env = "AGENT_COLLECTOR_NO_AUTH")]
+    no_auth: bool,
+    /// Keep reports this long (`7d`, `24h`, `90m`, `3600s`); a node's latest is always kept
+    /// until the node itself has been silent this long.
+    #[arg(long, env = "AGENT_COLLECTOR_RETENTION", default_value = "7d", value_parser = agent::collector::parse_duration)]
+    retention: Duration,
+    /// A node whose latest report is older than this many seconds is stale (three report
+    /// intervals by default).
+    #[arg(long, env = "AGENT_COLLECTOR_STALE_AFTER", default_value = "180", value_parser = seconds)]
+    stale_after: Duration,
+    /// Largest request body accepted, compressed and decompressed (bytes).
+    #[arg(long, env = "AGENT_COLLECTOR_MAX_BODY_BYTES", default_value_t = agent::collector::DEFAULT_MAX_BODY_BYTES, value_parser = clap::value_parser!(usize))]
+    max_body_bytes: usize,
+}
+
+#[derive(Debug, clap::Args)]
 struct FlowsArgs {
     /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
     #[arg(long, env = "AGENT_NODE_NAME")]
@@ -292,7 +345,7 @@ fn fraction(s: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    let daemon = matches!(cli.command, Command::Run(_));
+    let daemon = matches!(cli.command, Command::Run(_) | Command::Collector(_));
     match run(cli) {
         Ok(code) => code,
         Err(e) if daemon => {
@@ -336,6 +389,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
+        // Its own runtime: multi-threaded.
+        Command::Collector(args) => collector(args),
         Command::Diag {
             input,
             bundle_out: Some(dir),
@@ -430,6 +485,12 @@ async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         event_interval: args.event_interval,
         report: args.report.config(),
     };
+    agent::daemon::run(cfg, shutdown_on_signal()?).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancelled on SIGTERM or SIGINT.
+fn shutdown_on_signal() -> anyhow::Result<tokio_util::sync::CancellationToken> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;
@@ -442,8 +503,37 @@ async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("signal received: shutting down");
         token.cancel();
     });
-    agent::daemon::run(cfg, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(shutdown)
+}
+
+fn collector(args: CollectorArgs) -> anyhow::Result<ExitCode> {
+    use agent::collector::AuthConfig;
+    let auth = match (args.token_file, args.kube_tokenreview) {
+        (Some(path), _) => AuthConfig::TokenFile(path),
+        (None, true) => AuthConfig::TokenReview {
+            allowed: args.allow_service_account,
+            audience: args.audience,
+        },
+        (None, false) => AuthConfig::None,
+    };
+    let cfg = agent::collector::Config {
+        listen: args.listen,
+        db: args.db,
+        auth,
+        retention: args.retention,
+        stale_after: args.stale_after,
+        max_body_bytes: args.max_body_bytes,
+    };
+    // Unlike the node agent (network namespaces are per thread), the collector has no reason to
+    // stay on one thread: decoding requests uses both cores while the store's thread writes.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        agent::collector::run(cfg, shutdown_on_signal()?).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {

@@ -393,8 +393,8 @@ fn stored(netns: &str, node: &str) -> Vec<(String, u64)> {
         return Vec::new();
     };
     let v: Value = serde_json::from_str(&body).expect("JSON");
-    let list = v.get("reports").unwrap_or(&v);
-    list.as_array()
+    v["reports"]
+        .as_array()
         .expect("a list of reports")
         .iter()
         .map(|r| {
@@ -411,8 +411,7 @@ fn gaps(netns: &str, node: &str) -> Vec<(u64, u64)> {
     let (code, body) = get_in_netns(netns, COLLECTOR, "/v1/nodes").expect("/v1/nodes");
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("JSON");
-    let nodes = v.get("nodes").unwrap_or(&v);
-    let n = nodes
+    let n = v["nodes"]
         .as_array()
         .expect("a list of nodes")
         .iter()
@@ -422,7 +421,12 @@ fn gaps(netns: &str, node: &str) -> Vec<(u64, u64)> {
         .as_array()
         .expect("gaps")
         .iter()
-        .map(|g| (g[0].as_u64().expect("from"), g[1].as_u64().expect("to")))
+        .map(|g| {
+            (
+                g["from"].as_u64().expect("from"),
+                g["to"].as_u64().expect("to"),
+            )
+        })
         .collect()
 }
 
@@ -714,7 +718,7 @@ fn the_cluster_page_lists_the_lab_nodes_and_shows_the_injected_fault() {
     assert!(dom.contains("route.missing"), "{dom}");
     // The finding's subject: the block route node-b lost.
     let v: Value = serde_json::from_str(&findings()).expect("JSON");
-    let list = v.get("findings").unwrap_or(&v);
+    let list = &v["findings"];
     let subject = list
         .as_array()
         .expect("findings")
