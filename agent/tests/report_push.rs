@@ -336,7 +336,7 @@ fn collector(netns: &str, dir: &Path) -> Proc {
             db.to_str().expect("utf-8"),
         ],
     );
-    wait_until(Duration::from_secs(20), "the collector", || {
+    wait_until(Duration::from_secs(30), "the collector", || {
         get_in_netns(netns, COLLECTOR, "/healthz").is_some_and(|(c, _)| c == 200)
     });
     p

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -1056,6 +1057,28 @@ def _() -> str:
     (data,) = cm["data"].values()
     expect(json.loads(data) == dash, "the ConfigMap does not carry files/dashboard.json unchanged")
     return f"{len(panels)} panels"
+
+
+# --- the binary ---------------------------------------------------------------------------
+
+AGENT_BIN = os.environ.get("AGENT_BIN")
+
+
+@check("every ci/ render's agent and collector args are accepted by the agent binary (AGENT_BIN)")
+def _() -> str:
+    if not AGENT_BIN:
+        return "skipped: AGENT_BIN not set (the test command sets it)"
+    seen = 0
+    for name, docs in DOCS.items():
+        for d in docs:
+            if d["kind"] not in ("DaemonSet", "Deployment"):
+                continue
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                # clap parses and validates every argument before it acts on --help.
+                r = subprocess.run([AGENT_BIN, *c["args"], "--help"], capture_output=True, text=True)
+                expect(r.returncode == 0, f"{name}: {d['metadata']['name']}: `agent {' '.join(c['args'])}`: {r.stderr.strip()}")
+                seen += 1
+    return f"{seen} containers"
 
 
 # --- summary --------------------------------------------------------------------------------

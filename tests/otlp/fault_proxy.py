@@ -110,7 +110,7 @@ class Proxy(BaseHTTPRequestHandler):
         line["authorization"] = self.headers.get("Authorization")
         with LOCK, open(self.server.log_path, "a") as f:
             f.write(json.dumps(line) + "\n")
-        if mode == "reset":
+        if mode == "reset" or STATE.get("down"):
             self.connection.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
             )
@@ -186,10 +186,16 @@ class Listener:
         self.server = s
 
     def down(self, seconds):
+        # Keep-alive connections outlive the listening socket: while down they are cut too,
+        # as they would be with the process gone.
+        with LOCK:
+            STATE["down"] = True
         self.server.shutdown()
         self.server.server_close()
         time.sleep(seconds)
         self.up()
+        with LOCK:
+            STATE["down"] = False
 
 
 def main():
