@@ -53,9 +53,17 @@ struct Collector {
 impl Collector {
     /// With the shared token in `dir`/token and the database `dir`/db/collector.db.
     fn start(dir: &Path, auth: &[&str]) -> Self {
+        Self::start_under(dir, auth, &[])
+    }
+
+    /// The same, the command line prefixed by `wrapper` (e.g. setpriv).
+    fn start_under(dir: &Path, auth: &[&str], wrapper: &[&str]) -> Self {
         let port = free_port();
         let log = dir.join(format!("collector-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+        let mut argv = wrapper.to_vec();
+        argv.push(env!("CARGO_BIN_EXE_agent"));
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
             .arg("collector")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--db")
@@ -309,6 +317,54 @@ fn the_official_opentelemetry_python_exporter_is_understood() {
             "calico_dpagent_collector_requests_total{signal=\"logs\",result=\"partial\"} 1"
         ),
         "{metrics}"
+    );
+}
+
+/// The chart runs the collector as uid/gid 65532 with every capability dropped, no privilege
+/// escalation and a read-only root: it needs nothing more than its database directory.
+#[test]
+fn the_collector_runs_as_the_charts_non_root_user_without_capabilities() {
+    let dir = Scratch::new("nonroot");
+    let db = dir.0.join("db");
+    std::fs::create_dir_all(&db).expect("db dir");
+    std::fs::write(dir.0.join("token"), TOKEN).expect("token");
+    for p in [&dir.0, &db, &dir.0.join("token")] {
+        std::os::unix::fs::chown(p, Some(65532), Some(65532)).expect("chown");
+    }
+    let c = Collector::start_under(
+        &dir.0,
+        &["--token-file", dir.0.join("token").to_str().expect("utf-8")],
+        &[
+            "setpriv",
+            "--reuid=65532",
+            "--regid=65532",
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+        ],
+    );
+    let (code, body) = c.send(&[report("nonroot-node", "s1", 1, vec![route_missing()])]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(sequences(&c, "nonroot-node"), [1]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.child.id())).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
+    };
+    assert_eq!(field("Uid:").as_deref(), Some("65532"), "{status}");
+    assert_eq!(
+        field("CapEff:").as_deref(),
+        Some("0000000000000000"),
+        "{status}"
+    );
+    assert_eq!(
+        field("CapBnd:").as_deref(),
+        Some("0000000000000000"),
+        "{status}"
     );
 }
 
