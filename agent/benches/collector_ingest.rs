@@ -248,6 +248,7 @@ fn main() -> anyhow::Result<()> {
             .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
             .sum();
         rt.block_on(store.close());
+        let process = as_a_process(&dir, &token, bodies.clone())?;
 
         let mut md = format!(
             "{NODES} nodes × {REPORTS_PER_NODE} reports = {} requests of one report each (protobuf, mean {mean_body} bytes: counters for 5 drop reasons and 8 interface classes, every tenth node with 3 findings), over {CONNECTIONS} keep-alive connections.\n\n\
@@ -284,9 +285,100 @@ fn main() -> anyhow::Result<()> {
                 "not met"
             }
         );
+        md.push_str(&process);
         Ok(md)
     })();
     let _ = std::fs::remove_dir_all(&dir);
     print!("{}", result?);
     Ok(())
+}
+
+/// `agent collector` as the chart runs it (the release binary, its own process): its memory at
+/// idle and at the peak of the same ingest, and what the read side costs once 5,000 nodes
+/// have reported — `/v1/nodes`, `/v1/findings` and the cluster page, each the median of 5.
+fn as_a_process(
+    dir: &std::path::Path,
+    token: &std::path::Path,
+    bodies: Arc<Vec<Bytes>>,
+) -> anyhow::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("collector")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--db")
+        .arg(dir.join("process.db"))
+        .arg("--token-file")
+        .arg(token)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting agent collector")?;
+    let result = (|| -> anyhow::Result<String> {
+        let start = Instant::now();
+        while get(port, "/healthz").map(|(code, _, _)| code) != Some(200) {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(20), "no /healthz");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = |field: &str| -> anyhow::Result<f64> {
+            let text = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(field)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .map(|kib: f64| kib / 1024.0)
+                .with_context(|| format!("{field} in /proc/<pid>/status"))
+        };
+        let idle = status("VmRSS:")?;
+        let run = client(port, bodies)?;
+        let mut md = format!(
+            "\n`agent collector` as its own process (the release binary): {:.0} reports/s for the same load.\n\n| | |\n|---|---|\n| RSS at idle | {idle:.1} MiB |\n| peak RSS (VmHWM) through the 5,000-node ingest | {:.1} MiB |\n",
+            run.rate(),
+            status("VmHWM:")?
+        );
+        for path in ["/v1/nodes", "/v1/findings", "/"] {
+            let mut times = Vec::new();
+            let mut size = 0;
+            for _ in 0..5 {
+                let t = Instant::now();
+                let (code, len, _) = get(port, path).context("GET")?;
+                anyhow::ensure!(code == 200, "{path}: HTTP {code}");
+                times.push(t.elapsed());
+                size = len;
+            }
+            times.sort();
+            let _ = writeln!(
+                md,
+                "| `GET {path}` with 5,000 nodes (median of 5; {:.0} KiB) | {} ms |",
+                size as f64 / 1024.0,
+                ms(times[2])
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| peak RSS after those reads | {:.1} MiB |",
+            status("VmHWM:")?
+        );
+        Ok(md)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// One HTTP/1.0 GET (the read API needs no token): status, body length, body.
+fn get(port: u16, path: &str) -> Option<(u16, usize, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.len(), body.to_string()))
 }

@@ -233,7 +233,10 @@ fn sequences(c: &Collector, node: &str) -> Vec<u64> {
         .as_array()
         .expect("reports")
         .iter()
-        .map(|r| r["sequence"].as_u64().expect("sequence"))
+        // A row is a run of reports in one state.
+        .flat_map(|r| {
+            r["sequence"].as_u64().expect("sequence")..=r["last_sequence"].as_u64().expect("last")
+        })
         .collect()
 }
 

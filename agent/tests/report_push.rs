@@ -397,11 +397,12 @@ fn stored(netns: &str, node: &str) -> Vec<(String, u64)> {
         .as_array()
         .expect("a list of reports")
         .iter()
-        .map(|r| {
-            (
-                r["stream"].as_str().expect("stream").to_string(),
-                r["sequence"].as_u64().expect("sequence"),
-            )
+        // A row is a run of consecutive reports in one state.
+        .flat_map(|r| {
+            let stream = r["stream"].as_str().expect("stream").to_string();
+            let first = r["sequence"].as_u64().expect("sequence");
+            let last = r["last_sequence"].as_u64().expect("last_sequence");
+            (first..=last).map(move |s| (stream.clone(), s))
         })
         .collect()
 }

@@ -185,9 +185,12 @@ pub struct ReportView {
     pub received_order: u64,
     pub stream: String,
     pub sequence: u64,
+    /// The row is the run `sequence..=last_sequence` of reports in one state.
+    pub last_sequence: u64,
     pub generated_at: String,
     pub generated_at_ms: u64,
     pub received_at_ms: u64,
+    pub last_received_at_ms: u64,
     pub verdict: String,
     pub findings: u64,
 }
@@ -218,9 +221,11 @@ pub async fn reports(
                     received_order: r.received_order,
                     stream: r.stream,
                     sequence: r.sequence,
+                    last_sequence: r.last_sequence,
                     generated_at: rfc3339(r.generated_at_ms),
                     generated_at_ms: r.generated_at_ms,
                     received_at_ms: r.received_at_ms,
+                    last_received_at_ms: r.last_received_at_ms,
                     verdict: r.verdict,
                     findings: r.findings,
                 })

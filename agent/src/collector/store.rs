@@ -117,6 +117,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (node, name, attributes)
     ) WITHOUT ROWID;
     CREATE INDEX findings_check ON findings (check_id);",
+    // 3: a row is a run of reports in one state. A report whose verdict, mode, findings and
+    // checks not run repeat the node's latest extends that row (`last_sequence`) instead of
+    // adding one: at 5,000 nodes reporting every minute, a row per report would be 7 M rows a
+    // day; runs are one row per change. Order and completeness stay exact (rows are runs of
+    // consecutive sequence numbers; the gaps table has the rest).
+    "ALTER TABLE reports ADD COLUMN last_sequence INTEGER;
+    ALTER TABLE reports ADD COLUMN last_received_at_ms INTEGER;
+    ALTER TABLE nodes ADD COLUMN state TEXT NOT NULL DEFAULT '';
+    CREATE INDEX reports_run_end ON reports (node, stream, last_sequence);",
 ];
 
 /// The schema version this collector writes.
@@ -402,8 +411,23 @@ fn apply(c: &Connection, batch: &Batch) -> Result<Ingested, rusqlite::Error> {
 fn store_report(c: &Connection, r: &IncomingReport, now: i64) -> Result<bool, rusqlite::Error> {
     let rep = &r.report;
     let (seq, generated) = (i64_of(rep.sequence), i64_of(rep.generated_at_ms));
-    let inserted = c
-        .prepare_cached(
+    let current: Option<(i64, i64, String)> = c
+        .prepare_cached("SELECT generated_at_ms, sequence, state FROM nodes WHERE node = ?1")?
+        .query_row([&rep.node], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?;
+    let newest = current
+        .as_ref()
+        .is_none_or(|(g, s, _)| (generated, seq) > (*g, *s));
+    let state = state_of(rep);
+    let unchanged = newest && current.as_ref().is_some_and(|(_, _, st)| *st == state);
+    let inserted = if seen(c, &rep.node, &rep.stream, seq)? {
+        0
+    } else if unchanged && extend_run(c, &rep.node, &rep.stream, seq, now)? {
+        1
+    } else {
+        c.prepare_cached(
             "INSERT INTO reports (node, stream, sequence, generated_at_ms, received_at_ms, verdict, mode, findings, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (node, stream, sequence) DO NOTHING",
@@ -418,18 +442,15 @@ fn store_report(c: &Connection, r: &IncomingReport, now: i64) -> Result<bool, ru
             rep.mode,
             i64_of(rep.findings.len() as u64),
             r.body
-        ])?;
+        ])?
+    };
     if inserted == 0 {
         c.prepare_cached("UPDATE nodes SET duplicates = duplicates + 1 WHERE node = ?1")?
             .execute([&rep.node])?;
         return Ok(false);
     }
     track_sequence(c, &rep.node, &rep.stream, seq)?;
-    let current: Option<(i64, i64)> = c
-        .prepare_cached("SELECT generated_at_ms, sequence FROM nodes WHERE node = ?1")?
-        .query_row([&rep.node], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
-    if current.is_some_and(|cur| (generated, seq) <= cur) {
+    if !newest {
         // An older report arriving late (a spool draining): history, not the node's state.
         c.prepare_cached(
             "UPDATE nodes SET received = received + 1, stored = stored + 1 WHERE node = ?1",
@@ -438,12 +459,12 @@ fn store_report(c: &Connection, r: &IncomingReport, now: i64) -> Result<bool, ru
         return Ok(true);
     }
     c.prepare_cached(
-        "INSERT INTO nodes (node, stream, sequence, generated_at_ms, received_at_ms, agent_version, mode, verdict, received, stored)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, 1)
+        "INSERT INTO nodes (node, stream, sequence, generated_at_ms, received_at_ms, agent_version, mode, verdict, received, stored, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, 1, ?9)
          ON CONFLICT (node) DO UPDATE SET stream = excluded.stream, sequence = excluded.sequence,
              generated_at_ms = excluded.generated_at_ms, received_at_ms = excluded.received_at_ms,
              agent_version = excluded.agent_version, mode = excluded.mode, verdict = excluded.verdict,
-             received = received + 1, stored = stored + 1",
+             received = received + 1, stored = stored + 1, state = excluded.state",
     )?
     .execute(params![
         rep.node,
@@ -453,8 +474,13 @@ fn store_report(c: &Connection, r: &IncomingReport, now: i64) -> Result<bool, ru
         now,
         rep.agent_version,
         rep.mode,
-        rep.verdict.as_str()
+        rep.verdict.as_str(),
+        state
     ])?;
+    if unchanged {
+        // The node's findings are those already stored.
+        return Ok(true);
+    }
     c.prepare_cached("DELETE FROM findings WHERE node = ?1")?
         .execute([&rep.node])?;
     let mut insert = c.prepare_cached(
@@ -474,6 +500,50 @@ fn store_report(c: &Connection, r: &IncomingReport, now: i64) -> Result<bool, ru
         ])?;
     }
     Ok(true)
+}
+
+/// Whether this sequence number of the stream was stored before (a retry): between the first
+/// and the highest seen, and in no gap.
+fn seen(c: &Connection, node: &str, stream: &str, seq: i64) -> rusqlite::Result<bool> {
+    let range: Option<(i64, i64)> = c
+        .prepare_cached("SELECT first_seq, max_seq FROM streams WHERE node = ?1 AND stream = ?2")?
+        .query_row(params![node, stream], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((first, max)) = range.filter(|&(first, max)| (first..=max).contains(&seq)) else {
+        return Ok(false);
+    };
+    let _ = (first, max);
+    let in_gap = c
+        .prepare_cached(
+            "SELECT 1 FROM gaps WHERE node = ?1 AND stream = ?2 AND from_seq <= ?3 AND to_seq >= ?3",
+        )?
+        .exists(params![node, stream, seq])?;
+    Ok(!in_gap)
+}
+
+/// Extends the run that ends just before `seq` in this stream by one report; false when there
+/// is none (after a gap, or a new stream).
+fn extend_run(
+    c: &Connection,
+    node: &str,
+    stream: &str,
+    seq: i64,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let extended = c
+        .prepare_cached(
+            "UPDATE reports SET last_sequence = ?3, last_received_at_ms = ?4
+             WHERE node = ?1 AND stream = ?2 AND COALESCE(last_sequence, sequence) = ?3 - 1",
+        )?
+        .execute(params![node, stream, seq, now])?;
+    Ok(extended > 0)
+}
+
+/// What makes a report a change: its verdict, mode, findings and checks not run (not its
+/// sequence, time or counters).
+fn state_of(rep: &Report) -> String {
+    serde_json::to_string(&(&rep.verdict, &rep.mode, &rep.findings, &rep.not_run))
+        .unwrap_or_default()
 }
 
 /// Records the gap a jump in the sequence leaves, or fills (splitting if needed) the gap a late
@@ -573,12 +643,19 @@ fn retention(conn: &mut Connection, cutoff: i64) -> Result<Pruned, StoreError> {
         "DELETE FROM metric_points WHERE received_at_ms < ?1",
         [cutoff],
     )?;
-    let reports = tx.execute(
-        "DELETE FROM reports WHERE received_at_ms < ?1 AND NOT EXISTS (
+    // A run goes when its last report is older than the cutoff, unless it holds the latest.
+    let expired = "FROM reports WHERE COALESCE(last_received_at_ms, received_at_ms) < ?1 AND NOT EXISTS (
              SELECT 1 FROM nodes n WHERE n.node = reports.node AND n.stream = reports.stream
-                 AND n.sequence = reports.sequence)",
+                 AND n.sequence BETWEEN reports.sequence AND COALESCE(reports.last_sequence, reports.sequence))";
+    let reports: i64 = tx.query_row(
+        &format!(
+            "SELECT COALESCE(SUM(COALESCE(last_sequence, sequence) - sequence + 1), 0) {expired}"
+        ),
         [cutoff],
+        |r| r.get(0),
     )?;
+    let reports = usize::try_from(reports).unwrap_or(0);
+    tx.execute(&format!("DELETE {expired}"), [cutoff])?;
     if reports > 0 {
         // Gaps older than every report kept are history beyond the retention too.
         tx.execute_batch(
@@ -588,7 +665,8 @@ fn retention(conn: &mut Connection, cutoff: i64) -> Result<Pruned, StoreError> {
                  SELECT MIN(sequence) FROM reports r WHERE r.node = gaps.node AND r.stream = gaps.stream),
                  to_seq + 1)
                  OR NOT EXISTS (SELECT 1 FROM streams s WHERE s.node = gaps.node AND s.stream = gaps.stream);
-             UPDATE nodes SET stored = (SELECT COUNT(*) FROM reports r WHERE r.node = nodes.node);",
+             UPDATE nodes SET stored = (SELECT COALESCE(SUM(COALESCE(r.last_sequence, r.sequence) - r.sequence + 1), 0)
+                 FROM reports r WHERE r.node = nodes.node);",
         )?;
     }
     tx.commit()?;
@@ -755,13 +833,19 @@ pub struct ReportRow {
     pub received_at_ms: u64,
     pub verdict: String,
     pub findings: u64,
+    /// The row is a run: reports `sequence`..=`last_sequence` of the stream, each repeating the
+    /// first one's verdict, mode and findings (only the first one's body is kept).
+    pub last_sequence: u64,
+    /// When the run's last report arrived.
+    pub last_received_at_ms: u64,
 }
 
 /// The node's last `limit` reports, in the order they were received (oldest first).
 pub fn reports(c: &Connection, node: &str, limit: u64) -> rusqlite::Result<Vec<ReportRow>> {
     let mut out: Vec<ReportRow> = c
         .prepare_cached(
-            "SELECT id, stream, sequence, generated_at_ms, received_at_ms, verdict, findings
+            "SELECT id, stream, sequence, generated_at_ms, received_at_ms, verdict, findings,
+                    COALESCE(last_sequence, sequence), COALESCE(last_received_at_ms, received_at_ms)
              FROM reports WHERE node = ?1 ORDER BY id DESC LIMIT ?2",
         )?
         .query_map(params![node, i64_of(limit)], |r| {
@@ -773,6 +857,8 @@ pub fn reports(c: &Connection, node: &str, limit: u64) -> rusqlite::Result<Vec<R
                 received_at_ms: u64_of(r.get(4)?),
                 verdict: r.get(5)?,
                 findings: u64_of(r.get(6)?),
+                last_sequence: u64_of(r.get(7)?),
+                last_received_at_ms: u64_of(r.get(8)?),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -780,7 +866,7 @@ pub fn reports(c: &Connection, node: &str, limit: u64) -> rusqlite::Result<Vec<R
     Ok(out)
 }
 
-/// The stored body (the report's JSON as the agent sent it) of one report.
+/// The stored body (the report's JSON as the agent sent it) of the report that starts a run.
 pub fn report_body(
     c: &Connection,
     node: &str,
@@ -892,6 +978,48 @@ mod tests {
             .unwrap_or_default()
     }
 
+    #[tokio::test]
+    async fn reports_that_repeat_the_last_extend_its_run() {
+        let dir = TempDir::new("runs");
+        let store = open(&dir);
+        let drift = || vec![finding("route.missing", "10.244.1.0/26")];
+        let sent = [
+            (1, Vec::new()),
+            (2, Vec::new()),
+            (3, drift()),
+            (4, drift()),
+            (5, drift()),
+            (7, drift()),
+            (6, drift()),
+            (8, Vec::new()),
+        ];
+        for (seq, f) in sent {
+            let b = batch(vec![report("n", "s1", seq, f)]);
+            assert_eq!(store.ingest(b.clone()).await.expect("ingest").stored, 1);
+            // A retry of any report, inside a run or not, is one.
+            assert_eq!(store.ingest(b).await.expect("retry").duplicates, 1);
+        }
+        let rows = store.read(|c| reports(c, "n", 10)).await.expect("rows");
+        let runs: Vec<(u64, u64)> = rows.iter().map(|r| (r.sequence, r.last_sequence)).collect();
+        // 7 arrived before 6: a row of its own (6 was a gap then), and 6 fills the gap.
+        assert_eq!(runs, [(1, 2), (3, 5), (7, 7), (6, 6), (8, 8)]);
+        assert!(gaps_of(&store, "n").await.is_empty());
+        let n = store.read(nodes).await.expect("nodes");
+        assert_eq!((n[0].stored, n[0].sequence), (8, 8));
+        let body = store
+            .read(|c| report_body(c, "n", "s1", 3))
+            .await
+            .expect("body")
+            .expect("row");
+        assert!(body.contains("route.missing"));
+        // The node's findings follow the latest report.
+        let f = store
+            .read(|c| findings(c, None, Some("n")))
+            .await
+            .expect("findings");
+        assert!(f.is_empty(), "{f:?}");
+    }
+
     async fn send(store: &Store, node: &str, seqs: &[u64]) -> Ingested {
         store
             .ingest(batch(
@@ -914,7 +1042,10 @@ mod tests {
             .read(|c| reports(c, "node-a", 100))
             .await
             .expect("reports");
-        let seqs: Vec<u64> = rows.iter().map(|r| r.sequence).collect();
+        let seqs: Vec<u64> = rows
+            .iter()
+            .flat_map(|r| r.sequence..=r.last_sequence)
+            .collect();
         assert_eq!(seqs, [1, 2, 3]);
         let n = &store.read(nodes).await.expect("nodes")[0];
         assert_eq!(
@@ -931,8 +1062,10 @@ mod tests {
                 .read(|c| reports(c, "node-a", 100))
                 .await
                 .expect("r")
-                .len(),
-            4
+                .iter()
+                .map(|r| (r.stream.as_str(), r.sequence, r.last_sequence))
+                .collect::<Vec<_>>(),
+            [("s1", 1, 3), ("s2", 1, 1)]
         );
         store.close().await;
     }
@@ -1002,7 +1135,7 @@ mod tests {
             .expect("ingest");
         assert!(
             store
-                .read(|c| findings(c, None, None))
+                .read(|c| findings(c, None, Some("node-gone")))
                 .await
                 .expect("f")
                 .is_empty()
@@ -1034,7 +1167,13 @@ mod tests {
             time_unix_nano: 1,
         });
         store.ingest(old).await.expect("old");
-        let mut new = batch(vec![report("node-a", "s1", 6, Vec::new())]);
+        // A change: a row of its own, so 5's run ends before the cutoff.
+        let mut new = batch(vec![report(
+            "node-a",
+            "s1",
+            6,
+            vec![finding("mtu.tunnel.mismatch", "vxlan.calico")],
+        )]);
         new.received_at_ms = 5_000;
         store.ingest(new).await.expect("new");
         assert_eq!(gaps_of(&store, "node-a").await, [(3, 4)]);
@@ -1059,7 +1198,7 @@ mod tests {
         assert!(series.is_empty(), "{series:?}");
         assert!(
             store
-                .read(|c| findings(c, None, None))
+                .read(|c| findings(c, None, Some("node-gone")))
                 .await
                 .expect("f")
                 .is_empty()
