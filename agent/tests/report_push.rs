@@ -127,6 +127,10 @@ fn proxy_path() -> String {
 
 /// The fault proxy in `netns`, forwarding to `upstream` (none: answers 200 itself).
 fn proxy(netns: &str, dir: &Path, upstream: Option<&str>) -> (Proc, PathBuf) {
+    proxy_with(netns, dir, upstream, &[])
+}
+
+fn proxy_with(netns: &str, dir: &Path, upstream: Option<&str>, extra: &[&str]) -> (Proc, PathBuf) {
     let requests = dir.join("requests.jsonl");
     let (listen, control) = (format!("127.0.0.1:{PROXY}"), format!("127.0.0.1:{CONTROL}"));
     let mut argv = vec![
@@ -146,6 +150,7 @@ fn proxy(netns: &str, dir: &Path, upstream: Option<&str>) -> (Proc, PathBuf) {
     if let Some(u) = upstream {
         argv.extend(["--upstream".into(), u.into()]);
     }
+    argv.extend(extra.iter().map(|a| a.to_string()));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let p = Proc::spawn(netns, "fault proxy", dir, &argv);
     wait_until(Duration::from_secs(20), "the proxy", || {
@@ -356,7 +361,17 @@ fn agent(netns: &str, dir: &Path, name: &str, extra: &[&str]) -> Proc {
         "--listen",
     ];
     let listen = format!("127.0.0.1:{AGENT_METRICS}");
-    let endpoint = format!("http://127.0.0.1:{PROXY}");
+    let proxied = format!("http://127.0.0.1:{PROXY}");
+    // The proxy unless the test names another endpoint.
+    let endpoint = extra
+        .iter()
+        .position(|a| *a == "--report-endpoint")
+        .and_then(|i| extra.get(i + 1))
+        .map_or(proxied.as_str(), |e| e);
+    let extra: Vec<&str> = match extra.iter().position(|a| *a == "--report-endpoint") {
+        Some(i) => [&extra[..i], &extra[i + 2..]].concat(),
+        None => extra.to_vec(),
+    };
     argv.push(&listen);
     argv.extend([
         "--socket",
@@ -364,7 +379,7 @@ fn agent(netns: &str, dir: &Path, name: &str, extra: &[&str]) -> Proc {
         "--spool-dir",
         spool.to_str().expect("utf-8"),
         "--report-endpoint",
-        &endpoint,
+        endpoint,
         "--report-retry-max",
         "0.5",
         "--report-timeout",
@@ -372,7 +387,7 @@ fn agent(netns: &str, dir: &Path, name: &str, extra: &[&str]) -> Proc {
         "--log",
         "info",
     ]);
-    argv.extend_from_slice(extra);
+    argv.extend_from_slice(&extra);
     let p = Proc::spawn(netns, "agent run", dir, &argv);
     wait_until(Duration::from_secs(30), "agent run", || {
         get_in_netns(netns, AGENT_METRICS, "/readyz").is_some_and(|(c, _)| c == 200)
@@ -739,5 +754,101 @@ fn the_cluster_page_lists_the_lab_nodes_and_shows_the_injected_fault() {
         "{v}"
     );
     drop(agents);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A CA and a certificate for 127.0.0.1 that it signed, made with openssl in `dir`: (ca.pem,
+/// server.pem, server.key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=cdpa-test-ca -keyout ca.key -out ca.pem
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -subj /CN=127.0.0.1 -keyout server.key -out server.csr
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+  -extfile server.ext -out server.pem
+"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn an_https_endpoint_is_trusted_through_the_configured_ca_and_only_then() {
+    let ns = Netns::new("rpt");
+    let dir = scratch("tls");
+    let (ca, cert, key) = certificates(&dir);
+    let (_proxy, log) = proxy_with(
+        &ns.0,
+        &dir,
+        None,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+        ],
+    );
+    let https = format!("https://127.0.0.1:{PROXY}");
+    let trusting = dir.join("trusting");
+    std::fs::create_dir_all(&trusting).expect("dir");
+    let a = agent(
+        &ns.0,
+        &trusting,
+        "tls-node",
+        &[
+            "--report-endpoint",
+            &https,
+            "--report-ca-file",
+            ca.to_str().expect("utf-8"),
+        ],
+    );
+    wait_until(Duration::from_secs(10), "a report over https", || {
+        !records(&requests(&log)).is_empty()
+    });
+    drop(a);
+    let delivered = requests(&log).len();
+
+    // The same endpoint without the CA: the system's roots do not know it, nothing is sent,
+    // and the report waits in the spool.
+    let untrusting = dir.join("untrusting");
+    std::fs::create_dir_all(&untrusting).expect("dir");
+    let mut a = agent(
+        &ns.0,
+        &untrusting,
+        "tls-node",
+        &["--report-endpoint", &https],
+    );
+    wait_until(Duration::from_secs(10), "a refused handshake", || {
+        agent_metric(
+            &ns.0,
+            "calico_dpagent_report_push_total{signal=\"logs\",result=\"unreachable\"}",
+        ) >= 1.0
+    });
+    a.terminate();
+    assert_eq!(
+        requests(&log).len(),
+        delivered,
+        "nothing reached the endpoint"
+    );
+    let log_text = std::fs::read_to_string(untrusting.join("agent run.log")).unwrap_or_default();
+    assert!(log_text.contains("certificate"), "{log_text}");
+    assert!(
+        !spool_state(&untrusting).1.is_empty(),
+        "the report waits in the spool"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

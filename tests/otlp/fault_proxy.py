@@ -12,7 +12,7 @@ then answered according to the current mode:
   reset         close the connection with a TCP RST before answering
   down:SECONDS  stop listening for SECONDS (connections are refused), then come back
 
-The mode is set with `POST /_control` (body: the mode) on the --control port, which never
+With --tls-cert/--tls-key it serves https. The mode is set with `POST /_control` (body: the mode) on the --control port, which never
 misbehaves.
 """
 
@@ -20,6 +20,7 @@ import argparse
 import gzip
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -173,8 +174,8 @@ class Control(BaseHTTPRequestHandler):
 class Listener:
     """The proxy's listening socket, which `down:` closes and re-opens."""
 
-    def __init__(self, addr, upstream, log_path):
-        self.addr, self.upstream, self.log_path = addr, upstream, log_path
+    def __init__(self, addr, upstream, log_path, tls=None):
+        self.addr, self.upstream, self.log_path, self.tls = addr, upstream, log_path, tls
         self.server = None
         self.up()
 
@@ -182,6 +183,10 @@ class Listener:
         s = ThreadingHTTPServer(self.addr, Proxy)
         s.daemon_threads = True
         s.upstream, s.log_path = self.upstream, self.log_path
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            s.socket = ctx.wrap_socket(s.socket, server_side=True)
         threading.Thread(target=s.serve_forever, daemon=True).start()
         self.server = s
 
@@ -204,9 +209,12 @@ def main():
     p.add_argument("--control", required=True, help="host:port for POST /_control")
     p.add_argument("--upstream", default="", help="the real endpoint's base URL")
     p.add_argument("--log", required=True, help="one JSON line per request")
+    p.add_argument("--tls-cert", help="serve https with this certificate chain (PEM)")
+    p.add_argument("--tls-key", help="and this key")
     a = p.parse_args()
     host, port = a.listen.rsplit(":", 1)
-    listener = Listener((host, int(port)), a.upstream.rstrip("/"), a.log)
+    tls = (a.tls_cert, a.tls_key) if a.tls_cert else None
+    listener = Listener((host, int(port)), a.upstream.rstrip("/"), a.log, tls)
     chost, cport = a.control.rsplit(":", 1)
     control = ThreadingHTTPServer((chost, int(cport)), Control)
     control.down = listener.down

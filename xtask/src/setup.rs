@@ -38,6 +38,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("strip", "binutils"),
     // The collector's cluster page, rendered by a real browser.
     ("chromium", "chromium"),
+    // Certificates for the https report endpoint test.
+    ("openssl", "openssl"),
 ];
 
 pub fn setup() -> anyhow::Result<()> {
