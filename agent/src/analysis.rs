@@ -7,10 +7,11 @@ use crate::{
     desired::{
         Datastore,
         expected::{self, Expected, HostFacts},
+        identity,
     },
     diag::{self, Diag},
     observed::ObservedDataplane,
-    verify::{self, Policy, Verification},
+    verify::{self, Policy, SeverityCounts, Skipped, Verdict, Verification},
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +30,48 @@ pub struct Analysis {
     /// Set when the analysis came from the running daemon (`agent run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonInfo>,
+    /// The dataplane holds another Node's addresses or VTEP MAC than the one named: the
+    /// findings are judged against the wrong node, and the verdict is unverifiable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<identity::IdentityMismatch>,
+    /// The bundle directory analysed instead of a live node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+}
+
+impl Analysis {
+    /// With nothing verified (no Calico and no datastore) the node is unverifiable, never
+    /// clean.
+    pub fn verdict(&self) -> Verdict {
+        if self.identity.is_some() {
+            return Verdict::Unverifiable;
+        }
+        self.verification
+            .as_ref()
+            .map_or(Verdict::Unverifiable, Verification::verdict)
+    }
+
+    /// The analysis as `--json` and the local API print it: the verdict, the findings per
+    /// severity and what did not run on top, then every field of the analysis.
+    pub fn judged(&self) -> Judged<'_> {
+        let v = self.verification.as_ref();
+        Judged {
+            verdict: self.verdict(),
+            counts: v.map(Verification::counts).unwrap_or_default(),
+            not_run: v.map_or(&[], |v| v.skipped.as_slice()),
+            analysis: self,
+        }
+    }
+}
+
+/// [`Analysis::judged`]: computed when printed, so it can never disagree with the findings.
+#[derive(Debug, Serialize)]
+pub struct Judged<'a> {
+    pub verdict: Verdict,
+    pub counts: SeverityCounts,
+    pub not_run: &'a [Skipped],
+    #[serde(flatten)]
+    pub analysis: &'a Analysis,
 }
 
 /// What the daemon adds to an analysis: how fresh it is and what only time can tell.
@@ -181,8 +224,27 @@ pub fn expected_for(
     obs: &ObservedDataplane,
     ds: Option<&Datastore>,
 ) -> Result<Option<Expected>, expected::ExpectedError> {
-    ds.map(|ds| expected::compute(ds, &obs.node_name, &host_facts(obs)))
-        .transpose()
+    let Some(ds) = ds else {
+        return Ok(None);
+    };
+    match expected::compute(ds, &obs.node_name, &host_facts(obs)) {
+        Err(expected::ExpectedError::UnknownNode { name, known, .. }) => {
+            Err(expected::ExpectedError::UnknownNode {
+                looks_like: identity::check(ds, &name, obs).map(|m| m.looks_like),
+                name,
+                known,
+            })
+        }
+        other => other.map(Some),
+    }
+}
+
+/// Says first when the dataplane carries another Node's identity than the one named: every
+/// finding would then be judged against someone else's expected state.
+pub fn check_identity(a: &mut Analysis, obs: &ObservedDataplane, ds: Option<&Datastore>) {
+    if let Some(ds) = ds {
+        a.identity = identity::check(ds, &obs.node_name, obs);
+    }
 }
 
 pub fn analyse(obs: &ObservedDataplane, expected: Option<&Expected>, policy: &Policy) -> Analysis {
@@ -197,6 +259,8 @@ pub fn analyse(obs: &ObservedDataplane, expected: Option<&Expected>, policy: &Po
         traffic: None,
         traffic_unavailable: None,
         daemon: None,
+        identity: None,
+        bundle: None,
     }
 }
 

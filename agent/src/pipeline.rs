@@ -108,13 +108,44 @@ pub async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
 /// is the node's identity unless the operator names one.
 async fn analyse_bundle(input: &Input, dir: &Path) -> anyhow::Result<Analysis> {
     let b = bundle::read_dir(dir)?;
+    let not_dumps = [
+        bundle::Format::Hostname.name(),
+        bundle::Format::CalicoResources.name(),
+        bundle::Format::CaptureErrors.name(),
+    ];
+    if b.recognised
+        .iter()
+        .all(|(_, f)| not_dumps.contains(&f.as_str()))
+    {
+        // Nothing to analyse is not "no Calico on this node": say what was read instead.
+        anyhow::bail!(
+            "bundle {} holds no command output this agent recognises ({}); expected files \
+             of `ip -d route show table all`, `ip -d link show`, `ip neigh`, `bridge fdb`, \
+             `iptables-save` or `nft list ruleset` output (`agent diag --bundle-out DIR` \
+             writes them)",
+            dir.display(),
+            if b.notes.is_empty() {
+                "the directory is empty".to_string()
+            } else {
+                b.notes.join("; ")
+            }
+        );
+    }
     let mut obs = b.observed;
+    let ds = load_datastore(&input.datastore, &b.datastore_files).await?;
     if let Some(n) = input.node_name.as_deref().filter(|n| !n.is_empty()) {
         obs.node_name = n.to_string();
     } else if obs.node_name.is_empty() {
-        obs.node_name = node::resolve_name(None);
+        // The analysing machine's hostname would name the wrong node.
+        if ds.is_some() {
+            anyhow::bail!(
+                "bundle {} does not say which node it was captured on (no hostname file): \
+                 pass --node-name",
+                dir.display()
+            );
+        }
+        obs.node_name = "(unnamed: the bundle holds no hostname)".into();
     }
-    let ds = load_datastore(&input.datastore, &b.datastore_files).await?;
     let expected = analysis::expected_for(&obs, ds.as_ref())?;
     let mut a = analysis::analyse(
         &obs,
@@ -124,12 +155,14 @@ async fn analyse_bundle(input: &Input, dir: &Path) -> anyhow::Result<Analysis> {
             conntrack_pressure: input.conntrack_pressure,
         },
     );
+    analysis::check_identity(&mut a, &obs, ds.as_ref());
     a.input_notes = b
         .recognised
         .iter()
         .map(|(p, f)| format!("read {} as {f}", p.display()))
         .chain(b.notes)
         .collect();
+    a.bundle = Some(dir.display().to_string());
     Ok(a)
 }
 
@@ -147,6 +180,7 @@ async fn live_pass(
         conntrack_pressure: input.conntrack_pressure,
     };
     let mut a = analysis::analyse(&obs, expected.as_ref(), &policy);
+    analysis::check_identity(&mut a, &obs, ds.as_ref());
     a.verification = a
         .verification
         .map(|v| tracker.confirm(v, now_ms, input.grace));

@@ -622,6 +622,8 @@ impl Daemon {
             traffic: None,
             traffic_unavailable: None,
             daemon,
+            identity: None,
+            bundle: None,
         }
     }
 }

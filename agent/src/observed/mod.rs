@@ -161,11 +161,10 @@ async fn read_services(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavai
     obs.felix_health = match felix_health::read(&endpoint).await {
         Ok(h) => Some(h),
         Err(e) => {
-            unavailable.push(Unavailable::new(
-                Source::FelixHealth,
-                "felix readiness",
-                error_chain(&e),
-            ));
+            unavailable.push(
+                Unavailable::new(Source::FelixHealth, "felix readiness", error_chain(&e))
+                    .with_cause(cause(e.not_running())),
+            );
             None
         }
     };
@@ -173,14 +172,21 @@ async fn read_services(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavai
     obs.bgp_peers = match bird::read(std::env::var("AGENT_BIRD_SOCKET").ok().as_deref()).await {
         Ok(peers) => Some(peers),
         Err(e) => {
-            unavailable.push(Unavailable::new(
-                Source::Bgp,
-                "bird show protocols",
-                error_chain(&e),
-            ));
+            unavailable.push(
+                Unavailable::new(Source::Bgp, "bird show protocols", error_chain(&e))
+                    .with_cause(cause(e.not_running())),
+            );
             None
         }
     };
+}
+
+fn cause(not_running: bool) -> Cause {
+    if not_running {
+        Cause::NotRunning
+    } else {
+        Cause::Unreadable
+    }
 }
 
 /// Only the links and routes: what choosing the interfaces to attach to needs, cheap enough

@@ -21,8 +21,8 @@ use super::{
 use crate::observed::{
     iptables::IptablesDump,
     model::{
-        FdbEntry, IpRule, Link, Neighbour, ObservedDataplane, Route, Source, Sysctls, TABLE_LOCAL,
-        Unavailable,
+        Cause, FdbEntry, IpRule, Link, Neighbour, ObservedDataplane, Route, Source, Sysctls,
+        TABLE_LOCAL, Unavailable,
     },
     nft::{self, NftRuleset},
     wireguard::{self, WgDevice},
@@ -222,7 +222,7 @@ impl Assembler {
         let mut out = Vec::new();
         let mut missing = |kinds: &[Source], source: &str, reason: &str| {
             for kind in kinds {
-                out.push(Unavailable::new(*kind, source, reason));
+                out.push(Unavailable::new(*kind, source, reason).with_cause(Cause::NotInInput));
             }
         };
         let seen = |f: Format| self.seen.contains(&f);
