@@ -341,10 +341,9 @@ mod tests {
     #[test]
     fn signals_without_a_finding_point_past_the_node() {
         let too_big = DropRow {
-            reason: PKT_TOO_BIG.into(),
-            code: 40,
             count: 2,
             by_class: BTreeMap::from([(IfaceClass::Tunnel, 2)]),
+            ..DropRow::new(PKT_TOO_BIG.into(), 40)
         };
         let v = verification(&[CheckId::RouteMissing]);
         let got = correlate_mtu(Some(&v), &sample(Vec::new(), vec![too_big]));
@@ -353,6 +352,69 @@ mod tests {
             got[0].starts_with("MTU signals without an mtu finding: 2 drops PKT_TOO_BIG"),
             "{got:?}"
         );
+    }
+
+    fn skipped(kind: verify::NotRun) -> Skipped {
+        Skipped::new(CheckId::FelixUnhealthy, kind, "why")
+    }
+
+    #[test]
+    fn the_verdict_separates_not_applicable_not_given_and_not_observed() {
+        let (e, o) = crate::verify::testutil::healthy();
+        let mut a = analyse(&o, Some(&e), &Policy::default());
+        let v = a.verification.as_mut().expect("verified");
+        v.skipped = vec![skipped(verify::NotRun::NotApplicable)];
+        assert_eq!(a.verdict(), Verdict::Clean);
+        let v = a.verification.as_mut().expect("verified");
+        v.skipped.push(skipped(verify::NotRun::NotInInput));
+        assert_eq!(a.verdict(), Verdict::Incomplete);
+        let v = a.verification.as_mut().expect("verified");
+        v.skipped.push(skipped(verify::NotRun::CouldNotObserve));
+        assert_eq!(a.verdict(), Verdict::Unverifiable);
+        // Drift is drift, whatever else could not run.
+        let v = a.verification.as_mut().expect("verified");
+        v.findings
+            .push(Finding::new(CheckId::RouteMissing, Severity::Critical, "x"));
+        assert_eq!(a.verdict(), Verdict::Drift);
+        assert_eq!(a.verdict().exit_code(), 1);
+        // ...unless it is judged against another node.
+        a.identity = Some(crate::desired::identity::IdentityMismatch {
+            named: "node-b".into(),
+            looks_like: "node-a".into(),
+            evidence: Vec::new(),
+        });
+        assert_eq!(a.verdict(), Verdict::Unverifiable);
+        a.identity = None;
+        a.verification = None;
+        assert_eq!(a.verdict(), Verdict::Unverifiable);
+        assert_eq!(a.verdict().exit_code(), 2);
+    }
+
+    #[test]
+    fn the_json_carries_verdict_counts_and_not_run_on_top() {
+        let (e, o) = crate::verify::testutil::healthy();
+        let mut a = analyse(&o, Some(&e), &Policy::default());
+        let v = a.verification.as_mut().expect("verified");
+        v.skipped = vec![skipped(verify::NotRun::NotInInput)];
+        v.findings.push(Finding::new(
+            CheckId::TunnelAddressMismatch,
+            Severity::Info,
+            "x",
+        ));
+        let json = serde_json::to_value(a.judged()).expect("json");
+        assert_eq!(json["verdict"], "incomplete");
+        assert_eq!(
+            json["counts"],
+            serde_json::json!({"critical": 0, "warning": 0, "info": 1})
+        );
+        assert_eq!(json["not_run"][0]["kind"], "not-in-input");
+        assert_eq!(json["not_run"][0]["reason"], "why");
+        // The analysis' own fields are still there, unchanged.
+        assert_eq!(
+            json["verification"]["skipped"][0]["check"],
+            "felix.unhealthy"
+        );
+        assert!(json["diag"]["node"].is_string());
     }
 
     #[test]

@@ -36,7 +36,7 @@ enum Command {
         /// Also attach the observe-only eBPF programs for this many seconds while analysing:
         /// drops per kernel reason and interface class, dropped flows, TCP retransmissions and
         /// MTU signals (correlated with the mtu.* findings); 0 skips it.
-        #[arg(long, env = "AGENT_DROPS_SECONDS", default_value_t = 1)]
+        #[arg(long, env = "AGENT_DROPS_SECONDS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=3600))]
         drops_seconds: u64,
         /// Do not load eBPF programs (no drop or MTU-signal summary).
         #[arg(long, env = "AGENT_NO_EBPF")]
@@ -206,23 +206,24 @@ struct FlowsArgs {
     /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
     #[arg(long, env = "AGENT_NODE_NAME")]
     node_name: Option<String>,
-    /// Seconds to count before printing (and between refreshes with --watch).
-    #[arg(long, env = "AGENT_FLOWS_SECONDS", default_value_t = 5)]
+    /// Seconds to count before printing (and between refreshes with --watch), 1 to 86400.
+    #[arg(long, env = "AGENT_FLOWS_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86400))]
     seconds: u64,
-    /// How many flows to show (largest first).
-    #[arg(long, env = "AGENT_FLOWS_TOP", default_value_t = 20)]
+    /// How many flows to show (largest first), at least 1.
+    #[arg(long, env = "AGENT_FLOWS_TOP", default_value_t = 20, value_parser = top)]
     top: usize,
     /// Show only the drops.
-    #[arg(long)]
+    #[arg(long, env = "AGENT_FLOWS_DROPS")]
     drops: bool,
     /// Attach only to this interface (default: Calico tunnels, the underlay NIC, cali* workloads).
     #[arg(long, env = "AGENT_FLOWS_IFACE")]
     iface: Option<String>,
     /// Keep counting and print every --seconds until interrupted.
-    #[arg(long)]
+    #[arg(long, env = "AGENT_FLOWS_WATCH")]
     watch: bool,
-    /// Flow table capacity (LRU).
-    #[arg(long, env = "AGENT_FLOW_TABLE_SIZE", default_value_t = agent_common::FLOWS_DEFAULT_MAX)]
+    /// Flow table capacity (LRU), at least 1. Each interface also holds its latest flow per
+    /// CPU and direction outside the table, so a small table can list a few more flows.
+    #[arg(long, env = "AGENT_FLOW_TABLE_SIZE", default_value_t = agent_common::FLOWS_DEFAULT_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     flow_table_size: u32,
     /// Do not load eBPF programs (flows are then unavailable).
     #[arg(long, env = "AGENT_NO_EBPF")]
@@ -230,7 +231,7 @@ struct FlowsArgs {
     /// Attach a program that does nothing instead of the counting ones (nothing is counted):
     /// with `kernel.bpf_stats_enabled=1`, its run time is what any TC program costs on this
     /// node, the floor under ours.
-    #[arg(long)]
+    #[arg(long, env = "AGENT_FLOWS_CALIBRATE")]
     calibrate: bool,
     /// Print JSON instead of text.
     #[arg(long, env = "AGENT_JSON")]
@@ -279,6 +280,15 @@ fn seconds_or_zero(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// At least 1 (`--top 0` would list nothing and look like no traffic).
+fn top(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("0 is not in 1.. (list at least one flow)".into()),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
 /// A fill fraction: more than 0, at most 1.
 fn fraction(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
@@ -292,16 +302,21 @@ fn fraction(s: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    let daemon = matches!(cli.command, Command::Run(_));
+    // Only diag and check verify; the others fail at something else.
+    let (prefix, code) = match &cli.command {
+        Command::Run(_) => ("", ExitCode::FAILURE),
+        Command::Flows(_)
+        | Command::Diag {
+            bundle_out: Some(_),
+            ..
+        } => ("", ExitCode::from(2)),
+        Command::Diag { .. } | Command::Check { .. } => ("could not verify: ", ExitCode::from(2)),
+    };
     match run(cli) {
         Ok(code) => code,
-        Err(e) if daemon => {
-            eprintln!("agent: {e:#}");
-            ExitCode::FAILURE
-        }
         Err(e) => {
-            eprintln!("agent: could not verify: {e:#}");
-            ExitCode::from(2)
+            eprintln!("agent: {prefix}{}", agent::observed::anyhow_chain(&e));
+            code
         }
     }
 }
@@ -376,14 +391,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { input } => {
             let a = rt.block_on(analyse(&input))?;
             print(&input, &a, report::diag_text::check_text)?;
-            Ok(match &a.verification {
-                None => {
-                    eprintln!("agent: could not verify: no Calico dataplane found on this node");
-                    ExitCode::from(2)
-                }
-                Some(v) if v.has_drift() => ExitCode::from(1),
-                Some(_) => ExitCode::SUCCESS,
-            })
+            let verdict = a.verdict();
+            if verdict == agent::verify::Verdict::Unverifiable {
+                eprintln!("agent: {}", report::diag_text::verdict_line(&a));
+            }
+            Ok(ExitCode::from(verdict.exit_code()))
         }
     }
 }
@@ -466,7 +478,7 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     let mut encode_error = None;
     let result = watch::run(opts, |r| {
         if args.json {
-            match serde_json::to_string(r) {
+            match serde_json::to_string_pretty(r) {
                 Ok(j) => println!("{j}"),
                 Err(e) => encode_error = Some(e),
             }
@@ -492,7 +504,7 @@ fn print(input: &Input, a: &Analysis, human: fn(&Analysis) -> String) -> anyhow:
     if input.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(a).context("encoding JSON")?
+            serde_json::to_string_pretty(&a.judged()).context("encoding JSON")?
         );
     } else {
         print!("{}", human(a));

@@ -259,12 +259,39 @@ fn calico_bpf_pins(dir: &std::path::Path) -> Vec<String> {
 
 /// An error with its sources, `a: b: c`, for one-line reports.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut parts = vec![e.to_string()];
     let mut src = e.source();
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        parts.push(inner.to_string());
         src = inner.source();
+    }
+    join_chain(parts)
+}
+
+/// [`error_chain`] for an `anyhow` error (its contexts, then the error's sources).
+pub fn anyhow_chain(e: &anyhow::Error) -> String {
+    join_chain(e.chain().map(ToString::to_string).collect())
+}
+
+/// `a: b: c` on one line. Some errors repeat their source in their own message (aya's and
+/// std's do): a part already said is not said twice, and a multi-line part (a tool's stderr)
+/// is folded.
+fn join_chain(parts: Vec<String>) -> String {
+    let mut s = String::new();
+    for p in parts {
+        let p = p
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if p.is_empty() || s.contains(&p) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&p);
     }
     s
 }

@@ -10,6 +10,11 @@ pub const WIDTH: usize = 80;
 /// rest with `rest` (usually deeper, so a wrapped line reads as one item). A word longer than
 /// a line (a URL, a long command) is cut, so that no line is ever wider.
 pub fn write(o: &mut String, first: &str, rest: &str, text: &str) {
+    // What fits keeps its own spacing (aligned columns, two spaces between fields).
+    if width(first) + width(text) <= WIDTH && !text.contains('\n') {
+        let _ = writeln!(o, "{first}{text}");
+        return;
+    }
     let mut line = String::from(first);
     let mut empty = true;
     for word in text.split_whitespace() {
@@ -25,10 +30,7 @@ pub fn write(o: &mut String, first: &str, rest: &str, text: &str) {
         let mut word = word;
         while width(&line) + width(word) > WIDTH {
             let room = WIDTH.saturating_sub(width(&line)).max(1);
-            let cut = word
-                .char_indices()
-                .nth(room)
-                .map_or(word.len(), |(i, _)| i);
+            let cut = word.char_indices().nth(room).map_or(word.len(), |(i, _)| i);
             line.push_str(&word[..cut]);
             let _ = writeln!(o, "{line}");
             line = String::from(rest);
@@ -82,6 +84,6 @@ mod tests {
 
     #[test]
     fn short_text_is_one_line() {
-        assert_eq!(lines("  ", "    ", "a b  c"), "  a b c\n");
+        assert_eq!(lines("  ", "    ", "a b  c"), "  a b  c\n");
     }
 }

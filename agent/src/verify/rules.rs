@@ -93,9 +93,21 @@ pub(super) fn check(
                         needs_capability(obs)
                     ),
                 };
+                let mut what: Vec<&str> = Vec::new();
+                for u in obs
+                    .unavailable
+                    .iter()
+                    .filter(|u| matches!(u.kind, Source::Iptables | Source::Nftables))
+                {
+                    if !what.contains(&u.source.as_str()) {
+                        what.push(&u.source);
+                    }
+                }
+                if what.is_empty() {
+                    what = vec!["iptables-save", "nft"];
+                }
                 skipped.push(
-                    Skipped::new(CheckId::RulesFelixMissing, kind, reason)
-                        .missing("iptables-save, nft"),
+                    Skipped::new(CheckId::RulesFelixMissing, kind, reason).missing(what.join(", ")),
                 );
             } else if !bpf {
                 out.push(

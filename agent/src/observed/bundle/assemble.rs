@@ -263,8 +263,6 @@ impl Assembler {
                 missing(&[kind], f.name(), NOT_IN_BUNDLE);
             }
         }
-        missing(&[Source::FelixHealth], "felix readiness", NOT_IN_BUNDLE);
-        missing(&[Source::Bgp], "bird show protocols", NOT_IN_BUNDLE);
         if !seen(Format::IptablesSave) {
             missing(
                 &[Source::Iptables, Source::Ip6tables],
@@ -283,6 +281,15 @@ impl Assembler {
         });
         if has_wireguard && !seen(Format::WgDump) {
             missing(&[Source::Wireguard], Format::WgDump.name(), NOT_IN_BUNDLE);
+        }
+        // Answers of live services, not kernel state: no bundle holds them, so their checks
+        // do not apply to one (rather than making every bundle incomplete).
+        let live_only = "live only: a bundle holds the kernel's state, not a service's answer";
+        for (kind, source) in [
+            (Source::FelixHealth, "felix readiness"),
+            (Source::Bgp, "bird show protocols"),
+        ] {
+            out.push(Unavailable::new(kind, source, live_only).with_cause(Cause::NotRunning));
         }
         out
     }
