@@ -168,44 +168,119 @@ pub fn correlate_mtu(v: Option<&Verification>, t: &TrafficSample) -> Vec<String>
 /// How many dropped flows `diag` lists.
 const DROPPED_FLOWS: usize = 5;
 
-/// Attaches the observe-only programs to the node's Calico interfaces for `seconds` and
-/// returns the drops (per kernel reason and interface class), dropped flows and MTU signals.
-pub async fn sample_traffic(
-    node: &str,
-    seconds: u64,
-) -> Result<TrafficSample, crate::flows::FlowsError> {
-    let opts = crate::flows::ProbeOptions {
-        flow_table_size: 16384,
-        ..crate::flows::ProbeOptions::default()
-    };
-    let mut session = crate::flows::Session::start(opts, None)?;
-    match crate::observed::read_interfaces().await {
-        Ok(obs) => session.refresh(&obs),
-        Err(e) => session.notes.push(format!(
-            "interfaces not attached (drops counted per reason only): {}",
-            crate::observed::error_chain(&e)
-        )),
+/// The observe-only programs attached for `diag`'s traffic sample. The counting window is
+/// opened by [`TrafficProbe::sample`], after the attach has settled and after the analysis
+/// has run, and closed before anything is detached: the agent's own work (its netlink dumps,
+/// `iptables-nft-save` closing a netlink socket with replies queued, the probe of Felix's
+/// health port) is never inside it.
+pub struct TrafficProbe {
+    session: crate::flows::Session,
+    node: String,
+}
+
+impl TrafficProbe {
+    /// Loads the programs and attaches them to the node's Calico interfaces.
+    pub async fn attach(node: &str) -> Result<Self, crate::flows::FlowsError> {
+        let opts = crate::flows::ProbeOptions {
+            flow_table_size: 16384,
+            ..crate::flows::ProbeOptions::default()
+        };
+        let mut session = crate::flows::Session::start(opts, None)?;
+        match crate::observed::read_interfaces().await {
+            Ok(obs) => session.refresh(&obs),
+            Err(e) => session.notes.push(format!(
+                "interfaces not attached (drops counted per reason only): {}",
+                crate::observed::error_chain(&e)
+            )),
+        }
+        Ok(Self {
+            session,
+            node: node.to_string(),
+        })
     }
-    tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
-    let r = session.report(node, seconds, usize::MAX)?;
-    Ok(TrafficSample {
+
+    /// Counts for `seconds` from now and returns what happened in that window only; the
+    /// programs are detached when this returns.
+    pub async fn sample(self, seconds: u64) -> Result<TrafficSample, crate::flows::FlowsError> {
+        let before = self.session.report(&self.node, 0, usize::MAX)?;
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+        let after = self.session.report(&self.node, seconds, usize::MAX)?;
+        drop(self);
+        Ok(window(&before, after, seconds))
+    }
+}
+
+/// What happened between two reports of the same session.
+fn window(
+    before: &crate::flows::report::FlowsReport,
+    after: crate::flows::report::FlowsReport,
+    seconds: u64,
+) -> TrafficSample {
+    let drops = after
+        .drops
+        .into_iter()
+        .filter_map(|mut row| {
+            if let Some(old) = before.drops.iter().find(|r| r.code == row.code) {
+                for (class, n) in &mut row.by_class {
+                    *n = n.saturating_sub(old.by_class.get(class).copied().unwrap_or(0));
+                }
+                row.by_class.retain(|_, n| *n > 0);
+                row.count = row.count.saturating_sub(old.count);
+            }
+            (row.count > 0).then_some(row)
+        })
+        .collect::<Vec<_>>();
+    let mut drops = drops;
+    drops.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
+    let mtu_signals = after
+        .interfaces
+        .into_iter()
+        .map(|mut i| {
+            if let Some(old) = before
+                .interfaces
+                .iter()
+                .find(|o| o.iface == i.iface && o.direction == i.direction)
+            {
+                i.counts.packets = i.counts.packets.saturating_sub(old.counts.packets);
+                i.counts.bytes = i.counts.bytes.saturating_sub(old.counts.bytes);
+                i.counts.df_oversize = i.counts.df_oversize.saturating_sub(old.counts.df_oversize);
+                i.counts.icmp_frag_needed = i
+                    .counts
+                    .icmp_frag_needed
+                    .saturating_sub(old.counts.icmp_frag_needed);
+            }
+            i
+        })
+        .filter(|i| i.counts.df_oversize > 0 || i.counts.icmp_frag_needed > 0)
+        .collect();
+    let same_flow = |a: &crate::flows::Flow, b: &crate::flows::Flow| {
+        (a.src, a.dst, a.sport, a.dport, a.proto, a.ifindex)
+            == (b.src, b.dst, b.sport, b.dport, b.proto, b.ifindex)
+    };
+    let mut dropped_flows: Vec<crate::flows::report::FlowRow> = after
+        .flows
+        .into_iter()
+        .map(|mut f| {
+            if let Some(old) = before.flows.iter().find(|o| same_flow(&o.flow, &f.flow)) {
+                f.flow.drops = f.flow.drops.saturating_sub(old.flow.drops);
+                f.flow.packets = f.flow.packets.saturating_sub(old.flow.packets);
+                f.flow.bytes = f.flow.bytes.saturating_sub(old.flow.bytes);
+            }
+            f
+        })
+        .filter(|f| f.flow.drops > 0)
+        .collect();
+    dropped_flows.sort_by(|a, b| b.flow.drops.cmp(&a.flow.drops));
+    dropped_flows.truncate(DROPPED_FLOWS);
+    TrafficSample {
         seconds,
-        drops: r.drops,
-        tcp_retransmits: r.tcp_retransmits,
-        mtu_signals: r
-            .interfaces
-            .into_iter()
-            .filter(|i| i.counts.df_oversize > 0 || i.counts.icmp_frag_needed > 0)
-            .collect(),
-        dropped_flows: r
-            .flows
-            .into_iter()
-            .filter(|f| f.flow.drops > 0)
-            .take(DROPPED_FLOWS)
-            .collect(),
+        drops,
+        tcp_retransmits: after.tcp_retransmits.saturating_sub(before.tcp_retransmits),
+        mtu_signals,
+        dropped_flows,
         mtu_correlation: Vec::new(),
-        notes: r.notes,
-    })
+        notes: after.notes,
+    }
 }
 
 /// The host facts Felix itself reads from the kernel (MTU detection).

@@ -362,12 +362,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &node::resolve_name(input.target.node_name.as_deref()),
                 ))
                 .with_context(|| format!("writing a bundle to {}", dir.display()))?;
-            println!(
-                "wrote {} file(s) to {}; analyse them with `agent diag --bundle {}`",
+            out(&format!(
+                "wrote {} file(s) to {}; analyse them with `agent diag --bundle {}`\n",
                 files.len(),
                 dir.display(),
                 dir.display()
-            );
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Diag {
@@ -460,7 +460,7 @@ async fn daemon(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     if args.no_ebpf {
-        println!("flows unavailable: eBPF disabled by --no-ebpf");
+        out("flows unavailable: eBPF disabled by --no-ebpf\n")?;
         return Ok(ExitCode::SUCCESS);
     }
     let opts = WatchOptions {
@@ -475,25 +475,30 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         top: args.top,
         watch: args.watch,
     };
-    let mut encode_error = None;
+    let mut emit_error = None;
     let result = watch::run(opts, |r| {
-        if args.json {
-            match serde_json::to_string_pretty(r) {
-                Ok(j) => println!("{j}"),
-                Err(e) => encode_error = Some(e),
-            }
+        let text = if args.json {
+            serde_json::to_string_pretty(r)
+                .map(|j| j + "\n")
+                .context("encoding JSON")
         } else {
-            print!("{}", report::flows_text::text(r, args.drops));
+            Ok(report::flows_text::text(r, args.drops))
+        };
+        if let Err(e) = text.and_then(|t| out(&t)) {
+            emit_error = Some(e);
         }
     })
     .await;
-    if let Some(e) = encode_error {
-        return Err(e).context("encoding JSON");
+    if let Some(e) = emit_error {
+        return Err(e);
     }
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(WatchError::Flows(e)) => {
-            println!("flows unavailable: {}", observed::error_chain(&e));
+            out(&format!(
+                "flows unavailable: {}\n",
+                observed::error_chain(&e)
+            ))?;
             Ok(ExitCode::from(2))
         }
         Err(e) => Err(e.into()),
@@ -502,12 +507,22 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
 
 fn print(input: &Input, a: &Analysis, human: fn(&Analysis) -> String) -> anyhow::Result<()> {
     if input.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&a.judged()).context("encoding JSON")?
-        );
+        out(&(serde_json::to_string_pretty(&a.judged()).context("encoding JSON")? + "\n"))
     } else {
-        print!("{}", human(a));
+        out(&human(a))
     }
-    Ok(())
+}
+
+/// Writes to stdout. A reader that went away (`agent diag | head`) is not an error, and
+/// never a panic as `println!` would make it.
+fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
 }

@@ -187,10 +187,23 @@ async fn live_pass(
     Ok(a)
 }
 
-/// `diag` on the live node: the analysis, with the traffic sample taken while it runs.
+/// How long the kernel's deferred frees of the analysis' sockets are given before the traffic
+/// sample's window opens.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// `diag` on the live node: the analysis, then the traffic sample. The programs are attached
+/// first, so they have settled while the analysis runs; the counting window opens only once
+/// the analysis is done, so none of the agent's own reads are counted as drops.
 pub async fn diag_with_sample(input: &Input, sample_seconds: u64) -> anyhow::Result<Analysis> {
-    let (a, sample) = tokio::join!(analyse(input), sample(input, sample_seconds));
-    Ok(with_sample(a?, sample))
+    let probe = attach(input, sample_seconds).await;
+    let a = analyse(input).await?;
+    if probe.is_some() {
+        // The kernel purges a closed netlink socket's queue (`iptables-nft-save` exits with
+        // replies unread: QUEUE_PURGE) after RCU grace periods, not at close: measured in
+        // the lab within 200 ms. The window opens after that, so it holds none of it.
+        tokio::time::sleep(SETTLE).await;
+    }
+    Ok(with_sample(a, sample(probe, sample_seconds).await))
 }
 
 /// An analysis already made (by the daemon) with a traffic sample taken now.
@@ -199,17 +212,27 @@ pub async fn add_sample(
     input: &Input,
     sample_seconds: u64,
 ) -> anyhow::Result<Analysis> {
-    Ok(with_sample(a, sample(input, sample_seconds).await))
+    let probe = attach(input, sample_seconds).await;
+    Ok(with_sample(a, sample(probe, sample_seconds).await))
+}
+
+type Probe = Option<Result<analysis::TrafficProbe, crate::flows::FlowsError>>;
+
+async fn attach(input: &Input, seconds: u64) -> Probe {
+    if seconds > 0 && input.bundle.is_none() {
+        Some(analysis::TrafficProbe::attach(&input.node()).await)
+    } else {
+        None
+    }
 }
 
 async fn sample(
-    input: &Input,
+    probe: Probe,
     seconds: u64,
 ) -> Option<Result<analysis::TrafficSample, crate::flows::FlowsError>> {
-    if seconds > 0 && input.bundle.is_none() {
-        Some(analysis::sample_traffic(&input.node(), seconds).await)
-    } else {
-        None
+    match probe? {
+        Ok(p) => Some(p.sample(seconds).await),
+        Err(e) => Some(Err(e)),
     }
 }
 
