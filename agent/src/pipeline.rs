@@ -72,8 +72,13 @@ pub async fn load_datastore(
         tracing::warn!("{w}");
     }
     if ds.is_empty() {
+        let what = match source {
+            DatastoreSource::Dir(dir) => format!("datastore {}", dir.display()),
+            DatastoreSource::Kube => "the Kubernetes API".into(),
+            DatastoreSource::None => "the Calico YAML in the bundle".into(),
+        };
         anyhow::bail!(
-            "the datastore holds no Calico objects (IPPools, IPAMBlocks, Nodes, FelixConfigurations)"
+            "{what} holds no Calico objects (IPPools, IPAMBlocks, Nodes, FelixConfigurations)"
         );
     }
     Ok(Some(ds))
