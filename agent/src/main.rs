@@ -64,8 +64,8 @@ struct Target {
     /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
     #[arg(long, env = "AGENT_NODE_NAME")]
     node_name: Option<String>,
-    /// Directory of Calico YAML (`calicoctl get … -o yaml` / `kubectl get … -o yaml`) to verify
-    /// against (`agent run` re-reads it when its files change).
+    /// Directory of Calico YAML, or one file of it (`calicoctl get … -o yaml` / `kubectl get …
+    /// -o yaml`), to verify against (`agent run` re-reads it when it changes).
     #[arg(long, env = "AGENT_DATASTORE", conflicts_with = "kube")]
     datastore: Option<PathBuf>,
     /// Read the datastore from the Kubernetes API (in-cluster service account or KUBECONFIG),

@@ -121,6 +121,13 @@ fn read_dir(dir: &std::path::Path) -> Result<Datastore, String> {
 }
 
 fn stamp(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    // A single file as the datastore: its own size and time.
+    if let Some(m) = std::fs::metadata(dir)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+    {
+        return vec![(dir.to_path_buf(), m.len(), m.modified().ok())];
+    }
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
