@@ -216,7 +216,7 @@ fn window(
     after: crate::flows::report::FlowsReport,
     seconds: u64,
 ) -> TrafficSample {
-    let drops = after
+    let mut drops: Vec<_> = after
         .drops
         .into_iter()
         .filter_map(|mut row| {
@@ -229,8 +229,7 @@ fn window(
             }
             (row.count > 0).then_some(row)
         })
-        .collect::<Vec<_>>();
-    let mut drops = drops;
+        .collect();
     drops.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
     let mtu_signals = after
         .interfaces
@@ -270,7 +269,7 @@ fn window(
         })
         .filter(|f| f.flow.drops > 0)
         .collect();
-    dropped_flows.sort_by(|a, b| b.flow.drops.cmp(&a.flow.drops));
+    dropped_flows.sort_by_key(|f| std::cmp::Reverse(f.flow.drops));
     dropped_flows.truncate(DROPPED_FLOWS);
     TrafficSample {
         seconds,
@@ -490,6 +489,46 @@ mod tests {
             "felix.unhealthy"
         );
         assert!(json["diag"]["node"].is_string());
+    }
+
+    fn report(drops: Vec<DropRow>, retransmits: u64) -> crate::flows::report::FlowsReport {
+        crate::flows::report::FlowsReport {
+            node: "node-a".into(),
+            window_seconds: 0,
+            attach: crate::flows::AttachMode::Tcx,
+            interfaces: vec![oversize_on_cali1()],
+            flows: Vec::new(),
+            flows_total: 0,
+            drops,
+            tcp_retransmits: retransmits,
+            notes: Vec::new(),
+        }
+    }
+
+    fn drop_row(reason: &str, code: u32, host: u64) -> DropRow {
+        DropRow {
+            count: host,
+            by_class: BTreeMap::from([(IfaceClass::Host, host)]),
+            ..DropRow::new(reason.into(), code)
+        }
+    }
+
+    #[test]
+    fn the_sample_holds_only_what_happened_inside_its_window() {
+        // Before the window: the analysis' own purge. During it: two other drops.
+        let before = report(vec![drop_row("QUEUE_PURGE", 104, 10)], 3);
+        let after = report(
+            vec![
+                drop_row("QUEUE_PURGE", 104, 10),
+                drop_row("NOT_SPECIFIED", 2, 2),
+            ],
+            5,
+        );
+        let t = window(&before, after, 1);
+        assert_eq!(t.drops, [drop_row("NOT_SPECIFIED", 2, 2)]);
+        assert_eq!(t.tcp_retransmits, 2);
+        // The interface's DF packets were all before the window: no MTU signal in it.
+        assert!(t.mtu_signals.is_empty(), "{:?}", t.mtu_signals);
     }
 
     #[test]

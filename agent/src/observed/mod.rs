@@ -295,3 +295,33 @@ fn join_chain(parts: Vec<String>) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map error: {0}")]
+    struct Outer(#[source] Inner);
+
+    /// Like aya's: its message already holds its source's.
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to create map `CLOCK`")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_never_says_a_part_twice_and_stays_on_one_line() {
+        let e = Outer(Inner(std::io::Error::other("Operation not permitted")));
+        let s = error_chain(&e);
+        assert_eq!(
+            s,
+            "map error: failed to create map `CLOCK`: Operation not permitted"
+        );
+        let e = anyhow::Error::new(std::io::Error::other("nft: denied\nnetlink: Error: cache"))
+            .context("reading rules");
+        assert_eq!(
+            anyhow_chain(&e),
+            "reading rules: nft: denied; netlink: Error: cache"
+        );
+    }
+}
