@@ -36,7 +36,7 @@ enum Command {
         /// Also attach the observe-only eBPF programs for this many seconds while analysing:
         /// drops per kernel reason and interface class, dropped flows, TCP retransmissions and
         /// MTU signals (correlated with the mtu.* findings); 0 skips it.
-        #[arg(long, env = "AGENT_DROPS_SECONDS", default_value_t = 1)]
+        #[arg(long, env = "AGENT_DROPS_SECONDS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=3600))]
         drops_seconds: u64,
         /// Do not load eBPF programs (no drop or MTU-signal summary).
         #[arg(long, env = "AGENT_NO_EBPF")]
@@ -67,8 +67,8 @@ struct Target {
     /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
     #[arg(long, env = "AGENT_NODE_NAME")]
     node_name: Option<String>,
-    /// Directory of Calico YAML (`calicoctl get … -o yaml` / `kubectl get … -o yaml`) to verify
-    /// against (`agent run` re-reads it when its files change).
+    /// Directory of Calico YAML, or one file of it (`calicoctl get … -o yaml` / `kubectl get …
+    /// -o yaml`), to verify against (`agent run` re-reads it when it changes).
     #[arg(long, env = "AGENT_DATASTORE", conflicts_with = "kube")]
     datastore: Option<PathBuf>,
     /// Read the datastore from the Kubernetes API (in-cluster service account or KUBECONFIG),
@@ -259,23 +259,24 @@ struct FlowsArgs {
     /// Node name as Felix knows it; defaults to $NODENAME, then the hostname.
     #[arg(long, env = "AGENT_NODE_NAME")]
     node_name: Option<String>,
-    /// Seconds to count before printing (and between refreshes with --watch).
-    #[arg(long, env = "AGENT_FLOWS_SECONDS", default_value_t = 5)]
+    /// Seconds to count before printing (and between refreshes with --watch), 1 to 86400.
+    #[arg(long, env = "AGENT_FLOWS_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86400))]
     seconds: u64,
-    /// How many flows to show (largest first).
-    #[arg(long, env = "AGENT_FLOWS_TOP", default_value_t = 20)]
+    /// How many flows to show (largest first), at least 1.
+    #[arg(long, env = "AGENT_FLOWS_TOP", default_value_t = 20, value_parser = top)]
     top: usize,
     /// Show only the drops.
-    #[arg(long)]
+    #[arg(long, env = "AGENT_FLOWS_DROPS")]
     drops: bool,
     /// Attach only to this interface (default: Calico tunnels, the underlay NIC, cali* workloads).
     #[arg(long, env = "AGENT_FLOWS_IFACE")]
     iface: Option<String>,
     /// Keep counting and print every --seconds until interrupted.
-    #[arg(long)]
+    #[arg(long, env = "AGENT_FLOWS_WATCH")]
     watch: bool,
-    /// Flow table capacity (LRU).
-    #[arg(long, env = "AGENT_FLOW_TABLE_SIZE", default_value_t = agent_common::FLOWS_DEFAULT_MAX)]
+    /// Flow table capacity (LRU), at least 1. Each interface also holds its latest flow per
+    /// CPU and direction outside the table, so a small table can list a few more flows.
+    #[arg(long, env = "AGENT_FLOW_TABLE_SIZE", default_value_t = agent_common::FLOWS_DEFAULT_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     flow_table_size: u32,
     /// Do not load eBPF programs (flows are then unavailable).
     #[arg(long, env = "AGENT_NO_EBPF")]
@@ -283,7 +284,7 @@ struct FlowsArgs {
     /// Attach a program that does nothing instead of the counting ones (nothing is counted):
     /// with `kernel.bpf_stats_enabled=1`, its run time is what any TC program costs on this
     /// node, the floor under ours.
-    #[arg(long)]
+    #[arg(long, env = "AGENT_FLOWS_CALIBRATE")]
     calibrate: bool,
     /// Print JSON instead of text.
     #[arg(long, env = "AGENT_JSON")]
@@ -332,6 +333,15 @@ fn seconds_or_zero(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// At least 1 (`--top 0` would list nothing and look like no traffic).
+fn top(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("0 is not in 1.. (list at least one flow)".into()),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
 /// A fill fraction: more than 0, at most 1.
 fn fraction(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
@@ -345,16 +355,21 @@ fn fraction(s: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    let daemon = matches!(cli.command, Command::Run(_) | Command::Collector(_));
+    // Only diag and check verify; the others fail at something else.
+    let (prefix, code) = match &cli.command {
+        Command::Run(_) | Command::Collector(_) => ("", ExitCode::FAILURE),
+        Command::Flows(_)
+        | Command::Diag {
+            bundle_out: Some(_),
+            ..
+        } => ("", ExitCode::from(2)),
+        Command::Diag { .. } | Command::Check { .. } => ("could not verify: ", ExitCode::from(2)),
+    };
     match run(cli) {
         Ok(code) => code,
-        Err(e) if daemon => {
-            eprintln!("agent: {e:#}");
-            ExitCode::FAILURE
-        }
         Err(e) => {
-            eprintln!("agent: could not verify: {e:#}");
-            ExitCode::from(2)
+            eprintln!("agent: {prefix}{}", agent::observed::anyhow_chain(&e));
+            code
         }
     }
 }
@@ -402,12 +417,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &node::resolve_name(input.target.node_name.as_deref()),
                 ))
                 .with_context(|| format!("writing a bundle to {}", dir.display()))?;
-            println!(
-                "wrote {} file(s) to {}; analyse them with `agent diag --bundle {}`",
+            out(&format!(
+                "wrote {} file(s) to {}; analyse them with `agent diag --bundle {}`\n",
                 files.len(),
                 dir.display(),
                 dir.display()
-            );
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Diag {
@@ -431,14 +446,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { input } => {
             let a = rt.block_on(analyse(&input))?;
             print(&input, &a, report::diag_text::check_text)?;
-            Ok(match &a.verification {
-                None => {
-                    eprintln!("agent: could not verify: no Calico dataplane found on this node");
-                    ExitCode::from(2)
-                }
-                Some(v) if v.has_drift() => ExitCode::from(1),
-                Some(_) => ExitCode::SUCCESS,
-            })
+            let verdict = a.verdict();
+            if verdict == agent::verify::Verdict::Unverifiable {
+                eprintln!("agent: {}", report::diag_text::verdict_line(&a));
+            }
+            Ok(ExitCode::from(verdict.exit_code()))
         }
     }
 }
@@ -538,7 +550,7 @@ fn collector(args: CollectorArgs) -> anyhow::Result<ExitCode> {
 
 async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
     if args.no_ebpf {
-        println!("flows unavailable: eBPF disabled by --no-ebpf");
+        out("flows unavailable: eBPF disabled by --no-ebpf\n")?;
         return Ok(ExitCode::SUCCESS);
     }
     let opts = WatchOptions {
@@ -553,25 +565,30 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         top: args.top,
         watch: args.watch,
     };
-    let mut encode_error = None;
+    let mut emit_error = None;
     let result = watch::run(opts, |r| {
-        if args.json {
-            match serde_json::to_string(r) {
-                Ok(j) => println!("{j}"),
-                Err(e) => encode_error = Some(e),
-            }
+        let text = if args.json {
+            serde_json::to_string_pretty(r)
+                .map(|j| j + "\n")
+                .context("encoding JSON")
         } else {
-            print!("{}", report::flows_text::text(r, args.drops));
+            Ok(report::flows_text::text(r, args.drops))
+        };
+        if let Err(e) = text.and_then(|t| out(&t)) {
+            emit_error = Some(e);
         }
     })
     .await;
-    if let Some(e) = encode_error {
-        return Err(e).context("encoding JSON");
+    if let Some(e) = emit_error {
+        return Err(e);
     }
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(WatchError::Flows(e)) => {
-            println!("flows unavailable: {}", observed::error_chain(&e));
+            out(&format!(
+                "flows unavailable: {}\n",
+                observed::error_chain(&e)
+            ))?;
             Ok(ExitCode::from(2))
         }
         Err(e) => Err(e.into()),
@@ -580,12 +597,22 @@ async fn flows(args: FlowsArgs) -> anyhow::Result<ExitCode> {
 
 fn print(input: &Input, a: &Analysis, human: fn(&Analysis) -> String) -> anyhow::Result<()> {
     if input.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(a).context("encoding JSON")?
-        );
+        out(&(serde_json::to_string_pretty(&a.judged()).context("encoding JSON")? + "\n"))
     } else {
-        print!("{}", human(a));
+        out(&human(a))
     }
-    Ok(())
+}
+
+/// Writes to stdout. A reader that went away (`agent diag | head`) is not an error, and
+/// never a panic as `println!` would make it.
+fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
 }

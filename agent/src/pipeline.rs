@@ -72,8 +72,13 @@ pub async fn load_datastore(
         tracing::warn!("{w}");
     }
     if ds.is_empty() {
+        let what = match source {
+            DatastoreSource::Dir(dir) => format!("datastore {}", dir.display()),
+            DatastoreSource::Kube => "the Kubernetes API".into(),
+            DatastoreSource::None => "the Calico YAML in the bundle".into(),
+        };
         anyhow::bail!(
-            "the datastore holds no Calico objects (IPPools, IPAMBlocks, Nodes, FelixConfigurations)"
+            "{what} holds no Calico objects (IPPools, IPAMBlocks, Nodes, FelixConfigurations)"
         );
     }
     Ok(Some(ds))
@@ -108,13 +113,44 @@ pub async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
 /// is the node's identity unless the operator names one.
 async fn analyse_bundle(input: &Input, dir: &Path) -> anyhow::Result<Analysis> {
     let b = bundle::read_dir(dir)?;
+    let not_dumps = [
+        bundle::Format::Hostname.name(),
+        bundle::Format::CalicoResources.name(),
+        bundle::Format::CaptureErrors.name(),
+    ];
+    if b.recognised
+        .iter()
+        .all(|(_, f)| not_dumps.contains(&f.as_str()))
+    {
+        // Nothing to analyse is not "no Calico on this node": say what was read instead.
+        anyhow::bail!(
+            "bundle {} holds no command output this agent recognises ({}); expected files \
+             of `ip -d route show table all`, `ip -d link show`, `ip neigh`, `bridge fdb`, \
+             `iptables-save` or `nft list ruleset` output (`agent diag --bundle-out DIR` \
+             writes them)",
+            dir.display(),
+            if b.notes.is_empty() {
+                "the directory is empty".to_string()
+            } else {
+                b.notes.join("; ")
+            }
+        );
+    }
     let mut obs = b.observed;
+    let ds = load_datastore(&input.datastore, &b.datastore_files).await?;
     if let Some(n) = input.node_name.as_deref().filter(|n| !n.is_empty()) {
         obs.node_name = n.to_string();
     } else if obs.node_name.is_empty() {
-        obs.node_name = node::resolve_name(None);
+        // The analysing machine's hostname would name the wrong node.
+        if ds.is_some() {
+            anyhow::bail!(
+                "bundle {} does not say which node it was captured on (no hostname file): \
+                 pass --node-name",
+                dir.display()
+            );
+        }
+        obs.node_name = "(unnamed: the bundle holds no hostname)".into();
     }
-    let ds = load_datastore(&input.datastore, &b.datastore_files).await?;
     let expected = analysis::expected_for(&obs, ds.as_ref())?;
     let mut a = analysis::analyse(
         &obs,
@@ -124,12 +160,14 @@ async fn analyse_bundle(input: &Input, dir: &Path) -> anyhow::Result<Analysis> {
             conntrack_pressure: input.conntrack_pressure,
         },
     );
+    analysis::check_identity(&mut a, &obs, ds.as_ref());
     a.input_notes = b
         .recognised
         .iter()
         .map(|(p, f)| format!("read {} as {f}", p.display()))
         .chain(b.notes)
         .collect();
+    a.bundle = Some(dir.display().to_string());
     Ok(a)
 }
 
@@ -147,16 +185,30 @@ async fn live_pass(
         conntrack_pressure: input.conntrack_pressure,
     };
     let mut a = analysis::analyse(&obs, expected.as_ref(), &policy);
+    analysis::check_identity(&mut a, &obs, ds.as_ref());
     a.verification = a
         .verification
         .map(|v| tracker.confirm(v, now_ms, input.grace));
     Ok(a)
 }
 
-/// `diag` on the live node: the analysis, with the traffic sample taken while it runs.
+/// How long the kernel's deferred frees of the analysis' sockets are given before the traffic
+/// sample's window opens.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// `diag` on the live node: the analysis, then the traffic sample. The programs are attached
+/// first, so they have settled while the analysis runs; the counting window opens only once
+/// the analysis is done, so none of the agent's own reads are counted as drops.
 pub async fn diag_with_sample(input: &Input, sample_seconds: u64) -> anyhow::Result<Analysis> {
-    let (a, sample) = tokio::join!(analyse(input), sample(input, sample_seconds));
-    Ok(with_sample(a?, sample))
+    let probe = attach(input, sample_seconds).await;
+    let a = analyse(input).await?;
+    if probe.is_some() {
+        // The kernel purges a closed netlink socket's queue (`iptables-nft-save` exits with
+        // replies unread: QUEUE_PURGE) after RCU grace periods, not at close: measured in
+        // the lab within 200 ms. The window opens after that, so it holds none of it.
+        tokio::time::sleep(SETTLE).await;
+    }
+    Ok(with_sample(a, sample(probe, sample_seconds).await))
 }
 
 /// An analysis already made (by the daemon) with a traffic sample taken now.
@@ -165,17 +217,27 @@ pub async fn add_sample(
     input: &Input,
     sample_seconds: u64,
 ) -> anyhow::Result<Analysis> {
-    Ok(with_sample(a, sample(input, sample_seconds).await))
+    let probe = attach(input, sample_seconds).await;
+    Ok(with_sample(a, sample(probe, sample_seconds).await))
+}
+
+type Probe = Option<Result<analysis::TrafficProbe, crate::flows::FlowsError>>;
+
+async fn attach(input: &Input, seconds: u64) -> Probe {
+    if seconds > 0 && input.bundle.is_none() {
+        Some(analysis::TrafficProbe::attach(&input.node()).await)
+    } else {
+        None
+    }
 }
 
 async fn sample(
-    input: &Input,
+    probe: Probe,
     seconds: u64,
 ) -> Option<Result<analysis::TrafficSample, crate::flows::FlowsError>> {
-    if seconds > 0 && input.bundle.is_none() {
-        Some(analysis::sample_traffic(&input.node(), seconds).await)
-    } else {
-        None
+    match probe? {
+        Ok(p) => Some(p.sample(seconds).await),
+        Err(e) => Some(Err(e)),
     }
 }
 

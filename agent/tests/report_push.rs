@@ -347,7 +347,7 @@ fn collector(netns: &str, dir: &Path) -> Proc {
     p
 }
 
-/// `agent run` without eBPF in a bare namespace (no Calico: "unverified" reports), pushing
+/// `agent run` without eBPF in a bare namespace (no Calico: "unverifiable" reports), pushing
 /// through the proxy with short timeouts so that every fault is met many times.
 fn agent(netns: &str, dir: &Path, name: &str, extra: &[&str]) -> Proc {
     let spool = dir.join("spool");

@@ -95,14 +95,23 @@ impl DatastoreFeed {
     pub fn current(&self) -> Result<Option<&Datastore>, String> {
         match self {
             Self::None => Ok(None),
-            Self::Dir { current, .. } | Self::Kube { current, .. } => match current {
-                Ok(ds) if ds.is_empty() => Err(
-                    "the datastore holds no Calico objects (IPPools, IPAMBlocks, Nodes, FelixConfigurations)"
-                        .into(),
-                ),
-                Ok(ds) => Ok(Some(ds)),
-                Err(e) => Err(e.clone()),
-            },
+            Self::Dir { current, dir, .. } => {
+                Self::usable(current, &format!("datastore {}", dir.display()))
+            }
+            Self::Kube { current, .. } => Self::usable(current, "the Kubernetes API"),
+        }
+    }
+
+    fn usable<'a>(
+        current: &'a Result<Datastore, String>,
+        what: &str,
+    ) -> Result<Option<&'a Datastore>, String> {
+        match current {
+            Ok(ds) if ds.is_empty() => Err(format!(
+                "{what} holds no Calico objects (IPPools, IPAMBlocks, Nodes, FelixConfigurations)"
+            )),
+            Ok(ds) => Ok(Some(ds)),
+            Err(e) => Err(e.clone()),
         }
     }
 }
@@ -112,6 +121,13 @@ fn read_dir(dir: &std::path::Path) -> Result<Datastore, String> {
 }
 
 fn stamp(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    // A single file as the datastore: its own size and time.
+    if let Some(m) = std::fs::metadata(dir)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+    {
+        return vec![(dir.to_path_buf(), m.len(), m.modified().ok())];
+    }
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()

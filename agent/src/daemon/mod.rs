@@ -591,7 +591,7 @@ impl Daemon {
             .iter()
             .map(|m| m.name().to_string())
             .collect();
-        // As for the local API: no Calico on the node and no datastore is "unverified".
+        // As for the local API: no Calico on the node and no datastore is "unverifiable".
         let verified = !modes.is_empty() || self.expected.is_some();
         let mut counters = self.ebpf.totals().clone();
         counters.conntrack_entries = self.obs.sysctls.conntrack_count;
@@ -622,6 +622,8 @@ impl Daemon {
             traffic: None,
             traffic_unavailable: None,
             daemon,
+            identity: None,
+            bundle: None,
         }
     }
 }

@@ -120,9 +120,18 @@ pub struct HostFacts {
 #[derive(Debug, thiserror::Error)]
 pub enum ExpectedError {
     #[error(
-        "node {0:?} is not in the datastore (node name follows Felix: --node-name, NODENAME, hostname)"
+        "node {name:?} is not in the datastore (node name follows Felix: --node-name, NODENAME, \
+         hostname){}{}",
+        looks_like.as_ref().map(|n| format!("; this node looks like {n}")).unwrap_or_default(),
+        known_nodes(known)
     )]
-    UnknownNode(String),
+    UnknownNode {
+        name: String,
+        /// The datastore's node names, closest first.
+        known: Vec<String>,
+        /// The Node whose addresses or VTEP MAC the dataplane holds, when one does.
+        looks_like: Option<String>,
+    },
     #[error("FelixConfiguration mtuIfacePattern {pattern:?} is not a valid regex")]
     BadPattern {
         pattern: String,
@@ -162,11 +171,31 @@ fn ports(configured: Option<&Vec<ProtoPort>>, defaults: &[(&str, u16)]) -> Vec<P
     })
 }
 
+/// `; known nodes: a, b, …` (the first ten), or that there are none.
+fn known_nodes(known: &[String]) -> String {
+    const SHOWN: usize = 10;
+    if known.is_empty() {
+        return "; the datastore holds no Nodes".into();
+    }
+    let more = known.len().saturating_sub(SHOWN);
+    format!(
+        "; known nodes, closest first: {}{}",
+        known[..known.len().min(SHOWN)].join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
+}
+
 /// Computes what Felix should program on `node`.
 pub fn compute(ds: &Datastore, node: &str, facts: &HostFacts) -> Result<Expected, ExpectedError> {
-    let me = ds
-        .node(node)
-        .ok_or_else(|| ExpectedError::UnknownNode(node.to_string()))?;
+    let me = ds.node(node).ok_or_else(|| ExpectedError::UnknownNode {
+        name: node.to_string(),
+        known: super::identity::closest_names(ds, node),
+        looks_like: None,
+    })?;
     let cfg = ds.felix_config(node);
     let pattern_src = cfg
         .mtu_iface_pattern

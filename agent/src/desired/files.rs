@@ -30,6 +30,8 @@ pub enum DatastoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no *.yaml, *.yml or *.json file in it")]
+    NoFiles { path: PathBuf },
     #[error("{file}: not valid YAML: {message}")]
     Yaml { file: String, message: String },
     #[error("{file}: {object}: field {field}: {message}")]
@@ -41,11 +43,19 @@ pub enum DatastoreError {
     },
 }
 
-/// Loads every `*.yaml`, `*.yml` and `*.json` file below `dir` (recursively, in name order).
+/// Loads every `*.yaml`, `*.yml` and `*.json` file below `dir` (recursively, in name order),
+/// or `dir` itself when it is one file (`calicoctl get … -o yaml > calico.yaml`).
 pub fn load_dir(dir: &Path) -> Result<Datastore, DatastoreError> {
     let mut files = Vec::new();
-    collect(dir, &mut files)?;
+    if dir.is_file() {
+        files.push(dir.to_path_buf());
+    } else {
+        collect(dir, &mut files)?;
+    }
     files.sort();
+    if files.is_empty() {
+        return Err(DatastoreError::NoFiles { path: dir.into() });
+    }
     let mut ds = Datastore::default();
     for f in files {
         let text = std::fs::read_to_string(&f).map_err(|source| DatastoreError::Read {
@@ -164,7 +174,7 @@ impl Ctx<'_> {
                 } else {
                     format!("{field}.{path}")
                 };
-                Err(self.err(&at, e.to_string()))
+                Err(self.err(&at, plain_wording(&e.to_string())))
             }
         }
     }
@@ -254,12 +264,64 @@ fn load_value(
     Ok(())
 }
 
+/// serde's wording (`invalid type: string "abc", expected u8`) in words an operator editing
+/// YAML uses.
+fn plain_wording(message: &str) -> String {
+    let mut m = message
+        .replace("invalid type: ", "got ")
+        .replace("invalid value: ", "got ")
+        .replace("integer `", "the number `")
+        .replace("string \"", "the text \"")
+        .replace("expected a sequence", "expected a list")
+        .replace("expected a map", "expected a mapping (key: value)");
+    for (rust, plain) in [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+        ("usize", "a whole number"),
+        ("f64", "a number"),
+        ("a boolean", "true or false"),
+    ] {
+        m = m.replace(&format!("expected {rust}"), &format!("expected {plain}"));
+    }
+    if let Some(i) = m.find("struct ") {
+        // `expected struct IpPoolSpec` names our type, not Calico's.
+        m.truncate(i);
+        m.push_str("a mapping (key: value)");
+    }
+    m
+}
+
 fn pool(ctx: &Ctx<'_>, name: String, s: IpPoolSpec) -> Result<Pool, DatastoreError> {
     let cidr = s
         .cidr
         .parse::<IpNet>()
         .map_err(|_| ctx.err("spec.cidr", format!("{:?} is not a CIDR", s.cidr)))?;
     let default_block = if cidr.addr().is_ipv4() { 26 } else { 122 };
+    // Calico's validation: IPv4 pools take /20–/32 blocks, IPv6 /116–/128.
+    let (min, max) = if cidr.addr().is_ipv4() {
+        (20, 32)
+    } else {
+        (116, 128)
+    };
+    if let Some(b) = s.block_size
+        && !(min..=max).contains(&b)
+    {
+        return Err(ctx.err(
+            "spec.blockSize",
+            format!(
+                "{b} is outside {min}–{max}, Calico's range for {} pools",
+                if cidr.addr().is_ipv4() {
+                    "IPv4"
+                } else {
+                    "IPv6"
+                }
+            ),
+        ));
+    }
     Ok(Pool {
         name,
         cidr: cidr.trunc(),
@@ -446,6 +508,70 @@ mod tests {
     }
 
     #[test]
+    fn block_size_is_checked_against_calicos_range_in_its_terms() {
+        let pool = |cidr: &str, size: &str| {
+            load(&format!(
+                "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\n\
+                 spec: {{cidr: {cidr}, blockSize: {size}}}\n"
+            ))
+        };
+        for (cidr, size, err) in [
+            (
+                "10.244.0.0/16",
+                "0",
+                "test.yaml: IPPool p: field spec.blockSize: 0 is outside 20–32, Calico's range for IPv4 pools",
+            ),
+            (
+                "10.244.0.0/16",
+                "99",
+                "test.yaml: IPPool p: field spec.blockSize: 99 is outside 20–32, Calico's range for IPv4 pools",
+            ),
+            (
+                "fd00::/48",
+                "64",
+                "test.yaml: IPPool p: field spec.blockSize: 64 is outside 116–128, Calico's range for IPv6 pools",
+            ),
+            (
+                "10.244.0.0/16",
+                "abc",
+                "test.yaml: IPPool p: field spec.blockSize: got the text \"abc\", expected a whole number from 0 to 255",
+            ),
+        ] {
+            assert_eq!(
+                pool(cidr, size).expect_err(size).to_string(),
+                err,
+                "{cidr} {size}"
+            );
+        }
+        for (cidr, size) in [
+            ("10.244.0.0/16", "20"),
+            ("10.244.0.0/16", "32"),
+            ("fd00::/48", "122"),
+        ] {
+            assert!(pool(cidr, size).is_ok(), "{cidr} {size}");
+        }
+    }
+
+    #[test]
+    fn a_single_file_or_a_directory_is_a_datastore_and_an_empty_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("cdpt-ds-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("empty")).expect("mkdir");
+        let file = dir.join("calico.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16}\n",
+        )
+        .expect("write");
+        assert_eq!(load_dir(&file).expect("one file").pools.len(), 1);
+        assert_eq!(load_dir(&dir).expect("a directory").pools.len(), 1);
+        let err = load_dir(&dir.join("empty")).expect_err("empty");
+        assert!(matches!(&err, DatastoreError::NoFiles { path } if path.ends_with("empty")));
+        assert_eq!(err.to_string(), "no *.yaml, *.yml or *.json file in it");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn reads_both_api_groups_lists_and_k8s_nodes() {
         let ds = load(include_str!("testdata/datastore.yaml")).expect("valid datastore");
         insta::assert_yaml_snapshot!(ds);
@@ -461,11 +587,10 @@ mod tests {
         );
         let err = load("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {vxlanVNI: lots}\n")
             .expect_err("bad vni");
-        assert!(
-            err.to_string().starts_with(
-                "test.yaml: FelixConfiguration default: field spec.vxlanVNI: invalid type"
-            ),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "test.yaml: FelixConfiguration default: field spec.vxlanVNI: got the text \"lots\", \
+             expected a whole number from 0 to 4294967295"
         );
         let err = load("kind: IPAMBlock\napiVersion: crd.projectcalico.org/v1\nmetadata: {name: b}\nspec: {cidr: 10.0.0.0/30, allocations: [0, 0, 0, 0, 0]}\n")
             .expect_err("ordinal beyond the block");

@@ -20,8 +20,10 @@ use super::{Datastore, files};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("no Kubernetes client configuration (in-cluster service account or KUBECONFIG)")]
-    Config(#[source] kube::Error),
+    /// kube's own message repeats its cause and quotes paths twice: this one says once where
+    /// a configuration was looked for.
+    #[error("no Kubernetes client configuration: {0}")]
+    Config(String),
     #[error("Kubernetes API discovery failed")]
     Discovery(#[source] kube::Error),
     #[error("timed out after {0:?} waiting for the first list of {1}")]
@@ -192,5 +194,32 @@ pub async fn read_once(client: &Client, timeout: Duration) -> Result<Datastore, 
 
 /// A client from the in-cluster service account or KUBECONFIG.
 pub async fn client() -> Result<Client, KubeError> {
-    Client::try_default().await.map_err(KubeError::Config)
+    Client::try_default()
+        .await
+        .map_err(|e| KubeError::Config(where_config_was_looked_for(&e)))
+}
+
+/// Where kube looked for a configuration, and why each place gave none.
+fn where_config_was_looked_for(e: &kube::Error) -> String {
+    let in_cluster = match std::env::var_os("KUBERNETES_SERVICE_HOST") {
+        None => "not in a pod (KUBERNETES_SERVICE_HOST is unset)".to_string(),
+        Some(_) => "the pod's service account could not be used".to_string(),
+    };
+    let kubeconfig = match std::env::var_os("KUBECONFIG") {
+        Some(p) => format!("KUBECONFIG={}", p.to_string_lossy()),
+        None => std::env::var_os("HOME").map_or_else(
+            || "no KUBECONFIG and no HOME".to_string(),
+            |h| format!("no KUBECONFIG, and {}/.kube/config", h.to_string_lossy()),
+        ),
+    };
+    let detail = crate::observed::error_chain(e);
+    let reason = if detail.contains("No such file") {
+        "does not exist".to_string()
+    } else {
+        format!(
+            "could not be used ({})",
+            detail.replace("'\"", "'").replace("\"'", "'")
+        )
+    };
+    format!("{in_cluster}; {kubeconfig} {reason}")
 }

@@ -3,6 +3,7 @@
 
 pub mod expected;
 pub mod files;
+pub mod identity;
 pub mod kube;
 pub mod resources;
 

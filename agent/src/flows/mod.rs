@@ -7,6 +7,7 @@
 //! is dropped (also on SIGTERM, which ends the command that owns it): nothing outlives the agent.
 
 pub mod btf;
+pub mod reasons;
 pub mod report;
 pub mod targets;
 pub mod watch;

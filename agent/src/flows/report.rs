@@ -50,6 +50,25 @@ pub struct DropRow {
     pub code: u32,
     pub count: u64,
     pub by_class: BTreeMap<IfaceClass, u64>,
+    /// Whether a healthy node sees this reason too (`expected`) or it is `worth-a-look`.
+    pub assessment: super::reasons::DropClass,
+    /// What the reason means, for the common ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meaning: Option<&'static str>,
+}
+
+impl DropRow {
+    pub fn new(reason: String, code: u32) -> Self {
+        let (assessment, meaning) = super::reasons::classify(&reason);
+        Self {
+            reason,
+            code,
+            count: 0,
+            by_class: BTreeMap::new(),
+            assessment,
+            meaning,
+        }
+    }
 }
 
 /// The kernel's name for a drop reason code (from BTF), or the number when it has none.
@@ -67,12 +86,9 @@ pub fn name_drops(
 ) -> Vec<DropRow> {
     let mut by_code: BTreeMap<u32, DropRow> = BTreeMap::new();
     for (&(class, code), &count) in drops {
-        let row = by_code.entry(code).or_insert_with(|| DropRow {
-            reason: reason_name(code, names),
-            code,
-            count: 0,
-            by_class: BTreeMap::new(),
-        });
+        let row = by_code
+            .entry(code)
+            .or_insert_with(|| DropRow::new(reason_name(code, names), code));
         row.count += count;
         *row.by_class.entry(class).or_default() += count;
     }
@@ -160,25 +176,22 @@ mod tests {
             rows,
             [
                 DropRow {
-                    reason: "NETFILTER_DROP".into(),
-                    code: 12,
                     count: 40,
                     by_class: BTreeMap::from([
                         (IfaceClass::Tunnel, 10),
                         (IfaceClass::Workload, 30)
                     ]),
+                    ..DropRow::new("NETFILTER_DROP".into(), 12)
                 },
                 DropRow {
-                    reason: "NOT_SPECIFIED".into(),
-                    code: 2,
                     count: 5,
                     by_class: BTreeMap::from([(IfaceClass::Host, 5)]),
+                    ..DropRow::new("NOT_SPECIFIED".into(), 2)
                 },
                 DropRow {
-                    reason: "reason 999".into(),
-                    code: 999,
                     count: 1,
                     by_class: BTreeMap::from([(IfaceClass::Host, 1)]),
+                    ..DropRow::new("reason 999".into(), 999)
                 },
             ]
         );

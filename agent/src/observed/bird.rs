@@ -55,6 +55,20 @@ pub enum BirdError {
     Timeout { path: String },
 }
 
+impl BirdError {
+    /// No BIRD on this node (BGP is not in use): the BGP checks do not apply.
+    pub fn not_running(&self) -> bool {
+        match self {
+            Self::NoSocket => true,
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Reads the BGP peers. `Err` when no BIRD answers (BGP not in use on this node, or the socket
 /// is not mounted into the agent).
 pub async fn read(socket: Option<&str>) -> Result<Vec<BgpPeer>, BirdError> {

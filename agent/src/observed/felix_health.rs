@@ -76,6 +76,14 @@ pub enum HealthError {
     },
 }
 
+impl HealthError {
+    /// Nothing listens on the endpoint: Felix's health server is off or elsewhere, which is
+    /// not a reading error (`felix.unhealthy` then does not apply).
+    pub fn not_running(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
+}
+
 fn parse(endpoint: &str, response: &str) -> Result<FelixHealth, HealthError> {
     let status_line = response.lines().next().unwrap_or_default();
     let status = status_line

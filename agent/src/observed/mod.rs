@@ -161,11 +161,10 @@ async fn read_services(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavai
     obs.felix_health = match felix_health::read(&endpoint).await {
         Ok(h) => Some(h),
         Err(e) => {
-            unavailable.push(Unavailable::new(
-                Source::FelixHealth,
-                "felix readiness",
-                error_chain(&e),
-            ));
+            unavailable.push(
+                Unavailable::new(Source::FelixHealth, "felix readiness", error_chain(&e))
+                    .with_cause(cause(e.not_running())),
+            );
             None
         }
     };
@@ -173,14 +172,21 @@ async fn read_services(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavai
     obs.bgp_peers = match bird::read(std::env::var("AGENT_BIRD_SOCKET").ok().as_deref()).await {
         Ok(peers) => Some(peers),
         Err(e) => {
-            unavailable.push(Unavailable::new(
-                Source::Bgp,
-                "bird show protocols",
-                error_chain(&e),
-            ));
+            unavailable.push(
+                Unavailable::new(Source::Bgp, "bird show protocols", error_chain(&e))
+                    .with_cause(cause(e.not_running())),
+            );
             None
         }
     };
+}
+
+fn cause(not_running: bool) -> Cause {
+    if not_running {
+        Cause::NotRunning
+    } else {
+        Cause::Unreadable
+    }
 }
 
 /// Only the links and routes: what choosing the interfaces to attach to needs, cheap enough
@@ -253,12 +259,69 @@ fn calico_bpf_pins(dir: &std::path::Path) -> Vec<String> {
 
 /// An error with its sources, `a: b: c`, for one-line reports.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut parts = vec![e.to_string()];
     let mut src = e.source();
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        parts.push(inner.to_string());
         src = inner.source();
     }
+    join_chain(parts)
+}
+
+/// [`error_chain`] for an `anyhow` error (its contexts, then the error's sources).
+pub fn anyhow_chain(e: &anyhow::Error) -> String {
+    join_chain(e.chain().map(ToString::to_string).collect())
+}
+
+/// `a: b: c` on one line. Some errors repeat their source in their own message (aya's and
+/// std's do): a part already said is not said twice, and a multi-line part (a tool's stderr)
+/// is folded.
+fn join_chain(parts: Vec<String>) -> String {
+    let mut s = String::new();
+    for p in parts {
+        let p = p
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if p.is_empty() || s.contains(&p) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&p);
+    }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map error: {0}")]
+    struct Outer(#[source] Inner);
+
+    /// Like aya's: its message already holds its source's.
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to create map `CLOCK`")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_never_says_a_part_twice_and_stays_on_one_line() {
+        let e = Outer(Inner(std::io::Error::other("Operation not permitted")));
+        let s = error_chain(&e);
+        assert_eq!(
+            s,
+            "map error: failed to create map `CLOCK`: Operation not permitted"
+        );
+        let e = anyhow::Error::new(std::io::Error::other("nft: denied\nnetlink: Error: cache"))
+            .context("reading rules");
+        assert_eq!(
+            anyhow_chain(&e),
+            "reading rules: nft: denied; netlink: Error: cache"
+        );
+    }
 }

@@ -55,6 +55,23 @@ pub struct Unavailable {
     /// The command, file or netlink dump that failed.
     pub source: String,
     pub reason: String,
+    /// Whether the state exists and could not be read, or is simply not there.
+    #[serde(default)]
+    pub cause: Cause,
+}
+
+/// Why a source is unavailable: what a check that needs it may conclude.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// It is there but could not be read (permission, missing binary, an error).
+    #[default]
+    Unreadable,
+    /// Nothing serves it on this node (no BIRD control socket, nothing listening on Felix's
+    /// health port): the checks that judge it do not apply here.
+    NotRunning,
+    /// The bundle being analysed does not hold it.
+    NotInInput,
 }
 
 impl Source {
@@ -68,11 +85,26 @@ impl Source {
 
 impl Unavailable {
     pub fn new(kind: Source, source: impl Into<String>, reason: impl Into<String>) -> Self {
+        // Tools print several lines (`nft`'s "netlink: Error: …"); a reason is one line, so
+        // that nothing reaches the operator unprefixed.
+        let reason: String = reason.into();
+        let reason = reason
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
         Self {
             kind,
             source: source.into(),
-            reason: reason.into(),
+            reason,
+            cause: Cause::Unreadable,
         }
+    }
+
+    pub fn with_cause(mut self, cause: Cause) -> Self {
+        self.cause = cause;
+        self
     }
 }
 

@@ -1,12 +1,15 @@
 //! Human rendering of an [`Analysis`]: findings first, then the dataplane section by section,
-//! then a one-line summary. Plain text that fits an 100-column terminal; long lists are elided.
+//! then a summary and the verdict. Every line fits 80 columns (long ones wrap, indented);
+//! long lists are elided.
 
 use std::fmt::Write as _;
 
+use super::wrap;
 use crate::{
     analysis::Analysis,
+    flows::{reasons::DropClass, report::DropRow},
     observed::Route,
-    verify::{Severity, Verification},
+    verify::{NotRun, Skipped, Verdict, Verification, capabilities_named},
 };
 
 /// Rows shown per route group before eliding the rest.
@@ -16,38 +19,63 @@ pub fn text(a: &Analysis) -> String {
     let d = &a.diag;
     let mut o = String::new();
     if !d.calico_found {
-        let _ = writeln!(o, "node {}: no Calico dataplane found on this node", d.node);
+        wrap::write(&mut o, "", "  ", &no_calico(a));
         if !d.missing_capabilities.is_empty() {
-            let _ = writeln!(
-                o,
-                "  (in what could be read: running without {}, so Felix's chains could not be looked at)",
-                d.missing_capabilities.join(", ")
+            wrap::write(
+                &mut o,
+                "  ",
+                "    ",
+                &format!(
+                    "(in what could be read: running without {}, so Felix's chains could not be \
+                     looked at)",
+                    d.missing_capabilities.join(", ")
+                ),
             );
         }
-        let _ = writeln!(
-            o,
-            "  (no Calico tunnel devices, cali* workload interfaces, Felix chains, Calico routes or eBPF maps)"
+        wrap::write(
+            &mut o,
+            "  ",
+            "    ",
+            "(no Calico tunnel devices, cali* workload interfaces, Felix chains, Calico routes or \
+             eBPF maps)",
         );
         for u in d.unavailable.iter().filter(|u| !u.kind.live_service()) {
-            let _ = writeln!(o, "  not observable: {}: {}", u.source, u.reason);
+            wrap::write(
+                &mut o,
+                "  ",
+                "    ",
+                &format!("not observable: {}: {}", u.source, u.reason),
+            );
         }
+        input_notes(&mut o, a);
         return o;
     }
     let modes: Vec<&str> = d.modes.iter().map(|m| m.name()).collect();
-    let _ = writeln!(o, "node {}  mode: {}", d.node, modes.join(" + "));
+    identity(&mut o, a);
+    wrap::write(
+        &mut o,
+        "",
+        "  ",
+        &format!("node {}  mode: {}", d.node, modes.join(" + ")),
+    );
     for e in &d.evidence {
-        let _ = writeln!(o, "  · {e}");
+        wrap::write(&mut o, "  · ", "    ", e);
     }
 
     if let Some(v) = &a.verification {
-        findings(&mut o, v, a.daemon.as_ref());
+        findings(&mut o, a, v);
         daemon(&mut o, a);
     }
     traffic(&mut o, a);
     if !d.anomalies.is_empty() {
         let _ = writeln!(o, "\nLIMITS OF THIS REPORT");
         for an in &d.anomalies {
-            let _ = writeln!(o, "  {}  {}: {}", an.severity.tag(), an.subject, an.message);
+            wrap::write(
+                &mut o,
+                &format!("  {}  ", an.severity.tag()),
+                "        ",
+                &format!("{}: {}", an.subject, an.message),
+            );
         }
     }
 
@@ -56,32 +84,36 @@ pub fn text(a: &Analysis) -> String {
         let _ = writeln!(o, "  none");
     }
     for t in &d.tunnels {
-        let mut line = format!(
+        let _ = writeln!(
+            o,
             "  {:<15} {:<5} mtu {:<5} {}",
             t.name,
             if t.up { "up" } else { "DOWN" },
             t.mtu,
             t.addresses.join(",")
         );
+        let mut details = Vec::new();
         if let Some(vni) = t.vni {
-            let _ = write!(line, "  vni {vni}");
+            details.push(format!("vni {vni}"));
         }
         if let Some(p) = t.port {
-            let _ = write!(line, " port {p}");
+            details.push(format!("port {p}"));
         }
         if let Some(l) = &t.local {
-            let _ = write!(line, " local {l}");
+            details.push(format!("local {l}"));
         }
         if let Some(p) = &t.parent {
-            let _ = write!(line, " dev {p}");
+            details.push(format!("dev {p}"));
         }
         if let Some(learning) = t.learning {
-            line.push_str(if learning { " learning" } else { " nolearning" });
+            details.push(if learning { "learning" } else { "nolearning" }.into());
         }
         if let Some(m) = &t.mac {
-            let _ = write!(line, " mac {m}");
+            details.push(format!("mac {m}"));
         }
-        let _ = writeln!(o, "{line}");
+        if !details.is_empty() {
+            wrap::write(&mut o, "    ", "    ", &details.join(" "));
+        }
     }
 
     let g = &d.routes;
@@ -109,22 +141,25 @@ pub fn text(a: &Analysis) -> String {
                 .destination
                 .map(|ip| format!(" dst {ip}"))
                 .unwrap_or_default();
-            let _ = writeln!(
-                o,
-                "  fdb   {} dev {}{dst} {}",
-                f.mac,
-                f.dev,
-                f.state.to_lowercase()
+            wrap::write(
+                &mut o,
+                "  fdb   ",
+                "        ",
+                &format!("{} dev {}{dst} {}", f.mac, f.dev, f.state.to_lowercase()),
             );
         }
         for n in &d.vxlan_neighbours {
-            let _ = writeln!(
-                o,
-                "  neigh {} dev {} lladdr {} {}",
-                n.destination,
-                n.dev,
-                n.lladdr.as_deref().unwrap_or("-"),
-                n.state
+            wrap::write(
+                &mut o,
+                "  neigh ",
+                "        ",
+                &format!(
+                    "{} dev {} lladdr {} {}",
+                    n.destination,
+                    n.dev,
+                    n.lladdr.as_deref().unwrap_or("-"),
+                    n.state
+                ),
             );
         }
         if d.vxlan_fdb.is_empty() && d.vxlan_neighbours.is_empty() {
@@ -134,27 +169,27 @@ pub fn text(a: &Analysis) -> String {
 
     let _ = writeln!(o, "\nWORKLOADS ({})", d.workloads.len());
     for w in d.workloads.iter().take(MAX_ROWS) {
-        let _ = writeln!(
-            o,
-            "  {:<15} {:<5} mtu {:<5} {}{}",
-            w.iface,
-            if w.up { "up" } else { "DOWN" },
-            w.mtu,
-            w.routes.join(","),
-            if w.proxy_arp == Some(1) {
-                ""
-            } else {
-                "  proxy_arp off"
-            }
+        wrap::write(
+            &mut o,
+            "  ",
+            "      ",
+            &format!(
+                "{:<15} {:<5} mtu {:<5} {}{}",
+                w.iface,
+                if w.up { "up" } else { "DOWN" },
+                w.mtu,
+                w.routes.join(","),
+                if w.proxy_arp == Some(1) {
+                    ""
+                } else {
+                    "  proxy_arp off"
+                }
+            ),
         );
     }
     elided(&mut o, d.workloads.len());
 
-    let _ = writeln!(
-        o,
-        "\nFELIX RULES (backend in use: {})",
-        d.rules_backend.as_deref().unwrap_or("none found")
-    );
+    let _ = writeln!(o, "\nFELIX RULES (backend in use: {})", rules_backend(a));
     for s in &d.felix_chains {
         let _ = writeln!(
             o,
@@ -162,37 +197,47 @@ pub fn text(a: &Analysis) -> String {
             s.source, s.felix_chains, s.felix_rules
         );
         for h in &s.hooks {
-            let _ = writeln!(o, "    {h}");
+            wrap::write(&mut o, "    ", "      ", h);
         }
     }
 
     let s = &d.sysctls;
     let _ = writeln!(o, "\nSYSCTLS");
-    let _ = writeln!(
-        o,
-        "  ip_forward={}  rp_filter all={} default={}{}",
-        opt(s.ip_forward),
-        opt(s.rp_filter_all),
-        opt(s.rp_filter_default),
-        s.conntrack
-            .map(|(c, m)| format!("  conntrack {c}/{m}"))
-            .unwrap_or_default()
+    wrap::write(
+        &mut o,
+        "  ",
+        "    ",
+        &format!(
+            "ip_forward={}  rp_filter all={} default={}{}",
+            opt(s.ip_forward),
+            opt(s.rp_filter_all),
+            opt(s.rp_filter_default),
+            s.conntrack
+                .map(|(c, m)| format!("  conntrack {c}/{m}"))
+                .unwrap_or_default()
+        ),
     );
-    if let Some(b) = &s.conntrack_breakdown {
-        let _ = writeln!(o, "  conntrack: {b}");
+    if let Some(b) = s.conntrack_breakdown.as_ref().filter(|b| !b.is_empty()) {
+        wrap::write(&mut o, "  conntrack: ", "    ", b);
     }
     if let Some(c) = &s.calico_conntrack {
-        let _ = writeln!(o, "  calico eBPF conntrack {c}");
+        wrap::write(&mut o, "  calico eBPF conntrack ", "    ", c);
     }
     if !s.rp_filter_strict.is_empty() {
-        let _ = writeln!(
-            o,
-            "  strict rp_filter on: {}",
-            s.rp_filter_strict.join(", ")
+        wrap::write(
+            &mut o,
+            "  strict rp_filter on: ",
+            "    ",
+            &s.rp_filter_strict.join(", "),
         );
     }
     if !s.proxy_arp_off.is_empty() {
-        let _ = writeln!(o, "  proxy_arp off on: {}", s.proxy_arp_off.join(", "));
+        wrap::write(
+            &mut o,
+            "  proxy_arp off on: ",
+            "    ",
+            &s.proxy_arp_off.join(", "),
+        );
     }
 
     input_notes(&mut o, a);
@@ -200,57 +245,138 @@ pub fn text(a: &Analysis) -> String {
     o
 }
 
+/// "none found" only when the rules were read: unreadable rules are unknown, not absent.
+fn rules_backend(a: &Analysis) -> String {
+    use crate::observed::Source;
+    if let Some(b) = &a.diag.rules_backend {
+        return b.clone();
+    }
+    let unread: Vec<&str> = a
+        .diag
+        .unavailable
+        .iter()
+        .filter(|u| matches!(u.kind, Source::Iptables | Source::Nftables))
+        .map(|u| u.source.as_str())
+        .collect();
+    if unread.is_empty() {
+        "none found".into()
+    } else {
+        "unknown, rules not readable".into()
+    }
+}
+
+/// `node X: no Calico dataplane found on this node` (or in the bundle analysed).
+fn no_calico(a: &Analysis) -> String {
+    match &a.bundle {
+        Some(dir) => format!(
+            "node {}: no Calico dataplane found in bundle {dir}",
+            a.diag.node
+        ),
+        None => format!(
+            "node {}: no Calico dataplane found on this node",
+            a.diag.node
+        ),
+    }
+}
+
+/// The identity slip, first: every finding below it would be someone else's.
+fn identity(o: &mut String, a: &Analysis) {
+    let Some(m) = &a.identity else {
+        return;
+    };
+    wrap::write(o, "", "  ", &m.to_string());
+    wrap::write(
+        o,
+        "  ",
+        "    ",
+        &format!(
+            "(the dataplane holds {}'s {}; run again with --node-name {})",
+            m.looks_like,
+            m.evidence.join(", "),
+            m.looks_like
+        ),
+    );
+}
+
 fn traffic(o: &mut String, a: &Analysis) {
     let t = match (&a.traffic, &a.traffic_unavailable) {
         (Some(t), _) => t,
         (None, Some(why)) => {
-            let _ = writeln!(o, "\nDROPS unavailable: {why}");
+            let _ = writeln!(o);
+            wrap::write(o, "DROPS unavailable: ", "  ", why);
             return;
         }
         (None, None) => return,
     };
     let _ = writeln!(
         o,
-        "\nDROPS (whole node, last {} s, by kernel drop reason; where: interface class)",
+        "\nDROPS (whole node, last {} s, by kernel drop reason)",
         t.seconds
     );
-    if t.drops.is_empty() {
-        let _ = writeln!(o, "  none");
-    }
-    for r in t.drops.iter().take(MAX_ROWS) {
-        let _ = writeln!(
-            o,
-            "  {:<28} {:>10}  ({})",
-            r.reason,
-            r.count,
-            super::flows_text::class_breakdown(&r.by_class)
-        );
-    }
+    drop_rows(o, &t.drops);
     let _ = writeln!(o, "  TCP retransmissions: {}", t.tcp_retransmits);
     for f in &t.dropped_flows {
         let fl = &f.flow;
-        let _ = writeln!(
+        wrap::write(
             o,
-            "  dropped flow: proto {} {}:{} -> {}:{} on {}: {} of {} packets ({})",
-            fl.proto,
-            fl.src,
-            fl.sport,
-            fl.dst,
-            fl.dport,
-            f.iface,
-            fl.drops,
-            fl.packets,
-            f.drop_reason.as_deref().unwrap_or("reason unknown")
+            "  dropped flow: ",
+            "    ",
+            &format!(
+                "proto {} {}:{} -> {}:{} on {}: {} of {} packets ({})",
+                fl.proto,
+                fl.src,
+                fl.sport,
+                fl.dst,
+                fl.dport,
+                f.iface,
+                fl.drops,
+                fl.packets,
+                f.drop_reason.as_deref().unwrap_or("reason unknown")
+            ),
         );
     }
     if !t.mtu_correlation.is_empty() {
         let _ = writeln!(o, "\nMTU SIGNALS");
         for line in &t.mtu_correlation {
-            let _ = writeln!(o, "  {line}");
+            wrap::write(o, "  ", "    ", line);
         }
     }
     for n in &t.notes {
-        let _ = writeln!(o, "  note: {n}");
+        wrap::write(o, "  note: ", "    ", n);
+    }
+}
+
+/// Drops per reason, the ones worth a look first, each with where it happened and what it
+/// means; shared by `diag` and `flows`.
+pub fn drop_rows(o: &mut String, drops: &[DropRow]) {
+    if drops.is_empty() {
+        let _ = writeln!(o, "  none");
+    }
+    for class in [DropClass::WorthALook, DropClass::Expected] {
+        let rows: Vec<&DropRow> = drops.iter().filter(|r| r.assessment == class).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "  {}:",
+            match class {
+                DropClass::WorthALook => "worth a look",
+                DropClass::Expected => "expected on a healthy node",
+            }
+        );
+        for r in rows.iter().take(MAX_ROWS) {
+            wrap::write(
+                o,
+                &format!("    {:<24} {:>9}  ", r.reason, r.count),
+                "      ",
+                &super::flows_text::class_breakdown(&r.by_class),
+            );
+            if let Some(m) = r.meaning {
+                wrap::write(o, "      ", "      ", m);
+            }
+        }
+        elided(o, rows.len());
     }
 }
 
@@ -260,25 +386,20 @@ fn input_notes(o: &mut String, a: &Analysis) {
     }
     let _ = writeln!(o, "\nINPUT");
     for n in &a.input_notes {
-        let _ = writeln!(o, "  {n}");
+        wrap::write(o, "  ", "    ", n);
     }
 }
 
 /// `agent check`: the findings and the summary line, nothing else.
 pub fn check_text(a: &Analysis) -> String {
     let mut o = String::new();
+    identity(&mut o, a);
     match &a.verification {
         Some(v) => {
-            findings(&mut o, v, a.daemon.as_ref());
+            findings(&mut o, a, v);
             daemon(&mut o, a);
         }
-        None => {
-            let _ = writeln!(
-                o,
-                "node {}: no Calico dataplane found on this node",
-                a.diag.node
-            );
-        }
+        None => wrap::write(&mut o, "", "  ", &no_calico(a)),
     }
     input_notes(&mut o, a);
     summary(&mut o, a);
@@ -289,24 +410,103 @@ fn summary(o: &mut String, a: &Analysis) {
     let d = &a.diag;
     let g = &d.routes;
     let modes: Vec<&str> = d.modes.iter().map(|m| m.name()).collect();
-    let (crit, warn) = a.verification.as_ref().map_or((0, 0), |v| {
-        let n = |s: Severity| v.findings.iter().filter(|f| f.severity == s).count();
-        (n(Severity::Critical), n(Severity::Warning))
-    });
-    let _ = writeln!(
+    let (crit, warn) = a
+        .verification
+        .as_ref()
+        .map_or((0, 0), |v| (v.counts().critical, v.counts().warning));
+    let _ = writeln!(o);
+    wrap::write(
         o,
-        "\nsummary: node {} | {} | {} tunnel(s), {} local block(s), {} remote block route(s), {} workload(s) | {crit} critical, {warn} warning",
-        d.node,
-        if modes.is_empty() {
-            "no Calico".to_string()
-        } else {
-            modes.join(" + ")
-        },
-        d.tunnels.len(),
-        g.local_blackholes.len(),
-        g.remote_via_tunnel.len() + g.remote_via_underlay.len(),
-        d.workloads.len()
+        "summary: ",
+        "  ",
+        &format!(
+            "node {} | {} | {} tunnel(s), {} local block(s), {} remote block route(s), {} \
+             workload(s) | {crit} critical, {warn} warning",
+            d.node,
+            if modes.is_empty() {
+                "no Calico".to_string()
+            } else {
+                modes.join(" + ")
+            },
+            d.tunnels.len(),
+            g.local_blackholes.len(),
+            g.remote_via_tunnel.len() + g.remote_via_underlay.len(),
+            d.workloads.len()
+        ),
     );
+    wrap::write(o, "verdict: ", "  ", &verdict_line(a));
+}
+
+/// The verdict in one sentence: what `check`'s exit code means, and on what it rests.
+pub fn verdict_line(a: &Analysis) -> String {
+    let skipped = |k: NotRun| -> Vec<&Skipped> {
+        a.verification
+            .as_ref()
+            .map(|v| v.skipped.iter().filter(|s| s.kind == k).collect())
+            .unwrap_or_default()
+    };
+    match a.verdict() {
+        Verdict::Clean => {
+            "clean: every check that applies ran; the dataplane matches what Felix programs".into()
+        }
+        Verdict::Drift => {
+            let c = a
+                .verification
+                .as_ref()
+                .map(Verification::counts)
+                .unwrap_or_default();
+            format!(
+                "drift: {} critical, {} warning finding(s)",
+                c.critical, c.warning
+            )
+        }
+        Verdict::Incomplete => {
+            let s = skipped(NotRun::NotInInput);
+            format!(
+                "clean for what {} holds: {} check(s) need more input ({})",
+                if a.bundle.is_some() {
+                    "the bundle"
+                } else {
+                    "the input"
+                },
+                s.len(),
+                missing(&s)
+            )
+        }
+        Verdict::Unverifiable => match (&a.identity, &a.verification) {
+            (Some(m), _) => format!("could not verify: {m}"),
+            (None, None) => format!("could not verify: {}", no_calico(a)),
+            (None, Some(_)) => {
+                let s = skipped(NotRun::CouldNotObserve);
+                let caps = capabilities_named(s.iter().map(|s| s.reason.as_str()));
+                format!(
+                    "could not verify: {} check(s) could not observe ({}){}",
+                    s.len(),
+                    missing(&s),
+                    if caps.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": needs {}", caps.join(", "))
+                    }
+                )
+            }
+        },
+    }
+}
+
+/// What the skipped checks needed, each once.
+fn missing(s: &[&Skipped]) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for m in s.iter().flat_map(|s| s.missing.split(", ")) {
+        if !m.is_empty() && !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    if out.is_empty() {
+        "see --json".into()
+    } else {
+        out.join(", ")
+    }
 }
 
 /// What the running daemon adds: how fresh the answer is, what waits in the grace window,
@@ -316,22 +516,29 @@ fn daemon(o: &mut String, a: &Analysis) {
         return;
     };
     let age_ms = crate::pipeline::now_ms().saturating_sub(d.verified_at_ms);
-    let _ = writeln!(
+    let _ = writeln!(o);
+    wrap::write(
         o,
-        "
-AGENT (answered by `agent run`, up {}): verified {age_ms} ms ago; grace window {} s, {} finding(s) inside it; {} netlink event(s), {} resync(s), {} overrun(s); eBPF {}",
-        duration(d.uptime_seconds),
-        d.grace_seconds,
-        d.pending,
-        d.netlink_events,
-        d.resyncs,
-        d.overruns,
-        d.ebpf
+        "",
+        "  ",
+        &format!(
+            "AGENT (answered by `agent run`, up {}): verified {age_ms} ms ago; grace window {} s, \
+             {} finding(s) inside it; {} netlink event(s), {} resync(s), {} overrun(s); eBPF {}",
+            duration(d.uptime_seconds),
+            d.grace_seconds,
+            d.pending,
+            d.netlink_events,
+            d.resyncs,
+            d.overruns,
+            d.ebpf
+        ),
     );
     for (session, flaps) in &d.bgp_flaps {
-        let _ = writeln!(
+        wrap::write(
             o,
-            "  BGP {session}: {flaps} state change(s) in the flap window"
+            "  ",
+            "    ",
+            &format!("BGP {session}: {flaps} state change(s) in the flap window"),
         );
     }
 }
@@ -346,53 +553,103 @@ fn duration(secs: u64) -> String {
 }
 
 /// Findings, most severe first, each with expected vs actual and the next step; with a
-/// daemon's answer, also how long each has been there.
-pub fn findings(o: &mut String, v: &Verification, daemon: Option<&crate::analysis::DaemonInfo>) {
+/// daemon's answer, also how long each has been there. Then what did not run, grouped.
+pub fn findings(o: &mut String, a: &Analysis, v: &Verification) {
     let basis = if v.with_datastore {
         "against the datastore"
     } else {
         "inferred from the node, no datastore"
     };
     let _ = writeln!(o, "\nFINDINGS ({}; {basis})", v.findings.len());
-    if v.findings.is_empty() {
-        let _ = writeln!(o, "  none: the dataplane matches what Felix programs");
-    }
-    for f in &v.findings {
-        let _ = writeln!(o, "  {}  {}  {}", f.severity.tag(), f.check, f.subject);
-        let _ = writeln!(o, "        expected: {}", f.expected);
-        let _ = writeln!(o, "        actual:   {}", f.actual);
-        let _ = writeln!(o, "        hint:     {}", f.hint);
-        if let Some(d) = daemon.filter(|_| f.since > 0) {
-            let age = (d.verified_at_ms / 1000).saturating_sub(f.since);
-            let _ = writeln!(o, "        since:    {} ago", duration(age));
+    if let Some(m) = &a.identity {
+        wrap::write(
+            o,
+            "  ",
+            "    ",
+            &format!(
+                "not shown: they compare this node with {}'s expected state (--json has them)",
+                m.named
+            ),
+        );
+    } else {
+        if v.findings.is_empty() {
+            let _ = writeln!(
+                o,
+                "  {}",
+                match a.verdict() {
+                    Verdict::Clean => "none: the dataplane matches what Felix programs",
+                    _ => "none in what could be checked (see the verdict below)",
+                }
+            );
+        }
+        let since = a.daemon.as_ref();
+        for f in &v.findings {
+            wrap::write(
+                o,
+                &format!("  {}  ", f.severity.tag()),
+                "        ",
+                &format!("{}  {}", f.check, f.subject),
+            );
+            wrap::write(o, "        expected: ", "                  ", &f.expected);
+            wrap::write(o, "        actual:   ", "                  ", &f.actual);
+            wrap::write(o, "        hint:     ", "                  ", &f.hint);
+            if let Some(d) = since.filter(|_| f.since > 0) {
+                let age = (d.verified_at_ms / 1000).saturating_sub(f.since);
+                let _ = writeln!(o, "        since:    {} ago", duration(age));
+            }
         }
     }
-    if !v.skipped.is_empty() {
-        let need_ds = v
-            .skipped
-            .iter()
-            .filter(|s| s.reason.contains("datastore"))
-            .count();
-        let _ = writeln!(
-            o,
-            "  {} check(s) not run{} (--json lists them with reasons)",
-            v.skipped.len(),
-            if need_ds > 0 {
-                format!(", {need_ds} of them need --datastore")
-            } else {
-                String::new()
-            }
-        );
-    }
+    not_run(o, v);
     for n in &v.notes {
-        let _ = writeln!(o, "  note: {n}");
+        wrap::write(o, "  note: ", "    ", n);
     }
+}
+
+/// The checks that did not run, grouped by why, in one or two lines.
+fn not_run(o: &mut String, v: &Verification) {
+    if v.skipped.is_empty() {
+        return;
+    }
+    let mut parts = Vec::new();
+    for kind in [
+        NotRun::CouldNotObserve,
+        NotRun::NotInInput,
+        NotRun::NotApplicable,
+    ] {
+        let s: Vec<&Skipped> = v.skipped.iter().filter(|s| s.kind == kind).collect();
+        if s.is_empty() {
+            continue;
+        }
+        parts.push(match kind {
+            NotRun::CouldNotObserve => {
+                let caps = capabilities_named(s.iter().map(|s| s.reason.as_str()));
+                format!(
+                    "{} could not observe ({}{})",
+                    s.len(),
+                    missing(&s),
+                    if caps.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": needs {}", caps.join(", "))
+                    }
+                )
+            }
+            NotRun::NotInInput => format!("{} need input not given ({})", s.len(), missing(&s)),
+            NotRun::NotApplicable => format!("{} not applicable here", s.len()),
+        });
+    }
+    wrap::write(
+        o,
+        "  not run: ",
+        "    ",
+        &format!("{}; --json has each reason", parts.join("; ")),
+    );
 }
 
 fn section(o: &mut String, title: &str, routes: &[Route]) {
     let _ = writeln!(o, "  {title} ({})", routes.len());
     for r in routes.iter().take(MAX_ROWS) {
-        let _ = writeln!(o, "    {}", r.display());
+        wrap::write(o, "    ", "      ", &r.display());
     }
     elided(o, routes.len());
 }
@@ -412,7 +669,7 @@ mod tests {
     use super::*;
     use crate::{
         analysis::{self, DaemonInfo},
-        verify::{CheckId, Finding, Policy, testutil::healthy},
+        verify::{CheckId, Finding, Policy, Severity, testutil::healthy},
     };
 
     fn with_daemon() -> Analysis {
@@ -442,8 +699,10 @@ mod tests {
             text.contains("AGENT (answered by `agent run`, up 1h02m)"),
             "{text}"
         );
+        // Wrapped at 80 columns: read as the words it says.
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
-            text.contains("grace window 5 s, 1 finding(s) inside it"),
+            flat.contains("grace window 5 s, 1 finding(s) inside it"),
             "{text}"
         );
         assert!(

@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
+use super::wrap;
 use crate::flows::{AttachMode, IfaceClass, report::FlowsReport};
 
 /// `workload 3, host 1`: where a reason's drops happened, most first.
@@ -25,35 +26,43 @@ fn proto_name(p: u8) -> String {
 
 pub fn text(r: &FlowsReport, drops_only: bool) -> String {
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "node {}: traffic in the {} s since the programs were attached (with {})",
-        r.node,
-        r.window_seconds,
-        if r.attach == AttachMode::Tcx {
-            "tcx"
-        } else {
-            "clsact"
-        }
+    wrap::write(
+        &mut o,
+        "",
+        "  ",
+        &format!(
+            "node {}: traffic in the {} s since the programs were attached (with {})",
+            r.node,
+            r.window_seconds,
+            if r.attach == AttachMode::Tcx {
+                "tcx"
+            } else {
+                "clsact"
+            }
+        ),
     );
     if !drops_only {
         let _ = writeln!(o, "\nINTERFACES");
         let _ = writeln!(
             o,
-            "  {:<16} {:<9} {:<8} {:>10} {:>12} {:>11} {:>12}",
-            "iface", "class", "dir", "packets", "bytes", "df>mtu", "frag-needed"
+            "  {:<15} {:<8} {:<7} {:>9} {:>11} {:>7} {:>9}",
+            "iface", "class", "dir", "packets", "bytes", "df>mtu", "frag-need"
         );
         for i in &r.interfaces {
-            let _ = writeln!(
-                o,
-                "  {:<16} {:<9} {:<8} {:>10} {:>12} {:>11} {:>12}",
-                i.iface,
-                format!("{:?}", i.class).to_lowercase(),
-                format!("{:?}", i.direction).to_lowercase(),
-                i.counts.packets,
-                i.counts.bytes,
-                i.counts.df_oversize,
-                i.counts.icmp_frag_needed
+            wrap::write(
+                &mut o,
+                "  ",
+                "    ",
+                &format!(
+                    "{:<15} {:<8} {:<7} {:>9} {:>11} {:>7} {:>9}",
+                    i.iface,
+                    i.class.name(),
+                    format!("{:?}", i.direction).to_lowercase(),
+                    i.counts.packets,
+                    i.counts.bytes,
+                    i.counts.df_oversize,
+                    i.counts.icmp_frag_needed
+                ),
             );
         }
         let _ = writeln!(
@@ -77,42 +86,30 @@ pub fn text(r: &FlowsReport, drops_only: bool) -> String {
                 (Some(r), n) => format!("  DROPPED {n} ({r})"),
                 (None, n) => format!("  DROPPED {n}"),
             };
-            let _ = writeln!(
-                o,
-                "  {:<5} {:<46} {:<16} {:>8} pkts {:>10} B{}{}",
-                proto_name(fl.proto),
-                ends,
-                f.iface,
-                fl.packets,
-                fl.bytes,
-                if fl.df_oversize { "  DF>MTU" } else { "" },
-                dropped
+            wrap::write(
+                &mut o,
+                &format!("  {:<5} ", proto_name(fl.proto)),
+                "        ",
+                &format!(
+                    "{ends} on {}: {} pkts {} B{}{}",
+                    f.iface,
+                    fl.packets,
+                    fl.bytes,
+                    if fl.df_oversize { "  DF>MTU" } else { "" },
+                    dropped
+                ),
             );
         }
     }
-    let _ = writeln!(
-        o,
-        "\nDROPS (whole node, by kernel drop reason; where: interface class)"
-    );
-    if r.drops.is_empty() {
-        let _ = writeln!(o, "  none");
-    }
-    for d in &r.drops {
-        let _ = writeln!(
-            o,
-            "  {:<28} {:>10}  ({})",
-            d.reason,
-            d.count,
-            class_breakdown(&d.by_class)
-        );
-    }
+    let _ = writeln!(o, "\nDROPS (whole node, by kernel drop reason)");
+    super::diag_text::drop_rows(&mut o, &r.drops);
     let _ = writeln!(
         o,
         "\nTCP RETRANSMISSIONS (whole node): {}",
         r.tcp_retransmits
     );
     for n in &r.notes {
-        let _ = writeln!(o, "  note: {n}");
+        wrap::write(&mut o, "  note: ", "    ", n);
     }
     o
 }

@@ -164,7 +164,7 @@ async fn analysis(State(s): State<Shared>) -> Response {
             .into_response();
     }
     match tokio::time::timeout(TIMEOUT, rx).await {
-        Ok(Ok(a)) => Json(a).into_response(),
+        Ok(Ok(a)) => Json(a.judged()).into_response(),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the verification loop did not answer\n",

@@ -375,10 +375,11 @@ mod tests {
                 Finding::new(CheckId::RouteMissing, Severity::Critical, "10.244.1.0/26"),
                 Finding::new(CheckId::RouteMissing, Severity::Critical, "10.244.2.0/26"),
             ],
-            skipped: vec![Skipped {
-                check: CheckId::BgpSessionDown,
-                reason: "no BIRD".into(),
-            }],
+            skipped: vec![Skipped::new(
+                CheckId::BgpSessionDown,
+                crate::verify::NotRun::NotApplicable,
+                "no BIRD",
+            )],
             ..Default::default()
         };
         m.record_verification(&v);

@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod otlp;
 pub mod push;
 pub mod spool;
+pub mod wrap;

@@ -18,6 +18,7 @@ use opentelemetry_proto::tonic::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::verify::Verdict;
 use crate::verify::{Finding, Skipped, Verification};
 
 /// The report's schema; the collector refuses other versions of it.
@@ -55,6 +56,8 @@ pub struct Report {
     pub generated_at_ms: u64,
     /// The detected dataplane modes, `+`-joined (`VXLAN`, `VXLAN+WireGuard`), or `none`.
     pub mode: String,
+    /// As `agent check` judges it: clean, drift, incomplete (a check needs input the agent was
+    /// not given, e.g. no datastore) or unverifiable (state that exists could not be read).
     pub verdict: Verdict,
     pub findings: Vec<ReportFinding>,
     /// Checks that did not run, and why.
@@ -62,27 +65,6 @@ pub struct Report {
     pub not_run: Vec<NotRun>,
     #[serde(default)]
     pub counters: CounterSummary,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Every check that ran passed (or found only `info`).
-    Clean,
-    /// At least one warning or critical finding.
-    Drift,
-    /// Nothing could be verified (no Calico found and no datastore).
-    Unverified,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Clean => "clean",
-            Self::Drift => "drift",
-            Self::Unverified => "unverified",
-        }
-    }
 }
 
 /// A finding as it travels: check and severity as strings, so a collector older than the agent
@@ -121,6 +103,12 @@ impl From<&Finding> for ReportFinding {
 pub struct NotRun {
     pub check: String,
     pub reason: String,
+    /// `not-applicable`, `not-in-input` or `could-not-observe`.
+    #[serde(default)]
+    pub kind: String,
+    /// What it needed, in a few words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub missing: String,
 }
 
 impl From<&Skipped> for NotRun {
@@ -128,6 +116,8 @@ impl From<&Skipped> for NotRun {
         Self {
             check: s.check.as_str().into(),
             reason: s.reason.clone(),
+            kind: s.kind.as_str().into(),
+            missing: s.missing.clone(),
         }
     }
 }
@@ -183,7 +173,7 @@ impl CounterSummary {
 }
 
 impl Report {
-    /// A report of `verification` (none: nothing could be verified). The sequence and stream
+    /// A report of `verification` (none: nothing to verify). The sequence and stream
     /// are the spool's to assign.
     pub fn new(
         node: &str,
@@ -192,11 +182,7 @@ impl Report {
         counters: CounterSummary,
         now_ms: u64,
     ) -> Self {
-        let verdict = match verification {
-            None => Verdict::Unverified,
-            Some(v) if v.has_drift() => Verdict::Drift,
-            Some(_) => Verdict::Clean,
-        };
+        let verdict = verification.map_or(Verdict::Unverifiable, Verification::verdict);
         Self {
             schema: SCHEMA.into(),
             node: node.into(),

@@ -141,11 +141,121 @@ impl Finding {
 pub struct Skipped {
     pub check: CheckId,
     pub reason: String,
+    /// Whether its absence limits the verdict. Missing in JSON from an older agent: taken as
+    /// "could not observe", since unknown is never clean.
+    #[serde(default)]
+    pub kind: NotRun,
+    /// What it needed, in a few words (`nft`, `the Calico datastore`, `ip neigh`), for the
+    /// one-line summary of what did not run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub missing: String,
+}
+
+impl Skipped {
+    pub fn new(check: CheckId, kind: NotRun, reason: impl Into<String>) -> Self {
+        Self {
+            check,
+            reason: reason.into(),
+            kind,
+            missing: String::new(),
+        }
+    }
+
+    pub fn missing(mut self, what: impl Into<String>) -> Self {
+        self.missing = what.into();
+        self
+    }
+}
+
+/// Why a check did not run, as it bears on the verdict.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotRun {
+    /// The node's mode or this kind of run does not have it (no BIRD in VXLAN mode, checks
+    /// only time can make, reserved checks): nothing is missing.
+    NotApplicable,
+    /// The input the user gave lacks it (a bundle without `ip neigh`, no datastore): the
+    /// verdict holds for what was given.
+    NotInInput,
+    /// It exists but could not be read (a missing capability or binary, a source error):
+    /// the node cannot be called clean.
+    #[default]
+    CouldNotObserve,
+}
+
+impl NotRun {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotApplicable => "not-applicable",
+            Self::NotInInput => "not-in-input",
+            Self::CouldNotObserve => "could-not-observe",
+        }
+    }
+}
+
+/// The answer to "is this node's dataplane what Felix programs?", and how far it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every check that applies ran, and none found a warning or critical.
+    Clean,
+    /// At least one warning or critical finding (whatever else could not run).
+    Drift,
+    /// No drift in what was given, but some checks need input the user did not give.
+    Incomplete,
+    /// Some state that exists could not be read (or there was nothing to verify): no drift
+    /// found is not the same as none.
+    Unverifiable,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Drift => "drift",
+            Self::Incomplete => "incomplete",
+            Self::Unverifiable => "unverifiable",
+        }
+    }
+
+    /// `agent check`'s exit code: 0 clean (also for what the input holds), 1 drift, 2 could
+    /// not verify.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Clean | Self::Incomplete => 0,
+            Self::Drift => 1,
+            Self::Unverifiable => 2,
+        }
+    }
+}
+
+/// Findings per severity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeverityCounts {
+    pub critical: usize,
+    pub warning: usize,
+    pub info: usize,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skipped_check_from_an_older_agent_counts_as_not_observed() {
+        let s: Skipped =
+            serde_json::from_str(r#"{"check":"felix.unhealthy","reason":"x"}"#).expect("json");
+        assert_eq!(s.kind, NotRun::CouldNotObserve);
+        let json = serde_json::to_value(Skipped::new(
+            CheckId::BgpSessionDown,
+            NotRun::NotApplicable,
+            "no BIRD",
+        ))
+        .expect("json");
+        assert_eq!(json["kind"], "not-applicable");
+    }
 
     #[test]
     fn ids_round_trip_and_are_unique() {

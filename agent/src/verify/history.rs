@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use super::{CheckId, Finding, Severity, Skipped, Verification};
+use super::{CheckId, Finding, NotRun, Severity, Skipped, Verification};
 use crate::observed::{ObservedDataplane, Source, bird::BgpPeer};
 
 /// WireGuard's REJECT_AFTER_TIME: a session key older than this is never used again, so a peer
@@ -74,12 +74,30 @@ impl Default for History {
 struct Polls {
     read: u32,
     latest_missing: Option<String>,
+    /// Whether the latest miss was a service that is not there (BIRD in VXLAN mode).
+    not_running: bool,
 }
 
 impl Polls {
     fn read(&mut self) {
         self.read = self.read.saturating_add(1);
         self.latest_missing = None;
+        self.not_running = false;
+    }
+
+    fn missed(&mut self, obs: &ObservedDataplane, source: Source) {
+        self.latest_missing = Some(unread(obs, source).unwrap_or_default());
+        self.not_running = super::not_run_kind(obs, &[source]) == NotRun::NotApplicable;
+    }
+
+    /// How a check judged from these polls counts when it cannot be judged yet: waiting for
+    /// history, or for a service that is not there, is not a failure to observe.
+    fn kind(&self) -> NotRun {
+        if self.latest_missing.is_none() || self.not_running {
+            NotRun::NotApplicable
+        } else {
+            NotRun::CouldNotObserve
+        }
     }
 }
 
@@ -188,14 +206,16 @@ fn unread(obs: &ObservedDataplane, source: Source) -> Option<String> {
 }
 
 /// Replaces what `v` says about `check`: its findings, or why it could not be judged.
-fn settle(v: &mut Verification, check: CheckId, judged: Result<Vec<Finding>, String>) {
+fn settle(v: &mut Verification, check: CheckId, judged: Result<Vec<Finding>, (NotRun, String)>) {
     v.skipped.retain(|s| s.check != check);
     match judged {
         Ok(findings) => {
             v.findings.retain(|f| f.check != check);
             v.findings.extend(findings);
         }
-        Err(reason) => v.skipped.push(Skipped { check, reason }),
+        Err((kind, reason)) => v
+            .skipped
+            .push(Skipped::new(check, kind, reason).missing("history")),
     }
 }
 
@@ -230,7 +250,7 @@ impl History {
 
     fn observe_bgp(&mut self, obs: &ObservedDataplane, now_ms: u64) {
         let Some(peers) = &obs.bgp_peers else {
-            self.bgp_polls.latest_missing = Some(unread(obs, Source::Bgp).unwrap_or_default());
+            self.bgp_polls.missed(obs, Source::Bgp);
             return;
         };
         self.bgp_polls.read();
@@ -261,8 +281,8 @@ impl History {
     }
 
     fn observe_wireguard(&mut self, obs: &ObservedDataplane, now_ms: u64) {
-        if let Some(why) = unread(obs, Source::Wireguard) {
-            self.wg_polls.latest_missing = Some(why);
+        if unread(obs, Source::Wireguard).is_some() {
+            self.wg_polls.missed(obs, Source::Wireguard);
             return;
         }
         self.wg_polls.read();
@@ -285,12 +305,12 @@ impl History {
     /// was first seen going to a peer whose key had died.
     pub fn apply(&self, v: &mut Verification, policy: &HistoryPolicy, now_ms: u64) {
         let flapping = match self.bgp_unjudged() {
-            Some(reason) => Err(reason),
+            Some(reason) => Err((self.bgp_polls.kind(), reason)),
             None => Ok(self.flapping(policy, now_ms)),
         };
         settle(v, CheckId::BgpSessionFlapping, flapping);
         let stale = match self.wg_unjudged() {
-            Some(reason) => Err(reason),
+            Some(reason) => Err((self.wg_polls.kind(), reason)),
             None => Ok(self.stale_handshakes(policy, now_ms)),
         };
         settle(v, CheckId::WireguardPeerStaleHandshake, stale);

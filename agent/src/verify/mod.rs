@@ -17,7 +17,7 @@ mod wireguard;
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    finding::{CheckId, Finding, Severity, Skipped},
+    finding::{CheckId, Finding, NotRun, Severity, SeverityCounts, Skipped, Verdict},
     grace::GraceTracker,
     history::{History, HistoryPolicy, REJECT_AFTER_TIME},
 };
@@ -25,7 +25,7 @@ use calico_conventions::{TUNNEL_DEVICES, is_workload_iface};
 
 use crate::{
     desired::expected::Expected,
-    observed::{Link, ObservedDataplane, Source, Unavailable},
+    observed::{Cause, Link, ObservedDataplane, Source, Unavailable},
 };
 
 /// The indexes verification builds on every run (thousands of routes, neighbours and FDB
@@ -69,6 +69,69 @@ impl Verification {
     pub fn has_drift(&self) -> bool {
         self.findings.iter().any(|f| f.severity != Severity::Info)
     }
+
+    /// Drift wins over everything; then anything that exists but could not be read makes the
+    /// node unverifiable; then input the user did not give makes the answer incomplete.
+    pub fn verdict(&self) -> Verdict {
+        let not_run = |k: NotRun| self.skipped.iter().any(|s| s.kind == k);
+        if self.has_drift() {
+            Verdict::Drift
+        } else if not_run(NotRun::CouldNotObserve) {
+            Verdict::Unverifiable
+        } else if not_run(NotRun::NotInInput) {
+            Verdict::Incomplete
+        } else {
+            Verdict::Clean
+        }
+    }
+
+    pub fn counts(&self) -> SeverityCounts {
+        let n = |s: Severity| self.findings.iter().filter(|f| f.severity == s).count();
+        SeverityCounts {
+            critical: n(Severity::Critical),
+            warning: n(Severity::Warning),
+            info: n(Severity::Info),
+        }
+    }
+}
+
+/// The capabilities (`CAP_NET_ADMIN`, …) these texts name, once each, in order.
+pub fn capabilities_named<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in texts {
+        let mut rest = t;
+        while let Some(i) = rest.find("CAP_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .unwrap_or(tail.len());
+            let cap = tail[..end].trim_end_matches('_');
+            if cap.len() > 4 && !out.iter().any(|c| c == cap) {
+                out.push(cap.to_string());
+            }
+            rest = &tail[end..];
+        }
+    }
+    out
+}
+
+/// What the missing `sources` mean for a check that needs them: unreadable anywhere makes it
+/// unobserved; otherwise missing from a bundle makes it input not given; a service that is
+/// not running makes it not applicable.
+pub(crate) fn not_run_kind(obs: &ObservedDataplane, sources: &[Source]) -> NotRun {
+    let causes: Vec<Cause> = obs
+        .unavailable
+        .iter()
+        .filter(|u| sources.contains(&u.kind))
+        .map(|u| u.cause)
+        .collect();
+    if causes.is_empty() || causes.contains(&Cause::Unreadable) {
+        NotRun::CouldNotObserve
+    } else if causes.contains(&Cause::NotInInput) {
+        NotRun::NotInInput
+    } else {
+        NotRun::NotApplicable
+    }
 }
 
 /// Checks that need the datastore; without one they are skipped with this reason.
@@ -89,6 +152,10 @@ const NEEDS_DATASTORE: &[CheckId] = &[
     CheckId::WireguardRuleMissing,
     CheckId::DataplaneModeMismatch,
 ];
+
+/// Why the checks of [`NEEDS_DATASTORE`] did not run without one.
+pub const NEEDS_DATASTORE_REASON: &str =
+    "needs the Calico datastore (--datastore, --kube, or a bundle with Calico YAML)";
 
 /// Checks whose source the agent does not read yet, in either mode.
 const NOT_OBSERVED: &[(CheckId, &str)] = &[
@@ -175,20 +242,18 @@ pub fn verify(
         None => {
             infer::check(obs, &mut out);
             for id in NEEDS_DATASTORE {
-                v.skipped.push(Skipped {
-                    check: *id,
-                    reason:
-                        "needs the Calico datastore (--datastore DIR, or a bundle with Calico YAML)"
-                            .into(),
-                });
+                v.skipped.push(
+                    Skipped::new(*id, NotRun::NotInInput, NEEDS_DATASTORE_REASON)
+                        .missing("the Calico datastore"),
+                );
             }
         }
     }
     for (id, reason) in NOT_OBSERVED {
-        v.skipped.push(Skipped {
-            check: *id,
-            reason: (*reason).into(),
-        });
+        v.skipped.push(
+            Skipped::new(*id, NotRun::NotApplicable, *reason)
+                .missing("history or a reserved source"),
+        );
     }
     for id in CheckId::ALL {
         let missing: Vec<&Unavailable> = needs(*id)
@@ -203,10 +268,20 @@ pub fn verify(
             .iter()
             .map(|u| format!("{}: {}", u.source, u.reason))
             .collect();
-        v.skipped.push(Skipped {
-            check: *id,
-            reason: format!("not observable ({})", why.join("; ")),
-        });
+        let kind = not_run_kind(obs, needs(*id));
+        let reason = match kind {
+            NotRun::NotApplicable => format!("not running here ({})", why.join("; ")),
+            NotRun::NotInInput => format!("not in the input ({})", why.join("; ")),
+            NotRun::CouldNotObserve => format!("not observable ({})", why.join("; ")),
+        };
+        let mut what: Vec<&str> = Vec::new();
+        for u in &missing {
+            if !what.contains(&u.source.as_str()) {
+                what.push(&u.source);
+            }
+        }
+        v.skipped
+            .push(Skipped::new(*id, kind, reason).missing(what.join(", ")));
     }
     for f in &mut out {
         f.since = policy.now;

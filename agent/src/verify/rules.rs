@@ -1,11 +1,11 @@
 //! Felix's chains: present, hooked into the built-in chains, in one backend only; failsafe
 //! ports and NAT-outgoing, per shared/reference/calico-dataplane.md §4–§5.
 
-use super::{CheckId, Finding, Severity, Skipped};
+use super::{CheckId, Finding, NotRun, Severity, Skipped};
 use crate::{
     desired::{ProtoPort, expected::Expected},
     observed::{
-        ObservedDataplane,
+        ObservedDataplane, Source,
         iptables::{Backend, IptTable, IptablesDump},
         nft::NftRuleset,
     },
@@ -83,10 +83,32 @@ pub(super) fn check(
         (None, Some(d)) => RuleHome::Iptables(d),
         (None, None) => {
             if v4.is_empty() && obs.nft.is_none() {
-                skipped.push(Skipped {
-                    check: CheckId::RulesFelixMissing,
-                    reason: "neither iptables nor nftables could be read (needs CAP_NET_ADMIN and the iptables/nft binaries)".into(),
-                });
+                let kind = super::not_run_kind(obs, &[Source::Iptables, Source::Nftables]);
+                let reason = match kind {
+                    NotRun::NotInInput => {
+                        "neither iptables nor nftables is in the input".to_string()
+                    }
+                    _ => format!(
+                        "neither iptables nor nftables could be read{}",
+                        needs_capability(obs)
+                    ),
+                };
+                let mut what: Vec<&str> = Vec::new();
+                for u in obs
+                    .unavailable
+                    .iter()
+                    .filter(|u| matches!(u.kind, Source::Iptables | Source::Nftables))
+                {
+                    if !what.contains(&u.source.as_str()) {
+                        what.push(&u.source);
+                    }
+                }
+                if what.is_empty() {
+                    what = vec!["iptables-save", "nft"];
+                }
+                skipped.push(
+                    Skipped::new(CheckId::RulesFelixMissing, kind, reason).missing(what.join(", ")),
+                );
             } else if !bpf {
                 out.push(
                     Finding::new(CheckId::RulesFelixMissing, Severity::Critical, "cali- chains")
@@ -99,10 +121,11 @@ pub(super) fn check(
         }
     };
     if bpf {
-        skipped.push(Skipped {
-            check: CheckId::FailsafeMissing,
-            reason: "eBPF mode keeps failsafes in the cali_v4_fsafes2 map".into(),
-        });
+        skipped.push(Skipped::new(
+            CheckId::FailsafeMissing,
+            NotRun::NotApplicable,
+            "eBPF mode keeps failsafes in the cali_v4_fsafes2 map",
+        ));
         return;
     }
     match home {
@@ -344,6 +367,21 @@ fn nat_missing(subject: &str, actual: &str) -> Finding {
         .expected("pods' traffic to outside the pools is masqueraded (natOutgoing)")
         .actual(actual.to_string())
         .hint("pods reach the outside world with their pod IPs and replies never come back; Felix rewrites it on its iptables refresh: `iptables -t nat -S cali-nat-outgoing`, `ipset list cali40masq-ipam-pools`")
+}
+
+/// " (needs CAP_…)" naming the capabilities the rule readers said they lack, else the tools.
+fn needs_capability(obs: &ObservedDataplane) -> String {
+    let caps = super::capabilities_named(
+        obs.unavailable
+            .iter()
+            .filter(|u| matches!(u.kind, Source::Iptables | Source::Nftables))
+            .map(|u| u.reason.as_str()),
+    );
+    if caps.is_empty() {
+        " (needs the iptables/nft binaries and CAP_NET_ADMIN)".into()
+    } else {
+        format!(" (needs {})", caps.join(", "))
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 
 use super::{CheckId, Finding, Severity, Skipped};
-use crate::{desired::expected::Expected, observed::ObservedDataplane};
+use crate::{
+    desired::expected::Expected,
+    observed::{ObservedDataplane, Source},
+};
 
 pub(super) fn check(
     e: &Expected,
@@ -59,10 +62,11 @@ pub(super) fn check(
         );
     }
     let Some(observed) = obs.wireguard.iter().find(|d| d.name == dev) else {
-        skipped.push(Skipped {
-            check: CheckId::WireguardPeerMissing,
-            reason: format!("peers of {dev} not readable (`wg show {dev} dump` needs wireguard-tools and CAP_NET_ADMIN)"),
-        });
+        skipped.push(Skipped::new(
+            CheckId::WireguardPeerMissing,
+            super::not_run_kind(obs, &[Source::Wireguard]),
+            format!("peers of {dev} not readable (`wg show {dev} dump` needs wireguard-tools and CAP_NET_ADMIN)"),
+        ).missing("wg show"));
         return;
     };
     for p in &wg.peers {

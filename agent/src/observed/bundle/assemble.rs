@@ -21,8 +21,8 @@ use super::{
 use crate::observed::{
     iptables::IptablesDump,
     model::{
-        FdbEntry, IpRule, Link, Neighbour, ObservedDataplane, Route, Source, Sysctls, TABLE_LOCAL,
-        Unavailable,
+        Cause, FdbEntry, IpRule, Link, Neighbour, ObservedDataplane, Route, Source, Sysctls,
+        TABLE_LOCAL, Unavailable,
     },
     nft::{self, NftRuleset},
     wireguard::{self, WgDevice},
@@ -222,7 +222,7 @@ impl Assembler {
         let mut out = Vec::new();
         let mut missing = |kinds: &[Source], source: &str, reason: &str| {
             for kind in kinds {
-                out.push(Unavailable::new(*kind, source, reason));
+                out.push(Unavailable::new(*kind, source, reason).with_cause(Cause::NotInInput));
             }
         };
         let seen = |f: Format| self.seen.contains(&f);
@@ -263,8 +263,6 @@ impl Assembler {
                 missing(&[kind], f.name(), NOT_IN_BUNDLE);
             }
         }
-        missing(&[Source::FelixHealth], "felix readiness", NOT_IN_BUNDLE);
-        missing(&[Source::Bgp], "bird show protocols", NOT_IN_BUNDLE);
         if !seen(Format::IptablesSave) {
             missing(
                 &[Source::Iptables, Source::Ip6tables],
@@ -283,6 +281,15 @@ impl Assembler {
         });
         if has_wireguard && !seen(Format::WgDump) {
             missing(&[Source::Wireguard], Format::WgDump.name(), NOT_IN_BUNDLE);
+        }
+        // Answers of live services, not kernel state: no bundle holds them, so their checks
+        // do not apply to one (rather than making every bundle incomplete).
+        let live_only = "live only: a bundle holds the kernel's state, not a service's answer";
+        for (kind, source) in [
+            (Source::FelixHealth, "felix readiness"),
+            (Source::Bgp, "bird show protocols"),
+        ] {
+            out.push(Unavailable::new(kind, source, live_only).with_cause(Cause::NotRunning));
         }
         out
     }

@@ -1,0 +1,196 @@
+//! Which Node of the datastore the observed dataplane belongs to. A wrong `--node-name` (an
+//! FQDN for a short name, another node's name) makes every expected value someone else's and
+//! every check fire: one line naming the slip is worth more than that storm.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Datastore, Node, expected};
+use crate::observed::ObservedDataplane;
+
+/// The dataplane carries another node's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityMismatch {
+    /// The node name the agent was given (or resolved).
+    pub named: String,
+    /// The datastore Node whose addresses and MAC the dataplane holds.
+    pub looks_like: String,
+    /// What matched, e.g. `vxlan.calico MAC 66:07:02:c1:cc:60`.
+    pub evidence: Vec<String>,
+}
+
+impl std::fmt::Display for IdentityMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this node looks like {}; --node-name says {}",
+            self.looks_like, self.named
+        )
+    }
+}
+
+/// What of `node`'s identity the dataplane holds.
+fn evidence(node: &Node, obs: &ObservedDataplane) -> Vec<String> {
+    let mut out = Vec::new();
+    let on = |dev: Option<&str>, ip: Ipv4Addr| {
+        obs.addresses
+            .iter()
+            .find(|a| a.address.addr() == IpAddr::V4(ip) && dev.is_none_or(|d| a.ifname == d))
+    };
+    if let Some(a) = node.ipv4.and_then(|n| on(None, n.addr())) {
+        out.push(format!("node IP {} on {}", a.address.addr(), a.ifname));
+    }
+    for (dev, ip) in [
+        (expected::VXLAN_DEV, node.ipv4_vxlan_tunnel),
+        (expected::IPIP_DEV, node.ipv4_ipip_tunnel),
+        (expected::WIREGUARD_DEV, node.wireguard_ipv4),
+    ] {
+        if let Some(a) = ip.and_then(|ip| on(Some(dev), ip)) {
+            out.push(format!("{dev} address {}", a.address.addr()));
+        }
+    }
+    let mac = node
+        .vxlan_mac
+        .clone()
+        .unwrap_or_else(|| expected::vtep_mac(&node.name));
+    if let Some(seen) = obs
+        .link(expected::VXLAN_DEV)
+        .and_then(|l| l.mac.as_deref())
+        .filter(|m| m.eq_ignore_ascii_case(&mac))
+    {
+        out.push(format!("{} MAC {seen}", expected::VXLAN_DEV));
+    }
+    out
+}
+
+/// `Some` when another Node's identity matches the dataplane better than `named`'s does.
+pub fn check(ds: &Datastore, named: &str, obs: &ObservedDataplane) -> Option<IdentityMismatch> {
+    let own = ds.node(named).map_or(0, |n| evidence(n, obs).len());
+    ds.nodes
+        .iter()
+        .filter(|n| n.name != named)
+        .map(|n| (n, evidence(n, obs)))
+        .filter(|(_, e)| e.len() > own)
+        .max_by_key(|(_, e)| e.len())
+        .map(|(n, evidence)| IdentityMismatch {
+            named: named.to_string(),
+            looks_like: n.name.clone(),
+            evidence,
+        })
+}
+
+/// The datastore's node names, closest to `name` first: a name that contains the other (an
+/// FQDN and its short name) before the rest, then by edit distance.
+pub fn closest_names(ds: &Datastore, name: &str) -> Vec<String> {
+    let mut names: Vec<(bool, usize, &str)> = ds
+        .nodes
+        .iter()
+        .map(|n| {
+            let short = |s: &str| s.split('.').next().unwrap_or(s).to_string();
+            let related = short(&n.name) == short(name);
+            (!related, edit_distance(&n.name, name), n.name.as_str())
+        })
+        .collect();
+    names.sort();
+    names.into_iter().map(|(_, _, n)| n.to_string()).collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::testutil::healthy;
+
+    fn node(name: &str, ip: [u8; 4], tunnel: [u8; 4]) -> Node {
+        Node {
+            name: name.into(),
+            ipv4: Some(ipnet::Ipv4Net::new(Ipv4Addr::from(ip), 24).expect("net")),
+            ipv4_vxlan_tunnel: Some(Ipv4Addr::from(tunnel)),
+            vxlan_mac: None,
+            ipv4_ipip_tunnel: None,
+            wireguard_ipv4: None,
+            wireguard_public_key: None,
+        }
+    }
+
+    fn datastore(obs: &ObservedDataplane) -> Datastore {
+        // The healthy fixture is node-a: give its datastore twin and a second node.
+        let vx = obs
+            .addresses
+            .iter()
+            .find(|a| a.ifname == expected::VXLAN_DEV)
+            .map(|a| a.address.addr());
+        let Some(IpAddr::V4(tunnel)) = vx else {
+            panic!("fixture has a vxlan.calico address");
+        };
+        let ip = obs
+            .addresses
+            .iter()
+            .find_map(|a| match a.address.addr() {
+                IpAddr::V4(v) if a.ifname != expected::VXLAN_DEV && !v.is_loopback() => Some(v),
+                _ => None,
+            })
+            .expect("fixture has a node IP");
+        Datastore {
+            nodes: vec![
+                node(&obs.node_name, ip.octets(), tunnel.octets()),
+                node("node-z", [10, 99, 0, 200], [10, 244, 9, 0]),
+            ],
+            ..Datastore::default()
+        }
+    }
+
+    #[test]
+    fn the_right_name_is_quiet() {
+        let (_, obs) = healthy();
+        let ds = datastore(&obs);
+        assert_eq!(check(&ds, &obs.node_name, &obs), None);
+    }
+
+    #[test]
+    fn another_nodes_name_is_named_with_the_evidence() {
+        let (_, obs) = healthy();
+        let ds = datastore(&obs);
+        let m = check(&ds, "node-z", &obs).expect("mismatch");
+        assert_eq!(m.looks_like, obs.node_name);
+        assert_eq!(
+            m.to_string(),
+            format!(
+                "this node looks like {}; --node-name says node-z",
+                obs.node_name
+            )
+        );
+        assert!(
+            m.evidence.iter().any(|e| e.starts_with("node IP ")),
+            "{m:?}"
+        );
+        // A name the datastore does not hold at all: the same answer.
+        assert!(check(&ds, "node-a.example.com", &obs).is_some());
+    }
+
+    #[test]
+    fn closest_names_put_the_short_name_of_an_fqdn_first() {
+        let (_, obs) = healthy();
+        let mut ds = datastore(&obs);
+        ds.nodes
+            .push(node("worker-1", [10, 99, 0, 3], [10, 244, 3, 0]));
+        let got = closest_names(&ds, "node-z.example.com");
+        assert_eq!(got[0], "node-z");
+        assert_eq!(closest_names(&ds, "worker-2")[0], "worker-1");
+    }
+}
