@@ -91,6 +91,9 @@ pub struct DaemonInfo {
     pub bgp_flaps: std::collections::BTreeMap<String, u32>,
     /// The observe-only eBPF programs: attached to N interfaces, or why not.
     pub ebpf: String,
+    /// Reports to the central endpoint, when pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::report::push::PushStatus>,
 }
 
 /// What the observe-only programs saw during `diag`'s sample window.

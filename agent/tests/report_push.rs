@@ -520,6 +520,17 @@ fn through_outages_errors_resets_and_kills_the_collector_gets_every_report_in_or
     // The agent killed while the endpoint refuses: its spool holds the reports.
     set_mode(&ns.0, "status:503").expect("proxy mode");
     std::thread::sleep(Duration::from_secs(2));
+    // What `agent diag` shows the operator meanwhile: the daemon's local API.
+    let mut sock = std::os::unix::net::UnixStream::connect(dir.join("agent.sock")).expect("socket");
+    let (_, body) = support::http_get(&mut sock, "/v1/analysis").expect("local API");
+    let status: Value = serde_json::from_str(&body).expect("JSON");
+    let r = &status["daemon"]["report"];
+    assert_eq!(r["last_result"], "throttled", "{r}");
+    assert!(
+        r["last_error"].as_str().is_some_and(|e| e.contains("503")),
+        "{r}"
+    );
+    assert!(r["spooled"].as_u64().is_some_and(|n| n >= 3), "{r}");
     a.kill();
     let (last_before_kill, waiting) = spool_state(&dir);
     assert!(waiting.len() >= 3, "spooled while refused: {waiting:?}");

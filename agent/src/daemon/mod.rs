@@ -553,6 +553,7 @@ impl Daemon {
             overruns: self.overruns,
             bgp_flaps: self.history.flaps(&self.history_policy, now),
             ebpf: self.ebpf.describe(),
+            report: None,
         };
         self.last = Some((v, input_notes, info));
         let keys: Vec<_> = self
@@ -611,7 +612,14 @@ impl Daemon {
     fn answer(&self) -> Analysis {
         let diag = crate::diag::build(&self.obs);
         let (verification, input_notes, daemon) = match &self.last {
-            Some((v, notes, info)) => (Some(v.clone()), notes.clone(), Some(info.clone())),
+            Some((v, notes, info)) => (
+                Some(v.clone()),
+                notes.clone(),
+                Some(DaemonInfo {
+                    report: self.pusher.as_ref().map(Pusher::status),
+                    ..info.clone()
+                }),
+            ),
             None => (None, Vec::new(), None),
         };
         Analysis {

@@ -533,6 +533,9 @@ fn daemon(o: &mut String, a: &Analysis) {
             d.ebpf
         ),
     );
+    if let Some(r) = &d.report {
+        report_line(o, r);
+    }
     for (session, flaps) in &d.bgp_flaps {
         wrap::write(
             o,
@@ -541,6 +544,46 @@ fn daemon(o: &mut String, a: &Analysis) {
             &format!("BGP {session}: {flaps} state change(s) in the flap window"),
         );
     }
+}
+
+/// Where the reports stand: delivered, or waiting in the spool and why.
+fn report_line(o: &mut String, r: &crate::report::push::PushStatus) {
+    let now = crate::pipeline::now_ms();
+    let ago = |ms: u64| duration(now.saturating_sub(ms) / 1000);
+    let mut line = format!("reports to {}: ", r.endpoint);
+    if r.spooled == 0 {
+        line.push_str("all delivered");
+    } else {
+        let _ = write!(
+            line,
+            "{} waiting in the spool ({} KiB)",
+            r.spooled,
+            r.spool_bytes.div_ceil(1024)
+        );
+    }
+    match (r.last_result.as_str(), r.last_delivered_ms) {
+        ("", _) => line.push_str("; none sent yet"),
+        ("ok", at) => {
+            let _ = write!(line, "; last delivered {} ago", ago(at));
+        }
+        (result, at) => {
+            let _ = write!(
+                line,
+                "; last attempt {} ago: {result}",
+                ago(r.last_attempt_ms)
+            );
+            if !r.last_error.is_empty() {
+                let _ = write!(line, " ({})", r.last_error);
+            }
+            if at > 0 {
+                let _ = write!(line, "; last delivered {} ago", ago(at));
+            }
+        }
+    }
+    if r.dropped > 0 {
+        let _ = write!(line, "; {} dropped", r.dropped);
+    }
+    wrap::write(o, "  ", "    ", &line);
 }
 
 /// `3h12m`, `4m05s`, `17s`.
@@ -689,6 +732,49 @@ mod tests {
             ..DaemonInfo::default()
         });
         a
+    }
+
+    #[test]
+    fn a_daemon_answer_says_where_the_reports_stand() {
+        let mut a = with_daemon();
+        let now = crate::pipeline::now_ms();
+        let status = crate::report::push::PushStatus {
+            endpoint: "http://collector:4318".into(),
+            spooled: 3,
+            spool_bytes: 5000,
+            last_result: "unreachable".into(),
+            last_error: "connection refused".into(),
+            last_attempt_ms: now - 2_000,
+            last_delivered_ms: now - 65_000,
+            dropped: 0,
+        };
+        if let Some(d) = a.daemon.as_mut() {
+            d.report = Some(status.clone());
+        }
+        let flat = check_text(&a)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            flat.contains("reports to http://collector:4318: 3 waiting in the spool (5 KiB); last attempt 2s ago: unreachable (connection refused); last delivered 1m05s ago"),
+            "{flat}"
+        );
+        if let Some(d) = a.daemon.as_mut() {
+            d.report = Some(crate::report::push::PushStatus {
+                spooled: 0,
+                last_result: "ok".into(),
+                last_delivered_ms: now - 1_000,
+                ..status
+            });
+        }
+        let flat = check_text(&a)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            flat.contains("all delivered; last delivered 1s ago"),
+            "{flat}"
+        );
     }
 
     #[test]

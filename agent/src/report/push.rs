@@ -72,11 +72,30 @@ pub enum PushError {
     Thread(#[source] std::io::Error),
 }
 
+/// Where delivery stands, for `agent diag` (the daemon's local API).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PushStatus {
+    pub endpoint: String,
+    /// Reports waiting in the spool, and their bytes.
+    pub spooled: usize,
+    pub spool_bytes: u64,
+    /// The last attempt: `ok` or why not (a `report_push_total` result), with the detail.
+    pub last_result: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    pub last_attempt_ms: u64,
+    /// When a request was last acknowledged (0: never since start).
+    pub last_delivered_ms: u64,
+    /// Reports given up since start (spool full, refused).
+    pub dropped: u64,
+}
+
 /// The running pusher: hand it reports; stopping it leaves undelivered ones in the spool.
 pub struct Pusher {
     tx: mpsc::UnboundedSender<Report>,
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
+    status: Arc<std::sync::Mutex<PushStatus>>,
 }
 
 impl Pusher {
@@ -96,6 +115,12 @@ impl Pusher {
         let tls = tls_config(cfg.ca_file.as_ref())?;
         let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes).map_err(PushError::Spool)?;
         metrics.spool_bytes.set(gauge(spool.bytes()));
+        let status = Arc::new(std::sync::Mutex::new(PushStatus {
+            endpoint: endpoint.clone(),
+            spooled: spool.len(),
+            spool_bytes: spool.bytes(),
+            ..PushStatus::default()
+        }));
         let host = crate::node::hostname();
         let sender = Sender {
             client: client(tls),
@@ -110,6 +135,7 @@ impl Pusher {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let retry_max = cfg.retry_max;
+        let shared = status.clone();
         let thread = std::thread::Builder::new()
             .name("report-push".into())
             .spawn(move || {
@@ -130,6 +156,7 @@ impl Pusher {
                     backoff: Backoff::new(Duration::from_millis(500), retry_max),
                     single: false,
                     latest: None,
+                    status: shared,
                 };
                 rt.block_on(d.run(rx, token));
             })
@@ -138,7 +165,15 @@ impl Pusher {
             tx,
             stop,
             thread: Some(thread),
+            status,
         })
+    }
+
+    pub fn status(&self) -> PushStatus {
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     pub fn send(&self, report: Report) {
@@ -424,6 +459,7 @@ struct Delivery {
     single: bool,
     /// The newest report, whose counters go out as OTLP metrics once its log is delivered.
     latest: Option<Report>,
+    status: Arc<std::sync::Mutex<PushStatus>>,
 }
 
 impl Delivery {
@@ -475,9 +511,21 @@ impl Delivery {
             }
         }
         self.metrics.spool_bytes.set(gauge(self.spool.bytes()));
+        self.update(|_| {});
+    }
+
+    fn update(&self, f: impl FnOnce(&mut PushStatus)) {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.spooled = self.spool.len();
+        s.spool_bytes = self.spool.bytes();
+        f(&mut s);
     }
 
     fn count_dropped(&self, reason: &str, n: u64) {
+        self.update(|s| s.dropped += n);
         self.metrics
             .report_dropped
             .get_or_create(&super::metrics::ReasonLabels {
@@ -536,6 +584,13 @@ impl Delivery {
         match outcome {
             Outcome::Delivered { rejected, message } => {
                 self.count("logs", "ok");
+                let now = crate::pipeline::now_ms();
+                self.update(|s| {
+                    s.last_result = "ok".into();
+                    s.last_error.clear();
+                    s.last_attempt_ms = now;
+                    s.last_delivered_ms = now;
+                });
                 if rejected > 0 {
                     tracing::warn!(
                         rejected,
@@ -554,6 +609,11 @@ impl Delivery {
             }
             Outcome::Retry { result, after, why } => {
                 self.count("logs", result);
+                self.update(|s| {
+                    s.last_result = result.into();
+                    s.last_error.clone_from(&why);
+                    s.last_attempt_ms = crate::pipeline::now_ms();
+                });
                 let delay = match after {
                     Some(a) => a.min(RETRY_AFTER_MAX),
                     None => self.backoff.next(),
@@ -563,6 +623,11 @@ impl Delivery {
             }
             Outcome::Refused { status, why } => {
                 self.count("logs", "rejected");
+                self.update(|s| {
+                    s.last_result = "rejected".into();
+                    s.last_error.clone_from(&why);
+                    s.last_attempt_ms = crate::pipeline::now_ms();
+                });
                 if batch.len() > 1 {
                     // Resend one at a time: only the report the endpoint refuses is given up.
                     self.single = true;
@@ -582,6 +647,7 @@ impl Delivery {
             tracing::warn!(error = %crate::observed::error_chain(&e), "removing delivered reports from the spool");
         }
         self.metrics.spool_bytes.set(gauge(self.spool.bytes()));
+        self.update(|_| {});
     }
 
     /// The newest counters as OTLP metrics: cumulative, so a failed request is not retried
