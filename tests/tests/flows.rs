@@ -296,7 +296,12 @@ fn diag_correlates_mtu_signals_with_the_mtu_finding() {
                 )
             });
             let mut t = rt
-                .block_on(agent::analysis::sample_traffic(&node.name, 2))
+                .block_on(async {
+                    agent::analysis::TrafficProbe::attach(&node.name)
+                        .await?
+                        .sample(2)
+                        .await
+                })
                 .expect("traffic sample");
             let _ = traffic.join();
             let obs = rt.block_on(observed::read_live(&node.name));
