@@ -236,6 +236,8 @@ print(json.dumps(out))
         "iface_class",
         "direction",
         "reason",
+        "assessment",
+        "signal",
         "kind",
         "source",
         "le",

@@ -7,7 +7,7 @@ use crate::{
     flows::{self, Counts, Direction, ProbeOptions, Session},
     observed::{self, ObservedDataplane},
     report::{
-        metrics::{Delta, Metrics, ReasonLabels, direction_label},
+        metrics::{Delta, DropLabels, Metrics, direction_label},
         otlp::CounterSummary,
     },
 };
@@ -135,7 +135,13 @@ impl Ebpf {
                 *self.totals.drops.entry(row.reason.clone()).or_default() += delta;
                 metrics
                     .drops
-                    .get_or_create(&ReasonLabels { reason: row.reason })
+                    .get_or_create(&DropLabels {
+                        assessment: flows::reasons::classify(&row.reason)
+                            .0
+                            .metric_label()
+                            .into(),
+                        reason: row.reason,
+                    })
                     .inc_by(delta);
             }
         }

@@ -22,6 +22,14 @@ impl DropClass {
             Self::WorthALook => "worth a look",
         }
     }
+
+    /// The `assessment` label of `drops_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::Expected => "expected",
+            Self::WorthALook => "worth_a_look",
+        }
+    }
 }
 
 use DropClass::{Expected, WorthALook};

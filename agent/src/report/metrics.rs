@@ -42,6 +42,13 @@ pub struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: String,
+    /// `expected` (a healthy node's background) or `worth_a_look`: the alert counts only these.
+    pub assessment: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -69,7 +76,7 @@ pub struct Metrics {
     pub drift_detection: Histogram,
     pub iface_packets: Family<IfaceLabels, Counter>,
     pub iface_bytes: Family<IfaceLabels, Counter>,
-    pub drops: Family<ReasonLabels, Counter>,
+    pub drops: Family<DropLabels, Counter>,
     pub tcp_retransmits: Counter,
     pub conntrack_entries: Gauge,
     pub conntrack_max: Gauge,
