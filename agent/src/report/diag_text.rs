@@ -34,7 +34,12 @@ pub fn text(a: &Analysis) -> String {
         return o;
     }
     let modes: Vec<&str> = d.modes.iter().map(|m| m.name()).collect();
-    let _ = writeln!(o, "node {}  mode: {}", d.node, modes.join(" + "));
+    let mode = if modes.is_empty() {
+        "unknown".to_string()
+    } else {
+        modes.join(" + ")
+    };
+    let _ = writeln!(o, "node {}  mode: {mode}", d.node);
     for e in &d.evidence {
         let _ = writeln!(o, "  · {e}");
     }
@@ -297,8 +302,10 @@ fn summary(o: &mut String, a: &Analysis) {
         o,
         "\nsummary: node {} | {} | {} tunnel(s), {} local block(s), {} remote block route(s), {} workload(s) | {crit} critical, {warn} warning",
         d.node,
-        if modes.is_empty() {
+        if modes.is_empty() && !d.calico_found {
             "no Calico".to_string()
+        } else if modes.is_empty() {
+            "mode unknown".to_string()
         } else {
             modes.join(" + ")
         },
