@@ -26,6 +26,8 @@ mod iptables_table_inference;
 pub mod link;
 pub mod neigh;
 pub mod nft_text;
+#[cfg(test)]
+mod paste_corpus;
 pub mod paste_quoting;
 pub mod route;
 pub mod rule;
