@@ -158,7 +158,7 @@ pub fn build(obs: &ObservedDataplane) -> Diag {
     let felix_chains = felix_chains(obs);
     let rules_backend = rules_backend(&felix_chains);
     let sysctls = sysctl_summary(obs, &tunnels);
-    let calico_found = !modes.is_empty();
+    let calico_found = !modes.is_empty() || mode::calico_evidence(obs);
     let mut d = Diag {
         node: obs.node_name.clone(),
         calico_found,

@@ -7,7 +7,7 @@ use calico_conventions::{
     is_workload_iface,
 };
 
-use crate::observed::{ObservedDataplane, RouteType, TABLE_MAIN};
+use crate::observed::{ObservedDataplane, RouteType, Source, TABLE_MAIN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -49,7 +49,11 @@ pub fn detect_modes(obs: &ObservedDataplane) -> (Vec<Mode>, Vec<String>) {
     }
     // tunl0 appears whenever the ipip module is loaded; Felix strips its addresses when IPIP
     // is off, so only an address or routes through it count.
-    if obs.link(IPIP).is_some() {
+    // Without links (a pasted `ip route` alone), routes through tunl0 are the evidence.
+    let ipip_routes_only = obs.link(IPIP).is_none()
+        && obs.unavailable.iter().any(|u| u.kind == Source::Links)
+        && obs.routes.iter().any(|r| r.dev.as_deref() == Some(IPIP));
+    if obs.link(IPIP).is_some() || ipip_routes_only {
         let addrs = obs.addresses_of(IPIP).count();
         let routes = obs
             .routes
@@ -104,6 +108,7 @@ pub fn detect_modes(obs: &ObservedDataplane) -> (Vec<Mode>, Vec<String>) {
             }
         ));
     }
+    bgp_evidence(obs, &mut why);
     if modes.is_empty() {
         let workloads = obs
             .links
@@ -132,6 +137,13 @@ pub fn detect_modes(obs: &ObservedDataplane) -> (Vec<Mode>, Vec<String>) {
             why.push(format!(
                 "{blackholes} local block blackhole(s), no tunnel device"
             ));
+        } else if (chains > 0 || workloads > 0 || felix_rules_seen(obs)) && routes_unknown(obs) {
+            // Felix is here, but without the routes nothing says how it routes: a paste of
+            // its chains alone is not policy-only.
+            why.push(format!(
+                "Felix's rules ({chains} cali- chain(s)) and {workload} workload interface(s); the routes are not in the input, so the mode is unknown",
+                workload = workloads
+            ));
         } else if chains > 0 || workloads > 0 {
             push(&mut modes, Mode::PolicyOnly);
             why.push(format!(
@@ -140,6 +152,55 @@ pub fn detect_modes(obs: &ObservedDataplane) -> (Vec<Mode>, Vec<String>) {
         }
     }
     (modes, why)
+}
+
+fn routes_unknown(obs: &ObservedDataplane) -> bool {
+    obs.unavailable.iter().any(|u| u.kind == Source::Routes)
+}
+
+/// BIRD's sessions say the node speaks BGP and how it peers (node-to-node mesh, route
+/// reflectors or global peers); they do not say how packets are carried (IPIP, VXLAN or
+/// none), so they add evidence and no mode.
+fn bgp_evidence(obs: &ObservedDataplane, why: &mut Vec<String>) {
+    let Some(peers) = obs.bgp_peers.as_ref() else {
+        return;
+    };
+    if peers.is_empty() {
+        why.push("BGP: BIRD has no peers".into());
+        return;
+    }
+    let mut kinds: Vec<&str> = peers.iter().map(|p| p.kind.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let up = peers.iter().filter(|p| p.established()).count();
+    why.push(format!(
+        "BGP: {} peer(s) ({}), {up} Established",
+        peers.len(),
+        kinds.join(", ")
+    ));
+}
+
+/// Calico is on the node even when no mode can be told: Felix's chains with the routes not
+/// in the input, or BIRD's sessions alone.
+pub fn calico_evidence(obs: &ObservedDataplane) -> bool {
+    obs.bgp_peers.as_ref().is_some_and(|p| !p.is_empty()) || felix_rules_seen(obs)
+}
+
+/// Felix's chains, or rules jumping to them, in iptables or nftables.
+fn felix_rules_seen(obs: &ObservedDataplane) -> bool {
+    obs.iptables.iter().any(|d| {
+        d.felix_chain_count() > 0
+            || d.tables
+                .iter()
+                .flat_map(|t| &t.rules)
+                .any(|r| r.target.as_deref().is_some_and(|t| t.starts_with("cali-")))
+    }) || obs.nft.as_ref().is_some_and(|n| {
+        n.calico_table("ip").is_some()
+            || n.chains.iter().any(|c| c.name.starts_with("cali-"))
+            || n.rules
+                .iter()
+                .any(|r| r.target.as_deref().is_some_and(|t| t.starts_with("cali-")))
+    })
 }
 
 fn push(modes: &mut Vec<Mode>, m: Mode) {

@@ -32,10 +32,46 @@ pub struct IptablesDump {
     pub tables: Vec<IptTable>,
     /// Lines that could not be parsed, with their line number; they never sink the dump.
     pub errors: Vec<String>,
+    /// Set when the text held only part of the ruleset (rules pasted without their `*table`
+    /// header, an `iptables -L` listing, a dump cut before `COMMIT`): what it shows is
+    /// present, and nothing can be concluded from what it does not show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragment: Option<Fragment>,
+}
+
+/// What a partial ruleset holds, and how its tables were decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fragment {
+    /// The form it came in: `rules without a *table header`, `iptables -L listing`, ….
+    pub form: String,
+    /// Per table of the fragment, why its rules were assigned to it (`named by the command
+    /// (-t nat)`, `MASQUERADE targets mean nat`, `unknown: …`).
+    pub tables: Vec<(String, String)>,
+    /// Chains known to be printed whole, as `table chain`: a listing's chain block ended
+    /// before the next one started; a saved chain's rules were followed by another chain's.
+    pub complete_chains: Vec<String>,
+    /// Chains `iptables -L` printed with `(0 references)`, as `table chain`: nothing jumps to
+    /// them, which is evidence in its own right.
+    pub unreferenced: Vec<String>,
+}
+
+impl Fragment {
+    pub fn is_complete(&self, table: &str, chain: &str) -> bool {
+        self.complete_chains
+            .iter()
+            .any(|c| c.split_once(' ') == Some((table, chain)))
+    }
+
+    pub fn is_unreferenced(&self, table: &str, chain: &str) -> bool {
+        self.unreferenced
+            .iter()
+            .any(|c| c.split_once(' ') == Some((table, chain)))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IptTable {
+    /// `filter`, `nat`, `mangle`, `raw`, `security`; in a fragment also `unknown`.
     pub name: String,
     pub chains: Vec<IptChain>,
     pub rules: Vec<IptRule>,
@@ -101,9 +137,14 @@ impl IptablesDump {
         } else {
             "iptables"
         };
-        match self.backend {
+        let label = match self.backend {
             Some(b) => format!("{bin}-{}", b.name()),
             None => bin.to_string(),
+        };
+        if self.fragment.is_some() {
+            format!("{label} (fragment)")
+        } else {
+            label
         }
     }
 }
@@ -165,7 +206,7 @@ pub fn parse(text: &str, backend: Option<Backend>, family: u8) -> IptablesDump {
     dump
 }
 
-fn parse_chain(rest: &str) -> Result<IptChain, &'static str> {
+pub(crate) fn parse_chain(rest: &str) -> Result<IptChain, &'static str> {
     let mut parts = rest.split_whitespace();
     let name = parts.next().ok_or("chain line without a name")?.to_string();
     let policy = parts.next().filter(|p| *p != "-").map(str::to_string);
@@ -187,7 +228,7 @@ fn parse_counters(token: &str) -> Option<(Option<u64>, Option<u64>)> {
     Some((Some(p.parse().ok()?), Some(b.parse().ok()?)))
 }
 
-fn parse_rule(line: &str) -> Result<IptRule, String> {
+pub(crate) fn parse_rule(line: &str) -> Result<IptRule, String> {
     let (counters, rest) = match line.strip_prefix('[') {
         Some(_) => {
             let end = line.find(']').ok_or("unterminated counters")?;

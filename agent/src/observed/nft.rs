@@ -16,6 +16,11 @@ pub struct NftRuleset {
     pub sets: Vec<NftSet>,
     /// Objects or fields that could not be understood, with their position.
     pub errors: Vec<String>,
+    /// Set when the listing was a pasted part of the ruleset (no `table` line around it):
+    /// what it shows is present, nothing can be concluded from what it does not show. Says
+    /// which table it was assigned to and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragment: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -52,12 +52,12 @@ pub fn text(a: &Analysis) -> String {
     }
     let modes: Vec<&str> = d.modes.iter().map(|m| m.name()).collect();
     identity(&mut o, a);
-    wrap::write(
-        &mut o,
-        "",
-        "  ",
-        &format!("node {}  mode: {}", d.node, modes.join(" + ")),
-    );
+    let mode = if modes.is_empty() {
+        "unknown".to_string()
+    } else {
+        modes.join(" + ")
+    };
+    wrap::write(&mut o, "", "  ", &format!("node {}  mode: {mode}", d.node));
     for e in &d.evidence {
         wrap::write(&mut o, "  · ", "    ", e);
     }
@@ -423,8 +423,10 @@ fn summary(o: &mut String, a: &Analysis) {
             "node {} | {} | {} tunnel(s), {} local block(s), {} remote block route(s), {} \
              workload(s) | {crit} critical, {warn} warning",
             d.node,
-            if modes.is_empty() {
+            if modes.is_empty() && !d.calico_found {
                 "no Calico".to_string()
+            } else if modes.is_empty() {
+                "mode unknown".to_string()
             } else {
                 modes.join(" + ")
             },

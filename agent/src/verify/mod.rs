@@ -11,6 +11,7 @@ mod history;
 mod infer;
 mod routes;
 mod rules;
+mod rules_fragment;
 mod tunnel;
 mod wireguard;
 

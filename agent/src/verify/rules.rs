@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// (table, built-in chain, Felix chain) hooks Felix inserts in iptables mode (`setUpIptablesNormal`).
-const HOOKS: &[(&str, &str, &str)] = &[
+pub(super) const HOOKS: &[(&str, &str, &str)] = &[
     ("raw", "PREROUTING", "cali-PREROUTING"),
     ("raw", "OUTPUT", "cali-OUTPUT"),
     ("mangle", "PREROUTING", "cali-PREROUTING"),
@@ -43,7 +43,7 @@ enum RuleHome<'a> {
 fn felix_nft(obs: &ObservedDataplane) -> Option<&NftRuleset> {
     obs.nft
         .as_ref()
-        .filter(|n| n.chains_of("ip", "calico").any(|c| c.hook.is_some()))
+        .filter(|n| n.fragment.is_none() && n.chains_of("ip", "calico").any(|c| c.hook.is_some()))
 }
 
 pub(super) fn check(
@@ -53,7 +53,19 @@ pub(super) fn check(
     skipped: &mut Vec<Skipped>,
 ) {
     let bpf = e.is_some_and(|e| e.bpf) || !obs.calico_bpf_pins.is_empty();
-    let v4: Vec<&IptablesDump> = obs.iptables.iter().filter(|d| d.family == 4).collect();
+    // Parts of a ruleset show what is present and never what is missing: they are judged
+    // apart (rules_fragment), and only when no whole ruleset was read.
+    let v4: Vec<&IptablesDump> = obs
+        .iptables
+        .iter()
+        .filter(|d| d.family == 4 && d.fragment.is_none())
+        .collect();
+    if v4.is_empty()
+        && felix_nft(obs).is_none()
+        && super::rules_fragment::check(obs, e, out, skipped)
+    {
+        return;
+    }
     let with_chains: Vec<&IptablesDump> = v4
         .iter()
         .copied()
@@ -227,7 +239,7 @@ fn nft_hooks(n: &NftRuleset, out: &mut Vec<Finding>) {
     }
 }
 
-fn rules_missing(subject: &str, expected: &str, actual: &str) -> Finding {
+pub(super) fn rules_missing(subject: &str, expected: &str, actual: &str) -> Finding {
     Finding::new(CheckId::RulesFelixMissing, Severity::Critical, subject)
         .expected(expected.to_string())
         .actual(actual.to_string())
@@ -263,7 +275,7 @@ fn proto_of(spec: &str) -> Option<&str> {
     None
 }
 
-fn failsafe(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
+pub(super) fn failsafe(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
     for t in &d.tables {
         for (chain, ports) in [
             ("cali-failsafe-in", &e.failsafe_in),
@@ -333,7 +345,7 @@ fn has_port(t: &IptTable, chain: &str, p: &ProtoPort) -> bool {
     })
 }
 
-fn nat_outgoing_iptables(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
+pub(super) fn nat_outgoing_iptables(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
     if e.nat_outgoing.is_empty() {
         return;
     }

@@ -10,16 +10,17 @@ use std::{
 };
 
 use super::{
-    Bundle, LineNote,
+    Bundle, LineNote, calicoctl_status,
     classify::{Format, Origin},
-    fdb, iptables_dump,
+    fdb, iptables_dump, iptables_fragment, iptables_listing,
     link::{self, LinkBlock},
-    neigh, nft_text, route, rule,
+    neigh, nft_text, paste_quoting, route, rule,
     sections::Section,
     sysctl_text,
 };
 use crate::observed::{
-    iptables::IptablesDump,
+    bird::BgpPeer,
+    iptables::{Backend, IptablesDump},
     model::{
         Cause, FdbEntry, IpRule, Link, Neighbour, ObservedDataplane, Route, Source, Sysctls,
         TABLE_LOCAL, Unavailable,
@@ -39,6 +40,12 @@ pub(super) struct Assembler {
     rules: Vec<IpRule>,
     sysctls: Option<Sysctls>,
     iptables: Vec<IptablesDump>,
+    /// Parts of rulesets, merged per family and backend when the bundle is complete.
+    iptables_fragments: Vec<IptablesDump>,
+    /// Sessions from `calicoctl node status`, once one answered.
+    bgp_peers: Option<Vec<BgpPeer>>,
+    /// What calicoctl said instead of the sessions ("Error querying BIRD: …").
+    bird_errors: Vec<String>,
     nft_json: Option<NftRuleset>,
     nft_text: Option<NftRuleset>,
     wireguard: Option<Vec<WgDevice>>,
@@ -56,21 +63,92 @@ impl Assembler {
     /// Parses one section as `origin` says. `shown` names the file in notes; `mtime` is the
     /// file's modification time, the best estimate of when the bundle was taken.
     pub fn add(&mut self, path: &Path, shown: &str, section: &Section, origin: Origin, mtime: u64) {
-        let text = section.text.as_str();
-        let notes = match origin.format {
+        // Indentation a paste added (a list item, an issue template) is not the dump's own.
+        let dedented = paste_quoting::dedent(&section.text);
+        // Output piped through grep or head ended at the prompt, but not where the command's
+        // did: its chains are not known to be whole.
+        let ended = section.ended && !section.command.as_deref().is_some_and(|c| c.contains('|'));
+        let mut text = dedented.as_str();
+        let rejoined;
+        let mut description = None;
+        let mut notes = match origin.format {
+            Format::IpRoute | Format::IpLink | Format::IpAddr => {
+                let (joined, n) = if origin.format == Format::IpRoute {
+                    paste_quoting::rejoin_routes(text)
+                } else {
+                    paste_quoting::rejoin_links(text)
+                };
+                rejoined = joined;
+                text = rejoined.as_str();
+                if n > 0 {
+                    description = Some(format!("{n} line(s) the terminal wrapped were rejoined"));
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        notes.extend(match origin.format {
             Format::IpRoute => extend(&mut self.routes, route::parse(text, origin.family)),
             Format::IpLink | Format::IpAddr => extend(&mut self.blocks, link::parse(text)),
             Format::IpNeigh => extend(&mut self.neighbours, neigh::parse(text)),
             Format::BridgeFdb => extend(&mut self.fdb, fdb::parse(text)),
             Format::IpRule => extend(&mut self.rules, rule::parse(text, origin.family)),
-            Format::IptablesSave => {
+            Format::IptablesSave if !iptables_fragment::is_partial(text) => {
                 let dump = iptables_dump::parse(text, origin.backend, origin.family);
                 let notes = line_notes(&dump.errors);
                 self.iptables.push(dump);
                 notes
             }
+            Format::IptablesSave | Format::IptablesFragment => {
+                // The header comment and the rules say the backend and family as for a whole
+                // dump; the tables come from the fragment's own reading.
+                let labels = iptables_dump::parse(text, origin.backend, origin.family);
+                let dump = iptables_fragment::parse_ended(
+                    text,
+                    labels.backend,
+                    labels.family,
+                    origin.table,
+                    ended,
+                );
+                description = Some(describe_fragment(&dump));
+                let notes = line_notes(&dump.errors);
+                self.iptables_fragments.push(dump);
+                notes
+            }
+            Format::IptablesListing => {
+                let dump = iptables_listing::parse(
+                    text,
+                    origin.backend,
+                    origin.family.unwrap_or(4),
+                    origin.table,
+                    ended,
+                );
+                description = Some(describe_fragment(&dump));
+                let notes = line_notes(&dump.errors);
+                self.iptables_fragments.push(dump);
+                notes
+            }
+            Format::CalicoctlStatus => {
+                let (status, notes) = calicoctl_status::parse(text);
+                description = Some(if status.answered {
+                    let down = status.peers.iter().filter(|p| !p.established()).count();
+                    format!("{} BGP peer(s), {down} not Established", status.peers.len())
+                } else if status.bird_errors.is_empty() {
+                    "no peer table".to_string()
+                } else {
+                    "BIRD did not answer; no session state".to_string()
+                });
+                if status.answered {
+                    self.bgp_peers
+                        .get_or_insert_with(Vec::new)
+                        .extend(status.peers);
+                }
+                self.bird_errors.extend(status.bird_errors);
+                notes
+            }
             Format::NftText => {
-                let rs = nft_text::parse(text);
+                let rs = nft_text::parse_fragment(text);
+                description.clone_from(&rs.fragment);
                 let notes = line_notes(&rs.errors);
                 merge_nft(&mut self.nft_text, rs);
                 notes
@@ -99,15 +177,20 @@ impl Assembler {
                 .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(n, l)| LineNote::new(n + 1, format!("capture failed: {}", l.trim())))
                 .collect(),
-        };
+        });
         for n in notes {
             let line = section.first_line + n.line.saturating_sub(1);
             self.note(format!("{shown}:{line}: {}", n.message));
         }
         self.seen.insert(origin.format);
-        self.bundle
-            .recognised
-            .push((path.to_path_buf(), origin.format.name().to_string()));
+        let name = origin.format.name();
+        self.bundle.recognised.push((
+            path.to_path_buf(),
+            match description {
+                Some(d) => format!("{name} ({d})"),
+                None => name.to_string(),
+            },
+        ));
         if origin.format != Format::CaptureErrors {
             self.captured_at = self.captured_at.max(mtime);
         }
@@ -166,6 +249,10 @@ impl Assembler {
         let mut rules = dedupe(std::mem::take(&mut self.rules));
         rules.sort_by_key(|r| r.family);
         let mut iptables = dedupe(std::mem::take(&mut self.iptables));
+        iptables.extend(merge_fragments(
+            std::mem::take(&mut self.iptables_fragments),
+            &mut notes,
+        ));
         iptables.sort_by_key(|d| (d.family, d.backend));
         for r in &mut routes {
             r.oif = r.dev.as_deref().and_then(index_of);
@@ -189,7 +276,7 @@ impl Assembler {
         if self.nft_json.is_some() && self.nft_text.is_some() {
             notes.push("nft: both a JSON and a text listing found; the JSON one is used".into());
         }
-        let unavailable = self.unavailable(&blocks, &links);
+        let unavailable = self.unavailable(&blocks, &links, &iptables);
         let observed = ObservedDataplane {
             node_name: self.node_name.take().unwrap_or_default(),
             captured_at: self.captured_at,
@@ -206,7 +293,7 @@ impl Assembler {
             conntrack: None,
             calico_conntrack: None,
             felix_health: None,
-            bgp_peers: None,
+            bgp_peers: self.bgp_peers.take(),
             calico_bpf_pins: Vec::new(),
             missing_capabilities: Vec::new(),
             unavailable,
@@ -218,7 +305,12 @@ impl Assembler {
         }
     }
 
-    fn unavailable(&self, blocks: &[LinkBlock], links: &[Link]) -> Vec<Unavailable> {
+    fn unavailable(
+        &self,
+        blocks: &[LinkBlock],
+        links: &[Link],
+        iptables: &[IptablesDump],
+    ) -> Vec<Unavailable> {
         let mut out = Vec::new();
         let mut missing = |kinds: &[Source], source: &str, reason: &str| {
             for kind in kinds {
@@ -263,14 +355,26 @@ impl Assembler {
                 missing(&[kind], f.name(), NOT_IN_BUNDLE);
             }
         }
-        if !seen(Format::IptablesSave) {
+        if !seen(Format::IptablesSave)
+            && !seen(Format::IptablesFragment)
+            && !seen(Format::IptablesListing)
+        {
             missing(
                 &[Source::Iptables, Source::Ip6tables],
                 Format::IptablesSave.name(),
                 NOT_IN_BUNDLE,
             );
         }
-        if !seen(Format::NftText) && !seen(Format::NftJson) {
+        // Felix writes its rules to iptables or to nftables, not both: when the iptables
+        // input holds them, the nft listing is not needed to judge them.
+        let felix_in_iptables = iptables.iter().any(|d| {
+            d.felix_chain_count() > 0
+                || d.tables
+                    .iter()
+                    .flat_map(|t| &t.rules)
+                    .any(|r| r.target.as_deref().is_some_and(|t| t.starts_with("cali-")))
+        });
+        if !seen(Format::NftText) && !seen(Format::NftJson) && !felix_in_iptables {
             missing(&[Source::Nftables], Format::NftText.name(), NOT_IN_BUNDLE);
         }
         // The live reader asks `wg` only when a WireGuard device exists; so does this.
@@ -285,11 +389,23 @@ impl Assembler {
         // Answers of live services, not kernel state: no bundle holds them, so their checks
         // do not apply to one (rather than making every bundle incomplete).
         let live_only = "live only: a bundle holds the kernel's state, not a service's answer";
-        for (kind, source) in [
-            (Source::FelixHealth, "felix readiness"),
-            (Source::Bgp, "bird show protocols"),
-        ] {
-            out.push(Unavailable::new(kind, source, live_only).with_cause(Cause::NotRunning));
+        out.push(
+            Unavailable::new(Source::FelixHealth, "felix readiness", live_only)
+                .with_cause(Cause::NotRunning),
+        );
+        // `calicoctl node status` is the one service answer people paste: BGP sessions.
+        if self.bgp_peers.is_none() {
+            let bgp = match self.bird_errors.first() {
+                // calicoctl ran but BIRD did not answer it: no session state is known, which
+                // says nothing about the sessions.
+                Some(err) => Unavailable::new(
+                    Source::Bgp,
+                    Format::CalicoctlStatus.name(),
+                    format!("BIRD did not answer calicoctl, so no session state is known: {err}"),
+                ),
+                None => Unavailable::new(Source::Bgp, "bird show protocols", live_only),
+            };
+            out.push(bgp.with_cause(Cause::NotRunning));
         }
         out
     }
@@ -314,10 +430,75 @@ fn line_notes(errors: &[String]) -> Vec<LineNote> {
         .collect()
 }
 
+/// The fragments of each family and backend as one dump each (two windows of one paste, an
+/// `iptables -L` and an `iptables -t nat -L`).
+fn merge_fragments(fragments: Vec<IptablesDump>, notes: &mut Vec<String>) -> Vec<IptablesDump> {
+    type Group = ((u8, Option<Backend>), Vec<IptablesDump>);
+    let mut groups: Vec<Group> = Vec::new();
+    for f in fragments {
+        let key = (f.family, f.backend);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(f),
+            None => groups.push((key, vec![f])),
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(_, parts)| {
+            let n = parts.len();
+            let merged = iptables_fragment::merge(parts)?;
+            if n > 1 {
+                notes.push(format!(
+                    "{}: {n} fragments merged into one ({})",
+                    merged.label(),
+                    describe_fragment(&merged)
+                ));
+            }
+            Some(merged)
+        })
+        .collect()
+}
+
+/// How a fragment was read: which table each part went to and why, and how many chains it
+/// shows whole.
+fn describe_fragment(d: &IptablesDump) -> String {
+    let Some(f) = &d.fragment else {
+        return String::new();
+    };
+    let tables: Vec<String> = f
+        .tables
+        .iter()
+        .map(|(t, why)| {
+            let rules = d.table(t).map_or(0, |t| t.rules.len());
+            if why.is_empty() {
+                format!("table {t}: {rules} rule(s)")
+            } else {
+                format!("table {t}: {rules} rule(s), because {why}")
+            }
+        })
+        .collect();
+    format!(
+        "a fragment, {}; {}; {} chain(s) shown whole",
+        f.form,
+        if tables.is_empty() {
+            "no rules".to_string()
+        } else {
+            tables.join("; ")
+        },
+        f.complete_chains.len()
+    )
+}
+
 fn merge_nft(into: &mut Option<NftRuleset>, rs: NftRuleset) {
     match into {
         None => *into = Some(rs),
         Some(existing) => {
+            if let Some(f) = rs.fragment {
+                existing.fragment = Some(match existing.fragment.take() {
+                    Some(e) => format!("{e}; {f}"),
+                    None => f,
+                });
+            }
             existing.tables.extend(rs.tables);
             existing.chains.extend(rs.chains);
             existing.rules.extend(rs.rules);

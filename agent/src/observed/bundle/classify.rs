@@ -22,6 +22,13 @@ pub enum Format {
     BridgeFdb,
     IpRule,
     IptablesSave,
+    /// `iptables [-t T] -L [-n] [-v]`: chain blocks with a column table.
+    IptablesListing,
+    /// `-A chain …` lines without their `*table` header (`iptables -S`, a cut or grepped
+    /// `iptables-save`).
+    IptablesFragment,
+    /// `calicoctl node status`: the BGP peer table.
+    CalicoctlStatus,
     NftText,
     NftJson,
     Sysctl,
@@ -44,6 +51,9 @@ impl Format {
             Self::BridgeFdb => "bridge fdb",
             Self::IpRule => "ip rule",
             Self::IptablesSave => "iptables-save",
+            Self::IptablesListing => "iptables -L listing",
+            Self::IptablesFragment => "iptables rules without a table header",
+            Self::CalicoctlStatus => "calicoctl node status",
             Self::NftText => "nft list ruleset",
             Self::NftJson => "nft -j list ruleset",
             Self::Sysctl => "sysctl",
@@ -63,6 +73,9 @@ pub struct Origin {
     pub family: Option<u8>,
     /// The iptables backend the command names (`iptables-legacy-save`).
     pub backend: Option<Backend>,
+    /// The iptables table the command names (`iptables -t nat -L`); `-L` and `-S` without
+    /// `-t` mean filter.
+    pub table: Option<&'static str>,
 }
 
 impl Origin {
@@ -71,6 +84,7 @@ impl Origin {
             format,
             family: None,
             backend: None,
+            table: None,
         }
     }
 
@@ -195,8 +209,14 @@ pub fn from_command(cmdline: &str) -> Option<Origin> {
                 } else {
                     None
                 },
+                table: None,
             })
         }
+        "iptables" | "ip6tables" | "iptables-legacy" | "iptables-nft" | "ip6tables-legacy"
+        | "ip6tables-nft" => from_iptables(program, args),
+        "calicoctl" | "calico-node" => (args.first() == Some(&"node")
+            && args.get(1) == Some(&"status"))
+        .then(|| Origin::of(Format::CalicoctlStatus)),
         "nft" => {
             if !args.contains(&"list") {
                 return None;
@@ -221,6 +241,50 @@ pub fn from_command(cmdline: &str) -> Option<Origin> {
             .and_then(from_file_name),
         _ => None,
     }
+}
+
+/// `iptables [-t T] -L|-S …`: a listing or rules, of the table named (filter by default).
+fn from_iptables(program: &str, args: &[&str]) -> Option<Origin> {
+    let mut table = "filter";
+    let mut format = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match *arg {
+            "-t" | "--table" => {
+                table = match it.next().copied() {
+                    Some("nat") => "nat",
+                    Some("mangle") => "mangle",
+                    Some("raw") => "raw",
+                    Some("security") => "security",
+                    Some("filter") => "filter",
+                    _ => return None,
+                };
+            }
+            "-L" | "--list" => format = Some(Format::IptablesListing),
+            "-S" | "--list-rules" => format = Some(Format::IptablesFragment),
+            // Bundled short options: `-nvL`, `-vnL`, `-tnat` is not iptables syntax.
+            a if a.starts_with('-') && !a.starts_with("--") && a.len() > 2 => {
+                if a.contains('L') {
+                    format = Some(Format::IptablesListing);
+                } else if a.contains('S') {
+                    format = Some(Format::IptablesFragment);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Origin {
+        format: format?,
+        family: Some(if program.starts_with("ip6") { 6 } else { 4 }),
+        backend: if program.ends_with("-nft") {
+            Some(Backend::Nft)
+        } else if program.ends_with("-legacy") {
+            Some(Backend::Legacy)
+        } else {
+            None
+        },
+        table: Some(table),
+    })
 }
 
 /// iproute2's object names, in the order `ip` matches an abbreviation against them (`ip r` is
@@ -333,6 +397,18 @@ pub fn from_content(text: &str) -> Option<Format> {
     if lines.iter().any(|l| is_nft_table_line(l)) {
         return Some(Format::NftText);
     }
+    if lines.iter().any(|l| is_calicoctl_status_line(l)) {
+        return Some(Format::CalicoctlStatus);
+    }
+    if lines.iter().any(|l| is_listing_header(l)) {
+        return Some(Format::IptablesListing);
+    }
+    if is_rules_fragment(&lines) {
+        return Some(Format::IptablesFragment);
+    }
+    if is_nft_fragment(&lines) {
+        return Some(Format::NftText);
+    }
     by_line_votes(&lines)
 }
 
@@ -381,6 +457,66 @@ fn is_nft_table_line(line: &str) -> bool {
     )
 }
 
+/// `calicoctl node status` prints these whatever BIRD answered.
+fn is_calicoctl_status_line(line: &str) -> bool {
+    let l = line.trim();
+    l == "IPv4 BGP status"
+        || l == "IPv6 BGP status"
+        || l.starts_with("Calico process is ")
+        || (l.contains("PEER ADDRESS") && l.contains("PEER TYPE"))
+}
+
+/// `Chain cali-INPUT (1 references)`, `Chain INPUT (policy ACCEPT 0 packets, 0 bytes)`.
+pub(super) fn is_listing_header(line: &str) -> bool {
+    let Some(rest) = line.trim().strip_prefix("Chain ") else {
+        return false;
+    };
+    let mut words = rest.split_whitespace();
+    let _name = words.next();
+    words
+        .next()
+        .is_some_and(|w| w == "(policy" || (w.starts_with('(') && w[1..].parse::<u64>().is_ok()))
+}
+
+/// `-A chain …` lines (with or without `[packets:bytes]` in front), `-N chain`, `-P chain
+/// POLICY`: at least half of what is not blank or a comment.
+fn is_rules_fragment(lines: &[&str]) -> bool {
+    let mut rules = 0;
+    let mut other = 0;
+    for l in lines {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let body = match l.strip_prefix('[') {
+            Some(rest) => rest.split_once("] ").map_or(l, |(_, b)| b),
+            None => l,
+        };
+        if body.starts_with("-A ") || body.starts_with("-N ") || body.starts_with("-P ") {
+            rules += 1;
+        } else {
+            other += 1;
+        }
+    }
+    rules > 0 && rules >= other
+}
+
+/// nft text without its `table … {` line: a `chain NAME {` block holding a hook or rules.
+fn is_nft_fragment(lines: &[&str]) -> bool {
+    let chain = lines.iter().any(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        matches!(w.as_slice(), ["chain", _, "{"])
+    });
+    chain
+        && lines.iter().any(|l| {
+            let l = l.trim();
+            (l.starts_with("type ") && l.contains(" hook "))
+                || l.contains("counter packets ")
+                || l.starts_with("jump ")
+                || l.contains(" jump ")
+        })
+}
+
 /// Each top-level line votes for the format it looks like; the winner needs a majority.
 fn by_line_votes(lines: &[&str]) -> Option<Format> {
     let mut votes: Vec<(Format, usize)> = Vec::new();
@@ -413,7 +549,7 @@ fn by_line_votes(lines: &[&str]) -> Option<Format> {
     })
 }
 
-fn line_format(line: &str) -> Option<Format> {
+pub(super) fn line_format(line: &str) -> Option<Format> {
     if line.contains('\t') {
         let fields = line.split('\t').count();
         if (fields == 5 || fields == 9) && line.split('\t').any(is_wg_key) {
@@ -535,6 +671,15 @@ mod tests {
                 "cat /tmp/diags/ipv4_route",
                 Some((Format::IpRoute, Some(4))),
             ),
+            (
+                "calicoctl node status",
+                Some((Format::CalicoctlStatus, None)),
+            ),
+            (
+                "iptables -L -n -v",
+                Some((Format::IptablesListing, Some(4))),
+            ),
+            ("iptables -S", Some((Format::IptablesFragment, Some(4)))),
             ("ip -j route", None),
             ("ip route add 10.0.0.0/8 dev eth0", None),
             ("ipset list", None),

@@ -5,19 +5,30 @@
 //! A bundle is a directory: ours (written by [`capture`]), an extracted `calicoctl node diags`
 //! archive, or whatever an operator pasted into files. Files are recognised by what they contain
 //! ([`classify`]), a file holding several pasted command outputs is split at its shell prompts
-//! ([`sections`]), and each part goes through the parser for its format. Nothing in a bundle
+//! ([`sections`]), and each part goes through the parser for its format. What pasting adds
+//! (code fences, quote markers, indentation, wrapped lines) is undone first
+//! ([`paste_quoting`]); parts of a ruleset (`-A` lines without their table, an `iptables -L`
+//! listing, nft text without its `table` line) are read as fragments: evidence of what is
+//! there, never of what is not. Nothing in a bundle
 //! is trusted to be complete or well-formed: what cannot be read becomes a note, what is
 //! missing is listed in `unavailable`.
 
 mod assemble;
+pub mod calicoctl_status;
 mod capture;
 pub mod classify;
 pub mod fdb;
 mod iproute_names;
 pub mod iptables_dump;
+pub mod iptables_fragment;
+pub mod iptables_listing;
+mod iptables_table_inference;
 pub mod link;
 pub mod neigh;
 pub mod nft_text;
+#[cfg(test)]
+mod paste_corpus;
+pub mod paste_quoting;
 pub mod route;
 pub mod rule;
 pub mod sections;

@@ -22,6 +22,92 @@ pub fn parse(text: &str) -> NftRuleset {
     p.finish()
 }
 
+/// Parses a listing pasted without its `table … {` line (and perhaps without the `chain … {`
+/// line of the rules it starts with): the table is inferred from what the text holds and
+/// the result is marked as a fragment. A listing with its table line is parsed as [`parse`]
+/// does.
+pub fn parse_fragment(text: &str) -> NftRuleset {
+    let first = text
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or_default().trim())
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or_default();
+    if first.starts_with("table ") {
+        return parse(text);
+    }
+    let (family, name, why) = fragment_table(text);
+    let table = NftTable {
+        family: family.to_string(),
+        name: name.to_string(),
+    };
+    let mut p = Parser::default();
+    p.rs.tables.push(table.clone());
+    p.table = Some(table.clone());
+    let first_word = first.split_whitespace().next().unwrap_or_default();
+    let mut note =
+        format!("nft listing without its `table` line: assigned to {family} {name} ({why})");
+    if !matches!(
+        first_word,
+        "chain" | "set" | "map" | "}" | "flags" | "comment"
+    ) {
+        // It starts among a chain's rules: their chain is not known.
+        p.rs.chains.push(NftChain {
+            family: table.family,
+            table: table.name,
+            name: "unknown".into(),
+            ..Default::default()
+        });
+        p.block = Block::Chain("unknown".into());
+        note.push_str("; it begins inside a chain whose name was cut off");
+    }
+    for (n, line) in text.lines().enumerate() {
+        p.line(n + 1, line);
+    }
+    let mut rs = p.finish();
+    rs.fragment = Some(note);
+    rs
+}
+
+/// Felix's nftables mode names its chains `filter-cali-…`, `nat-cali-…` in `ip calico`;
+/// iptables-nft's tables are named for their base chains' type and priority.
+fn fragment_table(text: &str) -> (&'static str, &'static str, String) {
+    let mut hook_table = None;
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["chain", name, "{", ..] = words.as_slice() {
+            let felix = ["filter-", "nat-", "raw-", "mangle-"]
+                .iter()
+                .any(|p| name.starts_with(p));
+            if felix {
+                return (
+                    "ip",
+                    "calico",
+                    format!("chain {name} is named as Felix's nftables mode names them"),
+                );
+            }
+        }
+        if words.first() == Some(&"type") && hook_table.is_none() {
+            let prio = words
+                .iter()
+                .position(|w| *w == "priority")
+                .and_then(|i| words.get(i + 1))
+                .map(|w| w.trim_end_matches(';'));
+            let table = match (words.get(1).copied(), prio) {
+                (_, Some("raw")) => Some("raw"),
+                (_, Some("mangle")) => Some("mangle"),
+                (Some("nat"), _) | (_, Some("dstnat" | "srcnat")) => Some("nat"),
+                (Some("filter"), _) => Some("filter"),
+                _ => None,
+            };
+            hook_table = table.map(|t| (t, line.trim().to_string()));
+        }
+    }
+    match hook_table {
+        Some((t, line)) => ("ip", t, format!("its base chain says `{line}`")),
+        None => ("ip", "unknown", "nothing in it names its table".into()),
+    }
+}
+
 #[derive(Default)]
 struct Parser {
     rs: NftRuleset,

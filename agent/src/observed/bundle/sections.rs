@@ -19,6 +19,10 @@ pub struct Section {
     /// Line number in the file of the section's first line (1-based), for notes.
     pub first_line: usize,
     pub text: String,
+    /// Another prompt or header followed it: the command's output ended there, so its last
+    /// part was not cut off by the end of the paste.
+    #[serde(skip)]
+    pub ended: bool,
 }
 
 impl Section {
@@ -29,6 +33,7 @@ impl Section {
             label: None,
             first_line: 1,
             text: text.to_string(),
+            ended: false,
         }
     }
 }
@@ -42,6 +47,7 @@ pub fn split(text: &str) -> Vec<Section> {
         label: None,
         first_line: 1,
         text: String::new(),
+        ended: false,
     };
     for (n, line) in text.lines().enumerate() {
         let boundary = header_label(line)
@@ -57,7 +63,9 @@ pub fn split(text: &str) -> Vec<Section> {
             label,
             first_line: n + 2,
             text: String::new(),
+            ended: false,
         };
+        current.ended = true;
         push(&mut sections, std::mem::replace(&mut current, next));
     }
     push(&mut sections, current);
@@ -81,7 +89,9 @@ fn header_label(line: &str) -> Option<String> {
 /// The command typed after a shell prompt, if `line` is one (an empty string for a bare
 /// prompt).
 pub fn prompt_command(line: &str) -> Option<String> {
-    let line = line.trim_end();
+    // A prompt indented with the rest of a pasted block (a Markdown code block made by
+    // indenting) is still a prompt.
+    let line = line.trim();
     if let Some(cmd) = line
         .strip_prefix("$ ")
         .or_else(|| (line == "$").then_some(""))
@@ -113,7 +123,7 @@ fn prompt_end(line: &str) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-fn is_known_command(cmd: &str) -> bool {
+pub(super) fn is_known_command(cmd: &str) -> bool {
     command_words(cmd)
         .first()
         .and_then(|p| p.rsplit('/').next())

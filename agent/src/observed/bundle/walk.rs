@@ -12,6 +12,7 @@ use super::{
     Bundle, BundleError,
     assemble::Assembler,
     classify::{self, Format, Origin},
+    paste_quoting,
     sections::{self, Section},
 };
 
@@ -135,7 +136,26 @@ fn read_file(root: &Path, path: &Path, asm: &mut Assembler) {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let sections = sections::split(&text);
+    let unquoted = paste_quoting::unquote(&text);
+    let mut undone = Vec::new();
+    if unquoted.fences > 0 {
+        undone.push(format!(
+            "{} Markdown code fence line(s) ignored",
+            unquoted.fences
+        ));
+    }
+    if unquoted.quoted > 0 {
+        undone.push(format!(
+            "{} line(s) read without their quote marker (`>`, `#`, `|`)",
+            unquoted.quoted
+        ));
+    }
+    if !undone.is_empty() {
+        asm.note(format!("{shown}: pasted text: {}", undone.join(", ")));
+    }
+    // A paste indented as a whole (a Markdown list item, a code block) has its prompts
+    // indented too.
+    let sections = sections::split(&paste_quoting::dedent(&unquoted.text));
     if sections.is_empty() {
         // An empty file still says something when its name does: an empty
         // `iptables-legacy-save` means no legacy tables, not a missing source.
@@ -197,6 +217,7 @@ fn decide(text: &str, hint: Option<Origin>) -> Decision {
                 format: f,
                 family: None,
                 backend: None,
+                table: None,
             },
             Some(h.format),
         ),
@@ -205,6 +226,7 @@ fn decide(text: &str, hint: Option<Origin>) -> Decision {
                 format: f,
                 family: None,
                 backend: None,
+                table: None,
             },
             None,
         ),
@@ -213,11 +235,15 @@ fn decide(text: &str, hint: Option<Origin>) -> Decision {
     }
 }
 
-/// `ip addr` and `ip link` print the same blocks; either name fits either content.
+/// `ip addr` and `ip link` print the same blocks; either name fits either content. An
+/// `iptables-save` cut or grepped down to its rules is still iptables-save output, and the
+/// command knows its family and backend.
 fn compatible(a: Format, b: Format) -> bool {
     matches!(
         (a, b),
-        (Format::IpLink, Format::IpAddr) | (Format::IpAddr, Format::IpLink)
+        (Format::IpLink, Format::IpAddr)
+            | (Format::IpAddr, Format::IpLink)
+            | (Format::IptablesFragment, Format::IptablesSave)
     )
 }
 
@@ -266,7 +292,7 @@ fn read_contents(path: &Path, name_known: bool) -> std::io::Result<Contents> {
 
 /// Whether the start of a file looks like a dump, a pasted session or Calico resources.
 fn worth_reading(head: &str) -> bool {
-    let head = head.replace("\r\n", "\n");
+    let head = paste_quoting::dedent(&paste_quoting::unquote(&head.replace("\r\n", "\n")).text);
     classify::from_content(&head).is_some()
         || head
             .lines()

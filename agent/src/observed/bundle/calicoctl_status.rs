@@ -1,0 +1,160 @@
+//! `calicoctl node status`: the BGP peer table calicoctl prints from BIRD's `show protocols`
+//! (shared/reference/calico-dataplane.md §10), the most common BGP evidence in issue threads.
+//!
+//! ```text
+//! IPv4 BGP status
+//! +----------------+-------------------+-------+----------+--------------------------------+
+//! |  PEER ADDRESS  |     PEER TYPE     | STATE |  SINCE   |              INFO              |
+//! +----------------+-------------------+-------+----------+--------------------------------+
+//! | 192.168.63.204 | node-to-node mesh | start | 17:19:38 | Active Socket: Connection      |
+//! |                |                   |       |          | refused                        |
+//! +----------------+-------------------+-------+----------+--------------------------------+
+//! ```
+//!
+//! A row whose first cell is empty continues the row above (calicoctl wraps long INFO). When
+//! calicoctl could not ask BIRD ("Error querying BIRD: unable to connect to BIRDv4 socket",
+//! "Calico process is not running") nothing is known about the sessions: that is kept as the
+//! reason, never turned into a session finding.
+
+use super::LineNote;
+use crate::observed::bird::BgpPeer;
+
+/// What one `calicoctl node status` said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The sessions of every peer table printed.
+    pub peers: Vec<BgpPeer>,
+    /// A peer table or "No IPv4 peers found." was printed: the list of sessions is known.
+    pub answered: bool,
+    /// Why calicoctl could not read the sessions, as it said it.
+    pub bird_errors: Vec<String>,
+}
+
+pub fn parse(text: &str) -> (NodeStatus, Vec<LineNote>) {
+    let mut status = NodeStatus::default();
+    let mut notes = Vec::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut row_lines: Vec<usize> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let lineno = n + 1;
+        let line = raw.trim();
+        if line.starts_with("No IPv4 peers found") || line.starts_with("No IPv6 peers found") {
+            status.answered = true;
+            continue;
+        }
+        if line.starts_with("Error querying BIRD")
+            || line.starts_with("Calico process is not running")
+            || (line.starts_with("INFO:") && line.contains("is not running"))
+            || line.contains("BIRD is not ready")
+        {
+            status.bird_errors.push(line.to_string());
+            continue;
+        }
+        let Some(inner) = line.strip_prefix('|') else {
+            continue;
+        };
+        let cells: Vec<String> = inner
+            .trim_end_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect();
+        if cells.first().is_some_and(|c| c == "PEER ADDRESS") {
+            status.answered = true;
+            continue;
+        }
+        let continues = cells.first().is_some_and(String::is_empty);
+        match rows.last_mut() {
+            Some(prev) if continues => {
+                for (i, c) in cells.iter().enumerate().filter(|(_, c)| !c.is_empty()) {
+                    if let Some(p) = prev.get_mut(i) {
+                        if !p.is_empty() {
+                            p.push(' ');
+                        }
+                        p.push_str(c);
+                    }
+                }
+            }
+            _ if continues => notes.push(LineNote::new(lineno, "continuation row without a peer")),
+            _ => {
+                rows.push(cells);
+                row_lines.push(lineno);
+            }
+        }
+    }
+    for (cells, lineno) in rows.iter().zip(row_lines) {
+        match peer(cells) {
+            Some(p) => status.peers.push(p),
+            None => notes.push(LineNote::new(
+                lineno,
+                "peer row with fewer than 5 columns (cut off?); not read",
+            )),
+        }
+    }
+    (status, notes)
+}
+
+/// A row as the peer BIRD's protocol describes: `Mesh_10_0_0_1` for a node-to-node mesh
+/// peer, `Node_…` node specific, `Global_…` global (calicoctl's own mapping, reversed).
+fn peer(cells: &[String]) -> Option<BgpPeer> {
+    let [address, kind, state, since, info, ..] = cells else {
+        return None;
+    };
+    if address.is_empty() || state.is_empty() {
+        return None;
+    }
+    let prefix = match kind.as_str() {
+        "node-to-node mesh" => "Mesh_",
+        "node specific" => "Node_",
+        "global" => "Global_",
+        _ => "Peer_",
+    };
+    Some(BgpPeer {
+        name: format!("{prefix}{}", address.replace(['.', ':'], "_")),
+        kind: kind.clone(),
+        peer_ip: address.clone(),
+        state: state.clone(),
+        since: since.clone(),
+        info: info.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_info_joins_its_row() {
+        let text = "Calico process is running.
+
+IPv4 BGP status
++----------------+-------------------+-------+----------+--------------------------------+
+|  PEER ADDRESS  |     PEER TYPE     | STATE |  SINCE   |              INFO              |
++----------------+-------------------+-------+----------+--------------------------------+
+| 192.168.63.204 | node-to-node mesh | start | 17:19:38 | Active Socket: Connection      |
+|                |                   |       |          | refused                        |
+| 192.168.63.205 | global            | up    | 17:19:38 | Established                    |
++----------------+-------------------+-------+----------+--------------------------------+
+
+IPv6 BGP status
+No IPv6 peers found.
+";
+        let (s, notes) = parse(text);
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(s.answered);
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.peers[0].info, "Active Socket: Connection refused");
+        assert_eq!(s.peers[0].name, "Mesh_192_168_63_204");
+        assert!(!s.peers[0].established());
+        assert!(s.peers[1].established());
+        assert_eq!(s.peers[1].kind, "global");
+    }
+
+    #[test]
+    fn bird_errors_are_not_sessions() {
+        let text = "Calico process is running.\n\nIPv4 BGP status\nError querying BIRD: unable to connect to BIRDv4 socket: dial unix /var/run/bird/bird.ctl: connect: no such file or directory\n";
+        let (s, _) = parse(text);
+        assert!(!s.answered);
+        assert!(s.peers.is_empty());
+        assert_eq!(s.bird_errors.len(), 1);
+    }
+}
