@@ -293,6 +293,8 @@ pub fn recorded(plural: &str) -> Option<&'static str> {
         "blockaffinities" => include_str!("../kube-responses/blockaffinities.json"),
         "felixconfigurations" => include_str!("../kube-responses/felixconfigurations.json"),
         "nodes" => include_str!("../kube-responses/nodes.json"),
+        "bgpconfigurations" => include_str!("../kube-responses/bgpconfigurations.json"),
+        "bgppeers" => include_str!("../kube-responses/bgppeers.json"),
         _ => return None,
     })
 }
