@@ -38,6 +38,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("strip", "binutils"),
     // The collector's cluster page, rendered by a real browser.
     ("chromium", "chromium"),
+    // The BGP lab: calico-node's BIRD is a fork of the 1.6 line, Debian's `bird` is 1.6.
+    ("bird", "bird"),
+    ("birdc", "bird"),
 ];
 
 pub fn setup() -> anyhow::Result<()> {
