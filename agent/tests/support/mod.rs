@@ -25,7 +25,11 @@ pub struct LabGuard(pub Lab);
 
 impl LabGuard {
     pub fn up(tag: &str) -> Self {
-        let lab = Lab::new(&format!("cdpt-{tag}{}", std::process::id() % 10000));
+        Self::up_mode(tag, xtask::lab::LabMode::Vxlan)
+    }
+
+    pub fn up_mode(tag: &str, mode: xtask::lab::LabMode) -> Self {
+        let lab = Lab::with_mode(&format!("cdpt-{tag}{}", std::process::id() % 10000), mode);
         lab.up().expect("lab up");
         Self(lab)
     }
