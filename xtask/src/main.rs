@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum as _};
 use xtask::{
     bench, image,
-    lab::{Fault, Lab},
+    lab::{Fault, Lab, LabMode},
     setup, sh,
 };
 
@@ -58,7 +58,11 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum LabAction {
     /// Create the lab (replacing an existing one).
-    Up,
+    Up {
+        /// `vxlan` (Felix's VXLAN) or `bgp` (calico-node's BIRD, node-to-node mesh, no-encap).
+        #[arg(long, value_enum, default_value_t = LabMode::Vxlan)]
+        mode: LabMode,
+    },
     /// Remove every namespace of the lab.
     Down,
     /// Inject one fault into a node.
@@ -70,7 +74,11 @@ enum LabAction {
     /// Re-apply Felix's intended state everywhere, undoing every fault.
     Repair,
     /// Write the lab's Calico datastore YAML into DIR (the lab need not be up).
-    Datastore { dir: PathBuf },
+    Datastore {
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = LabMode::Vxlan)]
+        mode: LabMode,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -184,7 +192,10 @@ fn demo_steps(lab: &Lab) -> anyhow::Result<()> {
         "\n== injecting faults one by one into {}: each is detected, then cleared by a repair",
         node.name
     );
-    for fault in Fault::value_variants() {
+    for fault in Fault::value_variants()
+        .iter()
+        .filter(|f| f.applies_to(lab.spec.mode))
+    {
         let name = fault
             .to_possible_value()
             .map(|v| v.get_name().to_string())
@@ -225,23 +236,37 @@ fn lab_datastore_dir() -> PathBuf {
 }
 
 fn lab(action: LabAction) -> anyhow::Result<()> {
-    let lab = Lab::new(LAB_PREFIX);
+    // Down, fault and repair act on the lab as it was brought up.
+    let lab = match &action {
+        LabAction::Up { mode } | LabAction::Datastore { mode, .. } => {
+            Lab::with_mode(LAB_PREFIX, *mode)
+        }
+        _ => Lab::existing(LAB_PREFIX),
+    };
     match action {
-        LabAction::Up => {
+        LabAction::Up { .. } => {
             lab.up()?;
             lab.check_connectivity()?;
             let ds = lab.write_datastore(&lab_datastore_dir())?;
             println!("lab up; namespaces: {}", lab.spec.all_netns().join(" "));
             println!("datastore: {}", ds.display());
             println!(
-                "try: ip netns exec {LAB_PREFIX}-a target/debug/agent diag --node-name node-a --datastore {}",
+                "try: {}ip netns exec {LAB_PREFIX}-a target/debug/agent diag --node-name node-a --datastore {}",
+                if lab.spec.mode == LabMode::Bgp {
+                    format!(
+                        "AGENT_BIRD_SOCKET={} ",
+                        xtask::lab::bird::socket(&lab.spec.nodes[0]).display()
+                    )
+                } else {
+                    String::new()
+                },
                 lab_datastore_dir().display()
             );
         }
         LabAction::Down => lab.down(),
         LabAction::Fault { fault, node } => lab.fault(&node, fault)?,
         LabAction::Repair => lab.repair()?,
-        LabAction::Datastore { dir } => println!("{}", lab.write_datastore(&dir)?.display()),
+        LabAction::Datastore { dir, .. } => println!("{}", lab.write_datastore(&dir)?.display()),
     }
     Ok(())
 }

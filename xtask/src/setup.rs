@@ -40,6 +40,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     // Certificates for the https report endpoint test.
     ("openssl", "openssl"),
+    // The BGP lab: calico-node's BIRD is a fork of the 1.6 line, Debian's `bird` is 1.6.
+    ("bird", "bird"),
+    ("birdc", "bird"),
 ];
 
 pub fn setup() -> anyhow::Result<()> {

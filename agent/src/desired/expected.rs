@@ -42,6 +42,9 @@ pub struct Expected {
     /// Pools with `natOutgoing: true`.
     pub nat_outgoing: Vec<IpNet>,
     pub bpf: bool,
+    /// The BGP sessions calico-node's BIRD should have, and the routes it programs; judged
+    /// only where BIRD answers (a cluster without BIRD has none of it).
+    pub bgp: super::bgp::ExpectedBgp,
     /// What could not be derived, e.g. a remote node without a VTEP yet.
     pub notes: Vec<String>,
 }
@@ -375,6 +378,7 @@ pub fn compute(ds: &Datastore, node: &str, facts: &HostFacts) -> Result<Expected
             .map(|p| p.cidr)
             .collect(),
         bpf: cfg.bpf_enabled.unwrap_or(false),
+        bgp: super::bgp::compute(ds, me),
         notes,
     })
 }

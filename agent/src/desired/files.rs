@@ -14,11 +14,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{
-    Affinity, Allocation, Block, Datastore, EncapMode, Node, Pool, parse_v4_addr,
-    parse_v4_with_prefix,
+    Affinity, Allocation, BgpPeerObject, Block, Datastore, EncapMode, Node, Pool, parse_as_number,
+    parse_v4_addr, parse_v4_with_prefix,
     resources::{
-        BlockAffinitySpec, CalicoNodeSpec, CalicoNodeStatus, FelixConfigurationSpec, IpPoolSpec,
-        IpamBlockSpec, ObjectMeta,
+        BgpConfigurationSpec, BgpPeerSpec, BlockAffinitySpec, CalicoNodeSpec, CalicoNodeStatus,
+        FelixConfigurationSpec, IpPoolSpec, IpamBlockSpec, ObjectMeta,
     },
 };
 
@@ -257,6 +257,28 @@ fn load_value(
             let s: FelixConfigurationSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
             ds.felix.insert(meta.name, s);
         }
+        "BGPConfiguration" => {
+            let s: BgpConfigurationSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            if let Some(v) = &s.as_number {
+                parse_as_number(v).map_err(|m| ctx.err("spec.asNumber", m))?;
+            }
+            ds.bgp_configs.insert(meta.name, s);
+        }
+        "BGPPeer" => {
+            let s: BgpPeerSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            for (field, v) in [
+                ("spec.asNumber", &s.as_number),
+                ("spec.localASNumber", &s.local_as_number),
+            ] {
+                if let Some(v) = v {
+                    parse_as_number(v).map_err(|m| ctx.err(field, m))?;
+                }
+            }
+            ds.bgp_peers.push(BgpPeerObject {
+                name: meta.name,
+                spec: s,
+            });
+        }
         other => ds.warnings.push(format!(
             "{file}: {other} {name}: kind not used for verification, ignored"
         )),
@@ -452,6 +474,13 @@ fn calico_node(
             .wireguard_public_key
             .clone()
             .filter(|k| !k.is_empty()),
+        as_number: bgp
+            .as_number
+            .as_ref()
+            .map(|v| parse_as_number(v).map_err(|m| ctx.err("spec.bgp.asNumber", m)))
+            .transpose()?,
+        rr_cluster_id: bgp.route_reflector_cluster_id.filter(|c| !c.is_empty()),
+        labels: meta.labels.clone(),
     })
 }
 
@@ -495,6 +524,17 @@ fn k8s_node(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<Node, DatastoreError> {
         wireguard_public_key: ann("WireguardPublicKey")
             .filter(|k| !k.is_empty())
             .map(str::to_string),
+        as_number: ann("ASNumber")
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                parse_as_number(&Value::String(a.to_string()))
+                    .map_err(|m| ctx.err(&field("ASNumber"), m))
+            })
+            .transpose()?,
+        rr_cluster_id: ann("RouteReflectorClusterID")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
+        labels: meta.labels.clone(),
     })
 }
 

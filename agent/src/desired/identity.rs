@@ -125,6 +125,9 @@ mod tests {
             ipv4_ipip_tunnel: None,
             wireguard_ipv4: None,
             wireguard_public_key: None,
+            as_number: None,
+            rr_cluster_id: None,
+            labels: Default::default(),
         }
     }
 

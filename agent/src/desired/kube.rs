@@ -82,6 +82,9 @@ fn resources(group: CalicoGroup) -> Vec<ApiResource> {
         calico("IPAMBlock", "ipamblocks"),
         calico("BlockAffinity", "blockaffinities"),
         calico("FelixConfiguration", "felixconfigurations"),
+        // What BIRD peers with: the AS, the node-to-node mesh and explicit peerings.
+        calico("BGPConfiguration", "bgpconfigurations"),
+        calico("BGPPeer", "bgppeers"),
         // In KDD the Calico Node is the Kubernetes Node and its projectcalico.org annotations.
         ApiResource {
             group: String::new(),

@@ -1,11 +1,13 @@
 //! What Felix should have programmed: Calico's datastore objects, read from YAML files or the
 //! Kubernetes API, turned into an [`expected::Expected`] dataplane for one node.
 
+pub mod bgp;
 pub mod expected;
 pub mod files;
 pub mod identity;
 pub mod kube;
 pub mod resources;
+pub mod selector;
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +17,7 @@ use std::{
 use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 
-pub use self::resources::{FelixConfigurationSpec, ProtoPort};
+pub use self::resources::{BgpConfigurationSpec, BgpPeerSpec, FelixConfigurationSpec, ProtoPort};
 
 /// A pool's `vxlanMode`/`ipipMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,6 +103,22 @@ pub struct Node {
     pub ipv4_ipip_tunnel: Option<Ipv4Addr>,
     pub wireguard_ipv4: Option<Ipv4Addr>,
     pub wireguard_public_key: Option<String>,
+    /// `spec.bgp.asNumber` (annotation `projectcalico.org/ASNumber`): overrides the global AS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// `spec.bgp.routeReflectorClusterID`: a route reflector takes no part in the mesh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rr_cluster_id: Option<String>,
+    /// The labels BGPPeer selectors match (in KDD, the Kubernetes Node's labels).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A `BGPPeer` object: its name and spec.
+#[derive(Debug, Clone)]
+pub struct BgpPeerObject {
+    pub name: String,
+    pub spec: BgpPeerSpec,
 }
 
 /// Everything read from the datastore, validated.
@@ -113,6 +131,11 @@ pub struct Datastore {
     /// FelixConfiguration objects by name (`default`, `node.<name>`).
     #[serde(skip)]
     pub felix: BTreeMap<String, FelixConfigurationSpec>,
+    /// BGPConfiguration objects by name (`default`, `node.<name>`).
+    #[serde(skip)]
+    pub bgp_configs: BTreeMap<String, BgpConfigurationSpec>,
+    #[serde(skip)]
+    pub bgp_peers: Vec<BgpPeerObject>,
     /// Unknown fields and kinds that were ignored.
     pub warnings: Vec<String>,
 }
@@ -152,6 +175,30 @@ pub fn parse_v4_with_prefix(s: &str) -> Result<Ipv4Net, String> {
         s.parse::<Ipv4Addr>()
             .map(Ipv4Net::from)
             .map_err(|_| format!("{s:?} is not an IPv4 address"))
+    }
+}
+
+/// Parses an AS number as Calico writes it (`numorstring.ASNumber`): a number, a string of
+/// digits, or the dotted `<high>.<low>` form.
+pub fn parse_as_number(v: &serde_json::Value) -> Result<u32, String> {
+    let bad = || format!("{v} is not an AS number");
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(bad),
+        serde_json::Value::String(s) => parse_as_text(s).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_as_text(s: &str) -> Option<u32> {
+    match s.split_once('.') {
+        Some((hi, lo)) => {
+            let (hi, lo) = (hi.parse::<u16>().ok()?, lo.parse::<u16>().ok()?);
+            Some(u32::from(hi) << 16 | u32::from(lo))
+        }
+        None => s.trim().parse().ok(),
     }
 }
 

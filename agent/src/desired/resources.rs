@@ -313,3 +313,102 @@ impl FelixConfigurationSpec {
         )
     }
 }
+
+/// `BGPConfiguration` (`api/pkg/apis/projectcalico/v3/bgpconfig.go`): `default` is global,
+/// `node.<name>` per node. confd reads `asNumber` and `nodeToNodeMeshEnabled` only from
+/// `default`, `listenPort` from both (`confd/pkg/backends/calico/client.go`
+/// `updateBGPConfigCache`). Fields that do not change which sessions exist are kept as values.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpConfigurationSpec {
+    #[serde(default)]
+    pub as_number: Option<serde_json::Value>,
+    #[serde(default)]
+    pub node_to_node_mesh_enabled: Option<bool>,
+    #[serde(default)]
+    pub listen_port: Option<u16>,
+    #[serde(default)]
+    pub log_severity_screen: Option<String>,
+    #[serde(default, rename = "serviceClusterIPs")]
+    pub service_cluster_ips: Option<serde_json::Value>,
+    #[serde(default, rename = "serviceExternalIPs")]
+    pub service_external_ips: Option<serde_json::Value>,
+    #[serde(default, rename = "serviceLoadBalancerIPs")]
+    pub service_load_balancer_ips: Option<serde_json::Value>,
+    #[serde(default)]
+    pub service_load_balancer_aggregation: Option<String>,
+    #[serde(default)]
+    pub communities: Option<serde_json::Value>,
+    #[serde(default)]
+    pub prefix_advertisements: Option<serde_json::Value>,
+    #[serde(default)]
+    pub node_mesh_password: Option<serde_json::Value>,
+    #[serde(default)]
+    pub node_mesh_max_restart_time: Option<String>,
+    #[serde(default)]
+    pub bind_mode: Option<String>,
+    #[serde(default)]
+    pub ignored_interfaces: Option<Vec<String>>,
+    #[serde(default, rename = "localWorkloadPeeringIPV4")]
+    pub local_workload_peering_ipv4: Option<String>,
+    #[serde(default, rename = "localWorkloadPeeringIPV6")]
+    pub local_workload_peering_ipv6: Option<String>,
+    #[serde(default)]
+    pub program_cluster_routes: Option<String>,
+    #[serde(default)]
+    pub ipv4_normal_route_priority: Option<u32>,
+    #[serde(default)]
+    pub ipv6_normal_route_priority: Option<u32>,
+}
+
+/// `BGPPeer` (`api/pkg/apis/projectcalico/v3/bgppeer.go`). Which nodes peer with what is
+/// decided by `node`/`nodeSelector` (the local side: none = every node, a global peering),
+/// `peerIP` or `peerSelector` (the remote side) and `localWorkloadSelector`
+/// (`confd/pkg/backends/calico/client.go` `updatePeersV1`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPeerSpec {
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub node_selector: Option<String>,
+    #[serde(default, rename = "peerIP")]
+    pub peer_ip: Option<String>,
+    #[serde(default)]
+    pub peer_selector: Option<String>,
+    #[serde(default)]
+    pub as_number: Option<serde_json::Value>,
+    #[serde(default, rename = "localASNumber")]
+    pub local_as_number: Option<serde_json::Value>,
+    #[serde(default)]
+    pub local_workload_selector: Option<String>,
+    /// `Auto` (default) or `Manual`: whether confd adds the reverse peering on the peer nodes.
+    #[serde(default)]
+    pub reverse_peering: Option<String>,
+    #[serde(default)]
+    pub keep_original_next_hop: Option<bool>,
+    #[serde(default)]
+    pub next_hop_mode: Option<String>,
+    #[serde(default)]
+    pub password: Option<serde_json::Value>,
+    #[serde(default)]
+    pub source_address: Option<String>,
+    #[serde(default)]
+    pub failure_detection_mode: Option<String>,
+    #[serde(default)]
+    pub restart_mode: Option<String>,
+    #[serde(default)]
+    pub max_restart_time: Option<String>,
+    #[serde(default)]
+    pub bird_gateway_mode: Option<String>,
+    #[serde(default, rename = "numAllowedLocalASNumbers")]
+    pub num_allowed_local_as_numbers: Option<i32>,
+    #[serde(default, rename = "ttlSecurity")]
+    pub ttl_security: Option<u8>,
+    #[serde(default)]
+    pub filters: Option<Vec<String>>,
+    #[serde(default)]
+    pub reachable_by: Option<String>,
+    #[serde(default)]
+    pub keepalive_time: Option<String>,
+}

@@ -38,6 +38,9 @@ pub struct Diag {
     pub sysctls: SysctlSummary,
     pub unavailable: Vec<Unavailable>,
     pub missing_capabilities: Vec<String>,
+    /// calico-node's BGP sessions, when its BIRD answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp_sessions: Option<Vec<crate::observed::bird::BgpPeer>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +179,7 @@ pub fn build(obs: &ObservedDataplane) -> Diag {
         sysctls,
         unavailable: obs.unavailable.clone(),
         missing_capabilities: obs.missing_capabilities.clone(),
+        bgp_sessions: obs.bgp_peers.clone(),
     };
     d.anomalies = anomalies(&d);
     d

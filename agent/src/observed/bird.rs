@@ -26,6 +26,10 @@ pub struct BgpPeer {
     pub since: String,
     /// BGP state and detail, e.g. `Established` or `Active Socket: Connection refused`.
     pub info: String,
+    /// Seconds in this state: BIRD's clock (`show status`) minus `since`, when `since` is a
+    /// time of day (BIRD prints a date once the change is 20 hours old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_seconds: Option<u64>,
 }
 
 impl BgpPeer {
@@ -98,26 +102,63 @@ pub async fn read(socket: Option<&str>) -> Result<Vec<BgpPeer>, BirdError> {
                 });
             }
         }
-        w.write_all(b"show protocols\n").await.map_err(io)?;
-        let mut reply = Vec::new();
-        while let Some(l) = lines.next_line().await.map_err(io)? {
-            if l.starts_with("0000") {
-                break;
+        let mut ask = async |cmd: &str| -> Result<Vec<String>, BirdError> {
+            w.write_all(format!("{cmd}\n").as_bytes())
+                .await
+                .map_err(io)?;
+            let mut reply = Vec::new();
+            while let Some(l) = lines.next_line().await.map_err(io)? {
+                if l.starts_with('8') || l.starts_with('9') {
+                    return Err(BirdError::Bird {
+                        path: path.clone(),
+                        line: l,
+                    });
+                }
+                // BIRD 1.x: `DDDD-` and ` ` lines continue a reply, `DDDD ` ends it.
+                let last = l.len() >= 5
+                    && l.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+                    && l.as_bytes()[4] == b' ';
+                reply.push(l);
+                if last {
+                    break;
+                }
             }
-            if l.starts_with('8') || l.starts_with('9') {
-                return Err(BirdError::Bird {
-                    path: path.clone(),
-                    line: l,
-                });
-            }
-            reply.push(l);
-        }
-        Ok(reply)
+            Ok(reply)
+        };
+        let protocols = ask("show protocols").await?;
+        // The server's clock, to age `since` on BIRD's own clock and time zone.
+        let status = ask("show status").await?;
+        Ok((protocols, status))
     };
-    let reply = tokio::time::timeout(TIMEOUT, exchange)
+    let (reply, status) = tokio::time::timeout(TIMEOUT, exchange)
         .await
         .map_err(|_| BirdError::Timeout { path: path.clone() })??;
-    Ok(parse_protocols(&reply))
+    let mut peers = parse_protocols(&reply);
+    if let Some(now) = server_time_of_day(&status) {
+        for p in &mut peers {
+            p.since_seconds = seconds_of_day(&p.since).map(|t| (now + 86_400 - t) % 86_400);
+        }
+    }
+    Ok(peers)
+}
+
+/// `Current server time is 2026-05-20 10:02:11` (`show status`), as seconds of the day.
+fn server_time_of_day(lines: &[String]) -> Option<u64> {
+    lines.iter().find_map(|l| {
+        let rest = l.split_once("Current server time is ")?.1;
+        seconds_of_day(rest.split_whitespace().nth(1)?)
+    })
+}
+
+/// `HH:MM:SS` (optionally with `.fff`) as seconds of the day.
+fn seconds_of_day(t: &str) -> Option<u64> {
+    let mut it = t.split('.').next()?.split(':');
+    let (h, m, s) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    let n = |x: &str| x.parse::<u64>().ok();
+    Some(n(h)? * 3600 + n(m)? * 60 + n(s)?)
 }
 
 /// Parses `show protocols` rows (`1002-` first row, ` ` continuation rows; the `2002-` header
@@ -138,6 +179,8 @@ pub fn parse_protocols(lines: &[String]) -> Vec<BgpPeer> {
             ]
             .iter()
             .find_map(|(p, k)| f[0].strip_prefix(p).map(|s| (*k, s)))?;
+            // confd appends `_port_<n>` for a non-default port (`buildPeerFromData`).
+            let suffix = suffix.split("_port_").next().unwrap_or(suffix);
             let peer_ip = if suffix.matches('_').count() == 3 {
                 suffix.replace('_', ".")
             } else {
@@ -150,6 +193,7 @@ pub fn parse_protocols(lines: &[String]) -> Vec<BgpPeer> {
                 state: f[3].to_string(),
                 since: f[4].to_string(),
                 info: f[5..].join(" "),
+                since_seconds: None,
             })
         })
         .collect()
@@ -166,7 +210,10 @@ device1  Device   master   up     10:00:01    \n \
 direct1  Direct   master   up     10:00:01    \n \
 Mesh_10_99_0_12 BGP      master   up     10:00:05    Established   \n \
 Mesh_10_99_0_13 BGP      master   start  10:02:11    Active        Socket: Connection refused\n \
-Global_fd00__1 BGP      master   start  10:02:11    Connect       \n";
+Global_fd00__1 BGP      master   start  10:02:11    Connect       \n \
+Node_192_0_2_9_port_1790 BGP master start 2026-05-19 Idle Received: Bad peer AS\n";
+
+    const STATUS: &str = "1000-BIRD 1.6.8\n1011-Router ID is 10.99.0.11\n Current server time is 2026-05-20 10:03:11\n Last reboot on 2026-05-20 09:00:00\n Last reconfiguration on 2026-05-20 09:00:00\n0013 Daemon is up and running\n";
 
     fn lines(s: &str) -> Vec<String> {
         s.lines().map(str::to_string).collect()
@@ -175,7 +222,13 @@ Global_fd00__1 BGP      master   start  10:02:11    Connect       \n";
     #[test]
     fn parses_calico_peers_and_their_states() {
         let peers = parse_protocols(&lines(REPLY));
-        assert_eq!(peers.len(), 3);
+        assert_eq!(peers.len(), 4);
+        assert_eq!(
+            (peers[3].peer_ip.as_str(), peers[3].info.as_str()),
+            ("192.0.2.9", "Idle Received: Bad peer AS")
+        );
+        assert_eq!(seconds_of_day("23:59:59.123"), Some(86_399));
+        assert_eq!(seconds_of_day("2026-05-19"), None);
         assert_eq!(
             (peers[0].peer_ip.as_str(), peers[0].established()),
             ("10.99.0.12", true)
@@ -207,11 +260,17 @@ Global_fd00__1 BGP      master   start  10:02:11    Connect       \n";
                     assert_eq!(cmd, "show protocols");
                     let _ = w.write_all(format!("{REPLY}0000 \n").as_bytes()).await;
                 }
+                if let Ok(Some(cmd)) = req.next_line().await {
+                    assert_eq!(cmd, "show status");
+                    let _ = w.write_all(STATUS.as_bytes()).await;
+                }
             }
         });
         let peers = read(Some(&sock.to_string_lossy())).await.expect("peers");
         std::fs::remove_dir_all(&dir).expect("cleanup");
-        assert_eq!(peers.iter().filter(|p| !p.established()).count(), 2);
+        assert_eq!(peers.iter().filter(|p| !p.established()).count(), 3);
+        // Aged on BIRD's clock: 10:03:11 - 10:00:05.
+        assert_eq!(peers[0].since_seconds, Some(186));
         assert!(read(Some("/nonexistent/bird.ctl")).await.is_err());
     }
 }

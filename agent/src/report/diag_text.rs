@@ -130,6 +130,7 @@ pub fn text(a: &Analysis) -> String {
     if !g.other_tables.is_empty() {
         section(&mut o, "other tables", &g.other_tables);
     }
+    super::bgp_text::sessions(&mut o, a);
 
     if !d.vxlan_fdb.is_empty()
         || !d.vxlan_neighbours.is_empty()

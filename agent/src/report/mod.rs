@@ -2,6 +2,7 @@
 //! serialised [`crate::analysis::Analysis`] and [`crate::flows::report::FlowsReport`]), the
 //! daemon's metrics and HTTP surfaces, and its writes to Kubernetes.
 
+pub mod bgp_text;
 pub mod diag_text;
 pub mod flows_text;
 pub mod http;

@@ -58,6 +58,8 @@ check_ids! {
     SysctlRpFilterStrict => "sysctl.rp-filter.strict", "strict reverse-path filtering where Calico needs it loose";
     BgpSessionDown => "bgp.session.down", "a BGP session is not Established";
     BgpSessionFlapping => "bgp.session.flapping", "a BGP session keeps re-establishing";
+    BgpSessionMissing => "bgp.session.missing", "a BGP session the datastore implies is not configured in BIRD";
+    BgpSessionUnexpected => "bgp.session.unexpected", "BIRD has a BGP session the datastore does not imply";
     FelixUnhealthy => "felix.unhealthy", "Felix's readiness endpoint reports not ready";
     BpfRouteMissing => "bpf.route.missing", "Calico's eBPF route map lacks an entry";
     ConntrackPressure => "conntrack.pressure", "the conntrack table is close to its limit";

@@ -485,6 +485,7 @@ mod tests {
             state: state.into(),
             since: since.into(),
             info: info.into(),
+            since_seconds: None,
         }
     }
 

@@ -284,6 +284,7 @@ mod tests {
             state: state.into(),
             since: "10:00:00".into(),
             info: info.into(),
+            since_seconds: None,
         };
         o.bgp_peers = Some(vec![peer("10.99.0.12", "up", "Established")]);
         assert!(run_inferred(&o).findings.is_empty());

@@ -5,6 +5,7 @@
 //! Without a datastore the mode is inferred from the node and only the checks that need no
 //! datastore run; the others are listed as skipped, with the reason.
 
+mod bgp;
 pub mod finding;
 mod grace;
 mod history;
@@ -18,6 +19,7 @@ mod wireguard;
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    bgp::age as bgp_age,
     finding::{CheckId, Finding, NotRun, Severity, SeverityCounts, Skipped, Verdict},
     grace::GraceTracker,
     history::{History, HistoryPolicy, REJECT_AFTER_TIME},
@@ -152,6 +154,8 @@ const NEEDS_DATASTORE: &[CheckId] = &[
     CheckId::WireguardAllowedIpsMismatch,
     CheckId::WireguardRuleMissing,
     CheckId::DataplaneModeMismatch,
+    CheckId::BgpSessionMissing,
+    CheckId::BgpSessionUnexpected,
 ];
 
 /// Why the checks of [`NEEDS_DATASTORE`] did not run without one.
@@ -211,7 +215,9 @@ fn needs(check: CheckId) -> &'static [Source] {
         CheckId::SysctlForwardingOff
         | CheckId::SysctlRpFilterStrict
         | CheckId::ConntrackPressure => &[Sysctls],
-        CheckId::BgpSessionDown => &[Bgp],
+        CheckId::BgpSessionDown | CheckId::BgpSessionMissing | CheckId::BgpSessionUnexpected => {
+            &[Bgp]
+        }
         CheckId::BgpSessionFlapping | CheckId::BpfRouteMissing => &[],
     }
 }
@@ -231,7 +237,6 @@ pub fn verify(
     sysctl(obs, &mut out);
     conntrack(obs, policy, &mut out);
     felix(obs, &mut out);
-    bgp(obs, &mut out);
     match expected {
         Some(e) => {
             tunnel::check(e, obs, &mut out);
@@ -239,6 +244,7 @@ pub fn verify(
             wireguard::check(e, obs, &mut out, &mut v.skipped);
             mode(e, obs, &mut out);
             v.notes.extend(e.notes.iter().cloned());
+            v.notes.extend(e.bgp.incomplete.iter().cloned());
         }
         None => {
             infer::check(obs, &mut out);
@@ -250,6 +256,7 @@ pub fn verify(
             }
         }
     }
+    bgp::check(expected, obs, &mut out);
     for (id, reason) in NOT_OBSERVED {
         v.skipped.push(
             Skipped::new(*id, NotRun::NotApplicable, *reason)
@@ -377,20 +384,6 @@ fn felix(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
             .actual(format!("HTTP {}{}", h.status, if h.detail.is_empty() { String::new() } else { format!(": {}", h.detail.replace('\n', " ")) }))
             .hint("Felix is not programming the dataplane, so drift will not heal: `kubectl logs -n calico-system ds/calico-node -c calico-node --tail=100`, `kubectl describe pod -n calico-system -l k8s-app=calico-node`"),
     );
-}
-
-fn bgp(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
-    for p in obs.bgp_peers.iter().flatten().filter(|p| !p.established()) {
-        out.push(
-            Finding::new(CheckId::BgpSessionDown, Severity::Critical, p.peer_ip.clone())
-                .expected(format!("BGP session {} ({}) Established", p.name, p.kind))
-                .actual(format!("{} since {}: {}", p.state, p.since, if p.info.is_empty() { "-" } else { &p.info }))
-                .hint(format!(
-                    "routes to {}'s blocks are not learned (or withdrawn); check TCP 179 between the nodes and the peer's calico-node: `calicoctl node status`, `nc -vz {} 179`",
-                    p.peer_ip, p.peer_ip
-                )),
-        );
-    }
 }
 
 fn mode(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {

@@ -25,7 +25,11 @@ pub struct LabGuard(pub Lab);
 
 impl LabGuard {
     pub fn up(tag: &str) -> Self {
-        let lab = Lab::new(&format!("cdpt-{tag}{}", std::process::id() % 10000));
+        Self::up_mode(tag, xtask::lab::LabMode::Vxlan)
+    }
+
+    pub fn up_mode(tag: &str, mode: xtask::lab::LabMode) -> Self {
+        let lab = Lab::with_mode(&format!("cdpt-{tag}{}", std::process::id() % 10000), mode);
         lab.up().expect("lab up");
         Self(lab)
     }
@@ -293,6 +297,8 @@ pub fn recorded(plural: &str) -> Option<&'static str> {
         "blockaffinities" => include_str!("../kube-responses/blockaffinities.json"),
         "felixconfigurations" => include_str!("../kube-responses/felixconfigurations.json"),
         "nodes" => include_str!("../kube-responses/nodes.json"),
+        "bgpconfigurations" => include_str!("../kube-responses/bgpconfigurations.json"),
+        "bgppeers" => include_str!("../kube-responses/bgppeers.json"),
         _ => return None,
     })
 }

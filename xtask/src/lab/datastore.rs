@@ -4,24 +4,35 @@
 
 use std::fmt::Write as _;
 
-use super::spec::{LabSpec, NodeSpec, UNDERLAY_PREFIX};
+use super::spec::{LabMode, LabSpec, NodeSpec, UNDERLAY_PREFIX};
+
+/// The AS of the lab's BGP mode: Calico's default, set explicitly as clusters usually do.
+pub const LAB_AS: u32 = 64512;
 
 impl LabSpec {
     pub fn datastore_yaml(&self) -> String {
+        let vxlan = self.mode == LabMode::Vxlan;
         let mut y = String::new();
         let _ = write!(
             y,
-            "# calicoctl get ippools -o yaml\napiVersion: projectcalico.org/v3\nkind: IPPoolList\nitems:\n- apiVersion: projectcalico.org/v3\n  kind: IPPool\n  metadata:\n    name: default-ipv4-ippool\n  spec:\n    allowedUses: [Workload, Tunnel]\n    blockSize: 26\n    cidr: {}\n    ipipMode: Never\n    natOutgoing: true\n    nodeSelector: all()\n    vxlanMode: Always\n",
-            self.pool
+            "# calicoctl get ippools -o yaml\napiVersion: projectcalico.org/v3\nkind: IPPoolList\nitems:\n- apiVersion: projectcalico.org/v3\n  kind: IPPool\n  metadata:\n    name: default-ipv4-ippool\n  spec:\n    allowedUses: [Workload, Tunnel]\n    blockSize: 26\n    cidr: {}\n    ipipMode: Never\n    natOutgoing: true\n    nodeSelector: all()\n    vxlanMode: {}\n",
+            self.pool,
+            if vxlan { "Always" } else { "Never" }
         );
         y.push_str("---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  logSeverityScreen: Info\n  reportingInterval: 0s\n");
+        if !vxlan {
+            let _ = write!(
+                y,
+                "---\n# calicoctl get bgpconfiguration default -o yaml\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: {LAB_AS}\n  logSeverityScreen: Info\n  nodeToNodeMeshEnabled: true\n"
+            );
+        }
         for (i, n) in self.nodes.iter().enumerate() {
             y.push_str(&if i % 2 == 0 {
-                calico_node(n)
+                calico_node(n, vxlan)
             } else {
-                k8s_node(n)
+                k8s_node(n, vxlan)
             });
-            y.push_str(&block(n, true));
+            y.push_str(&block(n, true, vxlan));
         }
         y
     }
@@ -42,42 +53,63 @@ impl LabSpec {
             switch_port: String::new(),
             pods: Vec::new(),
         };
-        let mut y = calico_node(&n);
-        y.push_str(&block(&n, false));
+        let vxlan = self.mode == LabMode::Vxlan;
+        let mut y = calico_node(&n, vxlan);
+        y.push_str(&block(&n, false, vxlan));
         y
     }
 }
 
-fn calico_node(n: &NodeSpec) -> String {
+/// A Calico v3 Node (with the Kubernetes Node's labels, as calicoctl prints them; BGPPeer
+/// selectors match them); the VXLAN tunnel address only where VXLAN is in use.
+fn calico_node(n: &NodeSpec, vxlan: bool) -> String {
+    let tun = if vxlan {
+        format!("  ipv4VXLANTunnelAddr: {}\n", n.tunnel_ip)
+    } else {
+        String::new()
+    };
     format!(
-        "---\n# calicoctl get node {name} -o yaml\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  addresses:\n  - address: {ip}/{UNDERLAY_PREFIX}\n    type: CalicoNodeIP\n  bgp:\n    ipv4Address: {ip}/{UNDERLAY_PREFIX}\n  ipv4VXLANTunnelAddr: {tun}\n  orchRefs:\n  - nodeName: {name}\n    orchestrator: k8s\n",
+        "---\n# calicoctl get node {name} -o yaml\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n    kubernetes.io/os: linux\nspec:\n  addresses:\n  - address: {ip}/{UNDERLAY_PREFIX}\n    type: CalicoNodeIP\n  bgp:\n    ipv4Address: {ip}/{UNDERLAY_PREFIX}\n{tun}  orchRefs:\n  - nodeName: {name}\n    orchestrator: k8s\n",
         name = n.name,
         ip = n.ip,
-        tun = n.tunnel_ip
     )
 }
 
-fn k8s_node(n: &NodeSpec) -> String {
+fn k8s_node(n: &NodeSpec, vxlan: bool) -> String {
+    let tun = if vxlan {
+        format!(
+            "    projectcalico.org/IPv4VXLANTunnelAddr: {}\n",
+            n.tunnel_ip
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "---\n# kubectl get node {name} -o yaml (Calico keeps its data in annotations)\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    projectcalico.org/IPv4Address: {ip}/{UNDERLAY_PREFIX}\n    projectcalico.org/IPv4VXLANTunnelAddr: {tun}\n    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    kubernetes.io/hostname: {name}\nspec:\n  podCIDR: 10.245.0.0/24\n",
+        "---\n# kubectl get node {name} -o yaml (Calico keeps its data in annotations)\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    projectcalico.org/IPv4Address: {ip}/{UNDERLAY_PREFIX}\n{tun}    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    kubernetes.io/hostname: {name}\nspec:\n  podCIDR: 10.245.0.0/24\n",
         name = n.name,
         ip = n.ip,
-        tun = n.tunnel_ip
     )
 }
 
-/// The node's IPAM block: ordinal 0 is the tunnel address, then one per pod.
-fn block(n: &NodeSpec, with_affinity_object: bool) -> String {
+/// The node's IPAM block: with VXLAN ordinal 0 is the tunnel address, then one per pod.
+fn block(n: &NodeSpec, with_affinity_object: bool, vxlan: bool) -> String {
     let base = u32::from(n.block.network());
-    let mut allocations = vec!["0".to_string()];
-    let mut attrs = format!(
-        "  - handle_id: vxlan-tunnel-addr-{name}\n    secondary:\n      node: {name}\n      type: vxlanTunnelAddress\n",
-        name = n.name
-    );
+    let (mut allocations, mut attrs, first) = if vxlan {
+        (
+            vec!["0".to_string()],
+            format!(
+                "  - handle_id: vxlan-tunnel-addr-{name}\n    secondary:\n      node: {name}\n      type: vxlanTunnelAddress\n",
+                name = n.name
+            ),
+            1,
+        )
+    } else {
+        (vec!["null".to_string()], String::new(), 0)
+    };
     for (i, p) in n.pods.iter().enumerate() {
         let ordinal = u32::from(p.ip) - base;
         allocations.resize(ordinal as usize + 1, "null".into());
-        allocations[ordinal as usize] = (i + 1).to_string();
+        allocations[ordinal as usize] = (i + first).to_string();
         let _ = write!(
             attrs,
             "  - handle_id: k8s-pod-network.{handle}\n    secondary:\n      namespace: {ns}\n      node: {node}\n      pod: {pod}\n      timestamp: 2026-11-23 10:00:00.000000000 +0000 UTC\n",

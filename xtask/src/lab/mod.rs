@@ -10,14 +10,18 @@
 //!
 //! Only namespaces named `<prefix>-…` are created, changed or deleted; [`Lab::down`] removes
 //! them all, and a failed [`Lab::up`] cleans up after itself.
+//!
+//! In [`LabMode::Bgp`] there is no tunnel: each node runs a real BIRD (`bird.rs`) with
+//! calico-node's config, and the pods reach each other over the routes BIRD learns.
 
+pub mod bird;
 mod datastore;
 pub mod felix_rules;
 pub mod spec;
 
 use anyhow::{Context as _, bail};
 
-pub use self::spec::{LabSpec, NodeSpec, PodSpec};
+pub use self::spec::{LabMode, LabSpec, NodeSpec, PodSpec};
 use self::spec::{
     PROTO_CALICO, UNDERLAY_DEV, UNDERLAY_GATEWAY, UNDERLAY_MTU, UNDERLAY_PREFIX, VNI, VXLAN_DEV,
     VXLAN_MTU, VXLAN_PORT, WORKLOAD_HOST_MAC,
@@ -49,6 +53,44 @@ pub enum Fault {
     FailsafeDelete,
     /// Delete the INPUT -> cali-INPUT jump.
     InputJumpDelete,
+    /// BGP lab: this node's BIRD expects the wrong AS from its mesh peers (never establishes).
+    BgpWrongAs,
+    /// BGP lab: reset this node's mesh sessions once (`birdc restart`); repeat to flap.
+    BgpFlap,
+    /// BGP lab: this node's BIRD stops advertising (and blackholing) its block.
+    BgpWithdraw,
+    /// BGP lab: this node's BIRD config lacks the mesh sessions.
+    BgpSessionDelete,
+    /// BGP lab: this node's BIRD has a session to 10.99.0.99, which nothing configures.
+    BgpSessionExtra,
+}
+
+impl Fault {
+    /// Whether the fault can be injected into a lab of `mode`.
+    pub fn applies_to(self, mode: LabMode) -> bool {
+        self.mode().is_none_or(|m| m == mode)
+    }
+
+    /// The lab mode the fault applies to; `None` for any. (In the BGP lab BIRD re-installs a
+    /// deleted route or blackhole on its next kernel scan, so those are VXLAN faults.)
+    fn mode(self) -> Option<LabMode> {
+        match self {
+            Self::BgpWrongAs
+            | Self::BgpFlap
+            | Self::BgpWithdraw
+            | Self::BgpSessionDelete
+            | Self::BgpSessionExtra => Some(LabMode::Bgp),
+            Self::PodMtu | Self::FailsafeDelete | Self::InputJumpDelete => None,
+            Self::RouteDelete
+            | Self::RouteUnderlay
+            | Self::BlackholeDelete
+            | Self::TunnelMtu
+            | Self::FdbFlush
+            | Self::ArpDelete
+            | Self::TunnelDown
+            | Self::TunnelAddress => Some(LabMode::Vxlan),
+        }
+    }
 }
 
 pub struct Lab {
@@ -57,23 +99,60 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(prefix: &str) -> Self {
+        Self::with_mode(prefix, LabMode::Vxlan)
+    }
+
+    pub fn with_mode(prefix: &str, mode: LabMode) -> Self {
         Self {
-            spec: LabSpec::new(prefix),
+            spec: LabSpec::with_mode(prefix, mode),
+        }
+    }
+
+    /// The lab with this prefix as it was brought up: BGP when its nodes have BIRD's files.
+    pub fn existing(prefix: &str) -> Self {
+        let bgp = Self::with_mode(prefix, LabMode::Bgp);
+        if bgp.spec.nodes.iter().any(|n| bird::dir(n).exists()) {
+            bgp
+        } else {
+            Self::new(prefix)
         }
     }
 
     /// Creates the lab from scratch (removing a previous one with the same prefix first).
     pub fn up(&self) -> anyhow::Result<()> {
         self.down();
-        if let Err(e) = self.create().and_then(|()| self.program_all()) {
+        if let Err(e) = self
+            .create()
+            .and_then(|()| self.program_all())
+            .and_then(|()| self.start_bgp())
+        {
             self.down();
             return Err(e.context("bringing the lab up (cleaned up again)"));
         }
         Ok(())
     }
 
-    /// Deletes every namespace of this lab; interfaces inside go with them. Idempotent.
+    /// BGP lab: a BIRD per node, then wait until the mesh is up and the routes are learned.
+    fn start_bgp(&self) -> anyhow::Result<()> {
+        if self.spec.mode != LabMode::Bgp {
+            return Ok(());
+        }
+        for node in &self.spec.nodes {
+            bird::start(&self.spec, node)?;
+        }
+        bird::wait_converged(&self.spec, std::time::Duration::from_secs(30))
+    }
+
+    /// Deletes every namespace of this lab; interfaces inside go with them, BIRD processes are
+    /// killed first (whatever the mode: `down` also cleans up after a lab of the other mode).
+    /// Idempotent.
     pub fn down(&self) {
+        for node in &self.spec.nodes {
+            if netns_exists(&node.netns) {
+                bird::stop(node);
+            }
+            let _ = std::fs::remove_dir_all(bird::dir(node));
+        }
         for ns in self.spec.all_netns() {
             if netns_exists(&ns) {
                 let _ = sh::run(&["ip", "netns", "del", &ns]);
@@ -81,9 +160,17 @@ impl Lab {
         }
     }
 
-    /// Re-applies Felix's intended state on every node: undoes any injected fault.
+    /// Re-applies Felix's (and in the BGP lab, confd's) intended state on every node: undoes
+    /// any injected fault.
     pub fn repair(&self) -> anyhow::Result<()> {
-        self.program_all()
+        self.program_all()?;
+        if self.spec.mode == LabMode::Bgp {
+            for node in &self.spec.nodes {
+                bird::reconfigure(&self.spec, node, bird::Deviation::default())?;
+            }
+            bird::wait_converged(&self.spec, std::time::Duration::from_secs(30))?;
+        }
+        Ok(())
     }
 
     fn create(&self) -> anyhow::Result<()> {
@@ -158,30 +245,32 @@ impl Lab {
                     UNDERLAY_DEV,
                 ],
             )?;
-            ip(
-                &node.netns,
-                &[
-                    "link",
-                    "add",
-                    VXLAN_DEV,
-                    "type",
-                    "vxlan",
-                    "id",
-                    &VNI.to_string(),
-                    "dstport",
-                    &VXLAN_PORT.to_string(),
-                    "local",
-                    &node.ip.to_string(),
-                    "dev",
-                    UNDERLAY_DEV,
-                    "nolearning",
-                ],
-            )?;
-            // The MAC can only change while the device is down, so it is set once, here.
-            ip(
-                &node.netns,
-                &["link", "set", VXLAN_DEV, "address", &node.vtep_mac],
-            )?;
+            if self.spec.mode == LabMode::Vxlan {
+                ip(
+                    &node.netns,
+                    &[
+                        "link",
+                        "add",
+                        VXLAN_DEV,
+                        "type",
+                        "vxlan",
+                        "id",
+                        &VNI.to_string(),
+                        "dstport",
+                        &VXLAN_PORT.to_string(),
+                        "local",
+                        &node.ip.to_string(),
+                        "dev",
+                        UNDERLAY_DEV,
+                        "nolearning",
+                    ],
+                )?;
+                // The MAC can only change while the device is down, so it is set once, here.
+                ip(
+                    &node.netns,
+                    &["link", "set", VXLAN_DEV, "address", &node.vtep_mac],
+                )?;
+            }
             for pod in &node.pods {
                 sh::run(&["ip", "netns", "add", &pod.netns])?;
                 ip(
@@ -205,7 +294,7 @@ impl Lab {
                         "address",
                         &pod.mac,
                         "mtu",
-                        &VXLAN_MTU.to_string(),
+                        &self.spec.pod_mtu().to_string(),
                         "up",
                     ],
                 )?;
@@ -254,90 +343,94 @@ impl Lab {
     fn program(&self, node: &NodeSpec) -> anyhow::Result<()> {
         let ns = &node.netns;
         sysctl(ns, "net.ipv4.ip_forward", "1")?;
-        ip(
-            ns,
-            &[
-                "link",
-                "set",
-                VXLAN_DEV,
-                "mtu",
-                &VXLAN_MTU.to_string(),
-                "up",
-            ],
-        )?;
-        // Felix keeps only its own address on the tunnel.
-        ip(ns, &["addr", "flush", "dev", VXLAN_DEV])?;
-        ip(
-            ns,
-            &[
-                "addr",
-                "add",
-                &format!("{}/32", node.tunnel_ip),
-                "dev",
-                VXLAN_DEV,
-            ],
-        )?;
-        ip(
-            ns,
-            &[
-                "route",
-                "replace",
-                "blackhole",
-                &node.block.to_string(),
-                "proto",
-                &PROTO_CALICO.to_string(),
-            ],
-        )?;
-        for remote in self.spec.remotes_of(node) {
+        // BGP lab: no tunnel; BIRD programs the blackhole and the remote blocks (bird.rs).
+        if self.spec.mode == LabMode::Vxlan {
+            ip(
+                ns,
+                &[
+                    "link",
+                    "set",
+                    VXLAN_DEV,
+                    "mtu",
+                    &VXLAN_MTU.to_string(),
+                    "up",
+                ],
+            )?;
+            // Felix keeps only its own address on the tunnel.
+            ip(ns, &["addr", "flush", "dev", VXLAN_DEV])?;
+            ip(
+                ns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/32", node.tunnel_ip),
+                    "dev",
+                    VXLAN_DEV,
+                ],
+            )?;
             ip(
                 ns,
                 &[
                     "route",
                     "replace",
-                    &remote.block.to_string(),
-                    "via",
-                    &remote.tunnel_ip.to_string(),
-                    "dev",
-                    VXLAN_DEV,
-                    "onlink",
+                    "blackhole",
+                    &node.block.to_string(),
                     "proto",
-                    "boot",
-                    "mtu",
-                    &VXLAN_MTU.to_string(),
+                    &PROTO_CALICO.to_string(),
                 ],
             )?;
-            ip(
-                ns,
-                &[
-                    "neigh",
+            for remote in self.spec.remotes_of(node) {
+                ip(
+                    ns,
+                    &[
+                        "route",
+                        "replace",
+                        &remote.block.to_string(),
+                        "via",
+                        &remote.tunnel_ip.to_string(),
+                        "dev",
+                        VXLAN_DEV,
+                        "onlink",
+                        "proto",
+                        "boot",
+                        "mtu",
+                        &VXLAN_MTU.to_string(),
+                    ],
+                )?;
+                ip(
+                    ns,
+                    &[
+                        "neigh",
+                        "replace",
+                        &remote.tunnel_ip.to_string(),
+                        "dev",
+                        VXLAN_DEV,
+                        "lladdr",
+                        &remote.vtep_mac,
+                        "nud",
+                        "permanent",
+                    ],
+                )?;
+                sh::run(&[
+                    "bridge",
+                    "-n",
+                    ns,
+                    "fdb",
                     "replace",
-                    &remote.tunnel_ip.to_string(),
+                    &remote.vtep_mac,
                     "dev",
                     VXLAN_DEV,
-                    "lladdr",
-                    &remote.vtep_mac,
-                    "nud",
+                    "dst",
+                    &remote.ip.to_string(),
+                    "self",
                     "permanent",
-                ],
-            )?;
-            sh::run(&[
-                "bridge",
-                "-n",
-                ns,
-                "fdb",
-                "replace",
-                &remote.vtep_mac,
-                "dev",
-                VXLAN_DEV,
-                "dst",
-                &remote.ip.to_string(),
-                "self",
-                "permanent",
-            ])?;
+                ])?;
+            }
         }
         for pod in &node.pods {
             let v = &pod.veth;
-            ip(ns, &["link", "set", v, "mtu", &VXLAN_MTU.to_string(), "up"])?;
+            let mtu = self.spec.pod_mtu().to_string();
+            ip(ns, &["link", "set", v, "mtu", &mtu, "up"])?;
             for (key, value) in [
                 (format!("net.ipv4.conf.{v}.proxy_arp"), "1"),
                 (format!("net.ipv4.neigh.{v}.proxy_delay"), "0"),
@@ -400,7 +493,35 @@ impl Lab {
             .next()
             .context("lab has a single node")?;
         let ns = node.netns.as_str();
+        if let Some(mode) = fault.mode().filter(|m| *m != self.spec.mode) {
+            bail!(
+                "fault {fault:?} needs the {mode:?} lab; this one is {:?}",
+                self.spec.mode
+            );
+        }
+        let bird_with = |dev: bird::Deviation| bird::reconfigure(&self.spec, node, dev);
         match fault {
+            Fault::BgpWrongAs => bird_with(bird::Deviation {
+                peer_as: Some(datastore::LAB_AS + 1),
+                ..Default::default()
+            })?,
+            Fault::BgpFlap => {
+                for r in self.spec.remotes_of(node) {
+                    bird::birdc(node, &["restart", &bird::mesh_name(r)])?;
+                }
+            }
+            Fault::BgpWithdraw => bird_with(bird::Deviation {
+                no_block: true,
+                ..Default::default()
+            })?,
+            Fault::BgpSessionDelete => bird_with(bird::Deviation {
+                no_mesh: true,
+                ..Default::default()
+            })?,
+            Fault::BgpSessionExtra => bird_with(bird::Deviation {
+                extra_peer: Some(std::net::Ipv4Addr::new(10, 99, 0, 99)),
+                ..Default::default()
+            })?,
             Fault::RouteDelete => ip(ns, &["route", "del", &remote.block.to_string()])?,
             Fault::RouteUnderlay => ip(
                 ns,
@@ -542,11 +663,12 @@ impl Lab {
                 for (from, to) in node.pods.iter().zip(&remote.pods) {
                     if !self.ping(&from.name, to.ip)? {
                         bail!(
-                            "{} ({}) cannot reach {} ({}) across {VXLAN_DEV}",
+                            "{} ({}) cannot reach {} ({}) across the {:?} lab",
                             from.name,
                             from.ip,
                             to.name,
-                            to.ip
+                            to.ip,
+                            self.spec.mode
                         );
                     }
                 }

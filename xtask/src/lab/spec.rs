@@ -18,10 +18,22 @@ pub const UNDERLAY_DEV: &str = "eth0";
 pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 pub const UNDERLAY_PREFIX: u8 = 24;
 
+/// Which Calico dataplane the lab's nodes are shaped like.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum LabMode {
+    /// Felix's VXLAN: `vxlan.calico`, routes via the tunnel, VTEP ARP/FDB entries.
+    #[default]
+    Vxlan,
+    /// calico-node's BIRD with the node-to-node mesh and a no-encap pool: block routes
+    /// `proto bird` via the peer's node address, local blocks as BIRD's static blackholes.
+    Bgp,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LabSpec {
     /// Prefix of every namespace the lab creates; nothing else is ever touched.
     pub prefix: String,
+    pub mode: LabMode,
     pub pool: Ipv4Net,
     pub nodes: Vec<NodeSpec>,
 }
@@ -54,6 +66,11 @@ impl LabSpec {
     /// Two nodes in one /24 underlay, a 10.244.0.0/16 VXLAN pool, one /26 block and two pods
     /// per node.
     pub fn new(prefix: &str) -> Self {
+        Self::with_mode(prefix, LabMode::Vxlan)
+    }
+
+    /// The same topology shaped like `mode`.
+    pub fn with_mode(prefix: &str, mode: LabMode) -> Self {
         let pool: Ipv4Net = Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default();
         let nodes = ["node-a", "node-b"]
             .iter()
@@ -92,8 +109,17 @@ impl LabSpec {
             .collect();
         Self {
             prefix: prefix.into(),
+            mode,
             pool,
             nodes,
+        }
+    }
+
+    /// The MTU the CNI plugin gives pods: the tunnel's, or the underlay's without one.
+    pub fn pod_mtu(&self) -> u32 {
+        match self.mode {
+            LabMode::Vxlan => VXLAN_MTU,
+            LabMode::Bgp => UNDERLAY_MTU,
         }
     }
 

@@ -115,6 +115,8 @@ fn peer(cells: &[String]) -> Option<BgpPeer> {
         state: state.clone(),
         since: since.clone(),
         info: info.clone(),
+        // calicoctl prints BIRD's `since` as a time of day without a date: not an age.
+        since_seconds: None,
     })
 }
 

@@ -1,0 +1,114 @@
+//! The BGP section of `agent diag`: each session of calico-node's BIRD with its state, how long
+//! it has been in it (on BIRD's clock), BIRD's last error, and — from the running daemon — how
+//! often it changed state in the flap window.
+
+use std::fmt::Write as _;
+
+use crate::analysis::Analysis;
+
+pub fn sessions(o: &mut String, a: &Analysis) {
+    let Some(peers) = &a.diag.bgp_sessions else {
+        return;
+    };
+    let flaps = a.daemon.as_ref().map(|d| &d.bgp_flaps);
+    let up = peers.iter().filter(|p| p.established()).count();
+    let _ = writeln!(
+        o,
+        "\nBGP SESSIONS (calico-node's BIRD: {up} of {} Established)",
+        peers.len()
+    );
+    if peers.is_empty() {
+        let _ = writeln!(o, "  none configured");
+    }
+    for p in peers {
+        let age = p
+            .since_seconds
+            .map(|s| format!(" ({})", crate::verify::bgp_age(s)))
+            .unwrap_or_default();
+        let mut line = format!(
+            "  {:<22} {:<15} {:<17} {:<5} since {}{age}  {}",
+            p.name,
+            p.peer_ip,
+            p.kind,
+            p.state,
+            p.since,
+            if p.info.is_empty() { "-" } else { &p.info }
+        );
+        if let Some(f) = flaps {
+            let _ = write!(
+                line,
+                "  {} flap(s) in the window",
+                f.get(&p.name).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(o, "{}", line.trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observed::bird::BgpPeer;
+
+    fn analysis(peers: Option<Vec<BgpPeer>>, daemon: bool) -> Analysis {
+        let obs = crate::observed::ObservedDataplane {
+            bgp_peers: peers,
+            ..Default::default()
+        };
+        Analysis {
+            diag: crate::diag::build(&obs),
+            verification: None,
+            input_notes: Vec::new(),
+            traffic: None,
+            traffic_unavailable: None,
+            daemon: daemon.then(|| crate::analysis::DaemonInfo {
+                bgp_flaps: [("Mesh_10_99_0_12".to_string(), 4)].into(),
+                ..Default::default()
+            }),
+            identity: None,
+            bundle: None,
+        }
+    }
+
+    fn peer(state: &str, info: &str) -> BgpPeer {
+        BgpPeer {
+            name: "Mesh_10_99_0_12".into(),
+            kind: "node-to-node mesh".into(),
+            peer_ip: "10.99.0.12".into(),
+            state: state.into(),
+            since: "10:00:05".into(),
+            info: info.into(),
+            since_seconds: Some(245),
+        }
+    }
+
+    #[test]
+    fn sessions_with_state_age_error_and_flaps() {
+        let mut o = String::new();
+        sessions(
+            &mut o,
+            &analysis(
+                Some(vec![peer("start", "Active Received: Bad peer AS")]),
+                true,
+            ),
+        );
+        assert!(
+            o.contains("BGP SESSIONS (calico-node's BIRD: 0 of 1 Established)"),
+            "{o}"
+        );
+        assert!(o.contains("Mesh_10_99_0_12"), "{o}");
+        assert!(o.contains("start since 10:00:05 (4m05s)  Active Received: Bad peer AS  4 flap(s) in the window"), "{o}");
+        let mut o = String::new();
+        sessions(
+            &mut o,
+            &analysis(Some(vec![peer("up", "Established")]), false),
+        );
+        assert!(
+            o.contains("up    since 10:00:05 (4m05s)  Established\n"),
+            "{o}"
+        );
+        let mut o = String::new();
+        sessions(&mut o, &analysis(None, false));
+        assert!(o.is_empty());
+    }
+}

@@ -1,0 +1,342 @@
+//! The BGP lab: a real BIRD 1.6 per node namespace with calico-node's config (node-to-node
+//! mesh, no-encap pool, block routes `proto bird`, local blocks as BIRD's static blackholes),
+//! pods pinging across. `agent check` on node-a, pointed at its BIRD's control socket, is clean
+//! when healthy and names the session (and BIRD's error) for each injected fault; `agent run`
+//! counts flaps and reports `bgp.session.flapping`.
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use support::{Daemon, LabGuard, serial};
+use xtask::lab::{Fault, LabMode, bird};
+
+/// `agent <args>` in node-a's namespace with its BIRD socket; (exit code, stdout).
+fn agent(lab: &LabGuard, socket: &Path, args: &[&str]) -> (i32, String) {
+    let node = &lab.0.spec.nodes[0];
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node.netns, env!("CARGO_BIN_EXE_agent")])
+        .args(args)
+        .args(["--node-name", &node.name])
+        .env("AGENT_BIRD_SOCKET", socket)
+        .output()
+        .expect("run agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+struct Check {
+    code: i32,
+    json: serde_json::Value,
+}
+
+impl Check {
+    fn findings(&self) -> BTreeSet<(String, String)> {
+        self.json["verification"]["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                (
+                    f["check"].as_str().unwrap_or_default().to_string(),
+                    f["subject"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn finding(&self, check: &str) -> serde_json::Value {
+        self.json["verification"]["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["check"] == check)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {check} in {:#}", self.json["verification"]))
+    }
+}
+
+fn check(lab: &LabGuard, ds: &Path, socket: &Path) -> Check {
+    let (code, out) = agent(
+        lab,
+        socket,
+        &[
+            "check",
+            "--datastore",
+            ds.to_str().expect("utf-8"),
+            "--grace",
+            "0",
+            "--json",
+            "--no-daemon",
+        ],
+    );
+    let json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    Check { code, json }
+}
+
+fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    items
+        .iter()
+        .map(|(c, s)| ((*c).to_string(), (*s).to_string()))
+        .collect()
+}
+
+/// Re-checks until the findings are exactly `want` (BIRD needs seconds to react).
+fn wait_for(lab: &LabGuard, ds: &Path, socket: &Path, want: &[(&str, &str)], what: &str) -> Check {
+    wait_until(lab, ds, socket, want, what, |_| true)
+}
+
+/// [`wait_for`], also until `settled` holds (a session's error arrives after it went down).
+fn wait_until(
+    lab: &LabGuard,
+    ds: &Path,
+    socket: &Path,
+    want: &[(&str, &str)],
+    what: &str,
+    settled: impl Fn(&Check) -> bool,
+) -> Check {
+    let want = set(want);
+    let start = Instant::now();
+    loop {
+        let c = check(lab, ds, socket);
+        if c.findings() == want && settled(&c) {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "{what}: wanted {want:?}, got {:#}",
+            c.json["verification"]["findings"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn bgp_lab_is_clean_and_each_fault_names_its_session() {
+    let _serial = serial();
+    let lab = LabGuard::up_mode("bgp", LabMode::Bgp);
+    lab.0
+        .check_connectivity()
+        .expect("pods ping across over BGP routes");
+    let ds = lab.datastore();
+    let node_a = &lab.0.spec.nodes[0];
+    let node_b = &lab.0.spec.nodes[1];
+    let sock = bird::socket(node_a);
+
+    // Healthy: BIRD's routes and blackhole are what the datastore implies, nothing else.
+    let routes = xtask::sh::run(&["ip", "-n", &node_a.netns, "route"]).expect("ip route");
+    assert!(
+        routes.contains("10.244.1.0/26 via 10.99.0.12 dev eth0 proto bird metric 1024"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("blackhole 10.244.0.0/26 proto bird"),
+        "{routes}"
+    );
+    let c = wait_for(&lab, &ds, &sock, &[], "healthy BGP lab");
+    assert_eq!(c.code, 0);
+    let skipped: Vec<&str> = c.json["verification"]["skipped"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["check"].as_str())
+        .collect();
+    for id in [
+        "bgp.session.down",
+        "bgp.session.missing",
+        "bgp.session.unexpected",
+    ] {
+        assert!(!skipped.contains(&id), "{id} did not run: {skipped:?}");
+    }
+    let (code, text) = agent(
+        &lab,
+        &sock,
+        &[
+            "diag",
+            "--datastore",
+            ds.to_str().expect("utf-8"),
+            "--no-ebpf",
+            "--no-daemon",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("BGP SESSIONS (calico-node's BIRD: 1 of 1 Established)"),
+        "{text}"
+    );
+    assert!(text.contains("Mesh_10_99_0_12"), "{text}");
+
+    // The seed incident: the wrong AS. Never establishes; BIRD's error is named.
+    lab.0.fault(&node_a.name, Fault::BgpWrongAs).expect("fault");
+    let c = wait_until(
+        &lab,
+        &ds,
+        &sock,
+        &[
+            ("bgp.session.down", "10.99.0.12"),
+            ("route.missing", "10.244.1.0/26"),
+        ],
+        "wrong AS",
+        |c| {
+            c.finding("bgp.session.down")["actual"]
+                .to_string()
+                .contains("Bad peer AS")
+        },
+    );
+    assert_eq!(c.code, 1);
+    let down = c.finding("bgp.session.down");
+    let actual = down["actual"].as_str().unwrap_or_default();
+    assert!(actual.contains("Bad peer AS"), "{down:#}");
+    eprintln!("wrong AS on node-a: {actual}");
+    assert!(
+        down["expected"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Mesh_10_99_0_12 (node-to-node mesh with node-b"),
+        "{down:#}"
+    );
+    let route = c.finding("route.missing");
+    assert!(
+        route["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Mesh_10_99_0_12 is down"),
+        "{route:#}"
+    );
+    lab.0.repair().expect("repair");
+    wait_for(&lab, &ds, &sock, &[], "after repairing the AS");
+
+    // A peer stops advertising its block: the route is missing, named by its session.
+    lab.0
+        .fault(&node_b.name, Fault::BgpWithdraw)
+        .expect("fault");
+    let c = wait_for(
+        &lab,
+        &ds,
+        &sock,
+        &[("route.missing", "10.244.1.0/26")],
+        "block withdrawn by node-b",
+    );
+    let route = c.finding("route.missing");
+    assert!(
+        route["expected"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("via 10.99.0.12 dev eth0 proto bird (block of node-b, learned over BGP from Mesh_10_99_0_12 (10.99.0.12))"),
+        "{route:#}"
+    );
+    assert!(
+        route["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Mesh_10_99_0_12 is Established, so node-b does not advertise it"),
+        "{route:#}"
+    );
+    let pod_b = lab.0.spec.nodes[1].pods[0].ip;
+    assert!(
+        !lab.0.ping("pod-a1", pod_b).expect("ping"),
+        "reached a withdrawn block"
+    );
+    lab.0.repair().expect("repair");
+    wait_for(&lab, &ds, &sock, &[], "after re-advertising");
+
+    // A session the mesh implies is not configured.
+    lab.0
+        .fault(&node_a.name, Fault::BgpSessionDelete)
+        .expect("fault");
+    wait_for(
+        &lab,
+        &ds,
+        &sock,
+        &[
+            ("bgp.session.missing", "10.99.0.12"),
+            ("route.missing", "10.244.1.0/26"),
+        ],
+        "mesh session missing",
+    );
+    lab.0.repair().expect("repair");
+
+    // A session nothing in the datastore implies (down, but reported as unexpected).
+    lab.0
+        .fault(&node_a.name, Fault::BgpSessionExtra)
+        .expect("fault");
+    let c = wait_for(
+        &lab,
+        &ds,
+        &sock,
+        &[("bgp.session.unexpected", "10.99.0.99")],
+        "extra session",
+    );
+    assert_eq!(c.finding("bgp.session.unexpected")["severity"], "warning");
+    lab.0.repair().expect("repair");
+    let c = wait_for(&lab, &ds, &sock, &[], "repaired");
+    assert_eq!(c.code, 0);
+    lab.0.check_connectivity().expect("pods ping again");
+
+    // No BIRD socket: the session checks are not run, naming it; never drift.
+    let c = check(&lab, &ds, Path::new("/nonexistent/bird.ctl"));
+    assert!(c.findings().is_empty(), "{:#}", c.json["verification"]);
+    let skipped = c.json["verification"]["skipped"].to_string();
+    assert!(skipped.contains("bgp.session.down"), "{skipped}");
+    assert!(skipped.contains("/nonexistent/bird.ctl"), "{skipped}");
+}
+
+#[test]
+fn the_daemon_counts_flaps_and_reports_a_flapping_session() {
+    let _serial = serial();
+    let lab = LabGuard::up_mode("bgpd", LabMode::Bgp);
+    let node_a = &lab.0.spec.nodes[0];
+    let node_b = &lab.0.spec.nodes[1];
+    let sock = bird::socket(node_a);
+    let ds = lab.datastore();
+    let d = Daemon::spawn(
+        &lab,
+        "0",
+        &[
+            "--datastore",
+            ds.to_str().expect("utf-8"),
+            "--no-ebpf",
+            "--poll-services",
+            "0.3",
+        ],
+        &[("AGENT_BIRD_SOCKET", sock.to_str().expect("utf-8"))],
+        ds.clone(),
+    );
+    d.wait_findings(Duration::from_secs(20), "healthy", BTreeSet::is_empty);
+    // node-b resets the session three times; node-a's daemon sees each drop and return.
+    for _ in 0..3 {
+        lab.0.fault(&node_b.name, Fault::BgpFlap).expect("flap");
+        bird::wait_converged(&lab.0.spec, Duration::from_secs(30)).expect("re-established");
+    }
+    d.wait_findings(Duration::from_secs(20), "flapping", |f| {
+        f.contains(&("bgp.session.flapping".to_string(), "10.99.0.12".to_string()))
+    });
+    let (code, body) = d.try_get_local("/v1/analysis").expect("analysis");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let flaps = v["daemon"]["bgp_flaps"]["Mesh_10_99_0_12"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(flaps >= 3, "{}", v["daemon"]);
+    // `agent diag` answered by the daemon shows the session with its flap count.
+    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("diag")
+        .arg("--socket")
+        .arg(&d.socket)
+        .output()
+        .expect("agent diag");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BGP SESSIONS"), "{text}");
+    assert!(
+        text.contains(&format!("{flaps} flap(s) in the window")),
+        "{text}"
+    );
+    let _ = node_a;
+}
