@@ -42,6 +42,10 @@ pub struct Expected {
     /// Pools with `natOutgoing: true`.
     pub nat_outgoing: Vec<IpNet>,
     pub bpf: bool,
+    /// FelixConfiguration `interfacePrefix` when set (`eni` in policy-only mode on the AWS VPC
+    /// CNI); unset here when calico-node sets it by environment, as the operator does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface_prefix: Option<String>,
     /// What could not be derived, e.g. a remote node without a VTEP yet.
     pub notes: Vec<String>,
 }
@@ -346,6 +350,7 @@ pub fn compute(ds: &Datastore, node: &str, facts: &HostFacts) -> Result<Expected
             .map(|p| p.cidr)
             .collect(),
         bpf: cfg.bpf_enabled.unwrap_or(false),
+        interface_prefix: cfg.interface_prefix.clone(),
         notes,
     })
 }

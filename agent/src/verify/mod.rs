@@ -5,6 +5,7 @@
 //! Without a datastore the mode is inferred from the node and only the checks that need no
 //! datastore run; the others are listed as skipped, with the reason.
 
+mod dispatch;
 pub mod finding;
 mod grace;
 mod history;
@@ -12,6 +13,7 @@ mod infer;
 mod routes;
 mod rules;
 mod tunnel;
+mod vpc_cni;
 mod wireguard;
 
 use serde::{Deserialize, Serialize};
@@ -145,6 +147,11 @@ fn needs(check: CheckId) -> &'static [Source] {
         | CheckId::ConntrackPressure => &[Sysctls],
         CheckId::BgpSessionDown => &[Bgp],
         CheckId::BgpSessionFlapping | CheckId::BpfRouteMissing => &[],
+        CheckId::RulesDispatchMissing => &[Iptables, Links],
+        CheckId::VpcCniRouteMissing => &[Routes, Links],
+        CheckId::VpcCniRuleMissing | CheckId::VpcCniTableMissing => &[Rules, Routes],
+        CheckId::VpcCniRpFilterStrict => &[Sysctls, Routes],
+        CheckId::VpcCniSnatMissing => &[Iptables],
     }
 }
 
@@ -184,6 +191,9 @@ pub fn verify(
             }
         }
     }
+    let bpf = expected.is_some_and(|e| e.bpf) || !obs.calico_bpf_pins.is_empty();
+    dispatch::check(obs, bpf, &mut out, &mut v.skipped);
+    vpc_cni::check(expected, obs, &mut out, &mut v.skipped, &mut v.notes);
     for (id, reason) in NOT_OBSERVED {
         v.skipped.push(Skipped {
             check: *id,
