@@ -14,6 +14,7 @@
 mod datastore;
 pub mod felix_rules;
 pub mod spec;
+pub mod vpc_cni;
 
 use anyhow::{Context as _, bail};
 
