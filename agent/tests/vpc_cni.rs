@@ -57,6 +57,10 @@ fn findings(v: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A fault, the (check, subject) it must give, and a ping (from pod, to) it must break.
+type Case = (VpcFault, &'static str, String, Option<Lost>);
+type Lost = (&'static str, std::net::Ipv4Addr);
+
 /// Calico routing checks: not applicable on this node.
 const NOT_APPLICABLE: &[&str] = &[
     "route.missing",
@@ -78,7 +82,8 @@ fn vpc_cni_node_verifies_clean_and_reports_each_fault() {
     )));
     let lab = &lab.0;
     lab.up().expect("VPC CNI lab up");
-    lab.check_connectivity().expect("pods reach each other, the VPC and the internet");
+    lab.check_connectivity()
+        .expect("pods reach each other, the VPC and the internet");
     let ds_dir = std::env::temp_dir().join(format!("{}-ds", lab.node.netns));
     lab.write_datastore(&ds_dir).expect("datastore");
     let ds = ds_dir.to_string_lossy().into_owned();
@@ -130,27 +135,30 @@ fn vpc_cni_node_verifies_clean_and_reports_each_fault() {
     let redis = lab.pod("redis").expect("redis");
     let nginx = lab.pod("nginx").expect("nginx");
     assert!(
-        out.lines()
-            .any(|l| l.contains(&format!("{}  ", redis.ip))
-                && l.contains(&format!("dev {}", redis.veth))
-                && l.contains("512: yes")
-                && l.contains("1536: table 2")),
+        out.lines().any(|l| l.contains(&format!("{}  ", redis.ip))
+            && l.contains(&format!("dev {}", redis.veth))
+            && l.contains("512: yes")
+            && l.contains("1536: table 2")),
         "{out}"
     );
     assert!(
-        out.lines().any(|l| l.contains(&format!("dev {}", nginx.veth))
-            && l.contains("1536: - (primary ENI)")),
+        out.lines()
+            .any(|l| l.contains(&format!("dev {}", nginx.veth))
+                && l.contains("1536: - (primary ENI)")),
         "{out}"
     );
     let (_, json, _) = agent(lab, &["diag", "--no-ebpf", "--json"]);
     let d: Value = serde_json::from_str(&json).expect("diag JSON");
     assert_eq!(d["diag"]["modes"], serde_json::json!(["policy-only"]));
-    assert_eq!(d["diag"]["vpc_cni"]["pods"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        d["diag"]["vpc_cni"]["pods"].as_array().map(Vec::len),
+        Some(4)
+    );
 
     // Each fault: its check ID and subject, nothing else; where it costs traffic, the traffic
     // the VPC CNI's object carries is lost.
     let client = lab.pod("client").expect("client");
-    let cases: &[(VpcFault, &str, String, Option<(&str, std::net::Ipv4Addr)>)] = &[
+    let cases: &[Case] = &[
         (
             VpcFault::RouteDelete,
             "vpccni.route.missing",

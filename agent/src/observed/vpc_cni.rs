@@ -367,7 +367,7 @@ fn snat(obs: &ObservedDataplane) -> Snat {
     s.snat_to = nat
         .rules_of(SNAT_CHAIN)
         .find(|r| r.target.as_deref() == Some("SNAT"))
-        .and_then(|r| to_source(r));
+        .and_then(to_source);
     let connmark_hooked = nat.chain(CONNMARK_CHAIN).is_some()
         && nat.rules_of("PREROUTING").any(|r| {
             r.target.as_deref() == Some(CONNMARK_CHAIN)

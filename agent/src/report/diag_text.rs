@@ -410,61 +410,6 @@ fn opt(v: Option<u8>) -> String {
     v.map_or_else(|| "?".into(), |v| v.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        analysis::{self, DaemonInfo},
-        verify::{CheckId, Finding, Policy, testutil::healthy},
-    };
-
-    fn with_daemon() -> Analysis {
-        let (e, o) = healthy();
-        let mut a = analysis::analyse(&o, Some(&e), &Policy::default());
-        let v = a.verification.as_mut().expect("verified");
-        let mut f = Finding::new(CheckId::RouteMissing, Severity::Critical, "10.244.1.0/26");
-        f.since = 1_000;
-        v.findings.push(f);
-        a.daemon = Some(DaemonInfo {
-            uptime_seconds: 3_725,
-            verified_at_ms: 1_125_000,
-            grace_seconds: 5.0,
-            pending: 1,
-            bgp_flaps: [("Mesh_10_99_0_12".to_string(), 4)].into(),
-            ebpf: "attached to 5 interface(s)".into(),
-            ..DaemonInfo::default()
-        });
-        a
-    }
-
-    #[test]
-    fn a_daemon_answer_shows_finding_ages_freshness_and_flaps() {
-        let text = check_text(&with_daemon());
-        assert!(text.contains("        since:    2m05s ago"), "{text}");
-        assert!(
-            text.contains("AGENT (answered by `agent run`, up 1h02m)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("grace window 5 s, 1 finding(s) inside it"),
-            "{text}"
-        );
-        assert!(
-            text.contains("BGP Mesh_10_99_0_12: 4 state change(s)"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn a_one_shot_answer_has_no_daemon_section() {
-        let mut a = with_daemon();
-        a.daemon = None;
-        let text = check_text(&a);
-        assert!(!text.contains("AGENT ("), "{text}");
-        assert!(!text.contains("since:"), "{text}");
-    }
-}
-
 /// Policy-only on the AWS VPC CNI: the ENIs, their tables and rp_filter, the SNAT state and
 /// each pod's route and rules.
 fn vpc_cni(o: &mut String, v: &crate::observed::vpc_cni::VpcCni) {
@@ -543,5 +488,60 @@ fn vpc_cni(o: &mut String, v: &crate::observed::vpc_cni::VpcCni) {
             "  veths without a route: {}",
             v.veths_without_route.join(", ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        analysis::{self, DaemonInfo},
+        verify::{CheckId, Finding, Policy, testutil::healthy},
+    };
+
+    fn with_daemon() -> Analysis {
+        let (e, o) = healthy();
+        let mut a = analysis::analyse(&o, Some(&e), &Policy::default());
+        let v = a.verification.as_mut().expect("verified");
+        let mut f = Finding::new(CheckId::RouteMissing, Severity::Critical, "10.244.1.0/26");
+        f.since = 1_000;
+        v.findings.push(f);
+        a.daemon = Some(DaemonInfo {
+            uptime_seconds: 3_725,
+            verified_at_ms: 1_125_000,
+            grace_seconds: 5.0,
+            pending: 1,
+            bgp_flaps: [("Mesh_10_99_0_12".to_string(), 4)].into(),
+            ebpf: "attached to 5 interface(s)".into(),
+            ..DaemonInfo::default()
+        });
+        a
+    }
+
+    #[test]
+    fn a_daemon_answer_shows_finding_ages_freshness_and_flaps() {
+        let text = check_text(&with_daemon());
+        assert!(text.contains("        since:    2m05s ago"), "{text}");
+        assert!(
+            text.contains("AGENT (answered by `agent run`, up 1h02m)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("grace window 5 s, 1 finding(s) inside it"),
+            "{text}"
+        );
+        assert!(
+            text.contains("BGP Mesh_10_99_0_12: 4 state change(s)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_one_shot_answer_has_no_daemon_section() {
+        let mut a = with_daemon();
+        a.daemon = None;
+        let text = check_text(&a);
+        assert!(!text.contains("AGENT ("), "{text}");
+        assert!(!text.contains("since:"), "{text}");
     }
 }

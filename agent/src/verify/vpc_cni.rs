@@ -172,7 +172,7 @@ fn pods(v: &VpcCni, out: &mut Vec<Finding>) {
                     ))
                     .actual(format!("no {FROM_POD_RULE_PRIORITY} rule for {ip}: its traffic leaves through the main table's default route"))
                     .hint(format!(
-                        "the pod's packets leave through the primary ENI with a source address that ENI does not own, and the VPC drops them (aws/amazon-vpc-cni-k8s#1856, #3309, #3524). ipamd re-creates no missing rule; a restart of systemd-networkd or nm-cloud-setup flushes them: `ip rule | grep {ip}`; recreate the pod or restart aws-node"
+                        "the pod's packets leave through the primary ENI with a source address that ENI does not own, and the VPC drops them (aws/amazon-vpc-cni-k8s#1856, #3309, #3524). ipamd re-creates no missing rule, not even at restart (it only rewrites existing ones); a restart of systemd-networkd or nm-cloud-setup flushes them: `ip rule | grep {ip}`; recreate the pod (CNI ADD writes it) or `ip rule add from {ip} lookup <table> priority {FROM_POD_RULE_PRIORITY}`"
                     )),
             );
         }
@@ -230,16 +230,18 @@ fn rp_filter(v: &VpcCni, out: &mut Vec<Finding>) {
 
 /// `AWS-SNAT-CHAIN-0` exists on every VPC CNI node (empty with external SNAT); with SNAT on, it
 /// must be hooked from nat POSTROUTING and the connmark rules must send pods' traffic to
-/// outside the VPC through the primary ENI (failure F11).
+/// outside the VPC through the primary ENI (failure F11). ipamd writes them in `nodeInit` and
+/// again only when the VPC CIDRs change (`pkg/ipamd/ipamd.go` `updateCIDRsRulesOnChange`,
+/// polled every 30 s, calls `UpdateHostSNATRules` only on a difference).
 fn snat(v: &VpcCni, out: &mut Vec<Finding>) {
     let s = &v.snat;
     let finding = |subject: &str, expected: String, actual: String| {
         Finding::new(CheckId::VpcCniSnatMissing, Severity::Warning, subject)
             .expected(expected)
             .actual(actual)
-            .hint(format!(
-                "pods lose traffic to outside the VPC (no SNAT to the node's IP, or it leaves through a secondary ENI); ipamd re-applies its nat rules every 30 s while it runs, so persistent absence means aws-node is down or another tool flushes nat: `iptables-save -t nat | grep AWS`, `kubectl -n kube-system get pods -l k8s-app=aws-node -o wide`"
-            ))
+            .hint(
+                "pods lose traffic to outside the VPC (no SNAT to the node's IP, or it leaves through a secondary ENI); ipamd writes these rules only at start and when the VPC's CIDRs change, so they stay lost until aws-node restarts — find what flushed nat (firewalld, a node script): `iptables-save -t nat | grep AWS`, `kubectl -n kube-system rollout restart ds/aws-node`",
+            )
     };
     if !s.chain {
         out.push(finding(
