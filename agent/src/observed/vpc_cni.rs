@@ -47,8 +47,9 @@ pub struct VpcCni {
     /// `net.ipv4.conf.all.rp_filter`, which the kernel combines with each interface's (max).
     pub rp_filter_all: Option<u8>,
     pub snat: Snat,
-    /// Felix's `cali-FORWARD` sends `-i eni+` to its workload dispatch: Felix polices these pods.
-    pub felix_dispatches: bool,
+    /// Felix's `cali-FORWARD` sends `-i eni+` to its workload dispatch (Felix polices these
+    /// pods); `None` when Felix's rules are not in iptables (nftables mode, or unreadable).
+    pub felix_dispatches: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,7 +287,7 @@ impl VpcCni {
                 String::new()
             }
         )];
-        if self.felix_dispatches {
+        if self.felix_dispatches == Some(true) {
             e.push(format!(
                 "Felix's cali-FORWARD dispatches -i {VETH_PREFIX}+ (interfacePrefix {VETH_PREFIX}): Felix enforces policy only"
             ));
@@ -333,16 +334,19 @@ pub fn iface_match<'a>(spec: &'a str, flag: &str) -> Option<&'a str> {
 }
 
 /// Felix's `cali-FORWARD` has `-i eni+ -j cali-from-wl-dispatch` in some IPv4 dump.
-fn felix_dispatches(obs: &ObservedDataplane) -> bool {
+fn felix_dispatches(obs: &ObservedDataplane) -> Option<bool> {
+    if !v4_dumps(obs).any(|d| d.felix_chain_count() > 0) {
+        return None;
+    }
     let prefix = format!("{VETH_PREFIX}+");
-    v4_dumps(obs).any(|d| {
+    Some(v4_dumps(obs).any(|d| {
         d.table("filter").is_some_and(|t| {
             t.rules_of("cali-FORWARD").any(|r| {
                 r.target.as_deref() == Some("cali-from-wl-dispatch")
                     && iface_match(&r.spec, "-i") == Some(prefix.as_str())
             })
         })
-    })
+    }))
 }
 
 fn v4_dumps(obs: &ObservedDataplane) -> impl Iterator<Item = &IptablesDump> {

@@ -416,10 +416,10 @@ fn vpc_cni(o: &mut String, v: &crate::observed::vpc_cni::VpcCni) {
     let _ = writeln!(
         o,
         "\nAWS VPC CNI (it routes the pods; Felix {})",
-        if v.felix_dispatches {
-            "enforces policy on eni+"
-        } else {
-            "has NO eni+ dispatch: no policy"
+        match v.felix_dispatches {
+            Some(true) => "enforces policy on eni+",
+            Some(false) => "has NO eni+ dispatch: no policy",
+            None => "dispatch not read: nftables mode or iptables unreadable",
         }
     );
     let rp = |x: Option<u8>| x.map_or("?".to_string(), |x| x.to_string());

@@ -107,9 +107,9 @@ fn not_applicable(
 /// Felix must police the VPC CNI's veths: `cali-FORWARD -i eni+` (failure F6b: a prefix that
 /// differs from the VPC CNI's `vethPrefix` leaves every pod without policy, fail-open).
 fn felix_prefix(v: &VpcCni, e: Option<&Expected>, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
-    let felix_chains = obs.iptables.iter().any(|d| d.felix_chain_count() > 0);
+    // Felix's rules not in iptables (nftables mode, unreadable): nothing to judge here.
     let veths = obs.links.iter().filter(|l| is_pod_veth(&l.name)).count();
-    if v.felix_dispatches || !felix_chains || veths == 0 {
+    if v.felix_dispatches != Some(false) || veths == 0 {
         return;
     }
     let configured = e
@@ -368,7 +368,7 @@ mod tests {
         );
         let plumbing = vpc_cni::read(&o).expect("VPC CNI detected");
         assert_eq!(plumbing.pods.len(), 4);
-        assert!(plumbing.felix_dispatches);
+        assert_eq!(plumbing.felix_dispatches, Some(true));
         assert_eq!(
             plumbing.primary_eni.as_ref().map(|e| e.name.as_str()),
             Some("eth0")
@@ -593,6 +593,35 @@ mod tests {
             "{}",
             v.findings[0].actual
         );
+    }
+
+    #[test]
+    fn unreadable_iptables_judges_neither_felix_nor_snat() {
+        let mut o = healthy();
+        o.iptables.clear();
+        o.nft = None;
+        for kind in [
+            crate::observed::Source::Iptables,
+            crate::observed::Source::Nftables,
+        ] {
+            o.unavailable.push(crate::observed::Unavailable::new(
+                kind,
+                "iptables-nft-save",
+                "needs CAP_NET_ADMIN",
+            ));
+        }
+        let v = run_inferred(&o);
+        assert!(v.findings.is_empty(), "{:#?}", v.findings);
+        assert_eq!(vpc_cni::read(&o).expect("vpc").felix_dispatches, None);
+        for id in [CheckId::VpcCniSnatMissing, CheckId::RulesDispatchMissing] {
+            assert!(
+                v.skipped
+                    .iter()
+                    .any(|s| s.check == id && s.reason.contains("CAP_NET_ADMIN")),
+                "{id}: {:?}",
+                v.skipped
+            );
+        }
     }
 
     #[test]
