@@ -537,7 +537,7 @@ fn image_runs_under_exactly_the_charts_capabilities_and_each_is_needed() {
 }
 
 /// NET_ADMIN: iptables-nft-save, ip6tables-nft-save and nft are refused (nf_tables netlink),
-/// so the four rules checks are skipped naming the capability; the conntrack dump is refused;
+/// so the rules checks (Felix's and the VPC CNI's SNAT) are skipped naming the capability; the conntrack dump is refused;
 /// the TC programs cannot be loaded (BPF_PROG_LOAD of a SCHED_CLS program needs NET_ADMIN
 /// besides BPF). Routes, links, neighbours and FDB (rtnetlink dumps) are still verified.
 fn without_net_admin(c: &Container, lab: &Lab) {
@@ -548,7 +548,9 @@ fn without_net_admin(c: &Container, lab: &Lab) {
         "failsafe.missing",
         "rules.felix.missing",
         "rules.backend.mixed",
+        "rules.dispatch.missing",
         "nat-outgoing.missing",
+        "vpccni.snat.missing",
     ]
     .map(String::from)
     .into();
@@ -592,7 +594,7 @@ fn without_net_admin(c: &Container, lab: &Lab) {
 }
 
 /// NET_RAW: iptables-nft-save opens an ipset socket (a raw netlink socket of the ipset
-/// subsystem) for every `-m set` match in Felix's rules and fails without it: the same four
+/// subsystem) for every `-m set` match in Felix's rules and fails without it: the same
 /// rules checks are skipped, naming ipset. Everything else works, eBPF included.
 fn without_net_raw(c: &Container, lab: &Lab) {
     let what = "without NET_RAW";
@@ -604,7 +606,9 @@ fn without_net_raw(c: &Container, lab: &Lab) {
             "failsafe.missing",
             "nat-outgoing.missing",
             "rules.backend.mixed",
-            "rules.felix.missing"
+            "rules.dispatch.missing",
+            "rules.felix.missing",
+            "vpccni.snat.missing"
         ]
         .map(String::from)
         .into(),

@@ -4,6 +4,8 @@
 
 use sha1::{Digest as _, Sha1};
 
+pub mod vpc_cni;
+
 /// Devices Felix creates for each encapsulation (`dataplanedefs`, `wireguard.go`).
 pub const VXLAN_V4: &str = "vxlan.calico";
 pub const VXLAN_V6: &str = "vxlan-v6.calico";

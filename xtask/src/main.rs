@@ -6,7 +6,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum as _};
 use xtask::{
     bench, image,
-    lab::{Fault, Lab, LabMode},
+    lab::{
+        Fault, Lab, LabMode,
+        vpc_cni::{VpcFault, VpcLab},
+    },
     setup, sh,
 };
 
@@ -14,6 +17,8 @@ use xtask::{
 const LAB_PREFIX: &str = "cdpa";
 /// Prefix shared by every test lab, for the final sweep after the test run.
 const TEST_PREFIX: &str = "cdpt";
+/// Namespace prefix of the interactive VPC CNI lab.
+const VPC_LAB_PREFIX: &str = "cdpv";
 
 #[derive(Debug, Parser)]
 #[command(name = "xtask", about = "Calico dataplane agent project tasks")]
@@ -79,6 +84,24 @@ enum LabAction {
         #[arg(long, value_enum, default_value_t = LabMode::Vxlan)]
         mode: LabMode,
     },
+    /// The policy-only lab: one EKS-shaped node, pods plumbed by the AWS VPC CNI.
+    Vpc {
+        #[command(subcommand)]
+        action: VpcAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VpcAction {
+    /// Create the VPC CNI lab (replacing an existing one) and check that its pods reach each
+    /// other, the VPC and the internet host.
+    Up,
+    /// Remove every namespace of the VPC CNI lab.
+    Down,
+    /// Inject one fault into the node.
+    Fault { fault: VpcFault },
+    /// Re-apply the VPC CNI's and Felix's state, undoing every fault.
+    Repair,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -267,6 +290,29 @@ fn lab(action: LabAction) -> anyhow::Result<()> {
         LabAction::Fault { fault, node } => lab.fault(&node, fault)?,
         LabAction::Repair => lab.repair()?,
         LabAction::Datastore { dir, .. } => println!("{}", lab.write_datastore(&dir)?.display()),
+        LabAction::Vpc { action } => vpc_lab(action)?,
+    }
+    Ok(())
+}
+
+fn vpc_lab(action: VpcAction) -> anyhow::Result<()> {
+    let lab = VpcLab::new(VPC_LAB_PREFIX);
+    match action {
+        VpcAction::Up => {
+            lab.up()?;
+            lab.check_connectivity()?;
+            let ds = lab.write_datastore(&lab_datastore_dir().with_file_name("datastore-vpc"))?;
+            println!("VPC CNI lab up; namespaces: {}", lab.all_netns().join(" "));
+            println!(
+                "try: ip netns exec {} target/debug/agent diag --node-name {} --datastore {}",
+                lab.node.netns,
+                lab.node.name,
+                ds.parent().unwrap_or(&ds).display()
+            );
+        }
+        VpcAction::Down => lab.down(),
+        VpcAction::Fault { fault } => lab.fault(fault)?,
+        VpcAction::Repair => lab.repair()?,
     }
     Ok(())
 }

@@ -45,6 +45,10 @@ pub struct Expected {
     /// The BGP sessions calico-node's BIRD should have, and the routes it programs; judged
     /// only where BIRD answers (a cluster without BIRD has none of it).
     pub bgp: super::bgp::ExpectedBgp,
+    /// FelixConfiguration `interfacePrefix` when set (`eni` in policy-only mode on the AWS VPC
+    /// CNI); unset here when calico-node sets it by environment, as the operator does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface_prefix: Option<String>,
     /// What could not be derived, e.g. a remote node without a VTEP yet.
     pub notes: Vec<String>,
 }
@@ -379,6 +383,7 @@ pub fn compute(ds: &Datastore, node: &str, facts: &HostFacts) -> Result<Expected
             .collect(),
         bpf: cfg.bpf_enabled.unwrap_or(false),
         bgp: super::bgp::compute(ds, me),
+        interface_prefix: cfg.interface_prefix.clone(),
         notes,
     })
 }

@@ -36,6 +36,9 @@ pub struct Diag {
     /// The iptables backend (or nftables) holding Felix's rules.
     pub rules_backend: Option<String>,
     pub sysctls: SysctlSummary,
+    /// Policy-only on the AWS VPC CNI: its per-pod plumbing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_cni: Option<crate::observed::vpc_cni::VpcCni>,
     pub unavailable: Vec<Unavailable>,
     pub missing_capabilities: Vec<String>,
     /// calico-node's BGP sessions, when its BIRD answered.
@@ -131,7 +134,11 @@ pub struct SysctlSummary {
 
 /// Summarises the observed dataplane.
 pub fn build(obs: &ObservedDataplane) -> Diag {
-    let (modes, evidence) = detect_modes(obs);
+    let (modes, mut evidence) = detect_modes(obs);
+    let vpc_cni = crate::observed::vpc_cni::read(obs).filter(|_| !modes.is_empty());
+    if let Some(v) = &vpc_cni {
+        evidence.extend(v.evidence());
+    }
     let routes = group_routes(obs);
     let tunnels: Vec<Tunnel> = TUNNEL_DEVICES
         .iter()
@@ -177,6 +184,7 @@ pub fn build(obs: &ObservedDataplane) -> Diag {
         felix_chains,
         rules_backend,
         sysctls,
+        vpc_cni,
         unavailable: obs.unavailable.clone(),
         missing_capabilities: obs.missing_capabilities.clone(),
         bgp_sessions: obs.bgp_peers.clone(),

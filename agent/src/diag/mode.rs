@@ -113,7 +113,9 @@ pub fn detect_modes(obs: &ObservedDataplane) -> (Vec<Mode>, Vec<String>) {
         let workloads = obs
             .links
             .iter()
-            .filter(|l| is_workload_iface(&l.name))
+            .filter(|l| {
+                is_workload_iface(&l.name) || calico_conventions::vpc_cni::is_pod_veth(&l.name)
+            })
             .count();
         let chains = obs
             .iptables

@@ -13,6 +13,7 @@ pub mod netlink;
 pub mod netlink_events;
 pub mod nft;
 pub mod sysctl;
+pub mod vpc_cni;
 pub mod wireguard;
 
 pub use model::*;

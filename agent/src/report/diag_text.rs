@@ -189,6 +189,9 @@ pub fn text(a: &Analysis) -> String {
         );
     }
     elided(&mut o, d.workloads.len());
+    if let Some(v) = &d.vpc_cni {
+        vpc_cni(&mut o, v);
+    }
 
     let _ = writeln!(o, "\nFELIX RULES (backend in use: {})", rules_backend(a));
     for s in &d.felix_chains {
@@ -708,6 +711,87 @@ fn elided(o: &mut String, n: usize) {
 
 fn opt(v: Option<u8>) -> String {
     v.map_or_else(|| "?".into(), |v| v.to_string())
+}
+
+/// Policy-only on the AWS VPC CNI: the ENIs, their tables and rp_filter, the SNAT state and
+/// each pod's route and rules.
+fn vpc_cni(o: &mut String, v: &crate::observed::vpc_cni::VpcCni) {
+    let _ = writeln!(
+        o,
+        "\nAWS VPC CNI (it routes the pods; Felix {})",
+        match v.felix_dispatches {
+            Some(true) => "enforces policy on eni+",
+            Some(false) => "has NO eni+ dispatch: no policy",
+            None => "dispatch not read: nftables mode or iptables unreadable",
+        }
+    );
+    let rp = |x: Option<u8>| x.map_or("?".to_string(), |x| x.to_string());
+    if let Some(e) = &v.primary_eni {
+        let _ = writeln!(
+            o,
+            "  primary ENI {} {} (main table)  rp_filter {} (all {})",
+            e.name,
+            e.address.map(|a| a.to_string()).unwrap_or_default(),
+            rp(e.rp_filter),
+            rp(v.rp_filter_all)
+        );
+    }
+    for e in &v.secondary_enis {
+        let _ = writeln!(
+            o,
+            "  ENI {} {} table {}  rp_filter {}",
+            e.name,
+            e.address.map(|a| a.to_string()).unwrap_or_default(),
+            e.table,
+            rp(e.rp_filter)
+        );
+    }
+    for t in &v.tables {
+        let _ = writeln!(
+            o,
+            "  table {}: {} ({} route(s), {} rule(s) look it up)",
+            t.table,
+            t.default_route.as_deref().unwrap_or("NO DEFAULT ROUTE"),
+            t.routes,
+            t.rules
+        );
+    }
+    let s = &v.snat;
+    let snat = if !s.chain {
+        "AWS-SNAT-CHAIN-0 ABSENT".to_string()
+    } else if s.external() {
+        "external SNAT (AWS-SNAT-CHAIN-0 empty)".to_string()
+    } else {
+        format!(
+            "AWS-SNAT-CHAIN-0 in {} ({} rule(s), {}){}",
+            s.backend.as_deref().unwrap_or("iptables"),
+            s.chain_rules,
+            if s.hooked { "hooked" } else { "NOT HOOKED" },
+            s.snat_to
+                .as_ref()
+                .map(|t| format!(" to {t}"))
+                .unwrap_or_default()
+        )
+    };
+    let _ = writeln!(o, "  SNAT: {snat}");
+    let _ = writeln!(
+        o,
+        "  connmark: {}   {}",
+        s.connmark.as_deref().unwrap_or("none"),
+        v.fwmark_rule.as_deref().unwrap_or("no 1024 fwmark rule")
+    );
+    let _ = writeln!(o, "  pods ({}): IP, route in main, rules", v.pods.len());
+    for p in v.pods.iter().take(MAX_ROWS) {
+        let _ = writeln!(o, "    {}", p.summary());
+    }
+    elided(o, v.pods.len());
+    if !v.veths_without_route.is_empty() {
+        let _ = writeln!(
+            o,
+            "  veths without a route: {}",
+            v.veths_without_route.join(", ")
+        );
+    }
 }
 
 #[cfg(test)]

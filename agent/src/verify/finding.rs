@@ -64,6 +64,12 @@ check_ids! {
     BpfRouteMissing => "bpf.route.missing", "Calico's eBPF route map lacks an entry";
     ConntrackPressure => "conntrack.pressure", "the conntrack table is close to its limit";
     DataplaneModeMismatch => "dataplane.mode.mismatch", "the configured dataplane mode is not the one in use";
+    RulesDispatchMissing => "rules.dispatch.missing", "a workload interface has no entry in Felix's dispatch chains";
+    VpcCniRouteMissing => "vpccni.route.missing", "an AWS VPC CNI pod veth carries no /32 route";
+    VpcCniRuleMissing => "vpccni.rule.missing", "a VPC CNI ip rule (512 to a pod, 1536 from a pod, 1024 fwmark) is absent";
+    VpcCniTableMissing => "vpccni.table.missing", "a per-ENI route table that rules look up has no default route";
+    VpcCniRpFilterStrict => "vpccni.rp-filter.strict", "the primary ENI's rp_filter is strict where the VPC CNI needs it loose";
+    VpcCniSnatMissing => "vpccni.snat.missing", "the VPC CNI's SNAT chain, its hook or its connmark rules are absent";
 }
 
 impl std::fmt::Display for CheckId {

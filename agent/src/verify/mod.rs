@@ -6,6 +6,7 @@
 //! datastore run; the others are listed as skipped, with the reason.
 
 mod bgp;
+mod dispatch;
 pub mod finding;
 mod grace;
 mod history;
@@ -14,6 +15,7 @@ mod routes;
 mod rules;
 mod rules_fragment;
 mod tunnel;
+mod vpc_cni;
 mod wireguard;
 
 use serde::{Deserialize, Serialize};
@@ -219,6 +221,11 @@ fn needs(check: CheckId) -> &'static [Source] {
             &[Bgp]
         }
         CheckId::BgpSessionFlapping | CheckId::BpfRouteMissing => &[],
+        CheckId::RulesDispatchMissing => &[Iptables, Links],
+        CheckId::VpcCniRouteMissing => &[Routes, Links],
+        CheckId::VpcCniRuleMissing | CheckId::VpcCniTableMissing => &[Rules, Routes],
+        CheckId::VpcCniRpFilterStrict => &[Sysctls, Routes],
+        CheckId::VpcCniSnatMissing => &[Iptables],
     }
 }
 
@@ -257,6 +264,9 @@ pub fn verify(
         }
     }
     bgp::check(expected, obs, &mut out);
+    let bpf = expected.is_some_and(|e| e.bpf) || !obs.calico_bpf_pins.is_empty();
+    dispatch::check(obs, bpf, &mut out, &mut v.skipped);
+    vpc_cni::check(expected, obs, &mut out, &mut v.skipped, &mut v.notes);
     for (id, reason) in NOT_OBSERVED {
         v.skipped.push(
             Skipped::new(*id, NotRun::NotApplicable, *reason)

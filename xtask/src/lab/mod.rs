@@ -18,6 +18,7 @@ pub mod bird;
 mod datastore;
 pub mod felix_rules;
 pub mod spec;
+pub mod vpc_cni;
 
 use anyhow::{Context as _, bail};
 
