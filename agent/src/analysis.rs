@@ -304,7 +304,9 @@ pub fn expected_for(
     let Some(ds) = ds else {
         return Ok(None);
     };
-    match expected::compute(ds, &obs.node_name, &host_facts(obs)) {
+    // A bundle that does not say which node it is from is analysed as no node at all.
+    let node = Some(obs.node_name.as_str()).filter(|n| *n != expected::UNKNOWN_NODE);
+    match expected::compute(ds, node, &host_facts(obs)) {
         Err(expected::ExpectedError::UnknownNode { name, known, .. }) => {
             Err(expected::ExpectedError::UnknownNode {
                 looks_like: identity::check(ds, &name, obs).map(|m| m.looks_like),
@@ -319,7 +321,7 @@ pub fn expected_for(
 /// Says first when the dataplane carries another Node's identity than the one named: every
 /// finding would then be judged against someone else's expected state.
 pub fn check_identity(a: &mut Analysis, obs: &ObservedDataplane, ds: Option<&Datastore>) {
-    if let Some(ds) = ds {
+    if let Some(ds) = ds.filter(|_| obs.node_name != expected::UNKNOWN_NODE) {
         a.identity = identity::check(ds, &obs.node_name, obs);
     }
 }

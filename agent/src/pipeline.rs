@@ -10,7 +10,7 @@ use anyhow::Context as _;
 
 use crate::{
     analysis::{self, Analysis},
-    desired::{Datastore, files, kube},
+    desired::{Datastore, expected::UNKNOWN_NODE, files, identity::identify, kube},
     node,
     observed::{self, bundle},
     verify::{GraceTracker, Policy},
@@ -138,19 +138,8 @@ async fn analyse_bundle(input: &Input, dir: &Path) -> anyhow::Result<Analysis> {
     }
     let mut obs = b.observed;
     let ds = load_datastore(&input.datastore, &b.datastore_files).await?;
-    if let Some(n) = input.node_name.as_deref().filter(|n| !n.is_empty()) {
-        obs.node_name = n.to_string();
-    } else if obs.node_name.is_empty() {
-        // The analysing machine's hostname would name the wrong node.
-        if ds.is_some() {
-            anyhow::bail!(
-                "bundle {} does not say which node it was captured on (no hostname file): \
-                 pass --node-name",
-                dir.display()
-            );
-        }
-        obs.node_name = "(unnamed: the bundle holds no hostname)".into();
-    }
+    let mut notes = Vec::new();
+    obs.node_name = bundle_node(input, &obs, ds.as_ref(), &mut notes);
     let expected = analysis::expected_for(&obs, ds.as_ref())?;
     let mut a = analysis::analyse(
         &obs,
@@ -166,9 +155,42 @@ async fn analyse_bundle(input: &Input, dir: &Path) -> anyhow::Result<Analysis> {
         .iter()
         .map(|(p, f)| format!("read {} as {f}", p.display()))
         .chain(b.notes)
+        .chain(notes)
         .collect();
     a.bundle = Some(dir.display().to_string());
     Ok(a)
+}
+
+/// Which node a bundle is from: `--node-name`; else the bundle's own hostname or nodename
+/// file; else the one datastore Node its addresses, tunnel addresses, VTEP MAC or blocks
+/// belong to; else unknown, and the checks that need to know are listed as not run. Never the
+/// machine reading the bundle.
+fn bundle_node(
+    input: &Input,
+    obs: &observed::ObservedDataplane,
+    ds: Option<&Datastore>,
+    notes: &mut Vec<String>,
+) -> String {
+    if let Some(n) = input.node_name.as_deref().filter(|n| !n.is_empty()) {
+        return n.to_string();
+    }
+    if !obs.node_name.is_empty() {
+        return obs.node_name.clone();
+    }
+    if let Some(found) = ds.and_then(|ds| identify(ds, obs)) {
+        notes.push(format!(
+            "node: the bundle names none; its data belongs to {} ({})",
+            found.node,
+            found.evidence.join(", ")
+        ));
+        return found.node;
+    }
+    notes.push(
+        "node: unknown (no --node-name, no hostname or nodename file, and no datastore Node \
+         holds the bundle's addresses); checks that need to know which node are not run"
+            .into(),
+    );
+    UNKNOWN_NODE.to_string()
 }
 
 async fn live_pass(

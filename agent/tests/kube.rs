@@ -164,8 +164,8 @@ async fn recorded_lists_give_the_same_datastore_as_the_yaml() {
     assert_eq!(ds.nodes, nodes);
     for node in ["node-a", "node-b"] {
         assert_eq!(
-            compute(&ds, node, &facts()).expect("expected"),
-            compute(&yaml, node, &facts()).expect("expected")
+            compute(&ds, Some(node), &facts()).expect("expected"),
+            compute(&yaml, Some(node), &facts()).expect("expected")
         );
     }
     let seen = requests.lock().expect("lock").clone();

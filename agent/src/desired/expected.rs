@@ -7,7 +7,7 @@ use ipnet::{IpNet, Ipv4Net};
 use regex::Regex;
 use serde::Serialize;
 
-use super::{Block, Datastore, EncapMode, Node, ProtoPort};
+use super::{Block, Datastore, EncapMode, Kind, Node, ProtoPort};
 
 use calico_conventions::{
     FAILSAFE_IN, FAILSAFE_OUT, IPIP_OVERHEAD, VXLAN_OVERHEAD, WIREGUARD_OVERHEAD,
@@ -24,6 +24,14 @@ pub const DEFAULT_MTU_IFACE_PATTERN: &str = r"^((en|wl|ww|sl|ib)[Pcopsvx].*|(eth
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Expected {
     pub node: String,
+    /// Whether the input says which node this is; without it nothing node-specific (local
+    /// blocks, own addresses, which blocks are remote) can be expected.
+    pub node_known: bool,
+    /// The datastore kinds the input held: a check whose kinds are missing does not run.
+    pub kinds: Vec<Kind>,
+    /// The IPv4 pools that carry workloads, with their encapsulation: enough to judge which
+    /// device each route into a pool must leave by, with or without IPAM blocks.
+    pub pools: Vec<PoolEncap>,
     pub node_ip: Option<Ipv4Net>,
     /// Blocks affine to this node.
     pub local_blocks: Vec<Ipv4Net>,
@@ -34,9 +42,11 @@ pub struct Expected {
     /// Remote VTEPs: one permanent ARP entry and one FDB entry each.
     pub vteps: Vec<Vtep>,
     pub workloads: Vec<ExpectedWorkload>,
-    /// The largest MTU a workload interface may have: the smallest enabled tunnel MTU.
-    pub pod_mtu: u32,
-    pub host_mtu: u32,
+    /// The largest MTU a workload interface may have: the smallest enabled tunnel MTU. `None`
+    /// when it depends on an underlay MTU the input does not show.
+    pub pod_mtu: Option<u32>,
+    /// The MTU Felix detects from the underlay; `None` when the input lacks the underlay link.
+    pub host_mtu: Option<u32>,
     pub failsafe_in: Vec<ProtoPort>,
     pub failsafe_out: Vec<ProtoPort>,
     /// Pools with `natOutgoing: true`.
@@ -54,9 +64,17 @@ pub struct Expected {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolEncap {
+    pub cidr: Ipv4Net,
+    pub vxlan: EncapMode,
+    pub ipip: EncapMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExpectedTunnel {
     pub device: String,
-    pub mtu: u32,
+    /// `None` when auto-detected from an underlay the input does not show.
+    pub mtu: Option<u32>,
     pub address: Option<Ipv4Addr>,
     /// VXLAN only: VNI, port, the VTEP MAC, and the node IP the device must be bound to.
     pub vni: Option<u32>,
@@ -68,7 +86,9 @@ pub struct ExpectedTunnel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExpectedWireguard {
     pub device: String,
-    pub mtu: u32,
+    pub mtu: Option<u32>,
+    /// `spec.wireguard.interfaceIPv4Address`, which Felix puts on the device as a /32.
+    pub address: Option<Ipv4Addr>,
     pub listen_port: u16,
     pub rule_priority: u32,
     pub peers: Vec<WireguardPeer>,
@@ -124,6 +144,15 @@ pub struct HostFacts {
     pub links: Vec<(String, u32, bool)>,
 }
 
+impl HostFacts {
+    /// Whether these are all the node's links: a full `ip link` listing (and every live read)
+    /// starts with `lo`; a pasted `ip link show vxlan.calico` does not, and then a link that
+    /// is not there may simply not have been pasted.
+    fn complete(&self) -> bool {
+        self.links.iter().any(|(name, _, _)| name == "lo")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExpectedError {
     #[error(
@@ -147,15 +176,17 @@ pub enum ExpectedError {
     },
 }
 
-/// The smallest MTU of the oper-up links matching `pattern`, or Felix's 1460 fallback.
-pub fn host_mtu(facts: &HostFacts, pattern: &Regex) -> u32 {
+/// The smallest MTU of the oper-up links matching `pattern`; Felix's 1460 fallback when the
+/// node has no such link (`findHostMTU`, reference §2); `None` when the links at hand are not
+/// all the node's, so that the fallback would be a guess.
+pub fn host_mtu(facts: &HostFacts, pattern: &Regex) -> Option<u32> {
     facts
         .links
         .iter()
         .filter(|(name, _, up)| *up && pattern.is_match(name))
         .map(|(_, mtu, _)| *mtu)
         .min()
-        .unwrap_or(DEFAULT_HOST_MTU)
+        .or_else(|| facts.complete().then_some(DEFAULT_HOST_MTU))
 }
 
 fn v4(net: &IpNet) -> Option<Ipv4Net> {
@@ -196,14 +227,29 @@ fn known_nodes(known: &[String]) -> String {
     )
 }
 
-/// Computes what Felix should program on `node`.
-pub fn compute(ds: &Datastore, node: &str, facts: &HostFacts) -> Result<Expected, ExpectedError> {
-    let me = ds.node(node).ok_or_else(|| ExpectedError::UnknownNode {
-        name: node.to_string(),
-        known: super::identity::closest_names(ds, node),
-        looks_like: None,
-    })?;
-    let cfg = ds.felix_config(node);
+/// The name [`Expected::node`] carries when the input does not say which node it is from.
+pub const UNKNOWN_NODE: &str = "unknown node";
+
+/// Computes what Felix should program on `node` (`None`: a node the input does not name), from
+/// whatever kinds the datastore holds. Only a node named but absent from a datastore that
+/// holds Nodes is an error: without Nodes at all, what needs this node's is not expected.
+pub fn compute(
+    ds: &Datastore,
+    node: Option<&str>,
+    facts: &HostFacts,
+) -> Result<Expected, ExpectedError> {
+    let me = match node {
+        Some(name) if ds.has(Kind::Node) => {
+            Some(ds.node(name).ok_or_else(|| ExpectedError::UnknownNode {
+                name: name.to_string(),
+                known: super::identity::closest_names(ds, name),
+                looks_like: None,
+            })?)
+        }
+        _ => None,
+    };
+    // Felix's per-node FelixConfiguration applies only to a node we can name.
+    let cfg = ds.felix_config(node.unwrap_or_default());
     let pattern_src = cfg
         .mtu_iface_pattern
         .clone()
@@ -218,151 +264,113 @@ pub fn compute(ds: &Datastore, node: &str, facts: &HostFacts) -> Result<Expected
         .iter()
         .filter(|p| p.cidr.addr().is_ipv4() && p.routes_workloads())
         .collect();
-    let vxlan_on = cfg
-        .vxlan_enabled
-        .unwrap_or_else(|| v4_pools.iter().any(|p| p.vxlan.enabled()));
-    let ipip_on = cfg
-        .ipip_enabled
-        .unwrap_or_else(|| v4_pools.iter().any(|p| p.ipip.enabled()));
+    // Without pools, this node's own tunnel addresses say which encapsulations it uses:
+    // calico-node allocates them only for pools that have the mode.
+    let from_pools = |in_pools: bool, own: Option<Ipv4Addr>| {
+        if ds.has(Kind::IpPool) {
+            in_pools
+        } else {
+            own.is_some()
+        }
+    };
+    let vxlan_on = cfg.vxlan_enabled.unwrap_or_else(|| {
+        from_pools(
+            v4_pools.iter().any(|p| p.vxlan.enabled()),
+            me.and_then(|n| n.ipv4_vxlan_tunnel),
+        )
+    });
+    let ipip_on = cfg.ipip_enabled.unwrap_or_else(|| {
+        from_pools(
+            v4_pools.iter().any(|p| p.ipip.enabled()),
+            me.and_then(|n| n.ipv4_ipip_tunnel),
+        )
+    });
     let wg_on = cfg.wireguard_enabled.unwrap_or(false);
     let configured = |v: Option<u32>| v.filter(|m| *m > 0);
-    let vxlan_mtu = configured(cfg.vxlan_mtu).unwrap_or(host_mtu.saturating_sub(VXLAN_OVERHEAD));
-    let ipip_mtu = configured(cfg.ipip_mtu).unwrap_or(host_mtu.saturating_sub(IPIP_OVERHEAD));
-    let wg_mtu =
-        configured(cfg.wireguard_mtu).unwrap_or(host_mtu.saturating_sub(WIREGUARD_OVERHEAD));
-    let pod_mtu = [(vxlan_on, vxlan_mtu), (ipip_on, ipip_mtu), (wg_on, wg_mtu)]
+    let auto = |overhead: u32| host_mtu.map(|h| h.saturating_sub(overhead));
+    let vxlan_mtu = configured(cfg.vxlan_mtu).or_else(|| auto(VXLAN_OVERHEAD));
+    let ipip_mtu = configured(cfg.ipip_mtu).or_else(|| auto(IPIP_OVERHEAD));
+    let wg_mtu = configured(cfg.wireguard_mtu).or_else(|| auto(WIREGUARD_OVERHEAD));
+    let enabled: Vec<Option<u32>> = [(vxlan_on, vxlan_mtu), (ipip_on, ipip_mtu), (wg_on, wg_mtu)]
         .iter()
         .filter(|(on, _)| *on)
         .map(|(_, m)| *m)
-        .min()
-        .unwrap_or(host_mtu);
+        .collect();
+    // The smallest enabled tunnel MTU is known only when each of them is.
+    let pod_mtu = if enabled.is_empty() {
+        host_mtu
+    } else {
+        enabled
+            .iter()
+            .copied()
+            .collect::<Option<Vec<u32>>>()
+            .and_then(|v| v.into_iter().min())
+    };
 
-    let node_ip = me.ipv4;
+    let node_ip = me.and_then(|n| n.ipv4);
     let mut notes = Vec::new();
     let blocks: Vec<&Block> = ds.blocks.iter().filter(|b| !b.deleted).collect();
     let local_blocks: Vec<Ipv4Net> = blocks
         .iter()
-        .filter(|b| b.affinity.as_deref() == Some(node))
+        .filter(|b| node.is_some() && b.affinity.as_deref() == node)
         .filter_map(|b| v4(&b.cidr))
         .collect();
 
     let vxlan = vxlan_on.then(|| ExpectedTunnel {
         device: VXLAN_DEV.into(),
         mtu: vxlan_mtu,
-        address: me.ipv4_vxlan_tunnel,
+        address: me.and_then(|n| n.ipv4_vxlan_tunnel),
         vni: Some(cfg.vxlan_vni.unwrap_or(calico_conventions::VXLAN_VNI)),
         port: Some(cfg.vxlan_port.unwrap_or(calico_conventions::VXLAN_PORT)),
-        mac: Some(me.vxlan_mac.clone().unwrap_or_else(|| vtep_mac(node))),
+        mac: node.map(|name| {
+            me.and_then(|n| n.vxlan_mac.clone())
+                .unwrap_or_else(|| vtep_mac(name))
+        }),
         local: node_ip.map(|n| n.addr()),
     });
     let ipip = ipip_on.then(|| ExpectedTunnel {
         device: IPIP_DEV.into(),
         mtu: ipip_mtu,
-        address: me.ipv4_ipip_tunnel,
+        address: me.and_then(|n| n.ipv4_ipip_tunnel),
         vni: None,
         port: None,
         mac: None,
         local: None,
     });
 
+    // Which blocks are remote, and how to reach them, needs this node's name and the other
+    // Nodes; without them only the pools' modes are judged (verify/routes.rs).
     let mut routes = Vec::new();
     let mut vteps = Vec::new();
-    for remote in ds.nodes.iter().filter(|n| n.name != node) {
-        if vxlan_on {
-            match (remote.ipv4, remote.ipv4_vxlan_tunnel) {
-                (Some(ip), Some(tun)) => vteps.push(Vtep {
-                    node: remote.name.clone(),
-                    tunnel_ip: tun,
-                    mac: remote.vxlan_mac.clone().unwrap_or_else(|| vtep_mac(&remote.name)),
-                    node_ip: ip.addr(),
-                }),
-                _ => notes.push(format!("node {} has no VXLAN tunnel address or node IP yet: Felix programs no VTEP for it", remote.name)),
-            }
-        }
-    }
-    for b in &blocks {
-        let (Some(owner), Some(cidr)) = (b.affinity.as_deref(), v4(&b.cidr)) else {
-            continue;
-        };
-        let Some(pool) = ds.pool_for(&b.cidr) else {
-            notes.push(format!("block {cidr} is in no IP pool: no route expected"));
-            continue;
-        };
-        if !pool.routes_workloads() {
-            continue;
-        }
-        if owner == node {
-            routes.push(ExpectedRoute {
-                destination: cidr,
-                target: RouteTarget::Blackhole,
-                reason: "local block".into(),
-            });
-            continue;
-        }
-        let Some(remote) = ds.node(owner) else {
-            notes.push(format!("block {cidr} is affine to {owner}, which is not in the datastore: no route expected"));
-            continue;
-        };
-        if let Some(target) =
-            remote_target(pool.vxlan, pool.ipip, node_ip, remote, &vteps, &mut notes)
-        {
-            routes.push(ExpectedRoute {
-                destination: cidr,
-                target,
-                reason: format!("block of {owner}"),
-            });
-        }
-    }
-    // Borrowed addresses: an allocation whose owner is not the block's node gets a /32 to its
-    // owner, which beats the block route by longest prefix.
-    for b in &blocks {
-        for a in &b.allocations {
-            let (Some(owner), IpAddr::V4(ip)) = (a.attrs.get("node"), a.ip) else {
-                continue;
-            };
-            if Some(owner.as_str()) == b.affinity.as_deref() || owner == node {
-                continue;
-            }
-            let (Some(pool), Some(remote)) = (ds.pool_for(&b.cidr), ds.node(owner)) else {
-                continue;
-            };
-            if let Some(target) =
-                remote_target(pool.vxlan, pool.ipip, node_ip, remote, &vteps, &mut notes)
-            {
-                routes.push(ExpectedRoute {
-                    destination: Ipv4Net::from(ip),
-                    target,
-                    reason: format!("address borrowed by {owner}"),
-                });
-            }
-        }
-    }
-    // A remote tunnel address outside its owner's blocks is routed as a device route.
-    for v in &vteps {
-        let in_own_block = blocks.iter().any(|b| {
-            b.affinity.as_deref() == Some(v.node.as_str())
-                && b.cidr.contains(&IpAddr::V4(v.tunnel_ip))
-        });
-        if !in_own_block
-            && !routes
-                .iter()
-                .any(|r| r.destination == Ipv4Net::from(v.tunnel_ip))
-        {
-            routes.push(ExpectedRoute {
-                destination: Ipv4Net::from(v.tunnel_ip),
-                target: RouteTarget::Device {
-                    device: VXLAN_DEV.into(),
-                    gateway: None,
-                },
-                reason: format!("tunnel address of {}", v.node),
-            });
-        }
+    if let Some(node) = node {
+        remote_routes(
+            ds,
+            node,
+            node_ip,
+            vxlan_on,
+            &blocks,
+            &mut routes,
+            &mut vteps,
+            &mut notes,
+        );
     }
 
-    let workloads = workloads(ds, node, &blocks);
-    let wireguard = wg_on.then(|| wireguard(ds, node, &blocks, &cfg, wg_mtu));
+    let workloads = node.map_or_else(Vec::new, |n| workloads(ds, n, &blocks));
+    let wireguard = wg_on.then(|| wireguard(ds, node, me, &blocks, &cfg, wg_mtu));
     Ok(Expected {
-        node: node.to_string(),
+        node: node.unwrap_or(UNKNOWN_NODE).to_string(),
+        node_known: node.is_some(),
+        kinds: ds.kinds(),
+        pools: v4_pools
+            .iter()
+            .filter_map(|p| {
+                Some(PoolEncap {
+                    cidr: v4(&p.cidr)?,
+                    vxlan: p.vxlan,
+                    ipip: p.ipip,
+                })
+            })
+            .collect(),
         node_ip,
         local_blocks,
         vxlan,
@@ -382,10 +390,139 @@ pub fn compute(ds: &Datastore, node: &str, facts: &HostFacts) -> Result<Expected
             .map(|p| p.cidr)
             .collect(),
         bpf: cfg.bpf_enabled.unwrap_or(false),
-        bgp: super::bgp::compute(ds, me),
+        // Sessions are per node: none can be expected of a node the input does not identify.
+        bgp: me.map(|me| super::bgp::compute(ds, me)).unwrap_or_default(),
         interface_prefix: cfg.interface_prefix.clone(),
         notes,
     })
+}
+
+/// The routes Felix programs on `node` for IPAM blocks (local blackholes, remote blocks,
+/// borrowed /32s, remote tunnel addresses) and the remote VTEPs (reference §1.3–§1.6).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the outputs are filled together"
+)]
+fn remote_routes(
+    ds: &Datastore,
+    node: &str,
+    node_ip: Option<Ipv4Net>,
+    vxlan_on: bool,
+    blocks: &[&Block],
+    routes: &mut Vec<ExpectedRoute>,
+    vteps: &mut Vec<Vtep>,
+    notes: &mut Vec<String>,
+) {
+    for remote in ds.nodes.iter().filter(|n| n.name != node) {
+        if vxlan_on {
+            match (remote.ipv4, remote.ipv4_vxlan_tunnel) {
+                (Some(ip), Some(tun)) => vteps.push(Vtep {
+                    node: remote.name.clone(),
+                    tunnel_ip: tun,
+                    mac: remote.vxlan_mac.clone().unwrap_or_else(|| vtep_mac(&remote.name)),
+                    node_ip: ip.addr(),
+                }),
+                _ => notes.push(format!("node {} has no VXLAN tunnel address or node IP yet: Felix programs no VTEP for it", remote.name)),
+            }
+        }
+    }
+    // A remote VTEP's own tunnel address is routed as `<tunnel IP> dev vxlan.calico scope
+    // link` — directly connected, no gateway — when it is not inside a block of its owner's
+    // that is routed via it: borrowed from another node's block, or from a /32 tunnel pool
+    // (`l3_route_resolver.go` isRemoteTunnelRoute/isBorrowedRoute, reference §1.5).
+    let tunnel_of =
+        |owner: &str, ip: Ipv4Addr| vteps.iter().any(|v| v.node == owner && v.tunnel_ip == ip);
+    let vtep_ips: Vec<(String, Ipv4Addr)> = vteps
+        .iter()
+        .map(|v| (v.node.clone(), v.tunnel_ip))
+        .collect();
+    for b in blocks {
+        let (Some(owner), Some(cidr)) = (b.affinity.as_deref(), v4(&b.cidr)) else {
+            continue;
+        };
+        let Some(pool) = ds.pool_for(&b.cidr) else {
+            notes.push(format!("block {cidr} is in no IP pool: no route expected"));
+            continue;
+        };
+        if !pool.routes_workloads() {
+            continue;
+        }
+        if owner == node {
+            // Felix blackholes its own blocks except /32s (`routeIsLocalBlock`, §1.4).
+            if cidr.prefix_len() < 32 {
+                routes.push(ExpectedRoute {
+                    destination: cidr,
+                    target: RouteTarget::Blackhole,
+                    reason: "local block".into(),
+                });
+            }
+            continue;
+        }
+        let Some(remote) = ds.node(owner) else {
+            if ds.has(Kind::Node) {
+                notes.push(format!("block {cidr} is affine to {owner}, which is not in the datastore: no route expected"));
+            }
+            continue;
+        };
+        if cidr.prefix_len() == 32 && pool.vxlan.enabled() && tunnel_of(owner, cidr.addr()) {
+            // A /32 tunnel pool's block: the VTEP route below covers it.
+            continue;
+        }
+        if let Some(target) = remote_target(pool.vxlan, pool.ipip, node_ip, remote, vteps, notes) {
+            routes.push(ExpectedRoute {
+                destination: cidr,
+                target,
+                reason: format!("block of {owner}"),
+            });
+        }
+    }
+    // Borrowed addresses: an allocation whose owner is not the block's node gets a /32 to its
+    // owner, which beats the block route by longest prefix.
+    for b in blocks {
+        for a in &b.allocations {
+            let (Some(owner), IpAddr::V4(ip)) = (a.attrs.get("node"), a.ip) else {
+                continue;
+            };
+            if Some(owner.as_str()) == b.affinity.as_deref() || owner == node {
+                continue;
+            }
+            let (Some(pool), Some(remote)) = (ds.pool_for(&b.cidr), ds.node(owner)) else {
+                continue;
+            };
+            if pool.vxlan.enabled() && tunnel_of(owner, ip) {
+                // A borrowed VTEP address: the device route below, not `via` itself.
+                continue;
+            }
+            if let Some(target) =
+                remote_target(pool.vxlan, pool.ipip, node_ip, remote, vteps, notes)
+            {
+                routes.push(ExpectedRoute {
+                    destination: Ipv4Net::from(ip),
+                    target,
+                    reason: format!("address borrowed by {owner}"),
+                });
+            }
+        }
+    }
+    for (owner, tunnel_ip) in vtep_ips {
+        let via_own_block = routes
+            .iter()
+            .any(|r| r.reason == format!("block of {owner}") && r.destination.contains(&tunnel_ip));
+        if !via_own_block
+            && !routes
+                .iter()
+                .any(|r| r.destination == Ipv4Net::from(tunnel_ip))
+        {
+            routes.push(ExpectedRoute {
+                destination: Ipv4Net::from(tunnel_ip),
+                target: RouteTarget::Device {
+                    device: VXLAN_DEV.into(),
+                    gateway: None,
+                },
+                reason: format!("tunnel address of {owner}"),
+            });
+        }
+    }
 }
 
 /// How this node reaches a block or address owned by `remote`, per the pool's encapsulation.
@@ -470,15 +607,17 @@ fn workloads(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedWorkl
 
 fn wireguard(
     ds: &Datastore,
-    node: &str,
+    node: Option<&str>,
+    me: Option<&Node>,
     blocks: &[&Block],
     cfg: &super::FelixConfigurationSpec,
-    mtu: u32,
+    mtu: Option<u32>,
 ) -> ExpectedWireguard {
+    // Which Nodes are peers needs to know which one is this node.
     let peers = ds
         .nodes
         .iter()
-        .filter(|n| n.name != node)
+        .filter(|n| node.is_some_and(|me| n.name != me))
         .filter_map(|n| {
             let key = n.wireguard_public_key.clone()?;
             let mut allowed: Vec<IpNet> = blocks
@@ -508,6 +647,16 @@ fn wireguard(
             .clone()
             .unwrap_or_else(|| WIREGUARD_DEV.into()),
         mtu,
+        // Felix puts `interfaceIPv4Address` on the device as a /32 (`ensureLinkAddress`,
+        // reference §3); with host encryption and no tunnel address, the node IP.
+        address: me.and_then(|n| {
+            n.wireguard_ipv4.or_else(|| {
+                cfg.wireguard_host_encryption_enabled
+                    .unwrap_or(false)
+                    .then(|| n.ipv4.map(|ip| ip.addr()))
+                    .flatten()
+            })
+        }),
         listen_port: cfg.wireguard_listening_port.unwrap_or(51820),
         rule_priority: cfg.wireguard_routing_rule_priority.unwrap_or(99),
         peers,
@@ -576,14 +725,14 @@ spec:
 
     #[test]
     fn vxlan_always_two_nodes() {
-        let e = compute(&ds(TWO_NODES), "a", &facts()).expect("expected");
+        let e = compute(&ds(TWO_NODES), Some("a"), &facts()).expect("expected");
         insta::assert_yaml_snapshot!(e);
     }
 
     #[test]
     fn cross_subnet_uses_underlay_in_subnet_and_tunnel_outside() {
         let text = TWO_NODES.replace("vxlanMode: Always", "vxlanMode: CrossSubnet");
-        let e = compute(&ds(&text), "a", &facts()).expect("expected");
+        let e = compute(&ds(&text), Some("a"), &facts()).expect("expected");
         let r = e
             .routes
             .iter()
@@ -596,7 +745,7 @@ spec:
             }
         );
         let text = text.replace("10.0.0.2/24", "10.1.0.2/24");
-        let e = compute(&ds(&text), "a", &facts()).expect("expected");
+        let e = compute(&ds(&text), Some("a"), &facts()).expect("expected");
         let r = e
             .routes
             .iter()
@@ -613,21 +762,174 @@ spec:
 
     #[test]
     fn mtu_follows_host_or_configuration() {
-        let e = compute(&ds(TWO_NODES), "a", &HostFacts::default()).expect("expected");
+        // A node without any link matching mtuIfacePattern: Felix's 1460 fallback.
+        let only_lo = HostFacts {
+            links: vec![("lo".into(), 65536, true)],
+        };
+        let e = compute(&ds(TWO_NODES), Some("a"), &only_lo).expect("expected");
         assert_eq!(
-            (e.host_mtu, e.vxlan.as_ref().map(|v| v.mtu), e.pod_mtu),
-            (1460, Some(1410), 1410)
+            (e.host_mtu, e.vxlan.as_ref().and_then(|v| v.mtu), e.pod_mtu),
+            (Some(1460), Some(1410), Some(1410))
         );
+        // Links that are not all the node's (a pasted `ip link show vxlan.calico`), or none:
+        // the underlay's MTU is unknown, and so is every MTU derived from it.
+        for partial in [
+            HostFacts::default(),
+            HostFacts {
+                links: vec![("vxlan.calico".into(), 1450, true)],
+            },
+        ] {
+            let e = compute(&ds(TWO_NODES), Some("a"), &partial).expect("expected");
+            assert_eq!(
+                (e.host_mtu, e.vxlan.as_ref().and_then(|v| v.mtu), e.pod_mtu),
+                (None, None, None)
+            );
+        }
         let text = format!(
             "{TWO_NODES}---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: default}}\nspec: {{vxlanMTU: 1400}}\n"
         );
-        let e = compute(&ds(&text), "a", &facts()).expect("expected");
-        assert_eq!(e.vxlan.map(|v| v.mtu), Some(1400));
+        let e = compute(&ds(&text), Some("a"), &facts()).expect("expected");
+        assert_eq!(e.vxlan.and_then(|v| v.mtu), Some(1400));
+        // A configured MTU needs no underlay.
+        let e = compute(&ds(&text), Some("a"), &HostFacts::default()).expect("expected");
+        assert_eq!(e.vxlan.and_then(|v| v.mtu), Some(1400));
+    }
+
+    /// A third node whose VXLAN tunnel address was borrowed from node b's block.
+    const BORROWED_TUNNEL: &str = "
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: c}
+spec: {bgp: {ipv4Address: 10.0.0.3/24}, ipv4VXLANTunnelAddr: 10.244.1.5}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {name: 10-244-1-0-26-c}
+spec:
+  cidr: 10.244.1.0/26
+  affinity: host:b
+  allocations: [0, null, null, null, null, 1]
+  attributes:
+  - {handle_id: vxlan-tunnel-addr-b, secondary: {node: b, type: vxlanTunnelAddress}}
+  - {handle_id: vxlan-tunnel-addr-c, secondary: {node: c, type: vxlanTunnelAddress}}
+";
+
+    /// Issue 13 point 4: Felix programs `<tunnel IP> dev vxlan.calico scope link` for a
+    /// remote VTEP whose tunnel address is borrowed (reference §1.5), not `via` itself.
+    #[test]
+    fn a_borrowed_tunnel_address_is_a_device_route() {
+        let text = TWO_NODES
+            .split("---\napiVersion: crd.projectcalico.org/v1\nkind: IPAMBlock\nmetadata: {name: 10-244-1-0-26}")
+            .next()
+            .expect("prefix")
+            .to_string()
+            + BORROWED_TUNNEL;
+        let e = compute(&ds(&text), Some("a"), &facts()).expect("expected");
+        let to_c: Vec<_> = e
+            .routes
+            .iter()
+            .filter(|r| r.destination.to_string() == "10.244.1.5/32")
+            .collect();
+        assert_eq!(to_c.len(), 1, "{:?}", e.routes);
+        assert_eq!(
+            to_c[0].target,
+            RouteTarget::Device {
+                device: VXLAN_DEV.into(),
+                gateway: None
+            }
+        );
+        assert_eq!(to_c[0].reason, "tunnel address of c");
+        // The lending node's block is still routed via its own VTEP.
+        assert!(e.routes.iter().any(|r| r.reason == "block of b"
+            && r.target
+                == RouteTarget::Device {
+                    device: VXLAN_DEV.into(),
+                    gateway: Some(Ipv4Addr::new(10, 244, 1, 0))
+                }));
+    }
+
+    /// A tunnel pool of /32 blocks: each remote tunnel address is a device route, and this
+    /// node's own /32 gets no blackhole (`routeIsLocalBlock`, reference §1.4–§1.5).
+    #[test]
+    fn a_32_tunnel_pool_gets_device_routes_and_no_blackhole() {
+        let text = format!(
+            "{}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {{name: tunnels}}
+spec: {{cidr: 10.245.0.0/24, vxlanMode: Always, blockSize: 32, allowedUses: [Tunnel]}}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {{name: t-a}}
+spec: {{cidr: 10.245.0.0/32, affinity: host:a, allocations: [0], attributes: [{{secondary: {{node: a, type: vxlanTunnelAddress}}}}]}}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {{name: t-b}}
+spec: {{cidr: 10.245.0.1/32, affinity: host:b, allocations: [0], attributes: [{{secondary: {{node: b, type: vxlanTunnelAddress}}}}]}}
+",
+            TWO_NODES
+                .replace("ipv4VXLANTunnelAddr: 10.244.0.0", "ipv4VXLANTunnelAddr: 10.245.0.0")
+                .replace("ipv4VXLANTunnelAddr: 10.244.1.0", "ipv4VXLANTunnelAddr: 10.245.0.1")
+        );
+        let e = compute(&ds(&text), Some("a"), &facts()).expect("expected");
+        let to = |dst: &str| {
+            e.routes
+                .iter()
+                .filter(|r| r.destination.to_string() == dst)
+                .map(|r| r.target.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            to("10.245.0.1/32"),
+            [RouteTarget::Device {
+                device: VXLAN_DEV.into(),
+                gateway: None
+            }]
+        );
+        assert_eq!(to("10.245.0.0/32"), []);
+        assert_eq!(
+            to("10.244.1.0/26"),
+            [RouteTarget::Device {
+                device: VXLAN_DEV.into(),
+                gateway: Some(Ipv4Addr::new(10, 245, 0, 1))
+            }]
+        );
+    }
+
+    /// Issue 13 point 1: a datastore of one kind is not an error, whatever the node.
+    #[test]
+    fn a_partial_datastore_expects_what_its_kinds_say() {
+        let pool_only = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16, vxlanMode: Always}\n";
+        for node in [Some("any-name"), None] {
+            let e = compute(&ds(pool_only), node, &facts()).expect("no error for a missing kind");
+            assert_eq!(e.kinds, [Kind::IpPool]);
+            assert_eq!(e.node_known, node.is_some());
+            assert!(e.routes.is_empty() && e.vteps.is_empty(), "{e:?}");
+            assert_eq!(e.pools.len(), 1);
+            let vx = e.vxlan.expect("the pool's mode enables VXLAN");
+            assert_eq!((vx.address, vx.local), (None, None));
+        }
+        // Nodes only: this node's tunnel address says VXLAN is on, and its VTEP's local
+        // address is the Node's.
+        let node_only = TWO_NODES
+            .split("---")
+            .filter(|d| d.contains("kind: Node"))
+            .collect::<Vec<_>>()
+            .join("---");
+        let e = compute(&ds(&node_only), Some("a"), &facts()).expect("expected");
+        let vx = e.vxlan.expect("vxlan from the node's tunnel address");
+        assert_eq!(vx.local, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        // A named node absent from a datastore that holds Nodes is still an error.
+        assert!(compute(&ds(&node_only), Some("zz"), &facts()).is_err());
     }
 
     #[test]
     fn unknown_node_is_an_error() {
-        let err = compute(&ds(TWO_NODES), "zz", &facts()).expect_err("unknown node");
+        let err = compute(&ds(TWO_NODES), Some("zz"), &facts()).expect_err("unknown node");
         assert!(err.to_string().contains("\"zz\" is not in the datastore"));
     }
 }

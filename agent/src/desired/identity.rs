@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Datastore, Node, expected};
-use crate::observed::ObservedDataplane;
+use super::{Block, Datastore, Node, expected};
+use crate::observed::{ObservedDataplane, RouteType, TABLE_LOCAL};
 
 /// The dataplane carries another node's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,24 +30,61 @@ impl std::fmt::Display for IdentityMismatch {
     }
 }
 
+/// The addresses the node holds, with their devices: `ip addr`, and what routes show of them
+/// when only `ip route` was captured (the `src` of connected routes, the local table).
+fn held_addresses(obs: &ObservedDataplane) -> Vec<(IpAddr, &str)> {
+    let mut held: Vec<(IpAddr, &str)> = obs
+        .addresses
+        .iter()
+        .map(|a| (a.address.addr(), a.ifname.as_str()))
+        .collect();
+    for r in &obs.routes {
+        let Some(dev) = r.dev.as_deref() else {
+            continue;
+        };
+        if r.kind == RouteType::Local && r.table == TABLE_LOCAL {
+            held.push((r.destination.addr(), dev));
+        }
+        if let Some(src) = r.prefsrc {
+            held.push((src, dev));
+        }
+    }
+    held.sort_unstable();
+    held.dedup();
+    held
+}
+
 /// What of `node`'s identity the dataplane holds.
-fn evidence(node: &Node, obs: &ObservedDataplane) -> Vec<String> {
+fn evidence(node: &Node, obs: &ObservedDataplane, blocks: &[&Block]) -> Vec<String> {
     let mut out = Vec::new();
+    let held = held_addresses(obs);
     let on = |dev: Option<&str>, ip: Ipv4Addr| {
-        obs.addresses
-            .iter()
-            .find(|a| a.address.addr() == IpAddr::V4(ip) && dev.is_none_or(|d| a.ifname == d))
+        held.iter()
+            .find(|(a, on)| *a == IpAddr::V4(ip) && dev.is_none_or(|d| *on == d))
     };
-    if let Some(a) = node.ipv4.and_then(|n| on(None, n.addr())) {
-        out.push(format!("node IP {} on {}", a.address.addr(), a.ifname));
+    if let Some((a, dev)) = node.ipv4.and_then(|n| on(None, n.addr())) {
+        out.push(format!("node IP {a} on {dev}"));
     }
     for (dev, ip) in [
         (expected::VXLAN_DEV, node.ipv4_vxlan_tunnel),
         (expected::IPIP_DEV, node.ipv4_ipip_tunnel),
         (expected::WIREGUARD_DEV, node.wireguard_ipv4),
     ] {
-        if let Some(a) = ip.and_then(|ip| on(Some(dev), ip)) {
-            out.push(format!("{dev} address {}", a.address.addr()));
+        if let Some((a, _)) = ip.and_then(|ip| on(Some(dev), ip)) {
+            out.push(format!("{dev} address {a}"));
+        }
+    }
+    // Felix blackholes the blocks affine to its own node (reference §1.4).
+    for b in blocks
+        .iter()
+        .filter(|b| b.affinity.as_deref() == Some(node.name.as_str()))
+    {
+        if obs
+            .routes
+            .iter()
+            .any(|r| r.kind == RouteType::Blackhole && r.destination == b.cidr)
+        {
+            out.push(format!("blackhole for its block {}", b.cidr));
         }
     }
     let mac = node
@@ -64,13 +101,20 @@ fn evidence(node: &Node, obs: &ObservedDataplane) -> Vec<String> {
     out
 }
 
+fn live_blocks(ds: &Datastore) -> Vec<&Block> {
+    ds.blocks.iter().filter(|b| !b.deleted).collect()
+}
+
 /// `Some` when another Node's identity matches the dataplane better than `named`'s does.
 pub fn check(ds: &Datastore, named: &str, obs: &ObservedDataplane) -> Option<IdentityMismatch> {
-    let own = ds.node(named).map_or(0, |n| evidence(n, obs).len());
+    let blocks = live_blocks(ds);
+    let own = ds
+        .node(named)
+        .map_or(0, |n| evidence(n, obs, &blocks).len());
     ds.nodes
         .iter()
         .filter(|n| n.name != named)
-        .map(|n| (n, evidence(n, obs)))
+        .map(|n| (n, evidence(n, obs, &blocks)))
         .filter(|(_, e)| e.len() > own)
         .max_by_key(|(_, e)| e.len())
         .map(|(n, evidence)| IdentityMismatch {
@@ -78,6 +122,33 @@ pub fn check(ds: &Datastore, named: &str, obs: &ObservedDataplane) -> Option<Ide
             looks_like: n.name.clone(),
             evidence,
         })
+}
+
+/// The Node a dataplane that does not name itself belongs to (a bundle without a hostname
+/// file): the one Node whose addresses, tunnel addresses, VTEP MAC or blocks it holds. Two
+/// candidates, or none, leave it unknown: a guess would judge the node against another's state.
+pub fn identify(ds: &Datastore, obs: &ObservedDataplane) -> Option<Identified> {
+    let blocks = live_blocks(ds);
+    let mut matching = ds
+        .nodes
+        .iter()
+        .map(|n| (n, evidence(n, obs, &blocks)))
+        .filter(|(_, e)| !e.is_empty());
+    let (node, evidence) = matching.next()?;
+    if matching.next().is_some() {
+        return None;
+    }
+    Some(Identified {
+        node: node.name.clone(),
+        evidence,
+    })
+}
+
+/// The node [`identify`] found, with what matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identified {
+    pub node: String,
+    pub evidence: Vec<String>,
 }
 
 /// The datastore's node names, closest to `name` first: a name that contains the other (an
@@ -184,6 +255,70 @@ mod tests {
         );
         // A name the datastore does not hold at all: the same answer.
         assert!(check(&ds, "node-a.example.com", &obs).is_some());
+    }
+
+    /// Issue 13 point 2: a bundle that names no node is the one Node its data belongs to.
+    #[test]
+    fn identify_finds_the_one_node_the_data_belongs_to() {
+        let (_, obs) = healthy();
+        let ds = datastore(&obs);
+        let found = identify(&ds, &obs).expect("identified");
+        assert_eq!(found.node, obs.node_name);
+        assert!(
+            found.evidence.iter().any(|e| e.starts_with("node IP ")),
+            "{found:?}"
+        );
+        // Only `ip route`: the connected route's `src` is the node IP.
+        let mut routes_only = obs.clone();
+        routes_only.addresses.clear();
+        routes_only.links.clear();
+        for r in &mut routes_only.routes {
+            if r.destination.to_string() == "10.99.0.0/24" {
+                r.prefsrc = Some("10.99.0.11".parse().expect("ip"));
+            }
+        }
+        assert_eq!(
+            identify(&ds, &routes_only).map(|f| f.node),
+            Some(obs.node_name.clone())
+        );
+        // Nothing that belongs to any Node: unknown, not a guess.
+        let mut stranger = routes_only.clone();
+        stranger.routes.clear();
+        assert_eq!(identify(&ds, &stranger), None);
+    }
+
+    #[test]
+    fn identify_refuses_to_choose_between_two_nodes() {
+        let (_, mut obs) = healthy();
+        let ds = datastore(&obs);
+        obs.addresses.push(crate::observed::Address {
+            ifindex: 2,
+            ifname: "eth0".into(),
+            address: "10.99.0.200/24".parse().expect("net"),
+            scope: "global".into(),
+        });
+        assert_eq!(identify(&ds, &obs), None);
+    }
+
+    /// A blackhole for a block affine to a Node is that Node's (reference §1.4).
+    #[test]
+    fn identify_by_the_blackholed_block() {
+        let (_, mut obs) = healthy();
+        let mut ds = datastore(&obs);
+        for n in &mut ds.nodes {
+            n.ipv4 = None;
+            n.ipv4_vxlan_tunnel = None;
+        }
+        obs.links.clear();
+        ds.blocks.push(Block {
+            name: "b".into(),
+            cidr: "10.244.0.0/26".parse().expect("net"),
+            affinity: Some(obs.node_name.clone()),
+            allocations: Vec::new(),
+            deleted: false,
+        });
+        let found = identify(&ds, &obs).expect("identified");
+        assert_eq!(found.evidence, ["blackhole for its block 10.244.0.0/26"]);
     }
 
     #[test]

@@ -19,6 +19,39 @@ use serde::Serialize;
 
 pub use self::resources::{BgpConfigurationSpec, BgpPeerSpec, FelixConfigurationSpec, ProtoPort};
 
+/// The datastore kinds a check can need. Real input is partial (an operator pastes `calicoctl
+/// get ippool -o yaml` and little else): each check declares the kinds it needs and runs when
+/// they are present (DESIGN.md §2, "Verify with what you have").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Kind {
+    IpPool,
+    IpamBlock,
+    BlockAffinity,
+    Node,
+    FelixConfiguration,
+}
+
+impl Kind {
+    pub const ALL: &[Kind] = &[
+        Kind::IpPool,
+        Kind::IpamBlock,
+        Kind::BlockAffinity,
+        Kind::Node,
+        Kind::FelixConfiguration,
+    ];
+
+    /// Calico's own name for the kind, as `calicoctl get` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::IpPool => "IPPool",
+            Kind::IpamBlock => "IPAMBlock",
+            Kind::BlockAffinity => "BlockAffinity",
+            Kind::Node => "Node",
+            Kind::FelixConfiguration => "FelixConfiguration",
+        }
+    }
+}
+
 /// A pool's `vxlanMode`/`ipipMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum EncapMode {
@@ -158,9 +191,28 @@ impl Datastore {
         self.pools.iter().find(|p| p.cidr.contains(net))
     }
 
+    /// Whether the input held objects of `kind`. A cluster always has at least one of each
+    /// (calico-node creates the `default` FelixConfiguration, every node with pods has a
+    /// block), so none means the input did not carry the kind, not that the cluster lacks it.
+    pub fn has(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::IpPool => !self.pools.is_empty(),
+            Kind::IpamBlock => !self.blocks.is_empty(),
+            Kind::BlockAffinity => !self.affinities.is_empty(),
+            Kind::Node => !self.nodes.is_empty(),
+            Kind::FelixConfiguration => !self.felix.is_empty(),
+        }
+    }
+
+    /// The kinds the input held.
+    pub fn kinds(&self) -> Vec<Kind> {
+        Kind::ALL.iter().copied().filter(|k| self.has(*k)).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pools.is_empty()
             && self.blocks.is_empty()
+            && self.affinities.is_empty()
             && self.nodes.is_empty()
             && self.felix.is_empty()
     }

@@ -11,6 +11,19 @@ use calico_conventions::{IPIP, PROTO_BIRD, PROTO_CALICO, VXLAN_V4};
 
 use crate::observed::{ObservedDataplane, RouteType, TABLE_MAIN};
 
+/// The checks this module can make without a datastore.
+pub(super) const CHECKS: &[CheckId] = &[
+    CheckId::TunnelDown,
+    CheckId::TunnelAddressMismatch,
+    CheckId::MtuTunnelMismatch,
+    CheckId::MtuUnderlayTooSmall,
+    CheckId::MtuWorkloadMismatch,
+    CheckId::VxlanNeighMissing,
+    CheckId::VxlanFdbMissing,
+    CheckId::RouteMissing,
+    CheckId::RouteWrongDevice,
+];
+
 pub(super) fn check(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     tunnels(obs, out);
     workloads(obs, out);
@@ -24,6 +37,7 @@ fn tunnels(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
         if t.name == IPIP && obs.addresses_of(IPIP).next().is_none() {
             continue;
         }
+        unaddressed(obs, t, Severity::Warning, out);
         if !t.is_up() {
             out.push(
                 Finding::new(CheckId::TunnelDown, Severity::Critical, t.name.clone())
@@ -56,17 +70,39 @@ fn tunnels(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     }
 }
 
-/// The largest MTU a workload may have: the smallest MTU of the Calico tunnels in use.
-fn tunnel_mtu_limit(obs: &ObservedDataplane) -> Option<(u32, String)> {
-    present_tunnels(obs)
-        .filter(|t| t.is_up() && (t.name != IPIP || obs.addresses_of(IPIP).next().is_some()))
-        .map(|t| (t.mtu, t.name.clone()))
-        .min()
+/// Felix always puts an address on vxlan.calico (the node's VXLAN tunnel address; only the
+/// eBPF dataplane's flow-based device may go without, reference §1.3) and on wireguard.cali
+/// (`interfaceIPv4Address`, or the node IP with host encryption, §3). Without one, traffic
+/// from this host to remote pods has no source the other nodes route back. tunl0 exists
+/// whenever the ipip module is loaded and is Calico's only when addressed, so it is not judged.
+pub(super) fn unaddressed(
+    obs: &ObservedDataplane,
+    t: &crate::observed::Link,
+    severity: Severity,
+    out: &mut Vec<Finding>,
+) {
+    let always_addressed = t.name == VXLAN_V4 || t.name == calico_conventions::WIREGUARD_V4;
+    let flow_based = t.vxlan.as_ref().is_some_and(|v| v.external);
+    if !always_addressed
+        || flow_based
+        || !t.is_up()
+        || obs
+            .addresses_of(&t.name)
+            .any(|a| a.address.addr().is_ipv4())
+    {
+        return;
+    }
+    out.push(
+        Finding::new(CheckId::TunnelAddressMismatch, severity, t.name.clone())
+            .expected(format!("an IPv4 /32 on {} (Felix always assigns the node's tunnel address)", t.name))
+            .actual("no IPv4 address")
+            .hint(format!("remote nodes cannot route replies to this host's traffic through the tunnel; calico-node allocates the address and Felix assigns it: `ip addr show {}`, `calicoctl get node $(hostname) -o yaml | grep -i tunnel`", t.name)),
+    );
 }
 
 fn workloads(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
-    if let Some((limit, dev)) = tunnel_mtu_limit(obs) {
-        workload_mtu(obs, limit, &dev, out);
+    if let Some((limit, dev)) = super::tunnel_mtu_limit(obs, |_| false) {
+        workload_mtu(obs, limit, &format!("{dev}'s MTU"), out);
     }
 }
 
@@ -352,6 +388,60 @@ mod tests {
             [(CheckId::ConntrackPressure, "cali_v4_ct4".into())]
         );
         assert!(v.findings[0].hint.contains("bpfMapSizeConntrack"));
+    }
+
+    /// Issue 13 point 4: a tunnel up with an MTU below a workload's is drift even when the
+    /// input holds no routes; an unaddressed, unrouted tunl0 (the ipip module's) is not Calico's.
+    #[test]
+    fn a_tunnel_below_a_workload_fires_without_routes() {
+        let (e, mut o) = healthy();
+        o.routes.clear();
+        o.unavailable.push(Unavailable::new(
+            Source::Routes,
+            "ip route",
+            "not in the bundle",
+        ));
+        let veth = e.workloads[0].iface.clone();
+        for l in o.links.iter_mut().filter(|l| l.name == veth) {
+            l.mtu = 1500;
+        }
+        let v = run_inferred(&o);
+        assert!(
+            ids(&v).contains(&(CheckId::MtuWorkloadMismatch, veth.clone())),
+            "{:?}",
+            v.findings
+        );
+        // The same with a datastore whose underlay is unknown.
+        let mut e2 = e.clone();
+        e2.pod_mtu = None;
+        assert!(
+            ids(&crate::verify::testutil::run(&e2, &o))
+                .contains(&(CheckId::MtuWorkloadMismatch, veth.clone()))
+        );
+        // No-encap node: vxlan.calico gone, tunl0 from the module (1480, no address).
+        o.links.retain(|l| l.name != "vxlan.calico");
+        o.addresses.retain(|a| a.ifname != "vxlan.calico");
+        let mut tunl0 = o.links[1].clone();
+        tunl0.name = "tunl0".into();
+        tunl0.index = 40;
+        tunl0.mtu = 1480;
+        o.links.push(tunl0);
+        let v = run_inferred(&o);
+        assert!(
+            !ids(&v)
+                .iter()
+                .any(|(c, _)| *c == CheckId::MtuWorkloadMismatch),
+            "{:?}",
+            v.findings
+        );
+        // ...but an addressed tunl0 is Calico's IPIP tunnel.
+        o.addresses.push(crate::observed::Address {
+            ifindex: 40,
+            ifname: "tunl0".into(),
+            address: "10.244.0.1/32".parse().expect("net"),
+            scope: "global".into(),
+        });
+        assert!(ids(&run_inferred(&o)).contains(&(CheckId::MtuWorkloadMismatch, veth)));
     }
 
     #[test]

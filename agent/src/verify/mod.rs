@@ -29,7 +29,7 @@ pub use self::{
 use calico_conventions::{TUNNEL_DEVICES, is_workload_iface};
 
 use crate::{
-    desired::expected::Expected,
+    desired::{Kind, expected::Expected},
     observed::{Cause, Link, ObservedDataplane, Source, Unavailable},
 };
 
@@ -160,6 +160,90 @@ const NEEDS_DATASTORE: &[CheckId] = &[
     CheckId::BgpSessionUnexpected,
 ];
 
+/// What a check's expected values come from, besides the node's own sources: datastore kinds,
+/// and knowing which node this is (a bundle may not say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Kind(Kind),
+    NodeName,
+}
+
+/// The datastore inputs each check needs. With a partial datastore, a check whose inputs are
+/// present runs; one whose inputs are not falls back to its datastore-free form when it has
+/// one (verify/infer.rs), else is listed as not in the input, naming what is missing.
+fn datastore_needs(check: CheckId) -> &'static [Input] {
+    use Input::NodeName;
+    const POOL: Input = Input::Kind(Kind::IpPool);
+    const BLOCK: Input = Input::Kind(Kind::IpamBlock);
+    const NODE: Input = Input::Kind(Kind::Node);
+    const FELIX: Input = Input::Kind(Kind::FelixConfiguration);
+    match check {
+        // Which blocks are remote and their next hops: blocks, their owners, and who we are.
+        CheckId::RouteMissing | CheckId::RouteWrongNexthop | CheckId::RouteUnexpected => {
+            &[POOL, BLOCK, NODE, NodeName]
+        }
+        // The pool's mode alone says which device a route into it leaves by.
+        CheckId::RouteWrongDevice | CheckId::TunnelMissing | CheckId::NatOutgoingMissing => &[POOL],
+        CheckId::RouteBlackholeMissing => &[POOL, BLOCK, NodeName],
+        CheckId::RouteWorkloadMissing => &[BLOCK, NodeName],
+        CheckId::TunnelAddressMismatch
+        | CheckId::TunnelParentMismatch
+        | CheckId::VxlanMacMismatch
+        | CheckId::VxlanNeighMissing
+        | CheckId::VxlanFdbMissing => &[NODE, NodeName],
+        // Values FelixConfiguration may set (MTUs, VNI, failsafe ports, WireGuard, eBPF):
+        // without it, Felix's defaults would be a guess.
+        CheckId::TunnelVniMismatch | CheckId::MtuTunnelMismatch | CheckId::MtuWorkloadMismatch => {
+            &[POOL, FELIX]
+        }
+        CheckId::MtuUnderlayTooSmall
+        | CheckId::FailsafeMissing
+        | CheckId::WireguardRuleMissing
+        | CheckId::DataplaneModeMismatch => &[FELIX],
+        CheckId::WireguardPeerMissing | CheckId::WireguardAllowedIpsMismatch => {
+            &[FELIX, NODE, NodeName]
+        }
+        // The sessions confd renders: the mesh to every other Node, BGPPeers by node.
+        CheckId::BgpSessionMissing | CheckId::BgpSessionUnexpected => &[NODE, NodeName],
+        _ => &[],
+    }
+}
+
+/// What of its datastore inputs `check` lacks, by name.
+fn missing_inputs(e: &Expected, check: CheckId) -> Vec<&'static str> {
+    datastore_needs(check)
+        .iter()
+        .filter_map(|need| match need {
+            Input::Kind(k) => (!e.kinds.contains(k)).then_some(k.name()),
+            Input::NodeName => (!e.node_known).then_some("the node's name"),
+        })
+        .collect()
+}
+
+/// Why a check did not run for lack of datastore inputs.
+fn missing_reason(missing: &[&str]) -> String {
+    let kinds: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|m| *m != "the node's name")
+        .collect();
+    let mut why = Vec::new();
+    if !kinds.is_empty() {
+        why.push(format!(
+            "needs {} from the datastore (not in the input)",
+            kinds.join(", ")
+        ));
+    }
+    if missing.contains(&"the node's name") {
+        why.push(
+            "needs to know which node this is: pass --node-name (the bundle has no hostname \
+             or nodename file, and no Node of the datastore holds its addresses)"
+                .to_string(),
+        );
+    }
+    why.join("; ")
+}
+
 /// Why the checks of [`NEEDS_DATASTORE`] did not run without one.
 pub const NEEDS_DATASTORE_REASON: &str =
     "needs the Calico datastore (--datastore, --kube, or a bundle with Calico YAML)";
@@ -201,7 +285,9 @@ fn needs(check: CheckId) -> &'static [Source] {
         | CheckId::MtuUnderlayTooSmall
         | CheckId::DataplaneModeMismatch => &[Links],
         CheckId::TunnelAddressMismatch => &[Addresses],
-        CheckId::TunnelVniMismatch | CheckId::TunnelParentMismatch => &[LinkDetails, Addresses],
+        // The VNI, port and `local` address are in `ip -d link`; whether the parent holds the
+        // node IP is judged only when the addresses are there too.
+        CheckId::TunnelVniMismatch | CheckId::TunnelParentMismatch => &[LinkDetails],
         CheckId::VxlanFdbMissing => &[Fdb, Neighbours],
         CheckId::VxlanNeighMissing => &[Neighbours],
         CheckId::VxlanMacMismatch => &[LinkDetails, Neighbours],
@@ -252,6 +338,7 @@ pub fn verify(
             mode(e, obs, &mut out);
             v.notes.extend(e.notes.iter().cloned());
             v.notes.extend(e.bgp.incomplete.iter().cloned());
+            partial(e, obs, &mut out, &mut v.skipped);
         }
         None => {
             infer::check(obs, &mut out);
@@ -308,6 +395,57 @@ pub fn verify(
     out.dedup_by(|a, b| a.key() == b.key());
     v.findings = out;
     v
+}
+
+/// With a partial datastore: the checks whose inputs are missing drop what they found (it was
+/// judged against defaults standing in for the missing kinds), run in their datastore-free
+/// form when they have one, and are otherwise listed as not in the input.
+fn partial(
+    e: &Expected,
+    obs: &ObservedDataplane,
+    out: &mut Vec<Finding>,
+    skipped: &mut Vec<Skipped>,
+) {
+    let unmet: Vec<(CheckId, Vec<&str>)> = CheckId::ALL
+        .iter()
+        .map(|id| (*id, missing_inputs(e, *id)))
+        .filter(|(_, missing)| !missing.is_empty())
+        .collect();
+    if !unmet.is_empty() {
+        out.retain(|f| !unmet.iter().any(|(id, _)| *id == f.check));
+        let mut inferred = Vec::new();
+        infer::check(obs, &mut inferred);
+        for (id, missing) in &unmet {
+            skipped.retain(|s| s.check != *id);
+            if NEEDS_DATASTORE.contains(id) || !infer::CHECKS.contains(id) {
+                skipped.push(
+                    Skipped::new(*id, NotRun::NotInInput, missing_reason(missing))
+                        .missing(missing.join(", ")),
+                );
+            } else {
+                out.extend(inferred.iter().filter(|f| f.check == *id).cloned());
+            }
+        }
+    }
+    // An MTU Felix derives from the underlay is unknown when the input lacks the underlay's
+    // link: not a finding against Felix's 1460 fallback, a check that could not be made.
+    let derived_unknown = e.vxlan.iter().chain(&e.ipip).any(|t| t.mtu.is_none())
+        || e.wireguard.as_ref().is_some_and(|w| w.mtu.is_none());
+    if derived_unknown
+        && !skipped
+            .iter()
+            .any(|s| s.check == CheckId::MtuTunnelMismatch)
+    {
+        skipped.push(
+            Skipped::new(
+                CheckId::MtuTunnelMismatch,
+                NotRun::NotInInput,
+                "not observable: the tunnel MTU follows the underlay's, and the input shows no \
+                 link matching mtuIfacePattern (a full `ip link` listing has it)",
+            )
+            .missing("the underlay link"),
+        );
+    }
 }
 
 fn sysctl(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
@@ -445,6 +583,28 @@ fn workload_mtu(obs: &ObservedDataplane, limit: u32, why: &str, out: &mut Vec<Fi
     }
 }
 
+/// The largest MTU a workload may have as the node stands: the smallest MTU of the Calico
+/// tunnels that are up and in use, whether or not any route is in the input. tunl0 exists
+/// whenever the ipip module is loaded; it counts when addressed, routed through, or when
+/// `expected_in_use` says IPIP is on.
+fn tunnel_mtu_limit(
+    obs: &ObservedDataplane,
+    expected_in_use: impl Fn(&Link) -> bool,
+) -> Option<(u32, String)> {
+    let ipip_in_use = |t: &Link| {
+        obs.addresses_of(&t.name).next().is_some()
+            || obs
+                .routes
+                .iter()
+                .any(|r| r.dev.as_deref() == Some(t.name.as_str()))
+            || expected_in_use(t)
+    };
+    present_tunnels(obs)
+        .filter(|t| t.is_up() && (t.name != calico_conventions::IPIP || ipip_in_use(t)))
+        .map(|t| (t.mtu, t.name.clone()))
+        .min()
+}
+
 /// Calico tunnel devices present on the node.
 fn present_tunnels(obs: &ObservedDataplane) -> impl Iterator<Item = &Link> {
     obs.links
@@ -454,3 +614,72 @@ fn present_tunnels(obs: &ObservedDataplane) -> impl Iterator<Item = &Link> {
 
 #[cfg(test)]
 pub(crate) mod testutil;
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        CheckId, NotRun, Verdict,
+        testutil::{LAB_POOL, expected_from, healthy, run},
+    };
+
+    /// Issue 13 point 1: a pool-only datastore runs what the pool decides and lists the rest
+    /// as not in the input, naming the kinds; the healthy node is incomplete, never an error.
+    #[test]
+    fn a_partial_datastore_runs_what_it_can_and_names_what_is_missing() {
+        let (_, o) = healthy();
+        let v = run(&expected_from(LAB_POOL, Some("node-a")), &o);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        assert_eq!(v.verdict(), Verdict::Incomplete);
+        let not_run = |id: CheckId| v.skipped.iter().find(|s| s.check == id);
+        let blackhole = not_run(CheckId::RouteBlackholeMissing).expect("not run");
+        assert_eq!(
+            (blackhole.kind, blackhole.missing.as_str()),
+            (NotRun::NotInInput, "IPAMBlock")
+        );
+        assert!(
+            blackhole
+                .reason
+                .contains("needs IPAMBlock from the datastore")
+        );
+        let vni = not_run(CheckId::TunnelVniMismatch).expect("not run");
+        assert_eq!(vni.missing, "FelixConfiguration");
+        // What the pool decides ran.
+        for ran in [CheckId::RouteWrongDevice, CheckId::TunnelMissing] {
+            assert!(not_run(ran).is_none(), "{ran} should run");
+        }
+        // Checks with a datastore-free form run in it (the VTEP's ARP and FDB entries).
+        assert!(not_run(CheckId::VxlanNeighMissing).is_none());
+    }
+
+    /// Issue 13 point 2: a node the input does not name: node-specific checks are listed as
+    /// not run, naming what would tell; the pool's checks still run.
+    #[test]
+    fn an_unknown_node_lists_its_checks_as_not_run() {
+        let (_, o) = healthy();
+        let lab = include_str!("testdata/datastore-lab.yaml");
+        let v = run(&expected_from(lab, None), &o);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        for id in [
+            CheckId::RouteWrongNexthop,
+            CheckId::RouteUnexpected,
+            CheckId::RouteBlackholeMissing,
+            CheckId::TunnelParentMismatch,
+            CheckId::VxlanMacMismatch,
+        ] {
+            let s = v
+                .skipped
+                .iter()
+                .find(|s| s.check == id)
+                .unwrap_or_else(|| panic!("{id} not run"));
+            assert_eq!(s.missing, "the node's name", "{s:?}");
+            assert!(s.reason.contains("--node-name"), "{s:?}");
+        }
+        assert!(
+            !v.skipped
+                .iter()
+                .any(|s| s.check == CheckId::RouteWrongDevice)
+        );
+        // Those with a datastore-free form (route.missing for a VTEP without a route) run in it.
+        assert!(!v.skipped.iter().any(|s| s.check == CheckId::RouteMissing));
+    }
+}

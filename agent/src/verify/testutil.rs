@@ -87,7 +87,7 @@ pub(crate) fn healthy() -> (Expected, ObservedDataplane) {
             .map(|l| (l.name.clone(), l.mtu, l.is_up()))
             .collect(),
     };
-    let expected = compute(&ds, "node-a", &facts).expect("expected");
+    let expected = compute(&ds, Some("node-a"), &facts).expect("expected");
     let mut pod = route(
         "10.244.0.1/32",
         RouteType::Unicast,
@@ -174,6 +174,21 @@ pub(crate) fn healthy() -> (Expected, ObservedDataplane) {
     obs.sysctls.forwarding.insert(veth.clone(), 1);
     obs.sysctls.proxy_arp.insert(veth, 1);
     (expected, obs)
+}
+
+/// The lab's pool alone, as an operator pastes `calicoctl get ippool -o yaml`.
+pub(crate) const LAB_POOL: &str = "apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: default-ipv4-ippool}
+spec: {cidr: 10.244.0.0/16, vxlanMode: Always, ipipMode: Never, natOutgoing: true, blockSize: 26}
+";
+
+/// What is expected of `node` from a partial datastore, against the healthy node's links.
+pub(crate) fn expected_from(yaml: &str, node: Option<&str>) -> Expected {
+    let mut ds = Datastore::default();
+    load_text(&mut ds, "partial.yaml", yaml).expect("partial datastore");
+    let (_, o) = healthy();
+    compute(&ds, node, &crate::analysis::host_facts(&o)).expect("expected")
 }
 
 pub(crate) fn run(e: &Expected, o: &ObservedDataplane) -> Verification {

@@ -3,10 +3,12 @@
 
 use std::net::IpAddr;
 
-use super::{CheckId, Finding, IndexMap, Severity, node_ip_link, parent_of, workload_mtu};
+use super::{
+    CheckId, Finding, IndexMap, Severity, node_ip_link, parent_of, tunnel_mtu_limit, workload_mtu,
+};
 use crate::{
     desired::expected::{Expected, ExpectedTunnel},
-    observed::{FdbEntry, Neighbour, ObservedDataplane},
+    observed::{FdbEntry, Neighbour, ObservedDataplane, Source},
 };
 
 /// Encapsulation overhead per device kind (`int_dataplane.go`).
@@ -27,7 +29,18 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
     if let Some(vx) = &e.vxlan {
         vteps(e, vx, obs, out);
     }
-    workload_mtu(obs, e.pod_mtu, "the smallest enabled tunnel MTU", out);
+    // The expected pod MTU when the underlay is known, and in any case the MTU of the
+    // tunnels as they stand: a workload above either sends what the tunnel cannot carry.
+    let in_use = |l: &crate::observed::Link| e.ipip.as_ref().is_some_and(|t| t.device == l.name);
+    let observed = tunnel_mtu_limit(obs, in_use);
+    let limit = match (e.pod_mtu, observed) {
+        (Some(want), Some((seen, dev))) if seen < want => Some((seen, format!("{dev}'s MTU"))),
+        (Some(want), _) => Some((want, "the smallest enabled tunnel MTU".to_string())),
+        (None, seen) => seen.map(|(m, dev)| (m, format!("{dev}'s MTU"))),
+    };
+    if let Some((limit, why)) = limit {
+        workload_mtu(obs, limit, &why, out);
+    }
 }
 
 fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
@@ -35,7 +48,10 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
     let Some(link) = obs.link(name) else {
         out.push(
             Finding::new(CheckId::TunnelMissing, Severity::Critical, name)
-                .expected(format!("device {name} (MTU {})", t.mtu))
+                .expected(format!(
+                    "device {name}{}",
+                    t.mtu.map(|m| format!(" (MTU {m})")).unwrap_or_default()
+                ))
                 .actual("absent")
                 .hint(format!(
                     "no traffic to other nodes' pods can leave this node; Felix recreates the device within 10 s unless it fails: `kubectl logs -n calico-system ds/calico-node -c calico-node | grep -i {name}`"
@@ -63,6 +79,11 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
         .filter(|a| a.address.addr().is_ipv4())
         .map(|a| a.address.addr())
         .collect();
+    if t.address.is_none() {
+        // No address in the datastore (or no Node for this node): Felix still always gives
+        // vxlan.calico one.
+        super::infer::unaddressed(obs, link, Severity::Critical, out);
+    }
     if let Some(want) = t.address
         && addrs != [IpAddr::V4(want)]
     {
@@ -88,10 +109,20 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
                 )),
         );
     }
-    if link.mtu != t.mtu {
+    // An MTU derived from an underlay the input lacks is unknown: verify::partial lists the
+    // check as not observable instead.
+    if let Some(want) = t.mtu
+        && link.mtu != want
+    {
+        let from = match e.host_mtu {
+            Some(host) if host.saturating_sub(overhead(name)) == want => {
+                format!("underlay MTU {host} minus {}", overhead(name))
+            }
+            _ => "configured".into(),
+        };
         out.push(
             Finding::new(CheckId::MtuTunnelMismatch, Severity::Warning, name)
-                .expected(format!("MTU {} ({})", t.mtu, if e.host_mtu > 0 { format!("underlay MTU {} minus {}", e.host_mtu, overhead(name)) } else { "configured".into() }))
+                .expected(format!("MTU {want} ({from})"))
                 .actual(format!("MTU {}", link.mtu))
                 .hint(format!(
                     "a tunnel MTU above what the underlay carries drops large packets; below it wastes throughput. Felix resets it on its 10 s device check; if it flips back, another agent sets it: `ip link show {name}`"
@@ -99,12 +130,13 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
         );
     }
     if let Some(parent) = parent_of(obs, link).or_else(|| node_ip_link(e, obs))
-        && t.mtu + overhead(name) > parent.mtu
+        && let Some(mtu) = t.mtu
+        && mtu + overhead(name) > parent.mtu
     {
         out.push(
             Finding::new(CheckId::MtuUnderlayTooSmall, Severity::Warning, name)
-                .expected(format!("{name} MTU {} + {} ≤ {} MTU {}", t.mtu, overhead(name), parent.name, parent.mtu))
-                .actual(format!("{} > {}", t.mtu + overhead(name), parent.mtu))
+                .expected(format!("{name} MTU {mtu} + {} ≤ {} MTU {}", overhead(name), parent.name, parent.mtu))
+                .actual(format!("{} > {}", mtu + overhead(name), parent.mtu))
                 .hint("the configured tunnel MTU does not fit the underlay: lower vxlanMTU/ipipMTU/wireguardMTU in FelixConfiguration (or leave it 0 for auto-detection)"),
         );
     }
@@ -129,7 +161,11 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
                         .actual(format!("local {}", vx.local.map_or_else(|| "?".into(), |l| l.to_string())))
                         .hint("the VTEP sends from an address other nodes do not expect (their FDB points at the node IP): check the node's IP autodetection (IP_AUTODETECTION_METHOD)"),
                 );
-            } else if let Some(parent) = parent_of(obs, link) {
+            } else if let Some(parent) = parent_of(obs, link)
+                && !obs.unavailable.iter().any(|u| u.kind == Source::Addresses)
+            {
+                // Which device holds the node IP needs the addresses; the VTEP's own
+                // `local` above needs only `ip -d link`.
                 let carries = obs
                     .addresses_of(&parent.name)
                     .any(|a| a.address.addr() == IpAddr::V4(local));
@@ -224,7 +260,7 @@ fn vteps(e: &Expected, vx: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::testutil::{healthy, ids, run};
+    use crate::verify::testutil::{expected_from, healthy, ids, run};
 
     #[test]
     fn missing_and_down_tunnel() {
@@ -289,8 +325,8 @@ mod tests {
         assert_eq!(ids(&run(&e, &o)), [(CheckId::MtuWorkloadMismatch, veth)]);
         // A configured MTU too large for the underlay.
         let (mut e, mut o) = healthy();
-        e.vxlan.as_mut().expect("vxlan").mtu = 1480;
-        e.pod_mtu = 1480;
+        e.vxlan.as_mut().expect("vxlan").mtu = Some(1480);
+        e.pod_mtu = Some(1480);
         o.links
             .iter_mut()
             .filter(|l| l.name == "vxlan.calico")
@@ -298,6 +334,140 @@ mod tests {
         assert_eq!(
             ids(&run(&e, &o)),
             [(CheckId::MtuUnderlayTooSmall, "vxlan.calico".into())]
+        );
+    }
+
+    /// Issue 13 point 3: without the underlay's link the expected tunnel MTU is unknown:
+    /// listed as not observable, never measured against Felix's 1460 fallback.
+    #[test]
+    fn an_unknown_underlay_mtu_is_not_a_finding() {
+        let (_, mut o) = healthy();
+        o.links.retain(|l| l.name != "eth0" && l.name != "lo");
+        o.links
+            .iter_mut()
+            .filter(|l| l.name == "vxlan.calico")
+            .for_each(|l| l.mtu = 1500);
+        let lab = include_str!("testdata/datastore-lab.yaml");
+        let e = expected_from(lab, Some("node-a"));
+        // expected_from reads the healthy links; recompute from these partial ones.
+        let mut ds = crate::desired::Datastore::default();
+        crate::desired::files::load_text(&mut ds, "lab.yaml", lab).expect("lab");
+        let partial = crate::desired::expected::compute(
+            &ds,
+            Some("node-a"),
+            &crate::analysis::host_facts(&o),
+        )
+        .expect("expected");
+        assert_eq!(partial.host_mtu, None);
+        let v = run(&partial, &o);
+        assert!(
+            !ids(&v)
+                .iter()
+                .any(|(c, _)| *c == CheckId::MtuTunnelMismatch),
+            "{:?}",
+            v.findings
+        );
+        let s = v
+            .skipped
+            .iter()
+            .find(|s| s.check == CheckId::MtuTunnelMismatch)
+            .expect("listed as not run");
+        assert_eq!(
+            (s.kind, s.missing.as_str()),
+            (crate::verify::NotRun::NotInInput, "the underlay link")
+        );
+        // With the underlay in the input, the same MTU is a finding.
+        assert_eq!(e.host_mtu, Some(1500));
+        let (_, mut o) = healthy();
+        o.links
+            .iter_mut()
+            .filter(|l| l.name == "vxlan.calico")
+            .for_each(|l| l.mtu = 1500);
+        assert!(ids(&run(&e, &o)).contains(&(CheckId::MtuTunnelMismatch, "vxlan.calico".into())));
+    }
+
+    /// Issue 13 point 4: vxlan.calico without any address, where Felix always assigns one.
+    #[test]
+    fn vxlan_without_any_address() {
+        let (e, mut o) = healthy();
+        o.addresses.retain(|a| a.ifname != "vxlan.calico");
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::TunnelAddressMismatch, "vxlan.calico".into())]
+        );
+        // The datastore gives none (the Node lacks ipv4VXLANTunnelAddr): still reported.
+        let mut e2 = e.clone();
+        e2.vxlan.as_mut().expect("vxlan").address = None;
+        let v = run(&e2, &o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::TunnelAddressMismatch, "vxlan.calico".into())]
+        );
+        assert_eq!(v.findings[0].actual, "no IPv4 address");
+        // Without a datastore: reported too (a warning).
+        let v = crate::verify::testutil::run_inferred(&o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::TunnelAddressMismatch, "vxlan.calico".into())]
+        );
+        assert_eq!(v.findings[0].severity, Severity::Warning);
+        // The eBPF dataplane's flow-based device legitimately has none.
+        o.links
+            .iter_mut()
+            .filter_map(|l| l.vxlan.as_mut())
+            .for_each(|v| v.external = true);
+        assert!(
+            crate::verify::testutil::run_inferred(&o)
+                .findings
+                .is_empty()
+        );
+        // The address itself is judged only when addresses are in the input.
+        let (e, mut o) = healthy();
+        o.addresses.clear();
+        o.unavailable.push(crate::observed::Unavailable::new(
+            crate::observed::Source::Addresses,
+            "ip addr",
+            "not in the bundle",
+        ));
+        assert!(
+            !ids(&run(&e, &o))
+                .iter()
+                .any(|(c, _)| *c == CheckId::TunnelAddressMismatch)
+        );
+    }
+
+    /// Issue 13 point 1: a Node and `ip -d link` without addresses or links of the underlay:
+    /// the VTEP's local address against the Node's address.
+    #[test]
+    fn a_node_without_links_checks_the_vteps_local_address() {
+        let lab = include_str!("testdata/datastore-lab.yaml");
+        let nodes: String = lab
+            .split("---")
+            .filter(|d| d.contains("kind: Node"))
+            .collect::<Vec<_>>()
+            .join("---");
+        let e = expected_from(&nodes, Some("node-a"));
+        let (_, mut o) = healthy();
+        o.addresses.clear();
+        o.unavailable.push(crate::observed::Unavailable::new(
+            crate::observed::Source::Addresses,
+            "ip addr",
+            "not in the bundle",
+        ));
+        let parent = |v: &crate::verify::Verification| {
+            ids(v)
+                .into_iter()
+                .filter(|(c, _)| *c == CheckId::TunnelParentMismatch)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(parent(&run(&e, &o)), []);
+        o.links
+            .iter_mut()
+            .filter_map(|l| l.vxlan.as_mut())
+            .for_each(|v| v.local = Some("10.99.0.99".parse().expect("ip")));
+        assert_eq!(
+            parent(&run(&e, &o)),
+            [(CheckId::TunnelParentMismatch, "vxlan.calico".into())]
         );
     }
 

@@ -319,7 +319,7 @@ mod tests {
                 .map(|l| (l.name.clone(), l.mtu, l.is_up()))
                 .collect(),
         };
-        compute(&ds, NODE, &facts).expect("expected")
+        compute(&ds, Some(NODE), &facts).expect("expected")
     }
 
     fn table_mut<'a>(o: &'a mut ObservedDataplane, name: &str) -> &'a mut IptTable {

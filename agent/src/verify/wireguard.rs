@@ -36,10 +36,31 @@ pub(super) fn check(
                 .hint(format!("`ip link show {dev}`")),
         );
     }
-    if link.mtu != wg.mtu {
+    let addrs: Vec<std::net::IpAddr> = obs
+        .addresses_of(dev)
+        .map(|a| a.address.addr())
+        .filter(std::net::IpAddr::is_ipv4)
+        .collect();
+    match wg.address {
+        Some(want) if addrs != [std::net::IpAddr::V4(want)] => out.push(
+            Finding::new(CheckId::TunnelAddressMismatch, Severity::Critical, dev)
+                .expected(format!("{want}/32 (the node's wireguard.interfaceIPv4Address)"))
+                .actual(if addrs.is_empty() {
+                    "no IPv4 address".to_string()
+                } else {
+                    addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                })
+                .hint(format!("peers route this node's WireGuard traffic to {want}; Felix assigns it on its device check: `ip addr show {dev}`, calico-node's log")),
+        ),
+        Some(_) => {}
+        None => super::infer::unaddressed(obs, link, Severity::Critical, out),
+    }
+    if let Some(want) = wg.mtu
+        && link.mtu != want
+    {
         out.push(
             Finding::new(CheckId::MtuTunnelMismatch, Severity::Warning, dev)
-                .expected(format!("MTU {}", wg.mtu))
+                .expected(format!("MTU {want}"))
                 .actual(format!("MTU {}", link.mtu))
                 .hint(format!(
                     "Felix sets wireguardMTU (underlay minus 60 when 0): `ip link show {dev}`"
@@ -123,7 +144,8 @@ mod tests {
         let (mut e, mut o) = healthy();
         e.wireguard = Some(ExpectedWireguard {
             device: "wireguard.cali".into(),
-            mtu: 1440,
+            mtu: Some(1440),
+            address: Some("10.244.0.3".parse().expect("ip")),
             listen_port: 51820,
             rule_priority: 99,
             peers: vec![WireguardPeer {
@@ -143,6 +165,18 @@ mod tests {
         link.mtu = 1440;
         link.kind = Some("wireguard".into());
         o.links.push(link);
+        o.addresses.push(crate::observed::Address {
+            ifindex: 99,
+            ifname: "wireguard.cali".into(),
+            address: "10.244.0.3/32".parse().expect("net"),
+            scope: "global".into(),
+        });
+        // With WireGuard on, pods get the smallest tunnel MTU (reference §2).
+        e.pod_mtu = Some(1440);
+        o.links
+            .iter_mut()
+            .filter(|l| l.name.starts_with("cali"))
+            .for_each(|l| l.mtu = 1440);
         o.rules.push(IpRule {
             family: 4,
             priority: 99,
@@ -199,6 +233,50 @@ mod tests {
         assert_eq!(
             ids(&run(&e, &o)),
             [(CheckId::TunnelMissing, "wireguard.cali".into())]
+        );
+    }
+
+    /// Issue 13 point 4: the device without the node's `interfaceIPv4Address`, or another.
+    #[test]
+    fn wireguard_device_without_its_address() {
+        let (e, mut o) = with_wireguard();
+        o.addresses.retain(|a| a.ifname != "wireguard.cali");
+        let v = run(&e, &o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::TunnelAddressMismatch, "wireguard.cali".into())]
+        );
+        assert_eq!(v.findings[0].actual, "no IPv4 address");
+        let (e, mut o) = with_wireguard();
+        for a in o
+            .addresses
+            .iter_mut()
+            .filter(|a| a.ifname == "wireguard.cali")
+        {
+            a.address = "10.244.0.9/32".parse().expect("net");
+        }
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::TunnelAddressMismatch, "wireguard.cali".into())]
+        );
+    }
+
+    /// A wireguard.cali MTU below the pods' is drift even with no routes in the input.
+    #[test]
+    fn wireguard_mtu_below_the_pods_is_a_workload_mismatch_without_routes() {
+        let (mut e, mut o) = with_wireguard();
+        o.routes.clear();
+        e.routes.clear();
+        e.pod_mtu = None;
+        e.wireguard.as_mut().expect("wg").mtu = None;
+        for l in o.links.iter_mut().filter(|l| l.name.starts_with("cali")) {
+            l.mtu = 1450;
+        }
+        let got = ids(&run(&e, &o));
+        assert!(
+            got.iter()
+                .any(|(c, s)| *c == CheckId::MtuWorkloadMismatch && s.starts_with("cali")),
+            "{got:?}"
         );
     }
 }

@@ -358,7 +358,8 @@ pub fn from_file_name(name: &str) -> Option<Origin> {
         "nft_ruleset" => Origin::of(Format::NftText),
         "ipv4_tables" => Origin::of(Format::IptablesSave).family(Some(4)),
         "ipv6_tables" => Origin::of(Format::IptablesSave).family(Some(6)),
-        "hostname" => Origin::of(Format::Hostname),
+        // calico-node's `/var/lib/calico/nodename`: the name Felix runs under.
+        "hostname" | "nodename" => Origin::of(Format::Hostname),
         "sysctl" => Origin::of(Format::Sysctl),
         "capture-errors" => Origin::of(Format::CaptureErrors),
         _ => {
