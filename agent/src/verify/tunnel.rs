@@ -33,8 +33,16 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
     // tunnels as they stand: a workload above either sends what the tunnel cannot carry.
     let in_use = |l: &crate::observed::Link| e.ipip.as_ref().is_some_and(|t| t.device == l.name);
     let observed = tunnel_mtu_limit(obs, in_use);
+    // A tunnel whose own MTU is already reported wrong is the one cause: its pods, at the MTU
+    // Felix wants, are judged against that, not listed once more each.
+    let reported = |dev: &str| {
+        out.iter()
+            .any(|f| f.check == CheckId::MtuTunnelMismatch && f.subject == dev)
+    };
     let limit = match (e.pod_mtu, observed) {
-        (Some(want), Some((seen, dev))) if seen < want => Some((seen, format!("{dev}'s MTU"))),
+        (Some(want), Some((seen, dev))) if seen < want && !reported(&dev) => {
+            Some((seen, format!("{dev}'s MTU")))
+        }
         (Some(want), _) => Some((want, "the smallest enabled tunnel MTU".to_string())),
         (None, seen) => seen.map(|(m, dev)| (m, format!("{dev}'s MTU"))),
     };
