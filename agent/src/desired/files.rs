@@ -1,5 +1,6 @@
-//! The datastore from YAML (or JSON) files: what `kubectl get … -o yaml` or `calicoctl get … -o
-//! yaml` prints, single objects, multi-document files or `List`s, in any mix.
+//! The datastore from YAML or JSON files: what `kubectl get … -o yaml|json` or `calicoctl get …
+//! -o yaml|json` prints, single objects, multi-document files or `List`s, in any mix (parsed,
+//! streamed, by [`super::document`]).
 //!
 //! A malformed object is an error naming the file, the object and the field; unknown fields and
 //! kinds are ignored with a warning, so newer Calico versions do not break the agent.
@@ -34,6 +35,11 @@ pub enum DatastoreError {
     NoFiles { path: PathBuf },
     #[error("{file}: not valid YAML: {message}")]
     Yaml { file: String, message: String },
+    #[error("{file}: not valid JSON: {message}")]
+    Json { file: String, message: String },
+    /// Parseable, but beyond what the agent accepts (an alias bomb).
+    #[error("{file}: refused: {why}")]
+    Refused { file: String, why: String },
     #[error("{file}: {object}: field {field}: {message}")]
     Object {
         file: String,
@@ -104,22 +110,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DatastoreError> {
     Ok(())
 }
 
-/// Adds the objects of one file's text to `ds`.
+/// Adds the objects of one file's text to `ds`: YAML, or JSON when the file is `*.json` or
+/// its text starts like JSON (see [`super::document`]).
 pub fn load_text(ds: &mut Datastore, file: &str, text: &str) -> Result<(), DatastoreError> {
-    // YAML 1.2 booleans only: a node named `n` or a label `on` must stay a string.
-    let mut options = serde_saphyr::Options::default();
-    options.strict_booleans = true;
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
-            DatastoreError::Yaml {
-                file: file.into(),
-                message: e.to_string(),
-            }
-        })?;
-    for doc in docs.into_iter().filter(|d| !d.is_null()) {
-        load_value(ds, file, &doc, None)?;
-    }
-    Ok(())
+    super::document::load(ds, file, text)
 }
 
 /// Adds one object (as the API server returns it) to `ds`; `source` names where it came from.
@@ -180,7 +174,7 @@ impl Ctx<'_> {
     }
 }
 
-fn load_value(
+pub(super) fn load_value(
     ds: &mut Datastore,
     file: &str,
     v: &Value,
@@ -216,21 +210,20 @@ fn load_value(
         Some(m) => ctx.de(m, "metadata", &mut ds.warnings, false)?,
         None => return Err(ctx.err("metadata", "missing")),
     };
-    let spec = v
-        .get("spec")
-        .cloned()
-        .unwrap_or(Value::Object(Default::default()));
+    // Borrowed, not cloned: an IPAM block's spec is most of a 10,000-node datastore.
+    let empty = Value::Object(Default::default());
+    let spec = v.get("spec").unwrap_or(&empty);
     match kind {
         "IPPool" => {
-            let s: IpPoolSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let s: IpPoolSpec = ctx.de(spec, "spec", &mut ds.warnings, true)?;
             ds.pools.push(pool(&ctx, meta.name, s)?);
         }
         "IPAMBlock" => {
-            let s: IpamBlockSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let s: IpamBlockSpec = ctx.de(spec, "spec", &mut ds.warnings, true)?;
             ds.blocks.push(block(&ctx, meta.name, s)?);
         }
         "BlockAffinity" => {
-            let s: BlockAffinitySpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let s: BlockAffinitySpec = ctx.de(spec, "spec", &mut ds.warnings, true)?;
             let cidr = s
                 .cidr
                 .parse::<IpNet>()
@@ -245,7 +238,7 @@ fn load_value(
         "Node"
             if api.starts_with("projectcalico.org") || api.starts_with("crd.projectcalico.org") =>
         {
-            let s: CalicoNodeSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let s: CalicoNodeSpec = ctx.de(spec, "spec", &mut ds.warnings, true)?;
             let status: CalicoNodeStatus = match v.get("status") {
                 Some(st) => ctx.de(st, "status", &mut ds.warnings, false)?,
                 None => CalicoNodeStatus::default(),
@@ -254,7 +247,7 @@ fn load_value(
         }
         "Node" => ds.nodes.push(k8s_node(&ctx, &meta)?),
         "FelixConfiguration" => {
-            let s: FelixConfigurationSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let s: FelixConfigurationSpec = ctx.de(spec, "spec", &mut ds.warnings, true)?;
             ds.felix.insert(meta.name, s);
         }
         other => ds.warnings.push(format!(

@@ -1,6 +1,7 @@
 //! What Felix should have programmed: Calico's datastore objects, read from YAML files or the
 //! Kubernetes API, turned into an [`expected::Expected`] dataplane for one node.
 
+pub mod document;
 pub mod expected;
 pub mod files;
 pub mod identity;
