@@ -5,11 +5,12 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use super::{
-    CheckId, Finding, Severity, parent_of, present_tunnels, tunnel::overhead, workload_mtu,
+    CheckId, Finding, IndexMap, IndexSet, Severity, parent_of, present_tunnels, tunnel::overhead,
+    workload_mtu,
 };
 use calico_conventions::{IPIP, PROTO_BIRD, PROTO_CALICO, VXLAN_V4};
 
-use crate::observed::{ObservedDataplane, RouteType, TABLE_MAIN};
+use crate::observed::{FdbEntry, Neighbour, ObservedDataplane, RouteType, TABLE_MAIN};
 
 pub(super) fn check(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     tunnels(obs, out);
@@ -76,16 +77,28 @@ fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     let Some(vx) = obs.link(VXLAN_V4).filter(|l| l.is_up()) else {
         return;
     };
-    let neigh_of = |ip: IpAddr| {
-        obs.neighbours
-            .iter()
-            .find(|n| n.dev == vx.name && n.destination == ip)
-    };
-    let fdb_of = |mac: &str| {
-        obs.fdb
-            .iter()
-            .find(|f| f.dev == vx.name && f.mac == mac && f.destination.is_some())
-    };
+    // Indexed once (the first entry wins, as a scan would find it): thousands of VTEPs must
+    // not mean thousands of scans of every neighbour, FDB entry and route.
+    let mut neighbours: IndexMap<IpAddr, &Neighbour> = IndexMap::default();
+    for n in obs.neighbours.iter().filter(|n| n.dev == vx.name) {
+        neighbours.entry(n.destination).or_insert(n);
+    }
+    let mut fdb: IndexMap<&str, &FdbEntry> = IndexMap::default();
+    for f in obs
+        .fdb
+        .iter()
+        .filter(|f| f.dev == vx.name && f.destination.is_some())
+    {
+        fdb.entry(f.mac.as_str()).or_insert(f);
+    }
+    let neigh_of = |ip: IpAddr| neighbours.get(&ip).copied();
+    let fdb_of = |mac: &str| fdb.get(mac).copied();
+    let main = || obs.routes.iter().filter(|r| r.table == TABLE_MAIN);
+    let tunnel_route_to: IndexSet<IpAddr> = main()
+        .filter(|r| r.dev.as_deref() == Some(VXLAN_V4))
+        .map(|r| r.destination.addr())
+        .collect();
+    let any_route_via: IndexSet<IpAddr> = main().filter_map(|r| r.gateway).collect();
     let via_tunnel = obs
         .routes
         .iter()
@@ -132,12 +145,8 @@ fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
             .and_then(|f| f.destination);
         // A route via the peer's node IP instead is reported as route.wrong-device below.
         let routed = gateways.contains(&n.destination)
-            || obs.routes.iter().any(|r| {
-                r.table == TABLE_MAIN
-                    && ((r.destination.addr() == n.destination
-                        && r.dev.as_deref() == Some(VXLAN_V4))
-                        || (r.gateway.is_some() && r.gateway == node_ip))
-            });
+            || tunnel_route_to.contains(&n.destination)
+            || node_ip.is_some_and(|ip| any_route_via.contains(&ip));
         if complete && !routed {
             out.push(
                 Finding::new(CheckId::RouteMissing, Severity::Warning, format!("via {}", n.destination))
