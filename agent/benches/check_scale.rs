@@ -1,0 +1,321 @@
+//! One-shot `agent check` at real cluster sizes, as an operator runs it: a network namespace
+//! holding node 0's real VXLAN state for 100 to 10,000 remote nodes (a route, a permanent ARP
+//! entry and an FDB entry each), the datastore as files printed by `kubectl`/`calicoctl` in
+//! YAML and in JSON, and the release binary started for every run (process start, reading
+//! the kernel, loading the datastore, verifying, printing). The floor is iproute2 dumping the
+//! same state (`ip -d link`, `ip addr`, `ip -d route show table all`, `ip neigh show nud
+//! all`, `bridge fdb show`, `ip rule`), also one process each. Prints a Markdown table for
+//! BENCHMARKS.md. Needs root; `cargo xtask bench` runs it (`--only scale` runs it alone).
+//! `AGENT_BENCH_SIZES=100,1000` measures other sizes; `AGENT_BENCH_RUNS=N` sets the runs per measure; `AGENT_BENCH_KEEP=1` leaves the
+//! namespaces and datastore files in place (named on stderr) for profiling.
+
+use std::{
+    fmt::Write as _,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use xtask::cluster::{Cluster, Format};
+
+const SIZES: [u32; 4] = [100, 1_000, 5_000, 10_000];
+const AGENT: &str = env!("CARGO_BIN_EXE_agent");
+/// The floor: what `agent diag --bundle-out` captures of the same state, with iproute2.
+const FLOOR: [&[&str]; 6] = [
+    &["ip", "-d", "link", "show"],
+    &["ip", "addr", "show"],
+    &["ip", "-d", "route", "show", "table", "all"],
+    &["ip", "neigh", "show", "nud", "all"],
+    &["bridge", "fdb", "show"],
+    &["ip", "rule", "show"],
+];
+
+/// Runs per measure (median reported): fewer at the largest sizes, where one run is long.
+fn runs(nodes: u32) -> usize {
+    match std::env::var("AGENT_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    {
+        Some(r) if r > 0 => r,
+        _ if nodes >= 5_000 => 5,
+        _ => 9,
+    }
+}
+
+/// What one process cost.
+#[derive(Clone, Copy)]
+struct Run {
+    wall: Duration,
+    /// Peak resident set size (kernel's `ru_maxrss`), KiB.
+    max_rss_kib: i64,
+    code: i32,
+}
+
+/// Starts `argv` (in the calling thread's network namespace), drains its output, and waits
+/// for it with `wait4` to read its own peak RSS.
+fn spawn(argv: &[&str], keep_stdout: bool) -> anyhow::Result<(Run, String)> {
+    let (prog, args) = argv.split_first().context("empty command")?;
+    let start = Instant::now();
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {prog}"))?;
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        if keep_stdout {
+            stdout.read_to_string(&mut out)?;
+        } else {
+            std::io::copy(&mut stdout, &mut std::io::sink())?;
+        }
+    }
+    let pid = i32::try_from(child.id()).context("pid")?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct wait4 fills in.
+    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own unreaped child (std's Child is never waited for), and both
+    // pointers are to live locals.
+    let reaped = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    if reaped != pid {
+        bail!("wait4 for {prog}: {}", std::io::Error::last_os_error());
+    }
+    let code = if nix::libc::WIFEXITED(status) {
+        nix::libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    Ok((
+        Run {
+            wall,
+            max_rss_kib: usage.ru_maxrss,
+            code,
+        },
+        out,
+    ))
+}
+
+/// The median wall time and the largest peak RSS over `n` runs of `one`.
+fn measure(n: usize, mut one: impl FnMut() -> anyhow::Result<Run>) -> anyhow::Result<Run> {
+    let mut all = (0..n)
+        .map(|_| one())
+        .collect::<anyhow::Result<Vec<Run>>>()?;
+    all.sort_by_key(|r| r.wall);
+    let mut mid = all[all.len() / 2];
+    mid.max_rss_kib = all.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
+    Ok(mid)
+}
+
+struct Row {
+    nodes: u32,
+    routes: usize,
+    yaml_mib: f64,
+    json_mib: f64,
+    floor: Run,
+    json: Run,
+    yaml: Run,
+    none: Run,
+    verdict: String,
+}
+
+fn write_datastore(dir: &Path, cluster: Cluster, format: Format) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let mut bytes = 0;
+    for (name, text) in cluster.datastore(format) {
+        bytes += text.len();
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn check_args(datastore: Option<&Path>) -> Vec<String> {
+    let mut argv: Vec<String> = [AGENT, "check", "--no-daemon", "--node-name"]
+        .map(String::from)
+        .into();
+    argv.push(Cluster::local());
+    if let Some(d) = datastore {
+        argv.push("--datastore".into());
+        argv.push(d.to_string_lossy().into_owned());
+    }
+    argv
+}
+
+fn agent(argv: &[String]) -> anyhow::Result<Run> {
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (run, _) = spawn(&argv, false)?;
+    // 0 clean, 1 drift (this namespace has no Felix chains): both are complete answers.
+    if !(0..=1).contains(&run.code) {
+        bail!("`{}` exited {}", argv.join(" "), run.code);
+    }
+    Ok(run)
+}
+
+fn measure_size(nodes: u32, tmp: &Path) -> anyhow::Result<Row> {
+    let cluster = Cluster::new(nodes);
+    let (yaml_dir, json_dir) = (
+        tmp.join(format!("yaml-{nodes}")),
+        tmp.join(format!("json-{nodes}")),
+    );
+    let yaml_mib = write_datastore(&yaml_dir, cluster, Format::Yaml)?;
+    let json_mib = write_datastore(&json_dir, cluster, Format::Json)?;
+    let ns = format!("cdpb-cs{}", std::process::id() % 10000);
+    xtask::sh::run(&["ip", "netns", "add", &ns])?;
+    let result = (|| {
+        cluster.program(&ns)?;
+        let path = format!("/var/run/netns/{ns}");
+        let (yaml_dir, json_dir) = (yaml_dir.clone(), json_dir.clone());
+        std::thread::spawn(move || -> anyhow::Result<Row> {
+            // Children inherit this thread's namespace: no `ip netns exec` in what is timed.
+            let fd = std::fs::File::open(&path)?;
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let routes = spawn(FLOOR[2], true)?.1.lines().count();
+            let n = runs(nodes);
+            let floor = measure(n, || {
+                let mut total = Run {
+                    wall: Duration::ZERO,
+                    max_rss_kib: 0,
+                    code: 0,
+                };
+                for argv in FLOOR {
+                    let (r, _) = spawn(argv, false)?;
+                    total.wall += r.wall;
+                    total.max_rss_kib = total.max_rss_kib.max(r.max_rss_kib);
+                }
+                Ok(total)
+            })?;
+            let (json_args, yaml_args, none_args) = (
+                check_args(Some(&json_dir)),
+                check_args(Some(&yaml_dir)),
+                check_args(None),
+            );
+            let verdict = {
+                let argv: Vec<&str> = json_args.iter().map(String::as_str).collect();
+                let (_, out) = spawn(&argv, true)?;
+                out.lines()
+                    .find_map(|l| l.strip_prefix("verdict: "))
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            // Interleaved, so that the machine's drift during the run hits all three alike.
+            let (mut json, mut yaml, mut none) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..n {
+                json.push(agent(&json_args)?);
+                yaml.push(agent(&yaml_args)?);
+                none.push(agent(&none_args)?);
+            }
+            let pick = |v: Vec<Run>| {
+                let mut it = v.into_iter();
+                measure(n, || it.next().context("run"))
+            };
+            Ok(Row {
+                nodes,
+                routes,
+                yaml_mib,
+                json_mib,
+                floor,
+                json: pick(json)?,
+                yaml: pick(yaml)?,
+                none: pick(none)?,
+                verdict,
+            })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
+    })();
+    if std::env::var_os("AGENT_BENCH_KEEP").is_some() {
+        eprintln!(
+            "kept for profiling: namespace {ns}, {} and {}",
+            yaml_dir.display(),
+            json_dir.display()
+        );
+        return result;
+    }
+    let _ = xtask::sh::run(&["ip", "netns", "del", &ns]);
+    let _ = std::fs::remove_dir_all(&yaml_dir);
+    let _ = std::fs::remove_dir_all(&json_dir);
+    result
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(r: &Run) -> f64 {
+    r.max_rss_kib as f64 / 1024.0
+}
+
+fn sizes() -> anyhow::Result<Vec<u32>> {
+    match std::env::var("AGENT_BENCH_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .with_context(|| format!("AGENT_BENCH_SIZES: {s:?} is not a node count"))
+            })
+            .collect(),
+        Err(_) => Ok(SIZES.to_vec()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let tmp: PathBuf = std::env::temp_dir().join(format!("cdpb-scale-{}", std::process::id()));
+    let rows = sizes()?
+        .into_iter()
+        .map(|n| measure_size(n, &tmp))
+        .collect::<anyhow::Result<Vec<Row>>>();
+    if std::env::var_os("AGENT_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    let rows = rows?;
+    let mut md = String::from(
+        "| remote nodes | routes | datastore YAML / JSON (MiB) | iproute2 dump, the floor (ms) | `check` from JSON (ms) | / floor | from YAML (ms) | / floor | without a datastore (ms) | / floor | peak RSS JSON / YAML / none (MiB) | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        let f = ms(r.floor.wall);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1} / {:.1} | {:.1} | {:.1} | **{:.2}** | {:.1} | **{:.2}** | {:.1} | {:.2} | {:.1} / {:.1} / {:.1} | {} |",
+            r.nodes,
+            r.routes,
+            r.yaml_mib,
+            r.json_mib,
+            f,
+            ms(r.json.wall),
+            ms(r.json.wall) / f,
+            ms(r.yaml.wall),
+            ms(r.yaml.wall) / f,
+            ms(r.none.wall),
+            ms(r.none.wall) / f,
+            mib(&r.json),
+            mib(&r.yaml),
+            mib(&r.none),
+            r.verdict
+        );
+    }
+    // Growth between consecutive sizes, against the growth of the state itself.
+    let mut growth = Vec::new();
+    for w in rows.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let x = |f: fn(&Row) -> Duration| ms(f(b)) / ms(f(a));
+        growth.push(format!(
+            "{} → {} nodes (state ×{:.1}): floor ×{:.2}, JSON ×{:.2}, YAML ×{:.2}, none ×{:.2}",
+            a.nodes,
+            b.nodes,
+            f64::from(b.nodes) / f64::from(a.nodes),
+            x(|r| r.floor.wall),
+            x(|r| r.json.wall),
+            x(|r| r.yaml.wall),
+            x(|r| r.none.wall)
+        ));
+    }
+    if !growth.is_empty() {
+        let _ = writeln!(md, "\nGrowth of the median times: {}.", growth.join("; "));
+    }
+    print!("{md}");
+    Ok(())
+}
