@@ -48,13 +48,10 @@ fn runs(nodes: u32) -> usize {
 #[derive(Clone, Copy)]
 struct Run {
     wall: Duration,
-    /// Peak resident set size (kernel's `ru_maxrss`), KiB.
-    max_rss_kib: i64,
     code: i32,
 }
 
-/// Starts `argv` (in the calling thread's network namespace), drains its output, and waits
-/// for it with `wait4` to read its own peak RSS.
+/// Starts `argv` (in the calling thread's network namespace), drains its output and waits.
 fn spawn(argv: &[&str], keep_stdout: bool) -> anyhow::Result<(Run, String)> {
     let (prog, args) = argv.split_first().context("empty command")?;
     let start = Instant::now();
@@ -73,41 +70,41 @@ fn spawn(argv: &[&str], keep_stdout: bool) -> anyhow::Result<(Run, String)> {
             std::io::copy(&mut stdout, &mut std::io::sink())?;
         }
     }
-    let pid = i32::try_from(child.id()).context("pid")?;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value of the plain C struct wait4 fills in.
-    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own unreaped child (std's Child is never waited for), and both
-    // pointers are to live locals.
-    let reaped = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
+    let status = child.wait()?;
     let wall = start.elapsed();
-    if reaped != pid {
-        bail!("wait4 for {prog}: {}", std::io::Error::last_os_error());
-    }
-    let code = if nix::libc::WIFEXITED(status) {
-        nix::libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
     Ok((
         Run {
             wall,
-            max_rss_kib: usage.ru_maxrss,
-            code,
+            code: status.code().unwrap_or(-1),
         },
         out,
     ))
 }
 
-/// The median wall time and the largest peak RSS over `n` runs of `one`.
+/// The median wall time over `n` runs of `one`.
 fn measure(n: usize, mut one: impl FnMut() -> anyhow::Result<Run>) -> anyhow::Result<Run> {
     let mut all = (0..n)
         .map(|_| one())
         .collect::<anyhow::Result<Vec<Run>>>()?;
     all.sort_by_key(|r| r.wall);
-    let mut mid = all[all.len() / 2];
-    mid.max_rss_kib = all.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
-    Ok(mid)
+    Ok(all[all.len() / 2])
+}
+
+/// The process's peak RSS in MiB, from GNU time: `ru_maxrss` read by a parent as large as
+/// this bench would include the bench's own memory (a child's high-water mark starts from
+/// the parent it was forked from).
+fn peak_rss(argv: &[String], scratch: &Path) -> anyhow::Result<f64> {
+    let out = scratch.join("maxrss");
+    let out_arg = out.to_string_lossy().into_owned();
+    let mut full: Vec<&str> = vec!["/usr/bin/time", "-f", "%M", "-o", &out_arg];
+    full.extend(argv.iter().map(String::as_str));
+    spawn(&full, false)?;
+    let kib: f64 = std::fs::read_to_string(&out)
+        .context("GNU time's output (apt-get install time)")?
+        .trim()
+        .parse()
+        .context("GNU time's %M")?;
+    Ok(kib / 1024.0)
 }
 
 struct Row {
@@ -119,6 +116,8 @@ struct Row {
     json: Run,
     yaml: Run,
     none: Run,
+    /// Peak RSS (MiB) from JSON, YAML and without a datastore.
+    rss: [f64; 3],
     verdict: String,
 }
 
@@ -167,7 +166,7 @@ fn measure_size(nodes: u32, tmp: &Path) -> anyhow::Result<Row> {
     let result = (|| {
         cluster.program(&ns)?;
         let path = format!("/var/run/netns/{ns}");
-        let (yaml_dir, json_dir) = (yaml_dir.clone(), json_dir.clone());
+        let (yaml_dir, json_dir, scratch) = (yaml_dir.clone(), json_dir.clone(), tmp.to_path_buf());
         std::thread::spawn(move || -> anyhow::Result<Row> {
             // Children inherit this thread's namespace: no `ip netns exec` in what is timed.
             let fd = std::fs::File::open(&path)?;
@@ -177,13 +176,10 @@ fn measure_size(nodes: u32, tmp: &Path) -> anyhow::Result<Row> {
             let floor = measure(n, || {
                 let mut total = Run {
                     wall: Duration::ZERO,
-                    max_rss_kib: 0,
                     code: 0,
                 };
                 for argv in FLOOR {
-                    let (r, _) = spawn(argv, false)?;
-                    total.wall += r.wall;
-                    total.max_rss_kib = total.max_rss_kib.max(r.max_rss_kib);
+                    total.wall += spawn(argv, false)?.0.wall;
                 }
                 Ok(total)
             })?;
@@ -211,6 +207,11 @@ fn measure_size(nodes: u32, tmp: &Path) -> anyhow::Result<Row> {
                 let mut it = v.into_iter();
                 measure(n, || it.next().context("run"))
             };
+            let rss = [
+                peak_rss(&json_args, &scratch)?,
+                peak_rss(&yaml_args, &scratch)?,
+                peak_rss(&none_args, &scratch)?,
+            ];
             Ok(Row {
                 nodes,
                 routes,
@@ -220,6 +221,7 @@ fn measure_size(nodes: u32, tmp: &Path) -> anyhow::Result<Row> {
                 json: pick(json)?,
                 yaml: pick(yaml)?,
                 none: pick(none)?,
+                rss,
                 verdict,
             })
         })
@@ -242,10 +244,6 @@ fn measure_size(nodes: u32, tmp: &Path) -> anyhow::Result<Row> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn mib(r: &Run) -> f64 {
-    r.max_rss_kib as f64 / 1024.0
 }
 
 fn sizes() -> anyhow::Result<Vec<u32>> {
@@ -291,9 +289,9 @@ fn main() -> anyhow::Result<()> {
             ms(r.yaml.wall) / f,
             ms(r.none.wall),
             ms(r.none.wall) / f,
-            mib(&r.json),
-            mib(&r.yaml),
-            mib(&r.none),
+            r.rss[0],
+            r.rss[1],
+            r.rss[2],
             r.verdict
         );
     }
