@@ -8,12 +8,20 @@
 //! fixed bound on what aliases may expand to, so that an alias bomb is refused however large
 //! the file around it.
 
-use std::cell::RefCell;
+use std::{
+    cell::RefCell,
+    io::{BufRead, BufReader},
+    path::Path,
+};
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{Datastore, files::DatastoreError};
+use super::{
+    Datastore,
+    files::{self, DatastoreError},
+    object::{Failure, ObjectSeed, Parts},
+};
 
 /// How a file is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +33,16 @@ pub enum Format {
 /// `*.json` is JSON; so is text that starts like JSON (`{` or `[`, as `kubectl … -o json`
 /// pastes do), unless it then turns out to be YAML's flow style (see [`load`]).
 pub fn format_of(file: &str, text: &str) -> Format {
-    let starts_like_json = text
-        .trim_start_matches('\u{feff}')
-        .trim_start()
-        .starts_with(['{', '[']);
+    format_by(file, text.as_bytes())
+}
+
+/// [`format_of`] from the file's first bytes.
+fn format_by(file: &str, head: &[u8]) -> Format {
+    let head = head.strip_prefix(b"\xef\xbb\xbf").unwrap_or(head);
+    let starts_like_json = head
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| matches!(b, b'{' | b'['));
     if file.ends_with(".json") || starts_like_json {
         Format::Json
     } else {
@@ -40,11 +54,37 @@ pub fn format_of(file: &str, text: &str) -> Format {
 /// hand-written anchors replay a few hundred events, not this many.
 pub const MAX_ALIAS_REPLAY: usize = 100_000;
 
+/// Adds every object of the file at `path` to `ds`. JSON is parsed as it is read, so a
+/// 10,000-node `kubectl … -o json` never sits in memory whole (measured at 5,000 nodes: 70 MiB
+/// peak against 89 MiB from a slice, for a third more time).
+pub fn load_file(ds: &mut Datastore, path: &Path) -> Result<(), DatastoreError> {
+    let read_error = |source| DatastoreError::Read {
+        path: path.into(),
+        source,
+    };
+    let file = path.display().to_string();
+    let mut reader =
+        BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(read_error)?);
+    let head = reader.fill_buf().map_err(read_error)?;
+    if format_by(&file, head) == Format::Json {
+        let mut loader = Loader::new(std::mem::take(ds), &file);
+        let result = json(&mut loader, serde_json::Deserializer::from_reader(reader));
+        let loaded = loader.loaded;
+        *ds = loader.ds;
+        match result {
+            Err(DatastoreError::Json { .. }) if loaded == 0 && !file.ends_with(".json") => {}
+            other => return other,
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    yaml(ds, &file, &text)
+}
+
 /// Adds every object of `text` to `ds`. The first bad object stops the load with its error.
 pub fn load(ds: &mut Datastore, file: &str, text: &str) -> Result<(), DatastoreError> {
     if format_of(file, text) == Format::Json {
         let mut loader = Loader::new(std::mem::take(ds), file);
-        let result = json(&mut loader, text);
+        let result = json(&mut loader, serde_json::Deserializer::from_str(text));
         let loaded = loader.loaded;
         *ds = loader.ds;
         match result {
@@ -57,8 +97,10 @@ pub fn load(ds: &mut Datastore, file: &str, text: &str) -> Result<(), DatastoreE
     yaml(ds, file, text)
 }
 
-fn json(loader: &mut Loader, text: &str) -> Result<(), DatastoreError> {
-    let mut de = serde_json::Deserializer::from_str(text);
+fn json<'de, R: serde_json::de::Read<'de>>(
+    loader: &mut Loader,
+    mut de: serde_json::Deserializer<R>,
+) -> Result<(), DatastoreError> {
     // Several documents may follow each other (`cat a.json b.json`).
     loop {
         let parsed = DocSeed(loader).deserialize(&mut de);
@@ -182,10 +224,31 @@ impl Loader {
 
     fn object<E: de::Error>(&mut self, v: &Value, list_kind: Option<&str>) -> Result<(), E> {
         self.loaded += 1;
-        super::files::load_value(&mut self.ds, &self.file, v, list_kind).map_err(|e| {
+        let result = files::load_value(&mut self.ds, &self.file, v, list_kind);
+        self.stop_on(result)
+    }
+
+    fn parts<E: de::Error>(&mut self, parts: Parts, list_kind: Option<&str>) -> Result<(), E> {
+        self.loaded += 1;
+        let result = files::add(&mut self.ds, &self.file, parts, list_kind);
+        self.stop_on(result)
+    }
+
+    /// A bad object stops the parser; its error is kept to be returned instead.
+    fn stop_on<E: de::Error>(&mut self, result: Result<(), DatastoreError>) -> Result<(), E> {
+        result.map_err(|e| {
             self.failed = Some(e);
             E::custom("stopped at a bad object")
         })
+    }
+
+    /// An object whose field failed while it was read.
+    fn field_failed(&mut self, f: Failure) {
+        let ctx = files::Ctx {
+            file: &self.file,
+            object: f.object.clone(),
+        };
+        self.failed = Some(ctx.failed(f));
     }
 }
 
@@ -223,8 +286,8 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
             waiting: &mut waiting,
         }
         .visit_seq(seq)?;
-        for item in &waiting {
-            self.0.object(item, None)?;
+        for item in waiting {
+            self.0.parts(item, None)?;
         }
         Ok(())
     }
@@ -252,8 +315,8 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
         }
         let kind = head.get("kind").and_then(Value::as_str).unwrap_or("");
         let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
-        for item in &waiting {
-            self.0.object(item, item_kind)?;
+        for item in waiting {
+            self.0.parts(item, item_kind)?;
         }
         Ok(())
     }
@@ -261,7 +324,7 @@ impl<'de> Visitor<'de> for DocSeed<'_> {
 
 struct Items<'a> {
     loader: &'a mut Loader,
-    waiting: &'a mut Vec<Value>,
+    waiting: &'a mut Vec<Parts>,
 }
 
 impl<'de> DeserializeSeed<'de> for Items<'_> {
@@ -288,14 +351,27 @@ impl<'de> Visitor<'de> for Items<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(item) = seq.next_element::<Value>()? {
-            if item.get("kind").is_some() {
-                self.loader.object(&item, None)?;
+        loop {
+            let mut failure = None;
+            let item = seq.next_element_seed(ObjectSeed {
+                failure: &mut failure,
+            });
+            let item = match item {
+                Ok(Some(item)) => item,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    if let Some(f) = failure {
+                        self.loader.field_failed(f);
+                    }
+                    return Err(e);
+                }
+            };
+            if item.kind.is_some() {
+                self.loader.parts(item, None)?;
             } else {
                 self.waiting.push(item);
             }
         }
-        Ok(())
     }
 }
 
@@ -410,6 +486,16 @@ mod tests {
         assert_eq!(
             load_one("pools.json", &bad).expect_err("bad").to_string(),
             "pools.json: IPPool q: field spec.cidr: \"10.1.0.0/33\" is not a CIDR"
+        );
+        // A field that fails while a List's item is read into its type names the item, and
+        // the parser adds where it is.
+        let typed = r#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion":
+            "crd.projectcalico.org/v1", "kind": "IPAMBlock", "metadata": {"name": "b1"},
+            "spec": {"cidr": "10.0.0.0/26", "allocations": [0, "x"]}}]}"#;
+        assert_eq!(
+            load_one("blocks.json", typed).expect_err("bad").to_string(),
+            "blocks.json: IPAMBlock b1: field spec.allocations[1]: got the text \"x\", \
+             expected a whole number from 0 to 4294967295 at line 3 column 66"
         );
         let truncated = &list[..list.len() / 2];
         let err = load_one("pools.json", truncated).expect_err("truncated");

@@ -6,6 +6,7 @@ pub mod expected;
 pub mod files;
 pub mod identity;
 pub mod kube;
+mod object;
 pub mod resources;
 
 use std::{
