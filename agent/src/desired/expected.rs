@@ -646,3 +646,59 @@ spec:
         assert!(err.to_string().contains("\"zz\" is not in the datastore"));
     }
 }
+
+/// Thousands of nodes, through the indexes rather than a scan of every node per block.
+#[cfg(test)]
+mod scale_tests {
+    use super::*;
+    use xtask::cluster::{Cluster, Format};
+
+    fn datastore(nodes: u32) -> Datastore {
+        let mut ds = Datastore::default();
+        for (name, text) in Cluster::new(nodes).datastore(Format::Json) {
+            crate::desired::files::load_text(&mut ds, &name, &text).expect("loads");
+        }
+        ds
+    }
+
+    #[test]
+    fn every_remote_block_is_routed_via_its_own_vtep() {
+        let e =
+            compute(&datastore(2_000), &Cluster::local(), &HostFacts::default()).expect("expected");
+        assert_eq!((e.routes.len(), e.vteps.len()), (2_001, 2_000));
+        assert!(e.notes.is_empty(), "{:?}", e.notes);
+        let r = e
+            .routes
+            .iter()
+            .find(|r| r.reason == "block of bench-1234")
+            .expect("route");
+        assert_eq!(
+            r.target,
+            RouteTarget::Device {
+                device: VXLAN_DEV.into(),
+                gateway: Some(Cluster::block(1234)),
+            }
+        );
+    }
+
+    #[test]
+    fn a_node_without_a_vtep_among_thousands_has_no_route_and_a_note() {
+        let mut ds = datastore(2_000);
+        let n = ds
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == "bench-777")
+            .expect("node");
+        n.ipv4_vxlan_tunnel = None;
+        let e = compute(&ds, &Cluster::local(), &HostFacts::default()).expect("expected");
+        assert_eq!((e.routes.len(), e.vteps.len()), (2_000, 1_999));
+        assert!(!e.routes.iter().any(|r| r.reason == "block of bench-777"));
+        assert_eq!(
+            e.notes,
+            [
+                "node bench-777 has no VXLAN tunnel address or node IP yet: Felix programs no VTEP for it",
+                "no route to bench-777's blocks until its VTEP is known"
+            ]
+        );
+    }
+}

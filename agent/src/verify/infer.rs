@@ -456,3 +456,71 @@ mod tests {
         );
     }
 }
+
+/// Thousands of VTEPs, looked up through the indexes rather than scanned per route.
+#[cfg(test)]
+mod scale_tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use crate::verify::{
+        CheckId,
+        testutil::{healthy, ids, run_inferred},
+    };
+
+    /// The healthy node with `n` more remote VTEPs, each with its route, ARP and FDB entry.
+    fn with_vteps(n: u32) -> crate::observed::ObservedDataplane {
+        let (_, mut o) = healthy();
+        let route = o
+            .routes
+            .iter()
+            .find(|r| r.dev.as_deref() == Some("vxlan.calico") && r.gateway.is_some())
+            .cloned()
+            .expect("a route through the tunnel");
+        let (neigh, fdb) = (o.neighbours[0].clone(), o.fdb[0].clone());
+        for i in 0..n {
+            let tunnel = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * 64);
+            let mac = format!(
+                "66:00:00:{:02x}:{:02x}:{:02x}",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            );
+            let mut r = route.clone();
+            r.destination = ipnet::IpNet::V4(ipnet::Ipv4Net::new(tunnel, 26).expect("net"));
+            r.gateway = Some(IpAddr::V4(tunnel));
+            o.routes.push(r);
+            let mut nb = neigh.clone();
+            nb.destination = IpAddr::V4(tunnel);
+            nb.lladdr = Some(mac.clone());
+            o.neighbours.push(nb);
+            let mut f = fdb.clone();
+            f.mac = mac;
+            f.destination = Some(IpAddr::V4(Ipv4Addr::from(
+                u32::from(Ipv4Addr::new(10, 98, 0, 0)) + i + 1,
+            )));
+            o.fdb.push(f);
+        }
+        o
+    }
+
+    #[test]
+    fn thousands_of_healthy_vteps_are_quiet() {
+        assert_eq!(ids(&run_inferred(&with_vteps(3_000))), []);
+    }
+
+    #[test]
+    fn one_missing_fdb_entry_among_thousands_is_named() {
+        let mut o = with_vteps(3_000);
+        let gone = o.fdb.remove(1_500);
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::VxlanFdbMissing, gone.mac)]
+        );
+        let mut o = with_vteps(3_000);
+        let gone = o.neighbours.remove(2_000);
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::VxlanNeighMissing, gone.destination.to_string())]
+        );
+    }
+}
