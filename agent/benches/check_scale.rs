@@ -5,7 +5,7 @@
 //! the kernel, loading the datastore, verifying, printing). The floor is iproute2 dumping the
 //! same state (`ip -d link`, `ip addr`, `ip -d route show table all`, `ip neigh show nud
 //! all`, `bridge fdb show`, `ip rule`), also one process each. Prints a Markdown table for
-//! BENCHMARKS.md. Needs root; `cargo xtask bench` runs it (`--only scale` runs it alone).
+//! BENCHMARKS.md. Needs root; `cargo xtask bench` runs it (`--scale-only` runs it alone).
 //! `AGENT_BENCH_SIZES=100,1000` measures other sizes; `AGENT_BENCH_RUNS=N` sets the runs per measure; `AGENT_BENCH_KEEP=1` leaves the
 //! namespaces and datastore files in place (named on stderr) for profiling.
 
@@ -310,6 +310,20 @@ fn main() -> anyhow::Result<()> {
             x(|r| r.yaml.wall),
             x(|r| r.none.wall)
         ));
+    }
+    if let Some(r) = rows.iter().find(|r| r.nodes == 5_000) {
+        let f = ms(r.floor.wall);
+        let (json, yaml) = (ms(r.json.wall) / f, ms(r.yaml.wall) / f);
+        let rss = r.rss.iter().copied().fold(0.0, f64::max);
+        let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
+        let _ = writeln!(
+            md,
+            "\nTargets at 5,000 nodes: from JSON {json:.2}× the floor (≤ 3×: {}), from YAML \
+             {yaml:.2}× (≤ 5×: {}), peak RSS {rss:.1} MiB (< 80 MiB: {}).",
+            verdict(json <= 3.0),
+            verdict(yaml <= 5.0),
+            verdict(rss < 80.0)
+        );
     }
     if !growth.is_empty() {
         let _ = writeln!(md, "\nGrowth of the median times: {}.", growth.join("; "));

@@ -200,14 +200,13 @@ impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Tracked<'_, T> {
         let de = serde_path_to_error::Deserializer::new(d, &mut track);
         let unknown = self.unknown;
         let result = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
-        result.map_err(|e| {
+        result.inspect_err(|e| {
             *self.failure = Some(Failure {
                 object: String::new(),
                 part: self.part,
                 path: track.path().to_string(),
                 message: e.to_string(),
             });
-            e
         })
     }
 }
