@@ -99,11 +99,15 @@ fn peak_rss(argv: &[String], scratch: &Path) -> anyhow::Result<f64> {
     let mut full: Vec<&str> = vec!["/usr/bin/time", "-f", "%M", "-o", &out_arg];
     full.extend(argv.iter().map(String::as_str));
     spawn(&full, false)?;
-    let kib: f64 = std::fs::read_to_string(&out)
-        .context("GNU time's output (apt-get install time)")?
+    let text = std::fs::read_to_string(&out).context("GNU time's output (apt-get install time)")?;
+    // After "Command exited with non-zero status 1" when the check found drift.
+    let kib: f64 = text
+        .lines()
+        .last()
+        .unwrap_or_default()
         .trim()
         .parse()
-        .context("GNU time's %M")?;
+        .with_context(|| format!("GNU time's %M in {text:?}"))?;
     Ok(kib / 1024.0)
 }
 
