@@ -36,8 +36,8 @@ fn name(i: u32) -> String {
     format!("bench-{i}")
 }
 
-/// The datastore: the pool, every node and its block, as the Kubernetes API returns them (as
-/// JSON objects: the YAML reader's budget is issue 13's to raise).
+/// The datastore: the pool, every node and its block, as the Kubernetes API returns them (JSON
+/// objects; `check_scale.rs` reads whole YAML and JSON files of this size).
 fn datastore(nodes: u32) -> anyhow::Result<Datastore> {
     let mut ds = Datastore::default();
     let pool = serde_json::json!({

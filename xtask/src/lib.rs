@@ -2,6 +2,7 @@
 //! process.
 
 pub mod bench;
+pub mod cluster;
 pub mod image;
 pub mod lab;
 pub mod setup;

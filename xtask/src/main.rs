@@ -45,6 +45,10 @@ enum Command {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Only one-shot `agent check` at cluster scale (100 to 10,000 nodes): its section of
+        /// BENCHMARKS.md is replaced, the others kept.
+        #[arg(long)]
+        scale_only: bool,
     },
     /// Build the container image (Dockerfile stage `runtime`) from the release binary with
     /// buildah, on a debootstrapped bookworm base made once; prints the image ID.
@@ -110,7 +114,10 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::setup(),
         Command::Test => test(),
         Command::Demo { keep } => demo(keep),
-        Command::Bench { seconds } => bench::run(&workspace_root(), seconds),
+        Command::Bench {
+            scale_only: true, ..
+        } => bench::run_scale_only(&workspace_root()),
+        Command::Bench { seconds, .. } => bench::run(&workspace_root(), seconds),
         Command::Image { tag } => image::run(&workspace_root(), &tag),
         Command::Lab { action } => lab(action),
     }

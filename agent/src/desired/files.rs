@@ -1,5 +1,6 @@
-//! The datastore from YAML (or JSON) files: what `kubectl get … -o yaml` or `calicoctl get … -o
-//! yaml` prints, single objects, multi-document files or `List`s, in any mix.
+//! The datastore from YAML or JSON files: what `kubectl get … -o yaml|json` or `calicoctl get …
+//! -o yaml|json` prints, single objects, multi-document files or `List`s, in any mix (parsed,
+//! streamed, by [`super::document`]).
 //!
 //! A malformed object is an error naming the file, the object and the field; unknown fields and
 //! kinds are ignored with a warning, so newer Calico versions do not break the agent.
@@ -14,10 +15,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{
-    Affinity, Allocation, BgpPeerObject, Block, Datastore, EncapMode, Node, Pool, parse_as_number,
-    parse_v4_addr, parse_v4_with_prefix,
+    Affinity, Allocation, BgpPeerObject, Block, Datastore, EncapMode, Node, Pool,
+    object::{Failure, Parts, Spec, SpecInput, is_calico_api},
+    parse_as_number, parse_v4_addr, parse_v4_with_prefix,
     resources::{
-        BgpConfigurationSpec, BgpPeerSpec, BlockAffinitySpec, CalicoNodeSpec, CalicoNodeStatus,
+        BgpConfigurationSpec, BgpPeerSpec, CalicoNodeSpec, CalicoNodeStatus,
         FelixConfigurationSpec, IpPoolSpec, IpamBlockSpec, ObjectMeta,
     },
 };
@@ -34,6 +36,11 @@ pub enum DatastoreError {
     NoFiles { path: PathBuf },
     #[error("{file}: not valid YAML: {message}")]
     Yaml { file: String, message: String },
+    #[error("{file}: not valid JSON: {message}")]
+    Json { file: String, message: String },
+    /// Parseable, but beyond what the agent accepts (an alias bomb).
+    #[error("{file}: refused: {why}")]
+    Refused { file: String, why: String },
     #[error("{file}: {object}: field {field}: {message}")]
     Object {
         file: String,
@@ -58,11 +65,7 @@ pub fn load_dir(dir: &Path) -> Result<Datastore, DatastoreError> {
     }
     let mut ds = Datastore::default();
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|source| DatastoreError::Read {
-            path: f.clone(),
-            source,
-        })?;
-        load_text(&mut ds, &f.display().to_string(), &text)?;
+        super::document::load_file(&mut ds, &f)?;
     }
     Ok(ds)
 }
@@ -71,11 +74,7 @@ pub fn load_dir(dir: &Path) -> Result<Datastore, DatastoreError> {
 pub fn load_files(files: &[PathBuf]) -> Result<Datastore, DatastoreError> {
     let mut ds = Datastore::default();
     for f in files {
-        let text = std::fs::read_to_string(f).map_err(|source| DatastoreError::Read {
-            path: f.clone(),
-            source,
-        })?;
-        load_text(&mut ds, &f.display().to_string(), &text)?;
+        super::document::load_file(&mut ds, f)?;
     }
     Ok(ds)
 }
@@ -104,22 +103,10 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DatastoreError> {
     Ok(())
 }
 
-/// Adds the objects of one file's text to `ds`.
+/// Adds the objects of one file's text to `ds`: YAML, or JSON when the file is `*.json` or
+/// its text starts like JSON (see [`super::document`]).
 pub fn load_text(ds: &mut Datastore, file: &str, text: &str) -> Result<(), DatastoreError> {
-    // YAML 1.2 booleans only: a node named `n` or a label `on` must stay a string.
-    let mut options = serde_saphyr::Options::default();
-    options.strict_booleans = true;
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
-            DatastoreError::Yaml {
-                file: file.into(),
-                message: e.to_string(),
-            }
-        })?;
-    for doc in docs.into_iter().filter(|d| !d.is_null()) {
-        load_value(ds, file, &doc, None)?;
-    }
-    Ok(())
+    super::document::load(ds, file, text)
 }
 
 /// Adds one object (as the API server returns it) to `ds`; `source` names where it came from.
@@ -127,9 +114,9 @@ pub fn load_object(ds: &mut Datastore, source: &str, v: &Value) -> Result<(), Da
     load_value(ds, source, v, None)
 }
 
-struct Ctx<'a> {
-    file: &'a str,
-    object: String,
+pub(super) struct Ctx<'a> {
+    pub(super) file: &'a str,
+    pub(super) object: String,
 }
 
 impl Ctx<'_> {
@@ -140,6 +127,40 @@ impl Ctx<'_> {
             field: field.into(),
             message: message.into(),
         }
+    }
+
+    /// The spec of this object's kind, however it arrived: typed already (its unknown fields
+    /// become warnings), or as JSON to type now.
+    fn spec<T: DeserializeOwned>(
+        &self,
+        spec: SpecInput,
+        warnings: &mut Vec<String>,
+        pick: impl FnOnce(Spec) -> Option<T>,
+    ) -> Result<T, DatastoreError> {
+        match spec {
+            SpecInput::Typed(s, unknown) => {
+                self.warn_unknown("spec", unknown, warnings);
+                pick(s).ok_or_else(|| self.err("spec", "read as another kind's spec"))
+            }
+            SpecInput::Json(v) => self.de(&v, "spec", warnings, true),
+            SpecInput::Absent | SpecInput::Ignored => {
+                self.de(&Value::Object(Default::default()), "spec", warnings, true)
+            }
+        }
+    }
+
+    fn warn_unknown(&self, field: &str, unknown: Vec<String>, warnings: &mut Vec<String>) {
+        for p in unknown {
+            warnings.push(format!(
+                "{}: {}: unknown field {field}.{p} ignored",
+                self.file, self.object
+            ));
+        }
+    }
+
+    /// The error for a field that failed while the object was being read.
+    pub(super) fn failed(&self, f: Failure) -> DatastoreError {
+        self.err(&at(f.part, &f.path), plain_wording(&f.message))
     }
 
     /// Deserialises `v` (found at `field`), warning about unknown fields and naming the exact
@@ -158,29 +179,28 @@ impl Ctx<'_> {
         match result {
             Ok(t) => {
                 if warn_unknown {
-                    for p in unknown {
-                        warnings.push(format!(
-                            "{}: {}: unknown field {field}.{p} ignored",
-                            self.file, self.object
-                        ));
-                    }
+                    self.warn_unknown(field, unknown, warnings);
                 }
                 Ok(t)
             }
-            Err(e) => {
-                let path = track.path().to_string();
-                let at = if path == "." || path.is_empty() {
-                    field.to_string()
-                } else {
-                    format!("{field}.{path}")
-                };
-                Err(self.err(&at, plain_wording(&e.to_string())))
-            }
+            Err(e) => Err(self.err(
+                &at(field, &track.path().to_string()),
+                plain_wording(&e.to_string()),
+            )),
         }
     }
 }
 
-fn load_value(
+/// `spec.cidr` from the part and serde_path_to_error's path below it (`.` for the part).
+fn at(field: &str, path: &str) -> String {
+    if path == "." || path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{field}.{path}")
+    }
+}
+
+pub(super) fn load_value(
     ds: &mut Datastore,
     file: &str,
     v: &Value,
@@ -203,34 +223,74 @@ fn load_value(
         }
         return Ok(());
     }
-    let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let name = v
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("?");
+    let ctx = Ctx {
+        file,
+        object: format!(
+            "{kind} {}",
+            v.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+        ),
+    };
+    let parts = Parts {
+        kind: Some(kind.to_string()),
+        api: v
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        meta: match v.get("metadata") {
+            Some(m) => Some(ctx.de(m, "metadata", &mut ds.warnings, false)?),
+            None => None,
+        },
+        spec: v
+            .get("spec")
+            .map_or(SpecInput::Absent, |s| SpecInput::Json(s.clone())),
+        status: v.get("status").cloned(),
+    };
+    add(ds, file, parts, None)
+}
+
+/// Adds one object read by parts; `list_kind` is the kind of the List it came in, for items
+/// that do not say theirs.
+pub(super) fn add(
+    ds: &mut Datastore,
+    file: &str,
+    parts: Parts,
+    list_kind: Option<&str>,
+) -> Result<(), DatastoreError> {
+    let kind = parts.kind.as_deref().or(list_kind).unwrap_or("");
+    let api = parts.api.as_str();
+    let name = parts.meta.as_ref().map_or("?", |m| m.name.as_str());
     let ctx = Ctx {
         file,
         object: format!("{kind} {name}"),
     };
-    let meta: ObjectMeta = match v.get("metadata") {
-        Some(m) => ctx.de(m, "metadata", &mut ds.warnings, false)?,
-        None => return Err(ctx.err("metadata", "missing")),
+    let Some(meta) = parts.meta.as_ref() else {
+        return Err(ctx.err("metadata", "missing"));
     };
-    let spec = v
-        .get("spec")
-        .cloned()
-        .unwrap_or(Value::Object(Default::default()));
+    let spec = parts.spec;
+    let warnings = &mut ds.warnings;
     match kind {
         "IPPool" => {
-            let s: IpPoolSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
-            ds.pools.push(pool(&ctx, meta.name, s)?);
+            let s = ctx.spec(spec, warnings, |s| match s {
+                Spec::Pool(s) => Some(s),
+                _ => None,
+            })?;
+            ds.pools.push(pool(&ctx, meta.name.clone(), s)?);
         }
         "IPAMBlock" => {
-            let s: IpamBlockSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
-            ds.blocks.push(block(&ctx, meta.name, s)?);
+            let s = ctx.spec(spec, warnings, |s| match s {
+                Spec::Block(s) => Some(s),
+                _ => None,
+            })?;
+            ds.blocks.push(block(&ctx, meta.name.clone(), s)?);
         }
         "BlockAffinity" => {
-            let s: BlockAffinitySpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let s = ctx.spec(spec, warnings, |s| match s {
+                Spec::Affinity(s) => Some(s),
+                _ => None,
+            })?;
             let cidr = s
                 .cidr
                 .parse::<IpNet>()
@@ -242,30 +302,40 @@ fn load_value(
                 deleted: s.deleted,
             });
         }
-        "Node"
-            if api.starts_with("projectcalico.org") || api.starts_with("crd.projectcalico.org") =>
-        {
-            let s: CalicoNodeSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
-            let status: CalicoNodeStatus = match v.get("status") {
-                Some(st) => ctx.de(st, "status", &mut ds.warnings, false)?,
+        "Node" if is_calico_api(api) => {
+            let s: CalicoNodeSpec = ctx.spec(spec, warnings, |s| match s {
+                Spec::Node(s) => Some(*s),
+                _ => None,
+            })?;
+            let status: CalicoNodeStatus = match &parts.status {
+                Some(st) => ctx.de(st, "status", warnings, false)?,
                 None => CalicoNodeStatus::default(),
             };
-            ds.nodes.push(calico_node(&ctx, &meta, &s, &status)?);
+            ds.nodes.push(calico_node(&ctx, meta, &s, &status)?);
         }
-        "Node" => ds.nodes.push(k8s_node(&ctx, &meta)?),
+        "Node" => ds.nodes.push(k8s_node(&ctx, meta)?),
         "FelixConfiguration" => {
-            let s: FelixConfigurationSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
-            ds.felix.insert(meta.name, s);
+            let s: FelixConfigurationSpec = ctx.spec(spec, warnings, |s| match s {
+                Spec::Felix(s) => Some(*s),
+                _ => None,
+            })?;
+            ds.felix.insert(meta.name.clone(), s);
         }
         "BGPConfiguration" => {
-            let s: BgpConfigurationSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let s: BgpConfigurationSpec = ctx.spec(spec, warnings, |s| match s {
+                Spec::BgpConfiguration(s) => Some(*s),
+                _ => None,
+            })?;
             if let Some(v) = &s.as_number {
                 parse_as_number(v).map_err(|m| ctx.err("spec.asNumber", m))?;
             }
-            ds.bgp_configs.insert(meta.name, s);
+            ds.bgp_configs.insert(meta.name.clone(), s);
         }
         "BGPPeer" => {
-            let s: BgpPeerSpec = ctx.de(&spec, "spec", &mut ds.warnings, true)?;
+            let s: BgpPeerSpec = ctx.spec(spec, warnings, |s| match s {
+                Spec::BgpPeer(s) => Some(*s),
+                _ => None,
+            })?;
             for (field, v) in [
                 ("spec.asNumber", &s.as_number),
                 ("spec.localASNumber", &s.local_as_number),
@@ -275,7 +345,7 @@ fn load_value(
                 }
             }
             ds.bgp_peers.push(BgpPeerObject {
-                name: meta.name,
+                name: meta.name.clone(),
                 spec: s,
             });
         }
@@ -370,6 +440,15 @@ fn block(ctx: &Ctx<'_>, name: String, s: IpamBlockSpec) -> Result<Block, Datasto
                 .or_else(|| a.strip_prefix("virtual:"))
         })
         .map(str::to_string);
+    // Each attribute is moved into the last allocation that uses it (usually its only one)
+    // and cloned for the others.
+    let mut uses = vec![0usize; s.attributes.len()];
+    for attr in s.allocations.iter().flatten() {
+        if let Some(n) = uses.get_mut(*attr as usize) {
+            *n += 1;
+        }
+    }
+    let mut attributes = s.attributes;
     let mut allocations = Vec::new();
     for (ordinal, attr) in s.allocations.iter().enumerate() {
         let Some(attr) = attr else { continue };
@@ -379,20 +458,21 @@ fn block(ctx: &Ctx<'_>, name: String, s: IpamBlockSpec) -> Result<Block, Datasto
                 "ordinal beyond the block",
             )
         })?;
-        let a = s.attributes.get(*attr as usize).ok_or_else(|| {
+        let index = *attr as usize;
+        let count = attributes.len();
+        let a = attributes.get_mut(index).ok_or_else(|| {
             ctx.err(
                 &format!("spec.allocations[{ordinal}]"),
-                format!(
-                    "attribute index {attr} but only {} attributes",
-                    s.attributes.len()
-                ),
+                format!("attribute index {attr} but only {count} attributes"),
             )
         })?;
-        allocations.push(Allocation {
-            ip,
-            handle: a.handle_id.clone(),
-            attrs: a.secondary.clone(),
-        });
+        uses[index] -= 1;
+        let (handle, attrs) = if uses[index] == 0 {
+            (a.handle_id.take(), std::mem::take(&mut a.secondary))
+        } else {
+            (a.handle_id.clone(), a.secondary.clone())
+        };
+        allocations.push(Allocation { ip, handle, attrs });
     }
     Ok(Block {
         name,

@@ -2,10 +2,12 @@
 //! Kubernetes API, turned into an [`expected::Expected`] dataplane for one node.
 
 pub mod bgp;
+pub mod document;
 pub mod expected;
 pub mod files;
 pub mod identity;
 pub mod kube;
+mod object;
 pub mod resources;
 pub mod selector;
 

@@ -2,10 +2,69 @@
 //! `projectcalico.org/v3` (calicoctl, native v3 CRDs) and `crd.projectcalico.org/v1` (the KDD
 //! CRDs, whose spec is the v3 spec JSON). Field names follow
 //! shared/reference/calico-dataplane.md §8; anything not listed is ignored with a warning.
+//! Fields that are known but not used are [`Known`]: read past, never stored (at 10,000 nodes
+//! the IPAM blocks' bookkeeping alone is millions of values).
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{
+    Deserialize, Deserializer,
+    de::{MapAccess, SeqAccess, Visitor},
+};
+
+/// A field Calico has and verification does not use: read past without storing it. Unlike
+/// serde's `IgnoredAny` it is not reported as an unknown field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known;
+
+impl<'de> Deserialize<'de> for Known {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KnownVisitor)
+    }
+}
+
+struct KnownVisitor;
+
+impl<'de> Visitor<'de> for KnownVisitor {
+    type Value = Known;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Known, E> {
+        Ok(Known)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Known, E> {
+        Ok(Known)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Known, E> {
+        Ok(Known)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Known, E> {
+        Ok(Known)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Known, E> {
+        Ok(Known)
+    }
+    fn visit_unit<E>(self) -> Result<Known, E> {
+        Ok(Known)
+    }
+    fn visit_none<E>(self) -> Result<Known, E> {
+        Ok(Known)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Known, D::Error> {
+        Known::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Known, A::Error> {
+        while seq.next_element::<Known>()?.is_some() {}
+        Ok(Known)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Known, A::Error> {
+        while map.next_entry::<Known, Known>()?.is_some() {}
+        Ok(Known)
+    }
+}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -54,17 +113,17 @@ pub struct IpamBlockSpec {
     #[serde(default)]
     pub affinity: Option<String>,
     #[serde(default)]
-    pub affinity_claim_time: Option<String>,
+    pub affinity_claim_time: Known,
     #[serde(default)]
     pub allocations: Vec<Option<u32>>,
     #[serde(default)]
-    pub unallocated: Vec<u32>,
+    pub unallocated: Known,
     #[serde(default)]
     pub attributes: Vec<AllocationAttribute>,
     #[serde(default)]
-    pub sequence_number: Option<u64>,
+    pub sequence_number: Known,
     #[serde(default)]
-    pub sequence_number_for_allocation: Option<BTreeMap<String, u64>>,
+    pub sequence_number_for_allocation: Known,
     #[serde(default)]
     pub deleted: bool,
     #[serde(default)]
@@ -78,9 +137,9 @@ pub struct AllocationAttribute {
     #[serde(default)]
     pub secondary: BTreeMap<String, String>,
     #[serde(default, rename = "alternateOwnerAttrs")]
-    pub alternate_owner_attrs: Option<BTreeMap<String, String>>,
+    pub alternate_owner_attrs: Known,
     #[serde(default, rename = "releasedAt")]
-    pub released_at: Option<String>,
+    pub released_at: Known,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -133,11 +192,11 @@ pub struct CalicoNodeSpec {
     #[serde(default)]
     pub wireguard: Option<NodeWireguardSpec>,
     #[serde(default)]
-    pub addresses: Vec<serde_json::Value>,
+    pub addresses: Known,
     #[serde(default)]
-    pub interfaces: Vec<serde_json::Value>,
+    pub interfaces: Known,
     #[serde(default)]
-    pub orch_refs: Vec<serde_json::Value>,
+    pub orch_refs: Known,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -6,7 +6,7 @@ use std::{io, time::Duration};
 use tokio::process::Command;
 
 /// A dump that takes longer than this is hung on a lock (xtables.lock) or the kernel.
-const TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -61,28 +61,34 @@ pub async fn run(program: &str, args: &[&str]) -> Result<String, ExecError> {
     };
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() {
-        let lower = stderr.to_lowercase();
-        // iptables-save opens an ipset socket for every `-m set` match (Felix's rules are full
-        // of them): without CAP_NET_RAW it says only this.
-        let needs = if lower.contains("can't open socket to ipset") {
-            Some("CAP_NET_RAW")
-        } else if lower.contains("permission denied") || lower.contains("operation not permitted") {
-            Some("CAP_NET_ADMIN")
-        } else {
-            None
-        };
-        if let Some(needs) = needs {
-            return Err(ExecError::Permission {
-                program: program.into(),
-                stderr,
-                needs,
-            });
-        }
-        return Err(ExecError::Failed {
-            program: program.into(),
-            status: out.status.to_string(),
-            stderr,
-        });
+        return Err(failure(program, out.status.to_string(), stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A tool that exited non-zero: a missing privilege when its stderr says so (naming the
+/// capability), else the failure with its stderr.
+pub(super) fn failure(program: &str, status: String, stderr: String) -> ExecError {
+    let lower = stderr.to_lowercase();
+    // iptables-save opens an ipset socket for every `-m set` match (Felix's rules are full
+    // of them): without CAP_NET_RAW it says only this.
+    let needs = if lower.contains("can't open socket to ipset") {
+        Some("CAP_NET_RAW")
+    } else if lower.contains("permission denied") || lower.contains("operation not permitted") {
+        Some("CAP_NET_ADMIN")
+    } else {
+        None
+    };
+    if let Some(needs) = needs {
+        return ExecError::Permission {
+            program: program.into(),
+            stderr,
+            needs,
+        };
+    }
+    ExecError::Failed {
+        program: program.into(),
+        status,
+        stderr,
+    }
 }

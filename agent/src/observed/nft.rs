@@ -1,8 +1,14 @@
-//! `nft -j list ruleset`, parsed leniently: every object is read on its own from
-//! `serde_json::Value`, so an expression or object kind we do not know is skipped and counted,
-//! never a reason to lose the rest of the ruleset (the typed `nftables` crate model fails hard on
-//! constructs it does not model).
+//! `nft -j list ruleset`, run by the `nftables` crate, each object read on its own: through the
+//! crate's typed schema where it parses, else leniently from `serde_json::Value`. The schema
+//! fails hard on constructs it does not model (statements `last`/`flow`/`reset`/`secmark`,
+//! concatenated set types, single-flag `fib`, rules without `expr`: shared/reference/crates.md),
+//! so one such object is read by the lenient reader and never sinks the rest of the ruleset.
 
+use nftables::{
+    expr::{Expression, NamedExpression, Payload, SetItem},
+    schema::{NfListObject, NfObject, SetTypeValue},
+    stmt::{Counter, Operator, Statement},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -118,9 +124,172 @@ pub fn parse_json(text: &str) -> Result<NftRuleset, NftParseError> {
         .ok_or(NftParseError::Shape)?;
     let mut rs = NftRuleset::default();
     for (i, item) in items.iter().enumerate() {
+        if let Ok(NfObject::ListObject(object)) = NfObject::deserialize(item) {
+            typed(&mut rs, object);
+            continue;
+        }
+        lenient(&mut rs, i, item);
+    }
+    Ok(rs)
+}
+
+/// One object the crate's schema understood.
+fn typed(rs: &mut NftRuleset, object: NfListObject<'_>) {
+    match object {
+        NfListObject::Table(t) => rs.tables.push(NftTable {
+            family: name_of(&t.family),
+            name: t.name.into_owned(),
+        }),
+        NfListObject::Chain(c) => rs.chains.push(NftChain {
+            family: name_of(&c.family),
+            table: c.table.into_owned(),
+            name: c.name.into_owned(),
+            kind: c._type.as_ref().map(name_of),
+            hook: c.hook.as_ref().map(name_of),
+            priority: c.prio.map(i64::from),
+            policy: c.policy.as_ref().map(name_of),
+        }),
+        NfListObject::Rule(r) => {
+            let mut rule = NftRule {
+                family: name_of(&r.family),
+                table: r.table.into_owned(),
+                chain: r.chain.into_owned(),
+                handle: r.handle.map(u64::from),
+                comment: r.comment.map(|c| c.into_owned()),
+                ..Default::default()
+            };
+            for stmt in r.expr.iter() {
+                typed_statement(&mut rule, stmt);
+            }
+            rs.rules.push(rule);
+        }
+        NfListObject::Set(set) => rs.sets.push(NftSet {
+            family: name_of(&set.family),
+            table: set.table.to_string(),
+            name: set.name.to_string(),
+            is_map: false,
+            set_type: set_type(&set.set_type),
+            elements: set.elem.as_ref().map_or(0, |e| e.len()),
+        }),
+        NfListObject::Map(map) => rs.sets.push(NftSet {
+            family: name_of(&map.family),
+            table: map.table.to_string(),
+            name: map.name.to_string(),
+            is_map: true,
+            set_type: set_type(&map.set_type),
+            elements: map.elem.as_ref().map_or(0, |e| e.len()),
+        }),
+        // metainfo, flowtables, counters, quotas, ct helpers…: not needed for verification.
+        _ => {}
+    }
+}
+
+/// What the checks read of one statement, as [`parse_rule`] reads it from JSON.
+fn typed_statement(rule: &mut NftRule, stmt: &Statement<'_>) {
+    let name = statement_name(stmt);
+    match stmt {
+        Statement::Counter(Counter::Anonymous(Some(c))) => {
+            rule.packets = c.packets.map(|n| n as u64);
+            rule.bytes = c.bytes.map(|n| n as u64);
+        }
+        Statement::Counter(_) => {
+            rule.packets = None;
+            rule.bytes = None;
+        }
+        Statement::Accept(_)
+        | Statement::Drop(_)
+        | Statement::Return(_)
+        | Statement::Continue(_)
+        | Statement::Reject(_) => rule.verdict = Some(name.clone()),
+        Statement::Jump(j) | Statement::Goto(j) => {
+            rule.verdict = Some(format!("{name} {}", j.target));
+            rule.target = Some(j.target.to_string());
+        }
+        Statement::VerdictMap(_) => rule.verdict = Some("vmap".into()),
+        Statement::Match(m) => {
+            if let (
+                Expression::Named(NamedExpression::Payload(Payload::PayloadField(p))),
+                Operator::EQ | Operator::IN,
+            ) = (&m.left, m.op)
+                && p.field == "dport"
+            {
+                let port = |e: &Expression<'_>| match e {
+                    Expression::Number(n) => u16::try_from(*n).ok(),
+                    _ => None,
+                };
+                let ports: Vec<u16> = match &m.right {
+                    Expression::Named(NamedExpression::Set(items)) => items
+                        .iter()
+                        .filter_map(|i| match i {
+                            SetItem::Element(e) => port(e),
+                            _ => None,
+                        })
+                        .collect(),
+                    e => port(e).into_iter().collect(),
+                };
+                rule.dports
+                    .extend(ports.into_iter().map(|n| (p.protocol.to_string(), n)));
+            }
+        }
+        _ => {}
+    }
+    rule.exprs.push(name);
+}
+
+/// The statement's key in nft's JSON (`match`, `counter`, `jump`, `ct helper`…).
+fn statement_name(stmt: &Statement<'_>) -> String {
+    let known = match stmt {
+        Statement::Accept(_) => "accept",
+        Statement::Drop(_) => "drop",
+        Statement::Continue(_) => "continue",
+        Statement::Return(_) => "return",
+        Statement::Jump(_) => "jump",
+        Statement::Goto(_) => "goto",
+        Statement::Match(_) => "match",
+        Statement::Counter(_) => "counter",
+        Statement::Reject(_) => "reject",
+        Statement::VerdictMap(_) => "vmap",
+        Statement::XT(_) => "xt",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known.into();
+    }
+    // The rest, as the crate names them when it writes them back.
+    serde_json::to_value(stmt)
+        .ok()
+        .and_then(|v| match v {
+            Value::Object(o) => o.keys().next().cloned(),
+            Value::String(s) => Some(s),
+            _ => None,
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A family, hook, chain type or policy as nft writes it (`ip`, `input`, `filter`, `accept`).
+fn name_of<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn set_type(t: &SetTypeValue<'_>) -> String {
+    match t {
+        SetTypeValue::Single(t) => name_of(t),
+        SetTypeValue::Concatenated(parts) => {
+            parts.iter().map(name_of).collect::<Vec<_>>().join(" . ")
+        }
+    }
+}
+
+/// One object read from its JSON alone: what the schema does not model is skipped, and an
+/// item that is not an object is counted.
+fn lenient(rs: &mut NftRuleset, i: usize, item: &Value) {
+    {
         let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
             rs.errors.push(format!("item {i}: not an object"));
-            continue;
+            return;
         };
         match kind.as_str() {
             "metainfo" => {}
@@ -153,7 +322,6 @@ pub fn parse_json(text: &str) -> Result<NftRuleset, NftParseError> {
             _ => {}
         }
     }
-    Ok(rs)
 }
 
 fn parse_rule(body: &Value) -> NftRule {
@@ -263,9 +431,42 @@ impl NftReadError {
     }
 }
 
-/// Reads the live ruleset with `nft -j list ruleset`.
+/// Reads the live ruleset with `nft -j list ruleset`, run by the `nftables` crate. The crate
+/// owns the process, so a hung `nft` is abandoned after the timeout rather than killed.
 pub async fn read() -> Result<NftRuleset, NftReadError> {
-    let out = exec::run("nft", &["-j", "list", "ruleset"]).await?;
+    use nftables::helper::{NftablesError, get_current_ruleset_raw_async};
+    const NFT: &str = "nft";
+    let run = get_current_ruleset_raw_async(Some(NFT), ["list", "ruleset"]);
+    let out = match tokio::time::timeout(exec::TIMEOUT, run).await {
+        Err(_) => {
+            return Err(exec::ExecError::Timeout {
+                program: NFT.into(),
+            }
+            .into());
+        }
+        Ok(Ok(out)) => out,
+        Ok(Err(NftablesError::NftExecution { inner, .. }))
+            if inner.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Err(exec::ExecError::NotFound {
+                program: NFT.into(),
+            }
+            .into());
+        }
+        Ok(Err(NftablesError::NftExecution { inner, .. })) => {
+            return Err(exec::ExecError::Spawn {
+                program: NFT.into(),
+                source: inner,
+            }
+            .into());
+        }
+        Ok(Err(NftablesError::NftFailed { stderr, .. })) => {
+            return Err(exec::failure(NFT, "non-zero exit".into(), stderr.trim().into()).into());
+        }
+        Ok(Err(e)) => {
+            return Err(exec::failure(NFT, "unreadable output".into(), e.to_string()).into());
+        }
+    };
     if out.trim().is_empty() {
         // nft prints nothing at all when there is no table in this namespace.
         return Ok(NftRuleset::default());
@@ -278,6 +479,7 @@ mod tests {
     use super::*;
 
     const CALICO_NFT: &str = include_str!("testdata/nft-calico.json");
+    const OUTSIDE_THE_SCHEMA: [usize; 2] = [3, 23];
 
     #[test]
     fn parses_calico_nft_mode_ruleset() {
@@ -322,6 +524,53 @@ mod tests {
         assert_eq!(rs.rules[0].verdict.as_deref(), Some("drop"));
         assert_eq!(rs.rules[0].exprs, ["some-future-expr", "last", "drop"]);
         assert_eq!(rs.errors, ["item 5: not an object"]);
+    }
+
+    /// Each object of Felix's ruleset that the schema reads, it reads exactly as the lenient
+    /// reader does; the few it cannot read are read leniently.
+    #[test]
+    fn the_typed_schema_reads_felixs_ruleset_as_the_lenient_reader_does() {
+        let root: Value = serde_json::from_str(CALICO_NFT).expect("json");
+        let items = root["nftables"].as_array().expect("array");
+        let mut outside = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Ok(NfObject::ListObject(object)) = NfObject::deserialize(item) else {
+                outside.push(i);
+                continue;
+            };
+            let (mut via_schema, mut via_json) = (NftRuleset::default(), NftRuleset::default());
+            typed(&mut via_schema, object);
+            lenient(&mut via_json, i, item);
+            assert_eq!(via_schema, via_json, "item {i}: {item}");
+        }
+        // Felix's dispatch map of verdicts, and the NAT-outgoing rule (its `!=` fib match and
+        // `masquerade` flags): read leniently, the rest through the schema.
+        assert_eq!(outside, OUTSIDE_THE_SCHEMA, "{} objects", items.len());
+    }
+
+    /// One rule the schema cannot read (a `last` statement, nftables-rs #70) is read by the
+    /// lenient reader; the objects around it still go through the schema.
+    #[test]
+    fn an_object_outside_the_schema_falls_back_alone() {
+        let last = r#"{"rule":{"family":"ip","table":"calico","chain":"c","handle":9,
+            "expr":[{"last":null},{"counter":{"packets":3,"bytes":180}},{"jump":{"target":"x"}}]}}"#;
+        let item: Value = serde_json::from_str(last).expect("json");
+        assert!(NfObject::deserialize(&item).is_err());
+        let text = format!(
+            r#"{{"nftables":[{{"table":{{"family":"ip","name":"calico","handle":1}}}},{last}]}}"#
+        );
+        let rs = parse_json(&text).expect("parses");
+        assert_eq!(rs.tables.len(), 1);
+        let r = &rs.rules[0];
+        assert_eq!(
+            (r.exprs.as_slice(), r.target.as_deref(), r.packets),
+            (
+                &["last".to_string(), "counter".into(), "jump".into()][..],
+                Some("x"),
+                Some(3)
+            )
+        );
+        assert!(rs.errors.is_empty());
     }
 
     #[test]

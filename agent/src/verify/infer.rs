@@ -5,11 +5,12 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use super::{
-    CheckId, Finding, Severity, parent_of, present_tunnels, tunnel::overhead, workload_mtu,
+    CheckId, Finding, IndexMap, IndexSet, Severity, parent_of, present_tunnels, tunnel::overhead,
+    workload_mtu,
 };
 use calico_conventions::{IPIP, PROTO_BIRD, PROTO_CALICO, VXLAN_V4};
 
-use crate::observed::{ObservedDataplane, RouteType, TABLE_MAIN};
+use crate::observed::{FdbEntry, Neighbour, ObservedDataplane, RouteType, TABLE_MAIN};
 
 /// The checks this module can make without a datastore.
 pub(super) const CHECKS: &[CheckId] = &[
@@ -112,16 +113,28 @@ fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     let Some(vx) = obs.link(VXLAN_V4).filter(|l| l.is_up()) else {
         return;
     };
-    let neigh_of = |ip: IpAddr| {
-        obs.neighbours
-            .iter()
-            .find(|n| n.dev == vx.name && n.destination == ip)
-    };
-    let fdb_of = |mac: &str| {
-        obs.fdb
-            .iter()
-            .find(|f| f.dev == vx.name && f.mac == mac && f.destination.is_some())
-    };
+    // Indexed once (the first entry wins, as a scan would find it): thousands of VTEPs must
+    // not mean thousands of scans of every neighbour, FDB entry and route.
+    let mut neighbours: IndexMap<IpAddr, &Neighbour> = IndexMap::default();
+    for n in obs.neighbours.iter().filter(|n| n.dev == vx.name) {
+        neighbours.entry(n.destination).or_insert(n);
+    }
+    let mut fdb: IndexMap<&str, &FdbEntry> = IndexMap::default();
+    for f in obs
+        .fdb
+        .iter()
+        .filter(|f| f.dev == vx.name && f.destination.is_some())
+    {
+        fdb.entry(f.mac.as_str()).or_insert(f);
+    }
+    let neigh_of = |ip: IpAddr| neighbours.get(&ip).copied();
+    let fdb_of = |mac: &str| fdb.get(mac).copied();
+    let main = || obs.routes.iter().filter(|r| r.table == TABLE_MAIN);
+    let tunnel_route_to: IndexSet<IpAddr> = main()
+        .filter(|r| r.dev.as_deref() == Some(VXLAN_V4))
+        .map(|r| r.destination.addr())
+        .collect();
+    let any_route_via: IndexSet<IpAddr> = main().filter_map(|r| r.gateway).collect();
     let via_tunnel = obs
         .routes
         .iter()
@@ -168,12 +181,8 @@ fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
             .and_then(|f| f.destination);
         // A route via the peer's node IP instead is reported as route.wrong-device below.
         let routed = gateways.contains(&n.destination)
-            || obs.routes.iter().any(|r| {
-                r.table == TABLE_MAIN
-                    && ((r.destination.addr() == n.destination
-                        && r.dev.as_deref() == Some(VXLAN_V4))
-                        || (r.gateway.is_some() && r.gateway == node_ip))
-            });
+            || tunnel_route_to.contains(&n.destination)
+            || node_ip.is_some_and(|ip| any_route_via.contains(&ip));
         if complete && !routed {
             out.push(
                 Finding::new(CheckId::RouteMissing, Severity::Warning, format!("via {}", n.destination))
@@ -535,6 +544,74 @@ mod tests {
         assert_eq!(
             ids(&run_inferred(&o)),
             [(CheckId::TunnelDown, "vxlan.calico".into())]
+        );
+    }
+}
+
+/// Thousands of VTEPs, looked up through the indexes rather than scanned per route.
+#[cfg(test)]
+mod scale_tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use crate::verify::{
+        CheckId,
+        testutil::{healthy, ids, run_inferred},
+    };
+
+    /// The healthy node with `n` more remote VTEPs, each with its route, ARP and FDB entry.
+    fn with_vteps(n: u32) -> crate::observed::ObservedDataplane {
+        let (_, mut o) = healthy();
+        let route = o
+            .routes
+            .iter()
+            .find(|r| r.dev.as_deref() == Some("vxlan.calico") && r.gateway.is_some())
+            .cloned()
+            .expect("a route through the tunnel");
+        let (neigh, fdb) = (o.neighbours[0].clone(), o.fdb[0].clone());
+        for i in 0..n {
+            let tunnel = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * 64);
+            let mac = format!(
+                "66:00:00:{:02x}:{:02x}:{:02x}",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            );
+            let mut r = route.clone();
+            r.destination = ipnet::IpNet::V4(ipnet::Ipv4Net::new(tunnel, 26).expect("net"));
+            r.gateway = Some(IpAddr::V4(tunnel));
+            o.routes.push(r);
+            let mut nb = neigh.clone();
+            nb.destination = IpAddr::V4(tunnel);
+            nb.lladdr = Some(mac.clone());
+            o.neighbours.push(nb);
+            let mut f = fdb.clone();
+            f.mac = mac;
+            f.destination = Some(IpAddr::V4(Ipv4Addr::from(
+                u32::from(Ipv4Addr::new(10, 98, 0, 0)) + i + 1,
+            )));
+            o.fdb.push(f);
+        }
+        o
+    }
+
+    #[test]
+    fn thousands_of_healthy_vteps_are_quiet() {
+        assert_eq!(ids(&run_inferred(&with_vteps(3_000))), []);
+    }
+
+    #[test]
+    fn one_missing_fdb_entry_among_thousands_is_named() {
+        let mut o = with_vteps(3_000);
+        let gone = o.fdb.remove(1_500);
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::VxlanFdbMissing, gone.mac)]
+        );
+        let mut o = with_vteps(3_000);
+        let gone = o.neighbours.remove(2_000);
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::VxlanNeighMissing, gone.destination.to_string())]
         );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 
-use super::{CheckId, Finding, Severity, Skipped};
+use super::{CheckId, Finding, IndexMap, Severity, Skipped};
 use crate::{
     desired::expected::Expected,
     observed::{ObservedDataplane, Source},
@@ -90,12 +90,13 @@ pub(super) fn check(
         ).missing("wg show"));
         return;
     };
+    // By key, once: one peer per remote node, thousands of them.
+    let mut by_key = IndexMap::default();
+    for op in &observed.peers {
+        by_key.entry(op.public_key.as_str()).or_insert(op);
+    }
     for p in &wg.peers {
-        let Some(peer) = observed
-            .peers
-            .iter()
-            .find(|op| op.public_key == p.public_key)
-        else {
+        let Some(peer) = by_key.get(p.public_key.as_str()) else {
             out.push(
                 Finding::new(CheckId::WireguardPeerMissing, Severity::Critical, p.node.clone())
                     .expected(format!("peer {} (public key from the node's annotation)", p.public_key))
