@@ -493,7 +493,7 @@ fn remote_routes(
     // owner, which beats the block route by longest prefix.
     for b in blocks {
         for a in &b.allocations {
-            let (Some(owner), IpAddr::V4(ip)) = (a.attrs.get("node"), a.ip) else {
+            let (Some(owner), IpAddr::V4(ip)) = (a.attrs.node.as_ref(), a.ip) else {
                 continue;
             };
             if Some(owner.as_str()) == b.affinity.as_deref() || owner == node {
@@ -610,15 +610,11 @@ fn workloads(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedWorkl
     for b in blocks {
         for a in &b.allocations {
             let IpAddr::V4(ip) = a.ip else { continue };
-            let owner = a
-                .attrs
-                .get("node")
-                .map(String::as_str)
-                .or(b.affinity.as_deref());
+            let owner = a.attrs.node.as_deref().or(b.affinity.as_deref());
             if owner != Some(node) {
                 continue;
             }
-            if let (Some(ns), Some(pod)) = (a.attrs.get("namespace"), a.attrs.get("pod")) {
+            if let (Some(ns), Some(pod)) = (&a.attrs.namespace, &a.attrs.pod) {
                 out.push(ExpectedWorkload {
                     ip,
                     iface: workload_iface(ns, pod),

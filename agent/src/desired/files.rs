@@ -467,12 +467,12 @@ fn block(ctx: &Ctx<'_>, name: String, s: IpamBlockSpec) -> Result<Block, Datasto
             )
         })?;
         uses[index] -= 1;
-        let (handle, attrs) = if uses[index] == 0 {
-            (a.handle_id.take(), std::mem::take(&mut a.secondary))
+        let attrs = if uses[index] == 0 {
+            std::mem::take(&mut a.secondary)
         } else {
-            (a.handle_id.clone(), a.secondary.clone())
+            a.secondary.clone()
         };
-        allocations.push(Allocation { ip, handle, attrs });
+        allocations.push(Allocation { ip, attrs });
     }
     Ok(Block {
         name,

@@ -105,9 +105,8 @@ impl Pool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Allocation {
     pub ip: IpAddr,
-    pub handle: Option<String>,
-    /// `secondary` attributes: `node`, `namespace`, `pod`, `type`…
-    pub attrs: BTreeMap<String, String>,
+    /// The `secondary` attributes that say who uses the address.
+    pub attrs: resources::Secondary,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -130,12 +130,62 @@ pub struct IpamBlockSpec {
     pub strict_affinity: bool,
 }
 
+/// The `secondary` attributes verification reads: which node uses the address and, for a pod's,
+/// which pod. The others (`type`, `timestamp`…) are read past: kept, they were most of a
+/// 10,000-node datastore's memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Secondary {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Secondary {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(SecondaryVisitor)
+    }
+}
+
+struct SecondaryVisitor;
+
+impl<'de> Visitor<'de> for SecondaryVisitor {
+    type Value = Secondary;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a mapping of attribute names to text")
+    }
+
+    fn visit_unit<E>(self) -> Result<Secondary, E> {
+        Ok(Secondary::default())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Secondary, A::Error> {
+        let mut s = Secondary::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "node" => &mut s.node,
+                "namespace" => &mut s.namespace,
+                "pod" => &mut s.pod,
+                _ => {
+                    map.next_value::<Known>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
+        }
+        Ok(s)
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AllocationAttribute {
     #[serde(default, rename = "handle_id", alias = "handleID")]
-    pub handle_id: Option<String>,
+    pub handle_id: Known,
     #[serde(default)]
-    pub secondary: BTreeMap<String, String>,
+    pub secondary: Secondary,
     #[serde(default, rename = "alternateOwnerAttrs")]
     pub alternate_owner_attrs: Known,
     #[serde(default, rename = "releasedAt")]
