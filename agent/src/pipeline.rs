@@ -53,6 +53,7 @@ pub async fn load_datastore(
     source: &DatastoreSource,
     in_bundle: &[PathBuf],
 ) -> anyhow::Result<Option<Datastore>> {
+    let started = std::time::Instant::now();
     let ds = match source {
         DatastoreSource::Kube => {
             let client = kube::client().await?;
@@ -60,14 +61,30 @@ pub async fn load_datastore(
                 .await
                 .context("reading the Calico datastore from the Kubernetes API")?
         }
+        // Parsed on a blocking thread, so that the kernel can be read meanwhile: at thousands
+        // of nodes each takes tens of milliseconds.
         DatastoreSource::Dir(dir) => {
-            files::load_dir(dir).with_context(|| format!("datastore {}", dir.display()))?
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || files::load_dir(&d))
+                .await
+                .context("the datastore reader")?
+                .with_context(|| format!("datastore {}", dir.display()))?
         }
         DatastoreSource::None if !in_bundle.is_empty() => {
-            files::load_files(in_bundle).context("Calico YAML in the bundle")?
+            let f = in_bundle.to_vec();
+            tokio::task::spawn_blocking(move || files::load_files(&f))
+                .await
+                .context("the datastore reader")?
+                .context("Calico YAML in the bundle")?
         }
         DatastoreSource::None => return Ok(None),
     };
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis(),
+        nodes = ds.nodes.len(),
+        blocks = ds.blocks.len(),
+        "datastore loaded"
+    );
     for w in &ds.warnings {
         tracing::warn!("{w}");
     }
@@ -98,15 +115,19 @@ pub async fn analyse(input: &Input) -> anyhow::Result<Analysis> {
     if let Some(dir) = &input.bundle {
         return analyse_bundle(input, dir).await;
     }
-    let ds = load_datastore(&input.datastore, &[]).await?;
     let name = input.node();
+    let (ds, obs) = tokio::join!(
+        load_datastore(&input.datastore, &[]),
+        observed::read_live(&name)
+    );
+    let ds = ds?;
     let mut tracker = GraceTracker::default();
-    let first = live_pass(&ds, &name, input, &mut tracker).await?;
+    let first = live_pass(&ds, obs, input, &mut tracker)?;
     if input.grace.is_zero() || tracker.pending() == 0 {
         return Ok(first);
     }
     tokio::time::sleep(input.grace).await;
-    live_pass(&ds, &name, input, &mut tracker).await
+    live_pass(&ds, observed::read_live(&name).await, input, &mut tracker)
 }
 
 /// A captured bundle is a single moment: no grace window applies. The bundle's hostname file
@@ -193,13 +214,12 @@ fn bundle_node(
     UNKNOWN_NODE.to_string()
 }
 
-async fn live_pass(
+fn live_pass(
     ds: &Option<Datastore>,
-    name: &str,
+    obs: observed::ObservedDataplane,
     input: &Input,
     tracker: &mut GraceTracker,
 ) -> anyhow::Result<Analysis> {
-    let obs = observed::read_live(name).await;
     let expected = analysis::expected_for(&obs, ds.as_ref())?;
     let now_ms = now_ms();
     let policy = Policy {

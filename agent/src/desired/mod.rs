@@ -2,9 +2,11 @@
 //! Kubernetes API, turned into an [`expected::Expected`] dataplane for one node.
 
 pub mod bgp;
+mod block_yaml;
 pub mod document;
 pub mod expected;
 pub mod files;
+mod halves;
 pub mod identity;
 pub mod kube;
 mod object;
@@ -208,6 +210,18 @@ impl Datastore {
     /// The kinds the input held.
     pub fn kinds(&self) -> Vec<Kind> {
         Kind::ALL.iter().copied().filter(|k| self.has(*k)).collect()
+    }
+
+    /// Adds `other`'s objects after this one's, as if they had been read after them.
+    pub fn append(&mut self, other: Datastore) {
+        self.pools.extend(other.pools);
+        self.blocks.extend(other.blocks);
+        self.affinities.extend(other.affinities);
+        self.nodes.extend(other.nodes);
+        self.felix.extend(other.felix);
+        self.bgp_configs.extend(other.bgp_configs);
+        self.bgp_peers.extend(other.bgp_peers);
+        self.warnings.extend(other.warnings);
     }
 
     pub fn is_empty(&self) -> bool {
