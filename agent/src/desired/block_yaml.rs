@@ -618,14 +618,12 @@ impl<'de> de::Deserializer<'de> for Value<'_, 'de> {
 
     fn deserialize_enum<V: Visitor<'de>>(
         mut self,
-        _name: &'static str,
-        _variants: &'static [&'static str],
+        name: &'static str,
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
-        match self.node()? {
-            Node::Scalar(text, _) => visitor.visit_enum(text.into_owned().into_deserializer()),
-            _ => Err(self.p.unsupported("an enum that is not a scalar")),
-        }
+        let node = self.node()?;
+        Classified { value: self, node }.deserialize_enum(name, variants, visitor)
     }
 
     fn deserialize_bytes<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
