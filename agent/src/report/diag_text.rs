@@ -484,16 +484,10 @@ pub fn verdict_line(a: &Analysis) -> String {
             (None, None) => format!("could not verify: {}", no_calico(a)),
             (None, Some(_)) => {
                 let s = skipped(NotRun::CouldNotObserve);
-                let caps = capabilities_named(s.iter().map(|s| s.reason.as_str()));
                 format!(
-                    "could not verify: {} check(s) could not observe ({}){}",
+                    "could not verify: {} check(s) could not observe ({})",
                     s.len(),
-                    missing(&s),
-                    if caps.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": needs {}", caps.join(", "))
-                    }
+                    unobserved(&s)
                 )
             }
         },
@@ -654,6 +648,16 @@ pub fn findings(o: &mut String, a: &Analysis, v: &Verification) {
     }
 }
 
+/// What could not be observed, and the capabilities that would let it be.
+fn unobserved(s: &[&Skipped]) -> String {
+    let caps = capabilities_named(s.iter().map(|s| s.reason.as_str()));
+    if caps.is_empty() {
+        missing(s)
+    } else {
+        format!("{}: needs {}", missing(s), caps.join(", "))
+    }
+}
+
 /// The checks that did not run, grouped by why, in one or two lines.
 fn not_run(o: &mut String, v: &Verification) {
     if v.skipped.is_empty() {
@@ -671,17 +675,7 @@ fn not_run(o: &mut String, v: &Verification) {
         }
         parts.push(match kind {
             NotRun::CouldNotObserve => {
-                let caps = capabilities_named(s.iter().map(|s| s.reason.as_str()));
-                format!(
-                    "{} could not observe ({}{})",
-                    s.len(),
-                    missing(&s),
-                    if caps.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": needs {}", caps.join(", "))
-                    }
-                )
+                format!("{} could not observe ({})", s.len(), unobserved(&s))
             }
             NotRun::NotInInput => format!("{} need input not given ({})", s.len(), missing(&s)),
             NotRun::NotApplicable => format!("{} not applicable here", s.len()),
