@@ -18,7 +18,7 @@ use std::{
 
 use agent::{
     collector::{self, App, Authenticator, Store},
-    report::otlp::{self, CounterSummary, InterfaceCounts, Report, ReportFinding, Verdict},
+    report::otlp::{self, CounterSummary, InterfaceCounts, Report, ReportFinding},
 };
 use anyhow::Context as _;
 use axum::{Router, body::Bytes, routing::post};
@@ -78,23 +78,14 @@ fn report(node: u64, seq: u64) -> Report {
             });
         }
     }
-    Report {
-        schema: otlp::SCHEMA.into(),
-        node: name,
-        agent_version: "0.1.0".into(),
-        stream: format!("{node:016x}"),
-        sequence: seq,
-        generated_at_ms: 1_700_000_000_000 + seq * 60_000,
-        mode: "VXLAN".into(),
-        verdict: if findings.is_empty() {
-            Verdict::Clean
-        } else {
-            Verdict::Drift
-        },
+    Report::example(
+        &name,
+        &format!("{node:016x}"),
+        seq,
+        1_700_000_000_000 + seq * 60_000,
         findings,
-        not_run: Vec::new(),
         counters,
-    }
+    )
 }
 
 /// Every request of the run, in sending order: round after round over all nodes.

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent::report::otlp::{self, CounterSummary, Report, ReportFinding, Verdict};
+use agent::report::otlp::{self, CounterSummary, Report, ReportFinding};
 use prost::Message as _;
 
 const TOKEN: &str = "collector-test-token";
@@ -179,23 +179,14 @@ fn request(
 }
 
 fn report(node: &str, stream: &str, seq: u64, findings: Vec<ReportFinding>) -> Report {
-    Report {
-        schema: otlp::SCHEMA.into(),
-        node: node.into(),
-        agent_version: "0.1.0".into(),
-        stream: stream.into(),
-        sequence: seq,
-        generated_at_ms: 1_700_000_000_000 + seq * 60_000,
-        mode: "VXLAN".into(),
-        verdict: if findings.is_empty() {
-            Verdict::Clean
-        } else {
-            Verdict::Drift
-        },
+    Report::example(
+        node,
+        stream,
+        seq,
+        1_700_000_000_000 + seq * 60_000,
         findings,
-        not_run: Vec::new(),
-        counters: CounterSummary::default(),
-    }
+        CounterSummary::default(),
+    )
 }
 
 fn route_missing() -> ReportFinding {

@@ -8,7 +8,7 @@ use std::{
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 
 use super::store::{Batch, IncomingReport};
-use crate::report::otlp::{self, CounterSummary, Report, ReportFinding, Verdict};
+use crate::report::otlp::{self, CounterSummary, Report, ReportFinding};
 
 /// A directory removed on drop.
 pub struct TempDir(PathBuf);
@@ -58,23 +58,14 @@ pub fn report(node: &str, stream: &str, seq: u64, findings: Vec<ReportFinding>) 
         ..CounterSummary::default()
     };
     counters.drops.insert("NO_SOCKET".into(), 3);
-    Report {
-        schema: otlp::SCHEMA.into(),
-        node: node.into(),
-        agent_version: "0.1.0".into(),
-        stream: stream.into(),
-        sequence: seq,
-        generated_at_ms: 1_700_000_000_000 + seq * 1000,
-        mode: "VXLAN".into(),
-        verdict: if findings.is_empty() {
-            Verdict::Clean
-        } else {
-            Verdict::Drift
-        },
+    Report::example(
+        node,
+        stream,
+        seq,
+        1_700_000_000_000 + seq * 1000,
         findings,
-        not_run: Vec::new(),
         counters,
-    }
+    )
 }
 
 pub fn incoming(r: Report) -> IncomingReport {

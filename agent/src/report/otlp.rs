@@ -206,6 +206,35 @@ impl Report {
         }
     }
 
+    /// A VXLAN node's report of `findings` (drift when there are any, else clean), as
+    /// sequence `sequence` of `stream`: what tests and benchmarks send a collector.
+    pub fn example(
+        node: &str,
+        stream: &str,
+        sequence: u64,
+        generated_at_ms: u64,
+        findings: Vec<ReportFinding>,
+        counters: CounterSummary,
+    ) -> Self {
+        Self {
+            schema: SCHEMA.into(),
+            node: node.into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            stream: stream.into(),
+            sequence,
+            generated_at_ms,
+            mode: "VXLAN".into(),
+            verdict: if findings.is_empty() {
+                Verdict::Clean
+            } else {
+                Verdict::Drift
+            },
+            findings,
+            not_run: Vec::new(),
+            counters,
+        }
+    }
+
     /// The distinct check IDs of the findings, in order of first appearance.
     pub fn checks(&self) -> Vec<&str> {
         let mut seen = Vec::new();
