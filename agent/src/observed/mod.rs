@@ -2,6 +2,7 @@
 
 pub mod bird;
 pub mod bundle;
+pub mod calico_bpf;
 pub mod calico_ct;
 pub mod caps;
 pub mod conntrack;
@@ -51,7 +52,13 @@ impl SourceGroup {
                 Rules,
             ],
             Self::Rules => &[Iptables, Ip6tables, Nftables],
-            Self::Kernel => &[Sysctls, Conntrack, CalicoConntrack],
+            Self::Kernel => &[
+                Sysctls,
+                Conntrack,
+                CalicoConntrack,
+                CalicoBpfRoutes,
+                CalicoBpfCounters,
+            ],
             Self::Services => &[FelixHealth, Bgp, Wireguard],
         }
     }
@@ -132,6 +139,7 @@ fn read_kernel(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) 
         std::env::var("AGENT_CALICO_BPF_DIR").unwrap_or_else(|_| CALICO_BPF_PIN_DIR.into());
     let pin_dir = std::path::Path::new(&pin_dir);
     obs.calico_bpf_pins = calico_bpf_pins(pin_dir);
+    obs.calico_bpf = calico_bpf::read(pin_dir, unavailable);
     obs.calico_conntrack = match calico_ct::read(pin_dir) {
         None => None,
         Some(Ok(ct)) => Some(ct),

@@ -295,6 +295,7 @@ impl Assembler {
             felix_health: None,
             bgp_peers: self.bgp_peers.take(),
             calico_bpf_pins: Vec::new(),
+            calico_bpf: None,
             missing_capabilities: Vec::new(),
             unavailable,
         };
