@@ -15,6 +15,19 @@ pub(super) fn check_routes(
     out: &mut Vec<Finding>,
     skipped: &mut Vec<Skipped>,
 ) {
+    let not_applicable = |skipped: &mut Vec<Skipped>, why: &str| {
+        for id in [CheckId::BpfRouteMissing, CheckId::BpfRouteWrongNexthop] {
+            skipped.push(Skipped::new(id, NotRun::NotApplicable, why).missing("cali_v4_routes"));
+        }
+    };
+    if !e.bpf {
+        // A map left from an earlier eBPF run is not Felix's current intent.
+        not_applicable(
+            skipped,
+            "FelixConfiguration does not enable eBPF mode: Felix keeps no eBPF route map",
+        );
+        return;
+    }
     let unread = obs
         .unavailable
         .iter()
@@ -22,16 +35,11 @@ pub(super) fn check_routes(
     let Some(entries) = obs.calico_bpf.as_ref().and_then(|b| b.routes.as_ref()) else {
         // An unreadable map is listed by the generic pass (not observable, with the sizes).
         if !unread {
-            let why = if e.bpf {
+            not_applicable(
+                skipped,
                 "Calico's eBPF route map cali_v4_routes is not pinned on this node \
-                 (dataplane.mode.mismatch says whether eBPF mode is in use)"
-            } else {
-                "FelixConfiguration does not enable eBPF mode: Felix keeps no eBPF route map"
-            };
-            for id in [CheckId::BpfRouteMissing, CheckId::BpfRouteWrongNexthop] {
-                skipped
-                    .push(Skipped::new(id, NotRun::NotApplicable, why).missing("cali_v4_routes"));
-            }
+                 (dataplane.mode.mismatch says whether eBPF mode is in use)",
+            );
         }
         return;
     };
@@ -234,11 +242,11 @@ mod tests {
     }
 
     #[test]
-    fn a_healthy_ebpf_node_has_no_bpf_findings() {
+    fn a_healthy_ebpf_node_has_no_findings() {
         let e = bpf_expected();
         assert_eq!(e.bpf_routes.len(), 1, "{:?}", e.bpf_routes);
         let v = run(&e, &bpf_node(vec![remote_block([10, 99, 0, 12])]));
-        assert_eq!(bpf_ids(&v), []);
+        assert_eq!(ids(&v), [], "no finding at all on the healthy node");
         for id in [CheckId::BpfRouteMissing, CheckId::BpfRouteWrongNexthop] {
             assert!(!v.skipped.iter().any(|s| s.check == id), "{id} ran");
         }
