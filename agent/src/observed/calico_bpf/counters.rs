@@ -78,7 +78,7 @@ pub enum LayoutError {
     },
     #[error(
         "{name}: version {version} has {expected_key}-byte keys and {expected_value}-byte values \
-         ({counters} counters), found {key} and {value}"
+         ({counters} counters), found {key} and {value}: a layout this agent does not know"
     )]
     Sizes {
         name: String,
@@ -218,7 +218,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "cali_counters6: version 6 has 8-byte keys and 216-byte values (27 counters), \
-             found 8 and 200"
+             found 8 and 200: a layout this agent does not know"
         );
         let e = layout("cali_counters7", 8, 232).expect_err("unknown version");
         let s = e.to_string();

@@ -78,7 +78,7 @@ pub enum CalicoBpfError {
         expected_key: usize,
         expected_value: usize,
     },
-    #[error("{0}: a Calico version this agent does not know")]
+    #[error(transparent)]
     Counters(#[from] counters::LayoutError),
 }
 
