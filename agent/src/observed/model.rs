@@ -78,11 +78,18 @@ pub enum Cause {
 }
 
 impl Source {
-    /// State read from a live service (Felix's health endpoint, BIRD, the conntrack table)
-    /// rather than the kernel's routing state: never in a bundle, and not a limit of the
+    /// State read from a live service (Felix's health endpoint, BIRD, the conntrack table,
+    /// Calico's pinned eBPF maps) rather than the kernel's routing state: never in a bundle, and not a limit of the
     /// dataplane report when absent (each check that needs it says so).
     pub fn live_service(self) -> bool {
-        matches!(self, Self::FelixHealth | Self::Bgp | Self::Conntrack)
+        matches!(
+            self,
+            Self::FelixHealth
+                | Self::Bgp
+                | Self::Conntrack
+                | Self::CalicoBpfRoutes
+                | Self::CalicoBpfCounters
+        )
     }
 }
 

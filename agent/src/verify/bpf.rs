@@ -4,7 +4,7 @@
 use super::{CheckId, Finding, NotRun, Severity, Skipped};
 use crate::{
     desired::expected::Expected,
-    observed::{ObservedDataplane, Source, calico_bpf::routes},
+    observed::{Cause, ObservedDataplane, Source, calico_bpf::routes},
 };
 
 /// `bpf.route.missing` and `bpf.route.wrong-nexthop`: each other node's block must have its
@@ -134,8 +134,30 @@ fn evidence(obs: &ObservedDataplane) -> Evidence {
 }
 
 /// `dataplane.mode.mismatch`: FelixConfiguration's `bpfEnabled` against the node.
-pub(super) fn check_mode(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
+pub(super) fn check_mode(
+    e: &Expected,
+    obs: &ObservedDataplane,
+    out: &mut Vec<Finding>,
+    skipped: &mut Vec<Skipped>,
+) {
     let ev = evidence(obs);
+    let pins_unknown = obs
+        .unavailable
+        .iter()
+        .any(|u| u.kind == Source::CalicoBpfRoutes && u.cause == Cause::NotInInput);
+    if e.bpf && ev.attached.is_empty() && ev.maps == 0 && pins_unknown {
+        // A bundle: no bpffs listing, and no bpfin.cali among its links.
+        skipped.push(
+            Skipped::new(
+                CheckId::DataplaneModeMismatch,
+                NotRun::NotInInput,
+                "FelixConfiguration enables eBPF mode, and the input holds no listing of \
+                 /sys/fs/bpf (`ls -R /sys/fs/bpf/tc/globals /sys/fs/bpf/tcx` tells)",
+            )
+            .missing("bpffs"),
+        );
+        return;
+    }
     if e.bpf && ev.attached.is_empty() && ev.maps == 0 {
         out.push(
             Finding::new(CheckId::DataplaneModeMismatch, Severity::Critical, "bpfEnabled")
@@ -346,6 +368,37 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].severity, Severity::Info);
         assert!(!v.has_drift(), "{:?}", v.findings);
+    }
+
+    #[test]
+    fn a_bundle_without_the_bpffs_cannot_tell_whether_ebpf_is_in_use() {
+        let (_, mut o) = healthy();
+        o.unavailable.push(
+            crate::observed::Unavailable::new(Source::CalicoBpfRoutes, "bpffs", "not in bundle")
+                .with_cause(Cause::NotInInput),
+        );
+        let v = run(&bpf_expected(), &o);
+        assert_eq!(bpf_ids(&v), []);
+        let s = v
+            .skipped
+            .iter()
+            .find(|s| s.check == CheckId::DataplaneModeMismatch)
+            .expect("not run");
+        assert_eq!((s.kind, s.missing.as_str()), (NotRun::NotInInput, "bpffs"));
+        // bpfin.cali among the bundle's links says eBPF mode is on: nothing to report.
+        let bpfin = o.links[0].clone();
+        o.links.push(crate::observed::Link {
+            name: "bpfin.cali".into(),
+            index: 999,
+            ..bpfin
+        });
+        let v = run(&bpf_expected(), &o);
+        assert_eq!(bpf_ids(&v), []);
+        assert!(
+            !v.skipped
+                .iter()
+                .any(|s| s.check == CheckId::DataplaneModeMismatch)
+        );
     }
 
     #[test]

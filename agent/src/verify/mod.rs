@@ -339,7 +339,7 @@ pub fn verify(
             tunnel::check(e, obs, &mut out);
             routes::check(e, obs, &mut out);
             wireguard::check(e, obs, &mut out, &mut v.skipped);
-            bpf::check_mode(e, obs, &mut out);
+            bpf::check_mode(e, obs, &mut out, &mut v.skipped);
             bpf::check_routes(e, obs, &mut out, &mut v.skipped);
             v.notes.extend(e.notes.iter().cloned());
             v.notes.extend(e.bgp.incomplete.iter().cloned());
