@@ -207,7 +207,13 @@ fn lab_lock() -> std::sync::MutexGuard<'static, ()> {
 fn a_healthy_ebpf_node_reads_clean_with_its_maps_and_counters_in_diag() {
     let _l = lab_lock();
     let s = Scratch::new("healthy");
-    let maps = routes_map(8, false) + &counters_map(216);
+    // And a conntrack map (v4 layout) with one UDP entry: its fill is in the summary too.
+    let mut ct_key = 17u32.to_le_bytes().to_vec();
+    ct_key.extend([10, 244, 0, 1, 10, 244, 1, 1, 0x35, 0, 0x35, 0]);
+    let maps = routes_map(8, false)
+        + &counters_map(216)
+        + &create("cali_v4_ct4", "lru_hash", 16, 88, 512_000, 0)
+        + &update("cali_v4_ct4", &ct_key, &[0u8; 88]);
     let v = diag(&s, &maps, true);
     assert_eq!(bpf_findings(&v), [], "{:#}", v["verification"]);
     assert!(not_run(&v, "bpf.route.missing").is_none());
@@ -240,6 +246,16 @@ fn a_healthy_ebpf_node_reads_clean_with_its_maps_and_counters_in_diag() {
             &counters["entries"]
         ),
         (&6.into(), &216.into(), &1.into())
+    );
+    let ct = map("cali_v4_ct4");
+    assert_eq!(
+        (
+            &ct["version"],
+            &ct["kind"],
+            &ct["entries"],
+            &ct["max_entries"]
+        ),
+        (&4.into(), &"LruHash".into(), &1.into(), &512_000.into())
     );
     assert_eq!(b["route_kinds"]["remote workload"], 1, "{b}");
     assert_eq!(b["routes_shown"][0]["destination"], "10.244.1.0/26");

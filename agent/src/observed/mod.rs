@@ -152,6 +152,10 @@ fn read_kernel(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) 
             None
         }
     };
+    // The map summary's fill for the conntrack map comes from the read just made.
+    if let (Some(bpf), Some(ct)) = (obs.calico_bpf.as_mut(), obs.calico_conntrack.as_ref()) {
+        bpf.set_entries(&ct.map, ct.counts.total);
+    }
 }
 
 async fn read_services(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) {

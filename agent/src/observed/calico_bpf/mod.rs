@@ -36,6 +36,15 @@ pub struct CalicoBpf {
     pub counters: Option<CounterMap>,
 }
 
+impl CalicoBpf {
+    /// Records how many entries a decoded map holds, for the summary.
+    pub fn set_entries(&mut self, name: &str, n: u64) {
+        if let Some(m) = self.maps.iter_mut().find(|m| m.name == name) {
+            m.entries = Some(n);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinnedMap {
     pub name: String,
@@ -110,7 +119,7 @@ pub fn read(pin_dir: &Path, unavailable: &mut Vec<Unavailable>) -> Option<Calico
     if names.iter().any(|n| n == routes::MAP_NAME) {
         match read_routes(&pin_dir.join(routes::MAP_NAME)) {
             Ok(r) => {
-                set_entries(&mut bpf.maps, routes::MAP_NAME, r.len());
+                bpf.set_entries(routes::MAP_NAME, r.len() as u64);
                 bpf.routes = Some(r);
             }
             Err(e) => unavailable.push(Unavailable::new(
@@ -129,7 +138,7 @@ pub fn read(pin_dir: &Path, unavailable: &mut Vec<Unavailable>) -> Option<Calico
     if let Some(name) = counter_map {
         match read_counters(&pin_dir.join(name), name) {
             Ok(c) => {
-                set_entries(&mut bpf.maps, name, c.interfaces.len());
+                bpf.set_entries(name, c.interfaces.len() as u64);
                 bpf.counters = Some(c);
             }
             Err(e) => unavailable.push(Unavailable::new(
@@ -140,12 +149,6 @@ pub fn read(pin_dir: &Path, unavailable: &mut Vec<Unavailable>) -> Option<Calico
         }
     }
     Some(bpf)
-}
-
-fn set_entries(maps: &mut [PinnedMap], name: &str, n: usize) {
-    if let Some(m) = maps.iter_mut().find(|m| m.name == name) {
-        m.entries = Some(n as u64);
-    }
 }
 
 fn pinned_names(dir: &Path) -> Vec<String> {
