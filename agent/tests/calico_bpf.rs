@@ -341,6 +341,18 @@ fn the_mode_mismatch_fires_both_ways_and_stays_quiet_when_they_agree() {
     );
     let skipped = not_run(&v, "bpf.route.missing").expect("not applicable");
     assert_eq!(skipped["kind"], "not-applicable");
+    // Configured off, and Felix's eBPF devices up (it removes them when it leaves eBPF mode):
+    // its programs are live, a warning.
+    let veth = "ip link add bpfin.cali type veth peer name bpfout.cali\n";
+    let v = diag(&s, &(routes_map(8, false) + veth), false);
+    assert_eq!(
+        bpf_findings(&v),
+        [(
+            "dataplane.mode.mismatch".into(),
+            "bpfEnabled".into(),
+            "warning".into()
+        )]
+    );
     // Configured on, and on.
     let v = diag(&s, &routes_map(8, false), true);
     assert_eq!(bpf_findings(&v), []);
