@@ -313,6 +313,13 @@ fn an_unknown_layout_is_not_observable_naming_the_sizes() {
         "{unavailable}"
     );
     assert!(v["diag"]["calico_bpf"]["counters_map"].is_null());
+    // diag's eBPF section says which maps it could not decode, and why.
+    let not_decoded = v["diag"]["calico_bpf"]["not_decoded"].to_string();
+    assert!(
+        not_decoded.contains("cali_v4_routes is a LpmTrie map with 8-byte keys and 12-byte values")
+            && not_decoded.contains("cali_counters6: version 6"),
+        "{not_decoded}"
+    );
 }
 
 #[test]

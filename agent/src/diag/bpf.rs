@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     flows::targets::class_of,
     observed::{
-        ObservedDataplane,
+        ObservedDataplane, Source,
         calico_bpf::{BpfRoute, PinnedMap, routes},
     },
 };
@@ -29,6 +29,9 @@ pub struct BpfSummary {
     /// The counter map read, and its counts summed per reason, hook and interface class.
     pub counters_map: Option<String>,
     pub counters: Vec<CounterRow>,
+    /// Maps pinned but not decoded, with why (`cali_v4_routes is … 12-byte values …`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_decoded: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +87,13 @@ pub fn summary(obs: &ObservedDataplane) -> Option<BpfSummary> {
         route_kinds,
         routes_shown,
         counters_map: bpf.counters.as_ref().map(|c| c.map.clone()),
+        not_decoded: obs
+            .unavailable
+            .iter()
+            .filter(|u| matches!(u.kind, Source::CalicoBpfRoutes | Source::CalicoBpfCounters))
+            // The readers' reasons name the map.
+            .map(|u| u.reason.clone())
+            .collect(),
         counters: sums
             .into_iter()
             .map(|((reason, hook, iface_class), packets)| CounterRow {

@@ -316,6 +316,9 @@ fn calico_bpf(o: &mut String, b: &crate::diag::bpf::BpfSummary) {
             );
         }
     }
+    for why in &b.not_decoded {
+        wrap::write(o, "  not observable: ", "    ", why);
+    }
     if let Some(map) = &b.counters_map {
         let _ = writeln!(o, "  counters ({map}):");
         if b.counters.is_empty() {
