@@ -14,7 +14,9 @@ use crate::{
 
 #[derive(Default)]
 pub(super) struct CalicoCounters {
-    /// The map's totals at the last export.
+    /// The map's totals at the last export. Empty at start, so the first export carries
+    /// everything Felix counted so far: Prometheus sees a counter that starts high, which
+    /// `rate()` handles as any first sample.
     exported: HashMap<(u32, Hook, String), u64>,
 }
 

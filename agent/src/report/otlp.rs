@@ -141,6 +141,8 @@ pub struct CounterSummary {
     #[serde(default)]
     pub conntrack_max: Option<u64>,
     /// Calico eBPF mode: packets its programs counted, per reason, hook and interface class.
+    /// Felix's map holds totals per interface from the interface's creation: the first export
+    /// after the agent starts carries what was counted before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calico_bpf: Vec<CalicoBpfCount>,
 }
