@@ -360,8 +360,28 @@ fn the_mode_mismatch_fires_both_ways_and_stays_quiet_when_they_agree() {
             "warning".into()
         )]
     );
+    // Configured off, and Felix's TC program attached through clsact (no link pin then):
+    // found among the interfaces' filters, as Felix finds its own.
+    let obj = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bpf/cali_tc_preamble.o");
+    let clsact = format!(
+        "ip link add v0 type veth peer name v1\ntc qdisc add dev v0 clsact\n\
+         tc filter add dev v0 ingress bpf da obj {obj} sec cali_tc_preamble\n"
+    );
+    let v = diag(&s, &(routes_map(8, false) + &clsact), false);
+    assert_eq!(
+        bpf_findings(&v),
+        [(
+            "dataplane.mode.mismatch".into(),
+            "bpfEnabled".into(),
+            "warning".into()
+        )]
+    );
+    assert_eq!(
+        v["diag"]["calico_bpf"]["attached"],
+        serde_json::json!(["tc/v0_ingress"])
+    );
     // Configured on, and on.
-    let v = diag(&s, &routes_map(8, false), true);
+    let v = diag(&s, &(routes_map(8, false) + &clsact), true);
     assert_eq!(bpf_findings(&v), []);
 }
 

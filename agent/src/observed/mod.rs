@@ -114,7 +114,10 @@ pub async fn refresh(obs: &mut ObservedDataplane, group: SourceGroup) {
                 }
             };
         }
-        SourceGroup::Kernel => read_kernel(obs, &mut unavailable),
+        SourceGroup::Kernel => {
+            read_kernel(obs, &mut unavailable);
+            felix_tc_programs(obs).await;
+        }
         SourceGroup::Services => read_services(obs, &mut unavailable).await,
     }
     obs.unavailable.retain(|u| !group.kinds().contains(&u.kind));
@@ -155,6 +158,25 @@ fn read_kernel(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) 
     // The map summary's fill for the conntrack map comes from the read just made.
     if let (Some(bpf), Some(ct)) = (obs.calico_bpf.as_mut(), obs.calico_conntrack.as_ref()) {
         bpf.set_entries(&ct.map, ct.counts.total);
+    }
+}
+
+/// Felix attaching through TC (clsact) pins no links: where its maps are pinned but no link
+/// pin says its programs are attached, the interfaces' filters are asked. Nodes without
+/// Calico's maps are not scanned (no cost outside eBPF mode).
+async fn felix_tc_programs(obs: &mut ObservedDataplane) {
+    let Some(bpf) = obs.calico_bpf.as_ref().filter(|b| b.attached.is_empty()) else {
+        return;
+    };
+    if bpf.maps.is_empty() {
+        return;
+    }
+    let Ok(nl) = Netlink::open() else {
+        return;
+    };
+    let found = nl.felix_tc_programs(&obs.links).await;
+    if let Some(bpf) = obs.calico_bpf.as_mut() {
+        bpf.attached = found;
     }
 }
 
