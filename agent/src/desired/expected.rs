@@ -422,13 +422,19 @@ pub fn compute(
 /// route map (reference §6, `felix/dataplane/linux/bpf_route_mgr.go`). Blocks of nodes without
 /// a known IPv4 address get no entry, as Felix skips them.
 fn bpf_routes(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedBpfRoute> {
+    // Indexed once: thousands of blocks each looking their node up would be quadratic.
+    let node_ips: std::collections::HashMap<&str, Ipv4Addr> = ds
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.name.as_str(), n.ipv4?.addr())))
+        .collect();
     blocks
         .iter()
         .filter_map(|b| {
             let owner = b.affinity.as_deref().filter(|o| *o != node)?;
             let cidr = v4(&b.cidr)?;
             ds.pool_for(&b.cidr).filter(|p| p.routes_workloads())?;
-            let next_hop = ds.node(owner)?.ipv4?.addr();
+            let next_hop = *node_ips.get(owner)?;
             Some(ExpectedBpfRoute {
                 block: cidr,
                 node: owner.to_string(),
