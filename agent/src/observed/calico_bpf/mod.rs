@@ -98,19 +98,20 @@ fn version_suffix(name: &str) -> u32 {
 }
 
 /// Reads Felix's pinned eBPF state under `pin_dir` (the globals directory; the link pins are
-/// looked for two levels up, at the bpffs root). `None` when Felix left nothing there.
+/// looked for two levels up, at the bpffs root). `None` when Felix pinned no map there.
 pub fn read(pin_dir: &Path, unavailable: &mut Vec<Unavailable>) -> Option<CalicoBpf> {
     let names = pinned_names(pin_dir);
-    let attached = pin_dir
-        .parent()
-        .and_then(Path::parent)
-        .map(link_pins)
-        .unwrap_or_default();
-    if names.is_empty() && attached.is_empty() {
+    // Felix in eBPF mode always pins its maps; link pins alone (`tcx/` is a shared place) may
+    // be another tool's and are not taken for Felix's.
+    if names.is_empty() {
         return None;
     }
     let mut bpf = CalicoBpf {
-        attached,
+        attached: pin_dir
+            .parent()
+            .and_then(Path::parent)
+            .map(link_pins)
+            .unwrap_or_default(),
         ..CalicoBpf::default()
     };
     for name in &names {
