@@ -336,6 +336,44 @@ mod tests {
         assert_eq!(version_suffix("cali_v4_routes"), 1);
     }
 
+    /// Files that are not BPF objects (a copied directory, a bpffs mounted elsewhere wrongly):
+    /// listed bare, the route map not observable, never decoded as something.
+    #[test]
+    fn pins_that_are_not_maps_are_listed_bare_and_not_decoded() {
+        let dir = std::env::temp_dir().join(format!("calico-bpf-files-{}", std::process::id()));
+        let globals = dir.join("tc/globals");
+        std::fs::create_dir_all(&globals).expect("dir");
+        std::fs::create_dir_all(dir.join("tcx")).expect("dir");
+        for f in [
+            globals.join("cali_v4_routes"),
+            globals.join("cali_counters6"),
+            dir.join("tcx/eth0_ingress"),
+            dir.join("tcx/README"),
+        ] {
+            std::fs::write(f, b"").expect("file");
+        }
+        let mut unavailable = Vec::new();
+        let found = read(&globals, &mut unavailable);
+        let _ = std::fs::remove_dir_all(&dir);
+        let b = found.expect("maps pinned");
+        assert_eq!(b.attached, ["tcx/eth0_ingress"]);
+        assert_eq!(b.maps.len(), 2);
+        assert!(
+            b.maps
+                .iter()
+                .all(|m| m.kind.is_empty() && m.entries.is_none())
+        );
+        assert_eq!((b.routes, b.counters), (None, None));
+        let kinds: Vec<Source> = unavailable.iter().map(|u| u.kind).collect();
+        assert_eq!(kinds, [Source::CalicoBpfRoutes, Source::CalicoBpfCounters]);
+        assert!(
+            unavailable[0]
+                .reason
+                .contains("could not open the pinned map"),
+            "{unavailable:?}"
+        );
+    }
+
     #[test]
     fn an_empty_directory_is_not_ebpf_mode() {
         let dir = std::env::temp_dir().join(format!("calico-bpf-none-{}", std::process::id()));
