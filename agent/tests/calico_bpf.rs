@@ -276,7 +276,7 @@ fn a_healthy_ebpf_node_reads_clean_with_its_maps_and_counters_in_diag() {
 }
 
 #[test]
-fn a_remote_block_without_its_route_entry_is_bpf_route_missing() {
+fn a_remote_block_without_its_entry_is_missing_and_one_to_another_node_a_wrong_next_hop() {
     let _l = lab_lock();
     let s = Scratch::new("missing");
     let v = diag(&s, &(routes_map(8, true) + &counters_map(216)), true);
@@ -284,6 +284,21 @@ fn a_remote_block_without_its_route_entry_is_bpf_route_missing() {
         bpf_findings(&v),
         [(
             "bpf.route.missing".into(),
+            "10.244.1.0/26".into(),
+            "critical".into()
+        )]
+    );
+    // The entry there, pointing at another node.
+    let (k, val) = route([10, 244, 1, 0], 26, REMOTE_BLOCK_FLAGS, [10, 99, 0, 13]);
+    let v = diag(
+        &s,
+        &(routes_map(8, true) + &update("cali_v4_routes", &k, &val)),
+        true,
+    );
+    assert_eq!(
+        bpf_findings(&v),
+        [(
+            "bpf.route.wrong-nexthop".into(),
             "10.244.1.0/26".into(),
             "critical".into()
         )]
@@ -455,4 +470,32 @@ fn felix_counters_reach_metrics_with_reason_names_and_bounded_labels() {
             .read_dir()
             .is_ok_and(|mut d| d.next().is_none())
     );
+}
+
+#[test]
+fn an_older_counter_version_decodes_with_its_own_size_and_the_newest_pinned_wins() {
+    let _l = lab_lock();
+    let s = Scratch::new("v3");
+    // Calico v3.30's cali_counters3: 17 counters, the last conntrack_create_failed.
+    let mut v = vec![0u8; 17 * 8];
+    v[16 * 8..17 * 8].copy_from_slice(&2u64.to_le_bytes());
+    let mut k = 1u32.to_le_bytes().to_vec();
+    k.extend(1u32.to_le_bytes());
+    let v3 = create("cali_counters3", "percpu_hash", 8, 17 * 8, 20_000, 0)
+        + &update("cali_counters3", &k, &v);
+    let d = diag(&s, &(routes_map(8, false) + &v3), true);
+    let b = &d["diag"]["calico_bpf"];
+    assert_eq!(b["counters_map"], "cali_counters3", "{b}");
+    assert_eq!(
+        b["counters"],
+        serde_json::json!([{
+            "reason": "conntrack_create_failed",
+            "hook": "egress",
+            "iface_class": "host",
+            "packets": 2 * possible_cpus(),
+        }])
+    );
+    // Left over from before an upgrade: the newest version is the running Felix's.
+    let d = diag(&s, &(routes_map(8, false) + &v3 + &counters_map(216)), true);
+    assert_eq!(d["diag"]["calico_bpf"]["counters_map"], "cali_counters6");
 }
