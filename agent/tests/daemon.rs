@@ -245,6 +245,7 @@ print(json.dumps(out))
         "iface_class",
         "direction",
         "reason",
+        "hook",
         "assessment",
         "signal",
         "kind",

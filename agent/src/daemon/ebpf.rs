@@ -160,6 +160,11 @@ impl Ebpf {
         &self.totals
     }
 
+    /// The same, for counters exported elsewhere (Felix's own) to join the reports.
+    pub(super) fn totals_mut(&mut self) -> &mut CounterSummary {
+        &mut self.totals
+    }
+
     /// Detaches everything (dropping the session does).
     pub(super) fn stop(&mut self, metrics: &Metrics) {
         if let Some(t) = self.log_drain.take() {

@@ -4,6 +4,7 @@
 //! is re-read on a resync timer and at once after a netlink overrun. A finding is published
 //! once it has persisted for the grace window and cleared as soon as the state is right.
 
+mod calico_counters;
 mod datastore;
 mod ebpf;
 
@@ -161,6 +162,8 @@ struct Daemon {
     history: History,
     history_policy: HistoryPolicy,
     ebpf: ebpf::Ebpf,
+    /// Felix's own eBPF counters, exported as metrics in eBPF mode.
+    calico_counters: calico_counters::CalicoCounters,
     started: Instant,
     events: u64,
     resyncs: u64,
@@ -245,6 +248,7 @@ impl Daemon {
             history: History::new(&HistoryPolicy::default()),
             history_policy: HistoryPolicy::default(),
             ebpf,
+            calico_counters: Default::default(),
             started: Instant::now(),
             events: 0,
             resyncs: 0,
@@ -352,6 +356,7 @@ impl Daemon {
                 }
                 _ = kernel.tick() => {
                     self.refresh(SourceGroup::Kernel).await;
+                    self.export_counters();
                     verify_at = Some(TokioInstant::now());
                 }
                 _ = services.tick() => {
@@ -484,6 +489,8 @@ impl Daemon {
             .conntrack_max
             .set(gauge(self.obs.sysctls.conntrack_max));
         self.ebpf.export(&self.metrics);
+        self.calico_counters
+            .export(&self.obs, &self.metrics, self.ebpf.totals_mut());
     }
 
     fn verify(&mut self) {

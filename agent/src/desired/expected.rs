@@ -55,6 +55,10 @@ pub struct Expected {
     /// Pools with `natOutgoing: true`.
     pub nat_outgoing: Vec<IpNet>,
     pub bpf: bool,
+    /// The entries Felix's eBPF route map must hold for other nodes' blocks (judged only
+    /// where that map is read).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bpf_routes: Vec<ExpectedBpfRoute>,
     /// The BGP sessions calico-node's BIRD should have, and the routes it programs; judged
     /// only where BIRD answers (a cluster without BIRD has none of it).
     pub bgp: super::bgp::ExpectedBgp,
@@ -123,6 +127,17 @@ pub struct ExpectedRoute {
     pub target: RouteTarget,
     /// Why the route exists: "block of node-b", "local block", "tunnel address of node-c".
     pub reason: String,
+}
+
+/// A remote block's entry in `cali_v4_routes`: `bpf_route_mgr.go` `calculateRoute` programs a
+/// `RouteType_REMOTE_WORKLOAD` block as a remote workload route (workload flag, not local) with
+/// the block's node IP as next hop, and none when that IP is unknown. The tunnel flags depend
+/// on the pool's encapsulation as the route resolver sees it, so they are not expected here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpectedBpfRoute {
+    pub block: Ipv4Net,
+    pub node: String,
+    pub next_hop: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -400,11 +415,43 @@ pub fn compute(
             .map(|p| p.cidr)
             .collect(),
         bpf: cfg.bpf_enabled.unwrap_or(false),
+        // Only Felix in eBPF mode programs the map; pins left from an earlier eBPF run are
+        // not its current intent.
+        bpf_routes: match node {
+            Some(n) if cfg.bpf_enabled == Some(true) => bpf_routes(ds, n, &blocks),
+            _ => Vec::new(),
+        },
         // Sessions are per node: none can be expected of a node the input does not identify.
         bgp: me.map(|me| super::bgp::compute(ds, me)).unwrap_or_default(),
         interface_prefix: cfg.interface_prefix.clone(),
         notes,
     })
+}
+
+/// Other nodes' blocks, each with its node's IP: the remote workload entries of Felix's eBPF
+/// route map (reference §6, `felix/dataplane/linux/bpf_route_mgr.go`). Blocks of nodes without
+/// a known IPv4 address get no entry, as Felix skips them.
+fn bpf_routes(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedBpfRoute> {
+    // Indexed once: thousands of blocks each looking their node up would be quadratic.
+    let node_ips: std::collections::HashMap<&str, Ipv4Addr> = ds
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.name.as_str(), n.ipv4?.addr())))
+        .collect();
+    blocks
+        .iter()
+        .filter_map(|b| {
+            let owner = b.affinity.as_deref().filter(|o| *o != node)?;
+            let cidr = v4(&b.cidr)?;
+            ds.pool_for(&b.cidr).filter(|p| p.routes_workloads())?;
+            let next_hop = *node_ips.get(owner)?;
+            Some(ExpectedBpfRoute {
+                block: cidr,
+                node: owner.to_string(),
+                next_hop,
+            })
+        })
+        .collect()
 }
 
 /// The routes Felix programs on `node` for IPAM blocks (local blackholes, remote blocks,

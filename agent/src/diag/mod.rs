@@ -1,6 +1,7 @@
 //! `agent diag`: the Calico-relevant part of the observed dataplane, summarised for an operator
 //! in the middle of an incident. Building the summary is pure; `report::diag_text` renders it.
 
+pub mod bpf;
 mod mode;
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,9 @@ pub struct Diag {
     /// calico-node's BGP sessions, when its BIRD answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp_sessions: Option<Vec<crate::observed::bird::BgpPeer>>,
+    /// Calico eBPF mode: Felix's pinned maps, program links, route map and counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calico_bpf: Option<bpf::BpfSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +192,7 @@ pub fn build(obs: &ObservedDataplane) -> Diag {
         unavailable: obs.unavailable.clone(),
         missing_capabilities: obs.missing_capabilities.clone(),
         bgp_sessions: obs.bgp_peers.clone(),
+        calico_bpf: bpf::summary(obs),
     };
     d.anomalies = anomalies(&d);
     d

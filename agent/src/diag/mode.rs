@@ -96,11 +96,18 @@ pub fn detect_modes(obs: &ObservedDataplane) -> (Vec<Mode>, Vec<String>) {
     let bpf_devs = ["bpfin.cali", "bpfout.cali"]
         .iter()
         .any(|d| obs.link(d).is_some());
-    if bpf_devs || !obs.calico_bpf_pins.is_empty() {
+    // Felix's TCX/netkit link pins: its programs attached to the node's interfaces.
+    let links = obs.calico_bpf.as_ref().map_or(0, |b| b.attached.len());
+    if bpf_devs || links > 0 || !obs.calico_bpf_pins.is_empty() {
         push(&mut modes, Mode::CalicoEbpf);
         why.push(format!(
-            "eBPF mode: {} Calico map(s) pinned{}",
+            "eBPF mode: {} Calico map(s) pinned{}{}",
             obs.calico_bpf_pins.len(),
+            if links > 0 {
+                format!(", {links} program link(s) pinned")
+            } else {
+                String::new()
+            },
             if bpf_devs {
                 ", bpfin.cali/bpfout.cali present"
             } else {

@@ -118,6 +118,23 @@ pub fn select(obs: &ObservedDataplane, only: Option<&str>) -> Vec<Target> {
         .collect()
 }
 
+/// The class of any interface by its index, for counters kept by others (Felix's): `other`
+/// when the interface is not (or no longer) on the node.
+pub fn class_of(obs: &ObservedDataplane, ifindex: u32) -> IfaceClass {
+    let Some(l) = obs.link_by_index(ifindex) else {
+        return IfaceClass::Other;
+    };
+    if TUNNEL_DEVICES.contains(&l.name.as_str()) {
+        IfaceClass::Tunnel
+    } else if is_workload_iface(&l.name) {
+        IfaceClass::Workload
+    } else if Some(l.index) == underlay_index(obs) {
+        IfaceClass::Underlay
+    } else {
+        IfaceClass::Host
+    }
+}
+
 /// The device VXLAN is bound to, else the one holding the main table's default route.
 fn underlay_index(obs: &ObservedDataplane) -> Option<u32> {
     obs.links

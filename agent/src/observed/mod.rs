@@ -2,6 +2,7 @@
 
 pub mod bird;
 pub mod bundle;
+pub mod calico_bpf;
 pub mod calico_ct;
 pub mod caps;
 pub mod conntrack;
@@ -51,7 +52,13 @@ impl SourceGroup {
                 Rules,
             ],
             Self::Rules => &[Iptables, Ip6tables, Nftables],
-            Self::Kernel => &[Sysctls, Conntrack, CalicoConntrack],
+            Self::Kernel => &[
+                Sysctls,
+                Conntrack,
+                CalicoConntrack,
+                CalicoBpfRoutes,
+                CalicoBpfCounters,
+            ],
             Self::Services => &[FelixHealth, Bgp, Wireguard],
         }
     }
@@ -107,7 +114,10 @@ pub async fn refresh(obs: &mut ObservedDataplane, group: SourceGroup) {
                 }
             };
         }
-        SourceGroup::Kernel => read_kernel(obs, &mut unavailable),
+        SourceGroup::Kernel => {
+            read_kernel(obs, &mut unavailable);
+            felix_tc_programs(obs).await;
+        }
         SourceGroup::Services => read_services(obs, &mut unavailable).await,
     }
     obs.unavailable.retain(|u| !group.kinds().contains(&u.kind));
@@ -132,6 +142,7 @@ fn read_kernel(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) 
         std::env::var("AGENT_CALICO_BPF_DIR").unwrap_or_else(|_| CALICO_BPF_PIN_DIR.into());
     let pin_dir = std::path::Path::new(&pin_dir);
     obs.calico_bpf_pins = calico_bpf_pins(pin_dir);
+    obs.calico_bpf = calico_bpf::read(pin_dir, unavailable);
     obs.calico_conntrack = match calico_ct::read(pin_dir) {
         None => None,
         Some(Ok(ct)) => Some(ct),
@@ -144,6 +155,29 @@ fn read_kernel(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) 
             None
         }
     };
+    // The map summary's fill for the conntrack map comes from the read just made.
+    if let (Some(bpf), Some(ct)) = (obs.calico_bpf.as_mut(), obs.calico_conntrack.as_ref()) {
+        bpf.set_entries(&ct.map, ct.counts.total);
+    }
+}
+
+/// Felix attaching through TC (clsact) pins no links: where its maps are pinned but no link
+/// pin says its programs are attached, the interfaces' filters are asked. Nodes without
+/// Calico's maps are not scanned (no cost outside eBPF mode).
+async fn felix_tc_programs(obs: &mut ObservedDataplane) {
+    let Some(bpf) = obs.calico_bpf.as_ref().filter(|b| b.attached.is_empty()) else {
+        return;
+    };
+    if bpf.maps.is_empty() {
+        return;
+    }
+    let Ok(nl) = Netlink::open() else {
+        return;
+    };
+    let found = nl.felix_tc_programs(&obs.links).await;
+    if let Some(bpf) = obs.calico_bpf.as_mut() {
+        bpf.attached = found;
+    }
 }
 
 async fn read_services(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) {

@@ -41,6 +41,9 @@ pub struct ObservedDataplane {
     pub calico_conntrack: Option<super::calico_ct::CalicoConntrack>,
     /// Calico eBPF-mode maps pinned under `/sys/fs/bpf/tc/globals` (`cali_*`).
     pub calico_bpf_pins: Vec<String>,
+    /// Calico eBPF mode's maps decoded (routes, counters) and its pinned program links.
+    #[serde(default)]
+    pub calico_bpf: Option<super::calico_bpf::CalicoBpf>,
     /// Capabilities this process lacks that some sources need (live reads only).
     pub missing_capabilities: Vec<String>,
     /// Sources that could not be read, and why. A missing source never fails the snapshot.
@@ -75,11 +78,18 @@ pub enum Cause {
 }
 
 impl Source {
-    /// State read from a live service (Felix's health endpoint, BIRD, the conntrack table)
-    /// rather than the kernel's routing state: never in a bundle, and not a limit of the
+    /// State read from a live service (Felix's health endpoint, BIRD, the conntrack table,
+    /// Calico's pinned eBPF maps) rather than the kernel's routing state: never in a bundle, and not a limit of the
     /// dataplane report when absent (each check that needs it says so).
     pub fn live_service(self) -> bool {
-        matches!(self, Self::FelixHealth | Self::Bgp | Self::Conntrack)
+        matches!(
+            self,
+            Self::FelixHealth
+                | Self::Bgp
+                | Self::Conntrack
+                | Self::CalicoBpfRoutes
+                | Self::CalicoBpfCounters
+        )
     }
 }
 
@@ -134,6 +144,10 @@ pub enum Source {
     Bgp,
     /// Calico eBPF mode's pinned conntrack map.
     CalicoConntrack,
+    /// Calico eBPF mode's route map (`cali_v4_routes`).
+    CalicoBpfRoutes,
+    /// Calico eBPF mode's per-interface counters (`cali_counters<N>`).
+    CalicoBpfCounters,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

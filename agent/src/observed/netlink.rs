@@ -23,6 +23,7 @@ use rtnetlink::{
             RouteScope, RouteType as NlRouteType,
         },
         rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage},
+        tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption},
     },
 };
 
@@ -221,6 +222,51 @@ impl Netlink {
         }
         Ok(out)
     }
+
+    /// Felix's TC (clsact) programs: `tc/<iface>_<hook>` for each hook of the first interface
+    /// where one is attached, recognised as Felix recognises its own (`felix/bpf/tc/attach.go`
+    /// `ListAttachedPrograms`: a bpf filter whose name holds `cali_tc_preambl`). Host
+    /// interfaces are looked at first; one interface is evidence enough, so a node with many
+    /// workloads costs few requests. An interface without a clsact qdisc answers with an error,
+    /// which only means no program there.
+    pub async fn felix_tc_programs(&self, links: &[Link]) -> Vec<String> {
+        let mut order: Vec<&Link> = links.iter().collect();
+        order.sort_by_key(|l| calico_conventions::is_workload_iface(&l.name));
+        for l in order {
+            let Ok(index) = i32::try_from(l.index) else {
+                continue;
+            };
+            let mut found = Vec::new();
+            for hook in ["ingress", "egress"] {
+                let mut tf = self.handle.traffic_filter(index);
+                let req = tf.get();
+                let req = if hook == "ingress" {
+                    req.ingress()
+                } else {
+                    req.egress()
+                };
+                let Ok(msgs) = req.execute().try_collect::<Vec<TcMessage>>().await else {
+                    continue;
+                };
+                if msgs.iter().any(felix_preamble) {
+                    found.push(format!("tc/{}_{hook}", l.name));
+                }
+            }
+            if !found.is_empty() {
+                return found;
+            }
+        }
+        Vec::new()
+    }
+}
+
+fn felix_preamble(m: &TcMessage) -> bool {
+    m.attributes.iter().any(|a| match a {
+        TcAttribute::Options(opts) => opts.iter().any(|o| {
+            matches!(o, TcOption::Bpf(TcFilterBpfOption::ProgName(n)) if n.contains("cali_tc_preambl"))
+        }),
+        _ => false,
+    })
 }
 
 impl Drop for Netlink {

@@ -205,6 +205,10 @@ pub fn text(a: &Analysis) -> String {
         }
     }
 
+    if let Some(b) = &d.calico_bpf {
+        calico_bpf(&mut o, b);
+    }
+
     let s = &d.sysctls;
     let _ = writeln!(o, "\nSYSCTLS");
     wrap::write(
@@ -247,6 +251,91 @@ pub fn text(a: &Analysis) -> String {
     input_notes(&mut o, a);
     summary(&mut o, a);
     o
+}
+
+/// Felix's eBPF state: maps with versions and sizes, attached links, routes, counters.
+fn calico_bpf(o: &mut String, b: &crate::diag::bpf::BpfSummary) {
+    let _ = writeln!(
+        o,
+        "\nCALICO eBPF ({} map(s) pinned, {} program link(s) pinned)",
+        b.maps.len(),
+        b.attached.len()
+    );
+    let maps: Vec<String> = b
+        .maps
+        .iter()
+        .map(|m| {
+            let sizes = if m.kind.is_empty() {
+                "unreadable".to_string()
+            } else {
+                format!("{} key {} value {}", m.kind, m.key_size, m.value_size)
+            };
+            let fill = m
+                .entries
+                .map(|n| format!(", {n} of {}", m.max_entries))
+                .unwrap_or_default();
+            format!("{} v{} ({sizes}{fill})", m.name, m.version)
+        })
+        .collect();
+    wrap::write(o, "  maps: ", "    ", &maps.join(", "));
+    if !b.attached.is_empty() {
+        wrap::write(o, "  attached: ", "    ", &b.attached.join(", "));
+    }
+    if let Some(kinds) = &b.route_kinds {
+        let total: usize = kinds.values().sum();
+        let by: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        wrap::write(
+            o,
+            "  routes: ",
+            "    ",
+            &format!(
+                "{total} entr{}{}{}",
+                if total == 1 { "y" } else { "ies" },
+                if by.is_empty() { "" } else { ": " },
+                by.join(", ")
+            ),
+        );
+        for r in &b.routes_shown {
+            let target = match (r.next_hop, r.ifindex) {
+                (Some(h), _) => format!(" via {h}"),
+                (None, Some(i)) => format!(" ifindex {i}"),
+                (None, None) => String::new(),
+            };
+            wrap::write(
+                o,
+                "    ",
+                "      ",
+                &format!("{} {}{target}", r.destination, r.flag_names().join(",")),
+            );
+        }
+        let more = total.saturating_sub(b.routes_shown.len());
+        if more > 0 {
+            let _ = writeln!(
+                o,
+                "    … {more} more (`calico-node -bpf routes dump` lists all)"
+            );
+        }
+    }
+    for why in &b.not_decoded {
+        wrap::write(o, "  not observable: ", "    ", why);
+    }
+    if let Some(map) = &b.counters_map {
+        let _ = writeln!(o, "  counters ({map}):");
+        if b.counters.is_empty() {
+            let _ = writeln!(o, "    none");
+        }
+        for c in &b.counters {
+            wrap::write(
+                o,
+                "    ",
+                "      ",
+                &format!(
+                    "{:<28} {:<8} {:<9} {}",
+                    c.reason, c.hook, c.iface_class, c.packets
+                ),
+            );
+        }
+    }
 }
 
 /// "none found" only when the rules were read: unreadable rules are unknown, not absent.
@@ -885,5 +974,70 @@ mod tests {
         let text = check_text(&a);
         assert!(!text.contains("AGENT ("), "{text}");
         assert!(!text.contains("since:"), "{text}");
+    }
+
+    #[test]
+    fn the_ebpf_section_lists_maps_routes_and_counters_within_80_columns() {
+        use crate::observed::calico_bpf::{
+            BpfRoute, CalicoBpf, CounterMap, Hook, IfaceCounters, PinnedMap,
+        };
+        let (e, mut o) = healthy();
+        let map = |name: &str, version, kind: &str, value_size, entries| PinnedMap {
+            name: name.into(),
+            version,
+            kind: kind.into(),
+            key_size: 8,
+            value_size,
+            max_entries: 262_144,
+            entries,
+        };
+        o.calico_bpf = Some(CalicoBpf {
+            maps: vec![
+                map("cali_counters6", 6, "PerCpuHash", 216, Some(1)),
+                map("cali_v4_ct4", 4, "LruHash", 88, None),
+                map("cali_v4_routes", 1, "LpmTrie", 8, Some(2)),
+            ],
+            attached: vec!["tcx/eth0_egress".into(), "tcx/eth0_ingress".into()],
+            routes: Some(vec![
+                BpfRoute {
+                    destination: "10.244.0.5/32".parse().expect("cidr"),
+                    flags: 0xd,
+                    next_hop: None,
+                    ifindex: Some(9),
+                },
+                BpfRoute {
+                    destination: "10.244.1.0/26".parse().expect("cidr"),
+                    flags: 0x445,
+                    next_hop: Some([10, 99, 0, 12].into()),
+                    ifindex: None,
+                },
+            ]),
+            counters: Some(CounterMap {
+                map: "cali_counters6".into(),
+                interfaces: vec![IfaceCounters {
+                    ifindex: 4242,
+                    hook: Hook::Ingress,
+                    counts: vec![("dropped_by_policy".into(), 3)],
+                }],
+            }),
+        });
+        let a = analysis::analyse(&o, Some(&e), &Policy::default());
+        let text = text(&a);
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for want in [
+            "CALICO eBPF (3 map(s) pinned, 2 program link(s) pinned)",
+            "cali_v4_routes v1 (LpmTrie key 8 value 8, 2 of 262144)",
+            "cali_v4_ct4 v4 (LruHash key 8 value 88)",
+            "attached: tcx/eth0_egress, tcx/eth0_ingress",
+            "routes: 2 entries: local workload 1, remote workload 1",
+            "10.244.1.0/26 remote,workload,in-pool,tunneled,vxlan via 10.99.0.12",
+            "10.244.0.5/32 local,workload,in-pool ifindex 9",
+            "counters (cali_counters6): dropped_by_policy ingress other 3",
+        ] {
+            assert!(flat.contains(want), "{want} not in:\n{text}");
+        }
+        for line in text.lines() {
+            assert!(line.chars().count() <= 80, "too wide: {line}");
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! `/metrics`: the daemon's Prometheus metrics (DESIGN.md §5), prefix `calico_dpagent_`.
 //!
 //! Every label is bounded: check IDs and severities (a fixed list), results, interface classes
-//! and directions, kernel drop reasons (an enum of the running kernel), source kinds and resync
-//! causes. Never an IP, pod, port, interface name or peer.
+//! and directions, kernel drop reasons (an enum of the running kernel), Calico's eBPF counter
+//! names and hooks (fixed lists), source kinds and resync causes. Never an IP, pod, port, interface name or peer.
 
 use std::{collections::BTreeMap, sync::atomic::AtomicU64};
 
@@ -48,6 +48,15 @@ pub struct DropLabels {
     pub assessment: String,
 }
 
+/// Felix's eBPF counters: the reason is a `cali_counters` index's name (a fixed list), the
+/// hook `ingress`, `egress` or `xdp`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CalicoBpfLabels {
+    pub reason: String,
+    pub hook: String,
+    pub iface_class: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
@@ -77,6 +86,8 @@ pub struct Metrics {
     pub iface_packets: Family<IfaceLabels, Counter>,
     pub iface_bytes: Family<IfaceLabels, Counter>,
     pub drops: Family<DropLabels, Counter>,
+    pub calico_bpf_packets: Family<CalicoBpfLabels, Counter>,
+    pub calico_bpf_routes: Gauge,
     pub tcp_retransmits: Counter,
     pub conntrack_entries: Gauge,
     pub conntrack_max: Gauge,
@@ -122,6 +133,8 @@ impl Metrics {
             iface_packets: Family::default(),
             iface_bytes: Family::default(),
             drops: Family::default(),
+            calico_bpf_packets: Family::default(),
+            calico_bpf_routes: Gauge::default(),
             tcp_retransmits: Counter::default(),
             conntrack_entries: Gauge::default(),
             conntrack_max: Gauge::default(),
@@ -178,6 +191,16 @@ impl Metrics {
             "drops",
             "Packets the kernel freed as dropped, per kernel drop reason (skb:kfree_skb)",
             m.drops.clone(),
+        );
+        registry.register(
+            "calico_bpf_packets",
+            "Packets Calico's eBPF programs counted (cali_counters), per reason, hook and interface class",
+            m.calico_bpf_packets.clone(),
+        );
+        registry.register(
+            "calico_bpf_routes",
+            "Entries in Calico's eBPF route map (cali_v4_routes)",
+            m.calico_bpf_routes.clone(),
         );
         registry.register(
             "tcp_retransmits",

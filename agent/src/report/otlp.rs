@@ -140,6 +140,19 @@ pub struct CounterSummary {
     pub conntrack_entries: Option<u64>,
     #[serde(default)]
     pub conntrack_max: Option<u64>,
+    /// Calico eBPF mode: packets its programs counted, per reason, hook and interface class.
+    /// Felix's map holds totals per interface from the interface's creation: the first export
+    /// after the agent starts carries what was counted before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calico_bpf: Vec<CalicoBpfCount>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalicoBpfCount {
+    pub reason: String,
+    pub hook: String,
+    pub iface_class: String,
+    pub packets: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +164,23 @@ pub struct InterfaceCounts {
 }
 
 impl CounterSummary {
+    /// Adds what Calico's programs counted for one reason, hook and interface class.
+    pub fn add_calico_bpf(&mut self, reason: &str, hook: &str, iface_class: &str, packets: u64) {
+        match self
+            .calico_bpf
+            .iter_mut()
+            .find(|c| c.reason == reason && c.hook == hook && c.iface_class == iface_class)
+        {
+            Some(c) => c.packets += packets,
+            None => self.calico_bpf.push(CalicoBpfCount {
+                reason: reason.into(),
+                hook: hook.into(),
+                iface_class: iface_class.into(),
+                packets,
+            }),
+        }
+    }
+
     /// Adds what one interface class and direction gained.
     pub fn add_interface(&mut self, iface_class: &str, direction: &str, packets: u64, bytes: u64) {
         match self
@@ -412,6 +442,26 @@ pub fn metrics_request(resource: &Resource, report: &Report) -> ExportMetricsSer
             c.interfaces
                 .iter()
                 .map(|i| point(iface_attrs(i), start, now, i.bytes))
+                .collect(),
+        ),
+        sum(
+            "calico_dpagent.calico_bpf.packets",
+            "{packet}",
+            "Packets Calico's eBPF programs counted, per reason, hook and interface class",
+            c.calico_bpf
+                .iter()
+                .map(|b| {
+                    point(
+                        vec![
+                            string("reason", &b.reason),
+                            string("hook", &b.hook),
+                            string("iface_class", &b.iface_class),
+                        ],
+                        start,
+                        now,
+                        b.packets,
+                    )
+                })
                 .collect(),
         ),
         sum(

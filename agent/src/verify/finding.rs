@@ -62,6 +62,7 @@ check_ids! {
     BgpSessionUnexpected => "bgp.session.unexpected", "BIRD has a BGP session the datastore does not imply";
     FelixUnhealthy => "felix.unhealthy", "Felix's readiness endpoint reports not ready";
     BpfRouteMissing => "bpf.route.missing", "Calico's eBPF route map lacks an entry";
+    BpfRouteWrongNexthop => "bpf.route.wrong-nexthop", "a remote block's eBPF route entry points at the wrong node";
     ConntrackPressure => "conntrack.pressure", "the conntrack table is close to its limit";
     DataplaneModeMismatch => "dataplane.mode.mismatch", "the configured dataplane mode is not the one in use";
     RulesDispatchMissing => "rules.dispatch.missing", "a workload interface has no entry in Felix's dispatch chains";

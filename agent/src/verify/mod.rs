@@ -6,6 +6,7 @@
 //! datastore run; the others are listed as skipped, with the reason.
 
 mod bgp;
+mod bpf;
 mod dispatch;
 pub mod finding;
 mod grace;
@@ -156,6 +157,8 @@ const NEEDS_DATASTORE: &[CheckId] = &[
     CheckId::WireguardAllowedIpsMismatch,
     CheckId::WireguardRuleMissing,
     CheckId::DataplaneModeMismatch,
+    CheckId::BpfRouteMissing,
+    CheckId::BpfRouteWrongNexthop,
     CheckId::BgpSessionMissing,
     CheckId::BgpSessionUnexpected,
 ];
@@ -181,6 +184,10 @@ fn datastore_needs(check: CheckId) -> &'static [Input] {
         // Which blocks are remote and their next hops: blocks, their owners, and who we are.
         CheckId::RouteMissing | CheckId::RouteWrongNexthop | CheckId::RouteUnexpected => {
             &[POOL, BLOCK, NODE, NodeName]
+        }
+        // The same, and whether Felix runs in eBPF mode at all.
+        CheckId::BpfRouteMissing | CheckId::BpfRouteWrongNexthop => {
+            &[POOL, BLOCK, NODE, FELIX, NodeName]
         }
         // The pool's mode alone says which device a route into it leaves by.
         CheckId::RouteWrongDevice | CheckId::TunnelMissing | CheckId::NatOutgoingMissing => &[POOL],
@@ -255,10 +262,6 @@ const NOT_OBSERVED: &[(CheckId, &str)] = &[
         "needs BGP session history over time (a long-running agent); one read cannot tell",
     ),
     (
-        CheckId::BpfRouteMissing,
-        "Calico's eBPF route map is not read by this version",
-    ),
-    (
         CheckId::WireguardPeerStaleHandshake,
         "an idle peer has an old handshake legitimately; needs traffic counters over time",
     ),
@@ -306,7 +309,8 @@ fn needs(check: CheckId) -> &'static [Source] {
         CheckId::BgpSessionDown | CheckId::BgpSessionMissing | CheckId::BgpSessionUnexpected => {
             &[Bgp]
         }
-        CheckId::BgpSessionFlapping | CheckId::BpfRouteMissing => &[],
+        CheckId::BgpSessionFlapping => &[],
+        CheckId::BpfRouteMissing | CheckId::BpfRouteWrongNexthop => &[CalicoBpfRoutes],
         CheckId::RulesDispatchMissing => &[Iptables, Links],
         CheckId::VpcCniRouteMissing => &[Routes, Links],
         CheckId::VpcCniRuleMissing | CheckId::VpcCniTableMissing => &[Rules, Routes],
@@ -335,7 +339,8 @@ pub fn verify(
             tunnel::check(e, obs, &mut out);
             routes::check(e, obs, &mut out);
             wireguard::check(e, obs, &mut out, &mut v.skipped);
-            mode(e, obs, &mut out);
+            bpf::check_mode(e, obs, &mut out, &mut v.skipped);
+            bpf::check_routes(e, obs, &mut out, &mut v.skipped);
             v.notes.extend(e.notes.iter().cloned());
             v.notes.extend(e.bgp.incomplete.iter().cloned());
             partial(e, obs, &mut out, &mut v.skipped);
@@ -532,18 +537,6 @@ fn felix(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
             .actual(format!("HTTP {}{}", h.status, if h.detail.is_empty() { String::new() } else { format!(": {}", h.detail.replace('\n', " ")) }))
             .hint("Felix is not programming the dataplane, so drift will not heal: `kubectl logs -n calico-system ds/calico-node -c calico-node --tail=100`, `kubectl describe pod -n calico-system -l k8s-app=calico-node`"),
     );
-}
-
-fn mode(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
-    let bpf_seen = !obs.calico_bpf_pins.is_empty() || obs.link("bpfin.cali").is_some();
-    if e.bpf && !bpf_seen {
-        out.push(
-            Finding::new(CheckId::DataplaneModeMismatch, Severity::Critical, "bpfEnabled")
-                .expected("Calico eBPF dataplane (maps pinned under /sys/fs/bpf/tc/globals, bpfin.cali)")
-                .actual("no Calico eBPF maps or devices: the iptables/nftables dataplane is in use")
-                .hint("Felix has not switched to eBPF mode: check calico-node's log for BPF errors (kernel too old, bpffs not mounted): `kubectl logs -n calico-system ds/calico-node -c calico-node | grep -i bpf`"),
-        );
-    }
 }
 
 /// The device a VXLAN device is bound to.

@@ -295,6 +295,7 @@ impl Assembler {
             felix_health: None,
             bgp_peers: self.bgp_peers.take(),
             calico_bpf_pins: Vec::new(),
+            calico_bpf: None,
             missing_capabilities: Vec::new(),
             unavailable,
         };
@@ -393,6 +394,14 @@ impl Assembler {
             Unavailable::new(Source::FelixHealth, "felix readiness", live_only)
                 .with_cause(Cause::NotRunning),
         );
+        // Calico eBPF mode's pinned maps live in the bpffs, which no bundle captures: whether
+        // Felix pinned any is unknown, not "none".
+        for kind in [Source::CalicoBpfRoutes, Source::CalicoBpfCounters] {
+            out.push(
+                Unavailable::new(kind, "bpffs", "a bundle holds no pinned eBPF maps")
+                    .with_cause(Cause::NotInInput),
+            );
+        }
         // `calicoctl node status` is the one service answer people paste: BGP sessions.
         if self.bgp_peers.is_none() {
             let bgp = match self.bird_errors.first() {
