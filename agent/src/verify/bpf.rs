@@ -43,8 +43,13 @@ pub(super) fn check_routes(
         }
         return;
     };
+    // Indexed once: a scan of the map per block is quadratic at thousands of nodes.
+    let mut by_destination = std::collections::HashMap::new();
+    for r in entries {
+        by_destination.entry(r.destination).or_insert(r);
+    }
     for want in &e.bpf_routes {
-        let Some(got) = entries.iter().find(|r| r.destination == want.block) else {
+        let Some(got) = by_destination.get(&want.block).copied() else {
             out.push(
                 Finding::new(
                     CheckId::BpfRouteMissing,
