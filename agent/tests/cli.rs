@@ -3,18 +3,7 @@
 
 mod support;
 
-use std::{
-    process::Command,
-    sync::{Mutex, MutexGuard},
-};
-
-/// `diag` and `flows` load eBPF programs, and the detach checks look at every program loaded
-/// on the machine: the tests of this file run one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use std::process::Command;
 
 struct Netns(String);
 
@@ -46,34 +35,12 @@ fn diag(ns: &Netns, unprivileged: bool, extra: &[&str]) -> (i32, String, String)
 }
 
 fn agent(netns: &str, unprivileged: bool, args: &[&str], extra: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns]);
-    if unprivileged {
-        cmd.args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ]);
-    }
-    let out = cmd
-        .arg(env!("CARGO_BIN_EXE_agent"))
-        .args(args)
-        .args(extra)
-        .output()
-        .expect("run agent");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::run_agent(Some(netns), unprivileged, &[args, extra].concat())
 }
 
 #[test]
 fn plain_host_says_no_calico_and_exits_zero() {
-    let _serial = serial();
+    let _serial = support::serial();
     let ns = Netns::new("plain");
     let (code, out, err) = diag(&ns, false, &[]);
     assert_eq!(code, 0, "{out}{err}");
@@ -93,7 +60,7 @@ fn plain_host_says_no_calico_and_exits_zero() {
 
 #[test]
 fn unprivileged_run_names_the_missing_capability() {
-    let _serial = serial();
+    let _serial = support::serial();
     let ns = Netns::new("unpriv");
     let (code, out, err) = diag(&ns, true, &[]);
     assert_eq!(code, 0, "{out}{err}");
@@ -105,7 +72,7 @@ fn unprivileged_run_names_the_missing_capability() {
 
 #[test]
 fn check_exit_codes() {
-    let _serial = serial();
+    let _serial = support::serial();
     let ns = Netns::new("chk");
     let (code, _, err) = agent(&ns.0, false, &["check", "--node-name", "plain-host"], &[]);
     assert_eq!(code, 2, "no Calico: could not verify");
@@ -196,7 +163,7 @@ fn check_exit_codes() {
 
 #[test]
 fn flows_detach_on_exit_and_on_sigterm() {
-    let _serial = serial();
+    let _serial = support::serial();
     let ns = Netns::new("fl");
     assert!(
         Command::new("ip")
@@ -287,7 +254,7 @@ fn ip(args: &[&str]) {
 /// every one of its pings is counted.
 #[test]
 fn flows_attach_to_a_new_workload_veth_on_its_link_event() {
-    let _serial = serial();
+    let _serial = support::serial();
     let (node, pod) = (Netns::new("evn"), Netns::new("evp"));
     for ns in [&node.0, &pod.0] {
         for key in ["all", "default"] {

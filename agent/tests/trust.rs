@@ -2,20 +2,14 @@
 //! not looked at), no drops of the agent's own, the identity slip named first, clear errors,
 //! and human output that fits 80 columns. The lab tests need root (network namespaces, eBPF).
 
+mod support;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::{Mutex, MutexGuard},
 };
 
 use xtask::lab::{Fault, Lab};
-
-/// Each lab test loads eBPF programs: one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 struct Out {
     code: i32,
@@ -24,33 +18,11 @@ struct Out {
 }
 
 fn run(netns: Option<&str>, unprivileged: bool, args: &[&str]) -> Out {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]);
-            c
-        }
-        None => Command::new("env"),
-    };
-    if unprivileged {
-        cmd.args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ]);
-    }
-    let out = cmd
-        .arg(env!("CARGO_BIN_EXE_agent"))
-        .args(args)
-        .output()
-        .expect("run agent");
+    let (code, stdout, stderr) = support::run_agent(netns, unprivileged, args);
     Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code,
+        stdout,
+        stderr,
     }
 }
 
@@ -113,7 +85,7 @@ fn fixture(name: &str) -> PathBuf {
 /// jump is not called clean: exit 2, naming the capability. As root: the finding, exit 1.
 #[test]
 fn non_root_check_on_a_broken_lab_exits_2_naming_the_capability() {
-    let _serial = serial();
+    let _serial = support::serial();
     let lab = LabGuard::up("tru");
     lab.lab
         .fault("node-a", Fault::InputJumpDelete)
@@ -266,7 +238,7 @@ fn an_empty_or_binary_bundle_exits_2_naming_the_directory() {
 /// nothing worth a look.
 #[test]
 fn healthy_lab_diag_shows_no_drop_of_the_agents_own() {
-    let _serial = serial();
+    let _serial = support::serial();
     let lab = LabGuard::up("trd");
     // Drops are counted machine-wide: let the kernel finish tearing down the namespaces
     // `up` replaced (netns cleanup is deferred to a workqueue and purges their sockets) and
@@ -314,7 +286,7 @@ fn healthy_lab_diag_shows_no_drop_of_the_agents_own() {
 /// name lists the known ones, closest first.
 #[test]
 fn a_wrong_node_name_puts_the_identity_line_first() {
-    let _serial = serial();
+    let _serial = support::serial();
     let lab = LabGuard::up("tri");
     let o = lab.agent(false, &["check", "--node-name", "node-b"]);
     assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
@@ -355,7 +327,7 @@ fn a_wrong_node_name_puts_the_identity_line_first() {
 /// fault, as root and without privileges, fits 80 columns.
 #[test]
 fn human_output_fits_80_columns_on_the_lab() {
-    let _serial = serial();
+    let _serial = support::serial();
     let lab = LabGuard::up("trw");
     let faults = [
         None,
@@ -474,7 +446,7 @@ fn flag_values_are_validated_and_errors_say_what_failed() {
 /// verification.
 #[test]
 fn flows_errors_do_not_claim_a_verification() {
-    let _serial = serial();
+    let _serial = support::serial();
     let ns = format!("cdpt-trf{}", std::process::id() % 10000);
     assert!(
         Command::new("ip")

@@ -1,5 +1,5 @@
-//! Shared by the daemon and Prometheus tests: a lab that cleans up after itself, `agent run`
-//! in one of its namespaces, and plain HTTP to it.
+//! Shared by the integration tests: a lab that cleans up after itself, the agent run in one of
+//! its namespaces (once, or `agent run`), and plain HTTP to it.
 
 #![allow(dead_code, reason = "each test binary uses part of it")]
 
@@ -19,6 +19,39 @@ pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the agent binary with `args` in `netns` (or here), as `nobody` without a single
+/// capability when `unprivileged`: its exit code, stdout and stderr.
+pub fn run_agent(netns: Option<&str>, unprivileged: bool, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]);
+            c
+        }
+        None => Command::new("env"),
+    };
+    if unprivileged {
+        cmd.args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]);
+    }
+    let out = cmd
+        .arg(env!("CARGO_BIN_EXE_agent"))
+        .args(args)
+        .output()
+        .expect("run agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 pub struct LabGuard(pub Lab);
