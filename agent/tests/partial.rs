@@ -4,6 +4,8 @@
 //! tunnel devices without their address, workloads above a tunnel's MTU without routes. Each
 //! fires and stays quiet. No root needed: bundles only.
 
+mod support;
+
 use std::{path::PathBuf, process::Command};
 
 struct Out {
@@ -34,22 +36,6 @@ fn json(dir: &PathBuf, extra: &[&str]) -> serde_json::Value {
     args.push("--json");
     let o = check(dir, &args);
     serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", o.stdout, o.stderr))
-}
-
-fn findings(v: &serde_json::Value) -> Vec<(String, String)> {
-    v["verification"]["findings"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|f| {
-                    (
-                        f["check"].as_str().unwrap_or_default().to_string(),
-                        f["subject"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn not_run<'a>(v: &'a serde_json::Value, check: &str) -> Option<&'a serde_json::Value> {
@@ -153,7 +139,7 @@ fn a_pool_alone_judges_routes_by_the_mode() {
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
     let v = json(&b.0, &[]);
     assert_eq!(v["verdict"], "incomplete");
-    assert_eq!(findings(&v), []);
+    assert_eq!(support::json_findings(&v), []);
     let unexpected = not_run(&v, "route.unexpected").expect("listed");
     assert_eq!(unexpected["kind"], "not-in-input");
     assert_eq!(unexpected["missing"], "IPAMBlock, Node, the node's name");
@@ -164,7 +150,7 @@ fn a_pool_alone_judges_routes_by_the_mode() {
     let o = check(&b.0, &[]);
     assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
     assert_eq!(
-        findings(&json(&b.0, &[])),
+        support::json_findings(&json(&b.0, &[])),
         [(
             "route.wrong-device".to_string(),
             "10.244.2.0/26".to_string()
@@ -249,7 +235,9 @@ fn an_underlay_mtu_the_bundle_lacks_is_not_a_finding() {
     let b = Bundle::new("mtu", &files);
     let v = json(&b.0, &[]);
     assert!(
-        !findings(&v).iter().any(|(c, _)| c == "mtu.tunnel.mismatch"),
+        !support::json_findings(&v)
+            .iter()
+            .any(|(c, _)| c == "mtu.tunnel.mismatch"),
         "{v}"
     );
     let s = not_run(&v, "mtu.tunnel.mismatch").expect("listed");
@@ -268,7 +256,7 @@ fn an_underlay_mtu_the_bundle_lacks_is_not_a_finding() {
     );
     let v = json(&b.0, &[]);
     assert!(
-        findings(&v).contains(&(
+        support::json_findings(&v).contains(&(
             "mtu.tunnel.mismatch".to_string(),
             "vxlan.calico".to_string()
         )),
@@ -297,7 +285,7 @@ fn a_borrowed_tunnel_address_in_felixs_shape_is_clean() {
         ],
     );
     let v = json(&b.0, &[]);
-    let routes: Vec<_> = findings(&v)
+    let routes: Vec<_> = support::json_findings(&v)
         .into_iter()
         .filter(|(c, _)| c.starts_with("route."))
         .collect();
@@ -318,7 +306,8 @@ fn a_borrowed_tunnel_address_in_felixs_shape_is_clean() {
     );
     let v = json(&b.0, &[]);
     assert!(
-        findings(&v).contains(&("route.wrong-nexthop".to_string(), "10.244.1.5".to_string())),
+        support::json_findings(&v)
+            .contains(&("route.wrong-nexthop".to_string(), "10.244.1.5".to_string())),
         "{v}"
     );
 }
@@ -339,10 +328,10 @@ fn tunnel_devices_are_judged_without_routes() {
     };
     let b = Bundle::new("tun-quiet", &[("ip-addr.txt", &addr(1400, true))]);
     let v = json(&b.0, &[]);
-    assert_eq!(findings(&v), [], "{v}");
+    assert_eq!(support::json_findings(&v), [], "{v}");
     let b = Bundle::new("tun-mtu", &[("ip-addr.txt", &addr(1450, true))]);
     assert_eq!(
-        findings(&json(&b.0, &[])),
+        support::json_findings(&json(&b.0, &[])),
         [(
             "mtu.workload.mismatch".to_string(),
             "calia78822465be".to_string()
@@ -350,7 +339,7 @@ fn tunnel_devices_are_judged_without_routes() {
     );
     let b = Bundle::new("tun-addr", &[("ip-addr.txt", &addr(1400, false))]);
     assert_eq!(
-        findings(&json(&b.0, &[])),
+        support::json_findings(&json(&b.0, &[])),
         [(
             "tunnel.address.mismatch".to_string(),
             "vxlan.calico".to_string()

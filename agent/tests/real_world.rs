@@ -4,6 +4,8 @@
 //! that verdict and exactly those findings: zero false drift on real input, and the drift the
 //! threads found where the pasted state shows it.
 
+mod support;
+
 use std::{path::Path, process::Command};
 
 /// A finding as (check, subject).
@@ -158,19 +160,7 @@ fn each_real_world_bundle_gives_the_expected_verdict_and_findings() {
                 continue;
             }
         };
-        let got: Vec<(String, String)> = v["verification"]["findings"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|f| {
-                        (
-                            f["check"].as_str().unwrap_or_default().to_string(),
-                            f["subject"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let got = support::json_findings(&v);
         let want: Vec<(String, String)> = want
             .iter()
             .map(|(c, s)| ((*c).to_string(), (*s).to_string()))

@@ -3,6 +3,8 @@
 //! applicable; each injected fault is reported under its own check ID and subject; `agent diag`
 //! shows the mode and each pod's plumbing. Needs root (network namespaces).
 
+mod support;
+
 use std::process::Command;
 
 use serde_json::Value;
@@ -40,23 +42,6 @@ fn check_json(lab: &VpcLab, extra: &[&str]) -> (i32, Value) {
     (code, v)
 }
 
-/// (check, subject) of every finding.
-fn findings(v: &Value) -> Vec<(String, String)> {
-    v["verification"]["findings"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|f| {
-                    (
-                        f["check"].as_str().unwrap_or_default().to_string(),
-                        f["subject"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A fault, the (check, subject) it must give, and a ping (from pod, to) it must break.
 type Case = (VpcFault, &'static str, String, Option<Lost>);
 type Lost = (&'static str, std::net::Ipv4Addr);
@@ -92,7 +77,11 @@ fn vpc_cni_node_verifies_clean_and_reports_each_fault() {
     for extra in [&[][..], &["--datastore", &ds][..]] {
         let (code, v) = check_json(lab, extra);
         assert_eq!(code, 0, "{extra:?}: {:#}", v["verification"]);
-        assert!(findings(&v).is_empty(), "{:?}", findings(&v));
+        assert!(
+            support::json_findings(&v).is_empty(),
+            "{:?}",
+            support::json_findings(&v)
+        );
         let skipped = v["verification"]["skipped"].as_array().expect("skipped");
         for id in NOT_APPLICABLE {
             assert!(
@@ -216,7 +205,7 @@ fn vpc_cni_node_verifies_clean_and_reports_each_fault() {
         let (code, v) = check_json(lab, &[]);
         assert_eq!(code, 1, "{fault:?}: {:#}", v["verification"]);
         assert_eq!(
-            findings(&v),
+            support::json_findings(&v),
             [(check.to_string(), subject.clone())],
             "{fault:?}"
         );
@@ -233,7 +222,7 @@ fn vpc_cni_node_verifies_clean_and_reports_each_fault() {
         lab.repair().expect("repair");
     }
     let (code, v) = check_json(lab, &["--datastore", &ds]);
-    assert_eq!(code, 0, "after repair: {:?}", findings(&v));
+    assert_eq!(code, 0, "after repair: {:?}", support::json_findings(&v));
     lab.check_connectivity().expect("repaired");
     let _ = std::fs::remove_dir_all(&ds_dir);
 }

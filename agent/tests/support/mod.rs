@@ -54,6 +54,23 @@ pub fn run_agent(netns: Option<&str>, unprivileged: bool, args: &[&str]) -> (i32
     )
 }
 
+/// (check, subject) of every finding in `agent … --json` output.
+pub fn json_findings(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["verification"]["findings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["check"].as_str().unwrap_or_default().to_string(),
+                        f["subject"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub struct LabGuard(pub Lab);
 
 impl LabGuard {
