@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use xtask::lab::{Fault, Lab};
+use xtask::lab::Fault;
 
 struct Out {
     code: i32,
@@ -34,37 +34,15 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
-struct LabGuard {
-    lab: Lab,
-    ds: PathBuf,
-}
+use support::LabGuard;
 
-impl LabGuard {
-    fn up(tag: &str) -> Self {
-        let lab = Lab::new(&format!("cdpt-{tag}{}", std::process::id() % 10000));
-        lab.up().expect("lab up");
-        let ds = std::env::temp_dir().join(format!("cdpt-{tag}-ds{}", std::process::id()));
-        lab.write_datastore(&ds).expect("datastore");
-        Self { lab, ds }
-    }
-
-    fn netns(&self) -> &str {
-        &self.lab.spec.nodes[0].netns
-    }
-
-    /// `agent ARGS --datastore DS` inside node-a.
-    fn agent(&self, unprivileged: bool, args: &[&str]) -> Out {
-        let mut all = args.to_vec();
-        let ds = self.ds.to_string_lossy().into_owned();
-        all.extend(["--datastore", &ds, "--no-daemon"]);
-        run(Some(self.netns()), unprivileged, &all)
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        self.lab.down();
-        let _ = std::fs::remove_dir_all(&self.ds);
+/// The agent in the lab's first node, with the lab's datastore.
+fn in_lab(lab: &LabGuard, unprivileged: bool, args: &[&str]) -> Out {
+    let (code, stdout, stderr) = lab.agent(unprivileged, args);
+    Out {
+        code,
+        stdout,
+        stderr,
     }
 }
 
@@ -87,11 +65,11 @@ fn fixture(name: &str) -> PathBuf {
 fn non_root_check_on_a_broken_lab_exits_2_naming_the_capability() {
     let _serial = support::serial();
     let lab = LabGuard::up("tru");
-    lab.lab
+    lab.0
         .fault("node-a", Fault::InputJumpDelete)
         .expect("fault");
 
-    let o = lab.agent(true, &["check", "--node-name", "node-a"]);
+    let o = in_lab(&lab, true, &["check", "--node-name", "node-a"]);
     assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
     assert!(
         o.stderr.starts_with("agent: could not verify: "),
@@ -111,7 +89,7 @@ fn non_root_check_on_a_broken_lab_exits_2_naming_the_capability() {
     );
     assert!(o.stdout.contains("  not run: "), "{}", o.stdout);
 
-    let o = lab.agent(true, &["check", "--node-name", "node-a", "--json"]);
+    let o = in_lab(&lab, true, &["check", "--node-name", "node-a", "--json"]);
     assert_eq!(o.code, 2);
     let v = json(&o.stdout);
     assert_eq!(v["verdict"], "unverifiable");
@@ -138,7 +116,7 @@ fn non_root_check_on_a_broken_lab_exits_2_naming_the_capability() {
         o.stdout
     );
 
-    let o = lab.agent(false, &["check", "--node-name", "node-a"]);
+    let o = in_lab(&lab, false, &["check", "--node-name", "node-a"]);
     assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
     assert!(
         o.stdout.contains("CRIT  rules.felix.missing  filter INPUT"),
@@ -251,7 +229,7 @@ fn healthy_lab_diag_shows_no_drop_of_the_agents_own() {
     // what the agent causes is in every run, that noise in a few at most.
     let mut with_own_signature = Vec::new();
     for run in 0..20 {
-        let o = lab.agent(false, &["diag", "--node-name", "node-a", "--json"]);
+        let o = in_lab(&lab, false, &["diag", "--node-name", "node-a", "--json"]);
         assert_eq!(o.code, 0, "run {run}: {}", o.stderr);
         let v = json(&o.stdout);
         let drops = v["traffic"]["drops"]
@@ -288,7 +266,7 @@ fn healthy_lab_diag_shows_no_drop_of_the_agents_own() {
 fn a_wrong_node_name_puts_the_identity_line_first() {
     let _serial = support::serial();
     let lab = LabGuard::up("tri");
-    let o = lab.agent(false, &["check", "--node-name", "node-b"]);
+    let o = in_lab(&lab, false, &["check", "--node-name", "node-b"]);
     assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
     assert_eq!(
         o.stdout.lines().next(),
@@ -297,7 +275,8 @@ fn a_wrong_node_name_puts_the_identity_line_first() {
         o.stdout
     );
     assert!(!o.stdout.contains("CRIT"), "{}", o.stdout);
-    let o = lab.agent(
+    let o = in_lab(
+        &lab,
         false,
         &["diag", "--node-name", "node-b", "--drops-seconds", "0"],
     );
@@ -307,13 +286,52 @@ fn a_wrong_node_name_puts_the_identity_line_first() {
         "{}",
         o.stdout
     );
-    let o = lab.agent(false, &["check", "--node-name", "node-b", "--json"]);
+    let o = in_lab(&lab, false, &["check", "--node-name", "node-b", "--json"]);
     let v = json(&o.stdout);
     assert_eq!(v["verdict"], "unverifiable");
     assert_eq!(v["identity"]["looks_like"], "node-a");
     assert_eq!(v["identity"]["named"], "node-b");
 
-    let o = lab.agent(false, &["check", "--node-name", "node-a.example.com"]);
+    // The daemon answers the same: the slip first, not a storm of findings.
+    let ds = lab.datastore();
+    let daemon = support::Daemon::spawn(
+        &lab,
+        "0",
+        &[
+            "--node-name",
+            "node-b",
+            "--datastore",
+            ds.to_str().expect("utf-8 path"),
+        ],
+        &[],
+        ds.clone(),
+    );
+    let mut answer = String::new();
+    for _ in 0..50 {
+        let o = run(
+            None,
+            false,
+            &[
+                "check",
+                "--socket",
+                daemon.socket.to_str().expect("utf-8 path"),
+            ],
+        );
+        answer = o.stdout;
+        if answer.contains("answered by `agent run`") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        answer.lines().next(),
+        Some("this node looks like node-a; --node-name says node-b"),
+        "{answer}"
+    );
+    assert!(!answer.contains("CRIT"), "{answer}");
+    daemon.stop();
+
+    let o = in_lab(&lab, false, &["check", "--node-name", "node-a.example.com"]);
     assert_eq!(o.code, 2);
     assert!(
         o.stderr
@@ -346,18 +364,19 @@ fn human_output_fits_80_columns_on_the_lab() {
     let mut seen = 0;
     for fault in faults {
         if let Some(f) = fault {
-            lab.lab.repair().expect("repair");
-            lab.lab.fault("node-a", f).expect("fault");
+            lab.0.repair().expect("repair");
+            lab.0.fault("node-a", f).expect("fault");
         }
         let mut outputs = vec![
-            lab.agent(false, &["diag", "--node-name", "node-a"]),
-            lab.agent(false, &["check", "--node-name", "node-a"]),
-            lab.agent(true, &["check", "--node-name", "node-a"]),
-            lab.agent(
+            in_lab(&lab, false, &["diag", "--node-name", "node-a"]),
+            in_lab(&lab, false, &["check", "--node-name", "node-a"]),
+            in_lab(&lab, true, &["check", "--node-name", "node-a"]),
+            in_lab(
+                &lab,
                 true,
                 &["diag", "--node-name", "node-a", "--drops-seconds", "0"],
             ),
-            lab.agent(false, &["check", "--node-name", "node-b"]),
+            in_lab(&lab, false, &["check", "--node-name", "node-b"]),
         ];
         outputs.push(run(Some(lab.netns()), false, &["flows", "--seconds", "1"]));
         outputs.push(run(

@@ -22,7 +22,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use self::datastore::DatastoreFeed;
 use crate::{
     analysis::{self, Analysis, DaemonInfo},
-    desired::expected::Expected,
+    desired::{expected::Expected, identity},
     observed::{
         self, ObservedDataplane, SourceGroup,
         netlink_events::{self, Change, NetlinkEvents, Notification},
@@ -637,7 +637,12 @@ impl Daemon {
             traffic: None,
             traffic_unavailable: None,
             daemon,
-            identity: None,
+            identity: self
+                .datastore
+                .current()
+                .ok()
+                .flatten()
+                .and_then(|ds| identity::check(ds, &self.cfg.node_name, &self.obs)),
             bundle: None,
         }
     }

@@ -84,16 +84,38 @@ impl LabGuard {
         Self(lab)
     }
 
+    /// The first node's namespace.
+    pub fn netns(&self) -> &str {
+        &self.0.spec.nodes[0].netns
+    }
+
+    fn datastore_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-ds", self.netns()))
+    }
+
     pub fn datastore(&self) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("{}-ds", self.0.spec.nodes[0].netns));
+        let dir = self.datastore_dir();
         self.0.write_datastore(&dir).expect("datastore");
         dir
+    }
+
+    /// `agent ARGS --datastore DS --no-daemon` inside the first node: exit code, stdout and
+    /// stderr.
+    pub fn agent(&self, unprivileged: bool, args: &[&str]) -> (i32, String, String) {
+        let ds = self.datastore();
+        let ds = ds.to_str().expect("utf-8 path");
+        run_agent(
+            Some(self.netns()),
+            unprivileged,
+            &[args, &["--datastore", ds, "--no-daemon"]].concat(),
+        )
     }
 }
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
         self.0.down();
+        let _ = std::fs::remove_dir_all(self.datastore_dir());
     }
 }
 
@@ -139,7 +161,14 @@ impl Daemon {
                 env!("CARGO_BIN_EXE_agent"),
                 "run",
             ])
-            .args(["--node-name", &node.name, "--grace", grace])
+            // The lab's first node, unless the test names another.
+            .args(
+                Some(["--node-name", node.name.as_str()])
+                    .filter(|_| !extra.contains(&"--node-name"))
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(["--grace", grace])
             .envs(env.iter().copied())
             .arg("--socket")
             .arg(&socket)
