@@ -91,7 +91,17 @@ pub struct ExpectedWireguard {
     pub address: Option<Ipv4Addr>,
     pub listen_port: u16,
     pub rule_priority: u32,
+    /// The routing table the rule looks up: the lowest of `routeTableRanges` (Felix allocates
+    /// WireGuard's IPv4 table first).
+    pub table: u32,
     pub peers: Vec<WireguardPeer>,
+    /// Remote nodes Felix programs no peer for (no public key published, no address, a key
+    /// another node also has), with why: their peers are neither expected nor unexpected.
+    pub not_programmed: Vec<(String, String)>,
+    /// Their keys, when they have one: a peer with such a key is left alone.
+    pub tolerated_keys: Vec<String>,
+    /// Whether every remote node is known, so that a peer with no node's key is stale.
+    pub peers_complete: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,6 +109,8 @@ pub struct WireguardPeer {
     pub node: String,
     pub public_key: String,
     pub allowed_ips: Vec<IpNet>,
+    /// `<node IP>:<our own listening port>`, as Felix sets it.
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -357,6 +369,11 @@ pub fn compute(
 
     let workloads = node.map_or_else(Vec::new, |n| workloads(ds, n, &blocks));
     let wireguard = wg_on.then(|| wireguard(ds, node, me, &blocks, &cfg, wg_mtu));
+    if let Some(wg) = &wireguard {
+        notes.extend(wg.not_programmed.iter().map(|(n, why)| {
+            format!("WireGuard peer of node {n} not checked: the node {why} (Felix programs no peer for it)")
+        }));
+    }
     Ok(Expected {
         node: node.unwrap_or(UNKNOWN_NODE).to_string(),
         node_known: node.is_some(),
@@ -613,34 +630,62 @@ fn wireguard(
     cfg: &super::FelixConfigurationSpec,
     mtu: Option<u32>,
 ) -> ExpectedWireguard {
+    let listen_port = cfg.wireguard_listening_port.unwrap_or(51820);
     // Which Nodes are peers needs to know which one is this node.
-    let peers = ds
+    let remote: Vec<&Node> = ds
         .nodes
         .iter()
         .filter(|n| node.is_some_and(|me| n.name != me))
-        .filter_map(|n| {
-            let key = n.wireguard_public_key.clone()?;
-            let mut allowed: Vec<IpNet> = blocks
-                .iter()
-                .filter(|b| b.affinity.as_deref() == Some(n.name.as_str()))
-                .map(|b| b.cidr)
-                .collect();
-            for tun in [n.ipv4_vxlan_tunnel, n.ipv4_ipip_tunnel, n.wireguard_ipv4]
-                .into_iter()
-                .flatten()
-            {
-                let net = IpNet::from(IpAddr::V4(tun));
-                if !allowed.iter().any(|a| a.contains(&net)) {
-                    allowed.push(net);
-                }
-            }
-            Some(WireguardPeer {
-                node: n.name.clone(),
-                public_key: key,
-                allowed_ips: allowed,
-            })
-        })
         .collect();
+    let key_count = |k: &str| {
+        ds.nodes
+            .iter()
+            .filter(|n| n.wireguard_public_key.as_deref() == Some(k))
+            .count()
+    };
+    let mut peers = Vec::new();
+    let mut not_programmed = Vec::new();
+    let mut tolerated_keys = Vec::new();
+    for n in remote {
+        // Felix skips a node without a key or an address, and both nodes of a shared key
+        // (`shouldProgramWireguardPeer`): it routes their CIDRs with `throw` instead.
+        let why = match (&n.wireguard_public_key, n.ipv4) {
+            (None, _) => Some("publishes no WireGuard public key"),
+            (Some(k), _) if key_count(k) > 1 => {
+                Some("shares its WireGuard public key with another node")
+            }
+            (Some(_), None) => Some("has no IPv4 address for an endpoint"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            not_programmed.push((n.name.clone(), why.to_string()));
+            tolerated_keys.extend(n.wireguard_public_key.clone());
+            continue;
+        }
+        let Some(key) = n.wireguard_public_key.clone() else {
+            continue;
+        };
+        let mut allowed: Vec<IpNet> = blocks
+            .iter()
+            .filter(|b| b.affinity.as_deref() == Some(n.name.as_str()))
+            .map(|b| b.cidr)
+            .collect();
+        for tun in [n.ipv4_vxlan_tunnel, n.ipv4_ipip_tunnel, n.wireguard_ipv4]
+            .into_iter()
+            .flatten()
+        {
+            let net = IpNet::from(IpAddr::V4(tun));
+            if !allowed.iter().any(|a| a.contains(&net)) {
+                allowed.push(net);
+            }
+        }
+        peers.push(WireguardPeer {
+            node: n.name.clone(),
+            public_key: key,
+            allowed_ips: allowed,
+            endpoint: n.ipv4.map(|ip| format!("{}:{listen_port}", ip.addr())),
+        });
+    }
     ExpectedWireguard {
         device: cfg
             .wireguard_interface_name
@@ -657,10 +702,33 @@ fn wireguard(
                     .flatten()
             })
         }),
-        listen_port: cfg.wireguard_listening_port.unwrap_or(51820),
+        listen_port,
         rule_priority: cfg.wireguard_routing_rule_priority.unwrap_or(99),
+        table: wireguard_table(cfg),
         peers,
+        not_programmed,
+        tolerated_keys,
+        peers_complete: node.is_some() && ds.has(Kind::Node),
     }
+}
+
+/// The lowest table of `routeTableRanges` (or the older `routeTableRange`), skipping the
+/// kernel's own 253–255; Felix's default range starts at 1.
+fn wireguard_table(cfg: &super::FelixConfigurationSpec) -> u32 {
+    let ranges: Vec<&serde_json::Value> = match (&cfg.route_table_ranges, &cfg.route_table_range) {
+        (Some(serde_json::Value::Array(rs)), _) => rs.iter().collect(),
+        (_, Some(r)) => vec![r],
+        _ => Vec::new(),
+    };
+    ranges
+        .iter()
+        .filter_map(|r| {
+            let min = u32::try_from(r.get("min")?.as_u64()?).ok()?;
+            let max = u32::try_from(r.get("max")?.as_u64()?).ok()?;
+            (min..=max).find(|t| !(253..=255).contains(t))
+        })
+        .min()
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
