@@ -2,6 +2,10 @@
 //! `key=value` lines ending in `errno=N` and a blank line (www.wireguard.com/xplatform).
 //! Keys are hex there and base64 everywhere else. The reply starts with `private_key`: the
 //! line is skipped while parsing, never stored or printed.
+//!
+//! boringtun (0.7) differs from the protocol in two ways: it sends `own_public_key` (handy:
+//! the device's public key without deriving it), and its `last_handshake_time_sec` is the
+//! time since the handshake, not since the epoch (`wg show` then says "56 years ago").
 
 use std::{path::Path, time::Duration};
 
@@ -69,14 +73,38 @@ async fn exchange(path: &Path) -> Result<WgDevice, UapiError> {
             break;
         }
     }
-    parse(&text)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    parse(&text, now)
 }
 
-/// Parses a `get=1` answer.
-pub fn parse(text: &str) -> Result<WgDevice, UapiError> {
+/// A handshake as `last_handshake_time_sec`/`_nsec` give it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Handshake {
+    sec: u64,
+    nsec: u64,
+}
+
+/// No real handshake happened before 2001: a smaller "epoch" value is boringtun's age.
+const EPOCH_FLOOR: u64 = 1_000_000_000;
+
+impl Handshake {
+    /// Seconds since the epoch; `None` for never (0.0, as the kernel and wireguard-go say).
+    fn at(self, now: u64) -> Option<u64> {
+        match self {
+            Handshake { sec: 0, nsec: 0 } => None,
+            Handshake { sec, .. } if sec >= EPOCH_FLOOR => Some(sec),
+            Handshake { sec, .. } => Some(now.saturating_sub(sec)),
+        }
+    }
+}
+
+/// Parses a `get=1` answer read at `now` (seconds since the epoch).
+pub fn parse(text: &str, now: u64) -> Result<WgDevice, UapiError> {
     let mut d = WgDevice::default();
     let mut peer: Option<WgPeer> = None;
-    let mut handshake_sec: Option<u64> = None;
+    let mut handshake = Handshake::default();
     let mut errno = None;
     for (n, line) in text.lines().enumerate() {
         if line.is_empty() {
@@ -104,8 +132,14 @@ pub fn parse(text: &str) -> Result<WgDevice, UapiError> {
                     u32::try_from(num(value)?).map_err(|_| bad(format!("fwmark {value}")))?,
                 ))
             }
+            "own_public_key" => {
+                d.public_key = Some(
+                    hex_to_base64(value)
+                        .ok_or_else(|| bad("own_public_key is not 32 hex bytes".into()))?,
+                );
+            }
             "public_key" => {
-                finish(&mut d, peer.take(), handshake_sec.take());
+                finish(&mut d, peer.take(), std::mem::take(&mut handshake), now);
                 peer = Some(WgPeer {
                     public_key: hex_to_base64(value)
                         .ok_or_else(|| bad("public_key is not 32 hex bytes".into()))?,
@@ -127,7 +161,8 @@ pub fn parse(text: &str) -> Result<WgDevice, UapiError> {
                 match key {
                     "endpoint" => p.endpoint = Some(value.to_string()),
                     "allowed_ip" => p.allowed_ips.push(value.to_string()),
-                    "last_handshake_time_sec" => handshake_sec = Some(num(value)?),
+                    "last_handshake_time_sec" => handshake.sec = num(value)?,
+                    "last_handshake_time_nsec" => handshake.nsec = num(value)?,
                     "rx_bytes" => p.rx_bytes = num(value)?,
                     "tx_bytes" => p.tx_bytes = num(value)?,
                     "persistent_keepalive_interval" => {
@@ -137,13 +172,13 @@ pub fn parse(text: &str) -> Result<WgDevice, UapiError> {
                         )
                         .filter(|k| *k != 0);
                     }
-                    // protocol_version, last_handshake_time_nsec, newer keys.
+                    // protocol_version, newer keys.
                     _ => {}
                 }
             }
         }
     }
-    finish(&mut d, peer, handshake_sec);
+    finish(&mut d, peer, handshake, now);
     match errno {
         Some(0) => Ok(d),
         Some(e) => Err(UapiError::Errno(e)),
@@ -151,9 +186,9 @@ pub fn parse(text: &str) -> Result<WgDevice, UapiError> {
     }
 }
 
-fn finish(d: &mut WgDevice, peer: Option<WgPeer>, handshake_sec: Option<u64>) {
+fn finish(d: &mut WgDevice, peer: Option<WgPeer>, handshake: Handshake, now: u64) {
     if let Some(mut p) = peer {
-        p.latest_handshake = handshake_sec.filter(|s| *s != 0);
+        p.latest_handshake = handshake.at(now);
         merge_peer(&mut d.peers, p);
     }
 }
@@ -192,7 +227,7 @@ mod tests {
 
     #[test]
     fn parses_a_reply_with_hex_keys_as_base64_and_without_the_private_key() {
-        let d = parse(&reply()).expect("parses");
+        let d = parse(&reply(), NOW).expect("parses");
         assert_eq!(d.listen_port, Some(51820));
         assert_eq!(d.fwmark.as_deref(), Some("0x200000"));
         assert_eq!(d.peers.len(), 2);
@@ -211,15 +246,39 @@ mod tests {
         );
     }
 
+    const NOW: u64 = 1_700_000_100;
+
+    /// boringtun 0.7 as it answers after a ping: its own key, and the handshake's age.
+    #[test]
+    fn boringtun_gives_its_own_key_and_the_handshake_age() {
+        let text = format!(
+            "private_key={PRIVATE}\nown_public_key={}\nlisten_port=51820\n\
+             public_key={PEER_A}\nlast_handshake_time_sec=7\nlast_handshake_time_nsec=5\n\
+             public_key={}\nlast_handshake_time_sec=0\nlast_handshake_time_nsec=170794550\n\
+             public_key={}\nerrno=0\n\n",
+            "03".repeat(32),
+            "02".repeat(32),
+            "04".repeat(32)
+        );
+        let d = parse(&text, NOW).expect("parses");
+        assert_eq!(d.public_key, Some(BASE64.encode([3u8; 32])));
+        let at: Vec<Option<u64>> = d.peers.iter().map(|p| p.latest_handshake).collect();
+        // 7 s ago; under a second ago; never (no line at all).
+        assert_eq!(at, [Some(NOW - 7), Some(NOW), None]);
+    }
+
     #[test]
     fn an_errno_or_a_cut_reply_is_an_error() {
-        assert!(matches!(parse("errno=19\n\n"), Err(UapiError::Errno(19))));
         assert!(matches!(
-            parse("listen_port=51820\n"),
+            parse("errno=19\n\n", NOW),
+            Err(UapiError::Errno(19))
+        ));
+        assert!(matches!(
+            parse("listen_port=51820\n", NOW),
             Err(UapiError::Truncated)
         ));
         assert!(matches!(
-            parse("public_key=zz\nerrno=0\n"),
+            parse("public_key=zz\nerrno=0\n", NOW),
             Err(UapiError::Malformed { line: 1, .. })
         ));
     }
