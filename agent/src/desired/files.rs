@@ -419,6 +419,13 @@ fn nth_ip(net: &IpNet, n: usize) -> Option<IpAddr> {
     }
 }
 
+/// An IPv6 address, with or without a prefix (`spec.bgp.ipv6Address` carries one).
+fn parse_v6_addr(s: &str) -> Result<std::net::Ipv6Addr, String> {
+    let addr = s.split_once('/').map_or(s, |(a, _)| a);
+    addr.parse()
+        .map_err(|_| format!("{s:?} is not an IPv6 address"))
+}
+
 fn opt_v4<T>(
     ctx: &Ctx<'_>,
     field: &str,
@@ -474,6 +481,24 @@ fn calico_node(
             .wireguard_public_key
             .clone()
             .filter(|k| !k.is_empty()),
+        ipv6: opt_v4(
+            ctx,
+            "spec.bgp.ipv6Address",
+            bgp.ipv6_address.as_deref(),
+            parse_v6_addr,
+        )?,
+        wireguard_ipv6: opt_v4(
+            ctx,
+            "spec.wireguard.interfaceIPv6Address",
+            s.wireguard
+                .as_ref()
+                .and_then(|w| w.interface_ipv6_address.as_deref()),
+            parse_v6_addr,
+        )?,
+        wireguard_public_key_v6: status
+            .wireguard_public_key_v6
+            .clone()
+            .filter(|k| !k.is_empty()),
         as_number: bgp
             .as_number
             .as_ref()
@@ -522,6 +547,21 @@ fn k8s_node(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<Node, DatastoreError> {
             parse_v4_addr,
         )?,
         wireguard_public_key: ann("WireguardPublicKey")
+            .filter(|k| !k.is_empty())
+            .map(str::to_string),
+        ipv6: opt_v4(
+            ctx,
+            &field("IPv6Address"),
+            ann("IPv6Address"),
+            parse_v6_addr,
+        )?,
+        wireguard_ipv6: opt_v4(
+            ctx,
+            &field("IPv6WireguardInterfaceAddr"),
+            ann("IPv6WireguardInterfaceAddr"),
+            parse_v6_addr,
+        )?,
+        wireguard_public_key_v6: ann("WireguardPublicKeyV6")
             .filter(|k| !k.is_empty())
             .map(str::to_string),
         as_number: ann("ASNumber")

@@ -349,19 +349,22 @@ fn wireguard(obs: &ObservedDataplane) -> Vec<WireGuard> {
 
 /// Names each WireGuard peer by the Node that published its key (the datastore's view).
 pub fn name_wireguard_peers(d: &mut Diag, expected: &crate::desired::expected::Expected) {
-    let Some(wg) = &expected.wireguard else {
-        return;
-    };
-    for p in d
-        .wireguard
-        .iter_mut()
-        .flat_map(|w| w.peer_details.iter_mut())
-    {
-        p.node = wg
-            .peers
+    for w in &mut d.wireguard {
+        let Some(wg) = expected
+            .wireguard
             .iter()
-            .find(|e| e.public_key == p.public_key)
-            .map(|e| e.node.clone());
+            .chain(&expected.wireguard_v6)
+            .find(|wg| wg.device == w.name)
+        else {
+            continue;
+        };
+        for p in &mut w.peer_details {
+            p.node = wg
+                .peers
+                .iter()
+                .find(|e| e.public_key == p.public_key)
+                .map(|e| e.node.clone());
+        }
     }
 }
 

@@ -890,6 +890,7 @@ mod tests {
         let (mut e, mut o) = healthy();
         o.captured_at = 1_700_000_100;
         e.wireguard = Some(ExpectedWireguard {
+            family: 4,
             device: "wireguard.cali".into(),
             mtu: Some(1440),
             address: None,

@@ -30,12 +30,24 @@ pub(super) fn check(
     out: &mut Vec<Finding>,
     skipped: &mut Vec<Skipped>,
 ) {
-    let Some(wg) = &e.wireguard else { return };
+    for wg in e.wireguard.iter().chain(&e.wireguard_v6) {
+        check_device(e, wg, obs, out, skipped);
+    }
+}
+
+fn check_device(
+    e: &Expected,
+    wg: &ExpectedWireguard,
+    obs: &ObservedDataplane,
+    out: &mut Vec<Finding>,
+    skipped: &mut Vec<Skipped>,
+) {
     let dev = wg.device.as_str();
+    let v6 = wg.family == 6;
     let Some(link) = obs.link(dev) else {
         out.push(
             Finding::new(CheckId::TunnelMissing, Severity::Critical, dev)
-                .expected(format!("WireGuard device {dev} (wireguardEnabled)"))
+                .expected(format!("WireGuard device {dev} ({})", if v6 { "wireguardEnabledV6" } else { "wireguardEnabled" }))
                 .actual("absent")
                 .hint("traffic to other nodes leaves unencrypted or not at all; Felix creates it unless the kernel lacks WireGuard: `lsmod | grep wireguard`, calico-node's log"),
         );
@@ -49,24 +61,34 @@ pub(super) fn check(
                 .hint(format!("`ip link show {dev}`")),
         );
     }
+    // A userspace TUN device gets an IPv6 link-local address; Felix's is the global one.
     let addrs: Vec<std::net::IpAddr> = obs
         .addresses_of(dev)
         .map(|a| a.address.addr())
-        .filter(std::net::IpAddr::is_ipv4)
+        .filter(|a| match a {
+            std::net::IpAddr::V4(_) => !v6,
+            std::net::IpAddr::V6(a) => v6 && !a.is_unicast_link_local(),
+        })
         .collect();
+    let (host, field, family) = if v6 {
+        (128, "interfaceIPv6Address", "IPv6")
+    } else {
+        (32, "interfaceIPv4Address", "IPv4")
+    };
     match wg.address {
-        Some(want) if addrs != [std::net::IpAddr::V4(want)] => out.push(
+        Some(want) if addrs != [want] => out.push(
             Finding::new(CheckId::TunnelAddressMismatch, Severity::Critical, dev)
-                .expected(format!("{want}/32 (the node's wireguard.interfaceIPv4Address)"))
+                .expected(format!("{want}/{host} (the node's wireguard.{field})"))
                 .actual(if addrs.is_empty() {
-                    "no IPv4 address".to_string()
+                    format!("no {family} address")
                 } else {
                     addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                 })
                 .hint(format!("peers route this node's WireGuard traffic to {want}; Felix assigns it on its device check: `ip addr show {dev}`, calico-node's log")),
         ),
         Some(_) => {}
-        None => super::infer::unaddressed(obs, link, Severity::Critical, out),
+        None if !v6 => super::infer::unaddressed(obs, link, Severity::Critical, out),
+        None => {}
     }
     if let Some(want) = wg.mtu
         && link.mtu != want
@@ -84,6 +106,9 @@ pub(super) fn check(
     table(wg, obs, out);
     let Some(observed) = obs.wireguard.iter().find(|d| d.name == dev) else {
         for id in DEVICE_CHECKS {
+            if skipped.iter().any(|s| s.check == *id) {
+                continue;
+            }
             skipped.push(Skipped::new(
                 *id,
                 super::not_run_kind(obs, &[Source::Wireguard]),
@@ -105,7 +130,7 @@ fn rule<'a>(
     let at_priority: Vec<&IpRule> = obs
         .rules
         .iter()
-        .filter(|r| r.family == 4 && r.priority == wg.rule_priority)
+        .filter(|r| r.family == wg.family && r.priority == wg.rule_priority)
         .collect();
     let found = at_priority
         .iter()
@@ -115,7 +140,7 @@ fn rule<'a>(
         let actual = if at_priority.is_empty() {
             format!(
                 "{} rule(s), none at priority {}",
-                obs.rules.iter().filter(|r| r.family == 4).count(),
+                obs.rules.iter().filter(|r| r.family == wg.family).count(),
                 wg.rule_priority
             )
         } else {
@@ -126,7 +151,7 @@ fn rule<'a>(
                 .join("; ")
         };
         out.push(
-            Finding::new(CheckId::WireguardRuleMissing, Severity::Critical, format!("ip rule {}", wg.rule_priority))
+            Finding::new(CheckId::WireguardRuleMissing, Severity::Critical, format!("{} {}", if wg.family == 6 { "ip -6 rule" } else { "ip rule" }, wg.rule_priority))
                 .expected(format!("{}: not from all fwmark <wg mark>/<wg mark> lookup {}", wg.rule_priority, wg.table))
                 .actual(actual)
                 .hint("pod traffic to other nodes skips WireGuard's table and leaves unencrypted: `ip rule`, Felix re-adds the rule on its route resync"),
@@ -188,6 +213,15 @@ fn device(wg: &ExpectedWireguard, d: &WgDevice, rule: Option<&IpRule>, out: &mut
     }
 }
 
+/// A peer's subject: its node, and for IPv6 the device too (a node has a peer on each).
+fn subject(wg: &ExpectedWireguard, node: &str) -> String {
+    if wg.family == 6 {
+        format!("{node} ({})", wg.device)
+    } else {
+        node.to_string()
+    }
+}
+
 fn peers(e: &Expected, wg: &ExpectedWireguard, observed: &WgDevice, out: &mut Vec<Finding>) {
     let dev = &wg.device;
     for p in &wg.peers {
@@ -197,19 +231,19 @@ fn peers(e: &Expected, wg: &ExpectedWireguard, observed: &WgDevice, out: &mut Ve
             .find(|op| op.public_key == p.public_key)
         else {
             out.push(
-                Finding::new(CheckId::WireguardPeerMissing, Severity::Critical, p.node.clone())
+                Finding::new(CheckId::WireguardPeerMissing, Severity::Critical, subject(wg, &p.node))
                     .expected(format!("peer {} (public key from the node's annotation)", p.public_key))
                     .actual(format!("{} peer(s), none with that key", observed.peers.len()))
                     .hint(format!("traffic to {} cannot be encrypted and is dropped; did the node's key change without Felix seeing it? `wg show {dev}`, `kubectl get node {} -o yaml | grep -i wireguard`", p.node, p.node)),
             );
             continue;
         };
-        allowed_ips(e, dev, p, peer, out);
+        allowed_ips(e, wg, p, peer, out);
         if let Some(want) = &p.endpoint
             && peer.endpoint.as_deref() != Some(want.as_str())
         {
             out.push(
-                Finding::new(CheckId::WireguardPeerEndpointMismatch, Severity::Warning, p.node.clone())
+                Finding::new(CheckId::WireguardPeerEndpointMismatch, Severity::Warning, subject(wg, &p.node))
                     .expected(format!("endpoint {want} (the node's IP, this node's listening port)"))
                     .actual(peer.endpoint.as_ref().map_or_else(|| "no endpoint".to_string(), |ep| format!("endpoint {ep}")))
                     .hint(format!("this node cannot start a handshake with {} until it hears from it: `wg show {dev} endpoints`; did the node's address change?", p.node)),
@@ -236,7 +270,14 @@ fn peers(e: &Expected, wg: &ExpectedWireguard, observed: &WgDevice, out: &mut Ve
 /// A peer's allowed IPs are exactly its node's blocks and tunnel addresses, plus /32s inside
 /// the pools (addresses the node borrowed from other blocks, which the datastore's blocks do
 /// not attribute to it).
-fn allowed_ips(e: &Expected, dev: &str, p: &WireguardPeer, peer: &WgPeer, out: &mut Vec<Finding>) {
+fn allowed_ips(
+    e: &Expected,
+    wg: &ExpectedWireguard,
+    p: &WireguardPeer,
+    peer: &WgPeer,
+    out: &mut Vec<Finding>,
+) {
+    let dev = &wg.device;
     let want: BTreeSet<IpNet> = p.allowed_ips.iter().map(IpNet::trunc).collect();
     let have: BTreeSet<IpNet> = peer
         .allowed_ips
@@ -245,9 +286,11 @@ fn allowed_ips(e: &Expected, dev: &str, p: &WireguardPeer, peer: &WgPeer, out: &
         .map(|n| n.trunc())
         .collect();
     let missing: Vec<String> = want.difference(&have).map(ToString::to_string).collect();
+    // IPv6 pools are not read: any IPv6 host address may be a borrowed one.
     let borrowed = |n: &IpNet| {
         n.prefix_len() == n.max_prefix_len()
-            && e.pools.iter().any(|pool| IpNet::V4(pool.cidr).contains(n))
+            && (matches!(n, IpNet::V6(_))
+                || e.pools.iter().any(|pool| IpNet::V4(pool.cidr).contains(n)))
     };
     let extra: Vec<String> = have
         .iter()
@@ -265,7 +308,7 @@ fn allowed_ips(e: &Expected, dev: &str, p: &WireguardPeer, peer: &WgPeer, out: &
         actual.push(format!("also {} (not {}'s)", extra.join(", "), p.node));
     }
     out.push(
-        Finding::new(CheckId::WireguardAllowedIpsMismatch, Severity::Critical, p.node.clone())
+        Finding::new(CheckId::WireguardAllowedIpsMismatch, Severity::Critical, subject(wg, &p.node))
             .expected(format!("allowed IPs {}", want.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
             .actual(actual.join("; "))
             .hint(format!("WireGuard drops traffic from {}'s pods in missing ranges and sends extra ranges to the wrong node: `wg show {dev} allowed-ips`", p.node)),
@@ -292,6 +335,7 @@ mod tests {
     ) {
         let (mut e, mut o) = healthy();
         e.wireguard = Some(ExpectedWireguard {
+            family: 4,
             device: "wireguard.cali".into(),
             mtu: Some(1440),
             address: Some("10.244.0.3".parse().expect("ip")),
@@ -549,6 +593,113 @@ mod tests {
             let s = v.skipped.iter().find(|s| s.check == id).expect("skipped");
             assert!(s.reason.contains("CAP_NET_ADMIN"), "{id}: {}", s.reason);
         }
+    }
+
+    /// `wg-v6.cali` beside `wireguard.cali`: its own address family, port, table and rule.
+    fn with_wireguard_v6() -> (
+        crate::desired::expected::Expected,
+        crate::observed::ObservedDataplane,
+    ) {
+        let (mut e, mut o) = with_wireguard();
+        e.wireguard_v6 = Some(ExpectedWireguard {
+            family: 6,
+            device: "wg-v6.cali".into(),
+            mtu: Some(1420),
+            address: Some("fd00:244::3".parse().expect("ip")),
+            listen_port: 51821,
+            rule_priority: 99,
+            table: 2,
+            peers: vec![WireguardPeer {
+                node: "node-b".into(),
+                public_key: "KEYB6".into(),
+                allowed_ips: vec!["fd00:244:1::/122".parse().expect("net")],
+                endpoint: Some("[fd00:99::12]:51821".into()),
+            }],
+            not_programmed: Vec::new(),
+            tolerated_keys: Vec::new(),
+            peers_complete: true,
+        });
+        // Pods get the smallest tunnel MTU, IPv6 WireGuard's included.
+        e.pod_mtu = Some(1420);
+        o.links
+            .iter_mut()
+            .filter(|l| l.name.starts_with("cali"))
+            .for_each(|l| l.mtu = 1420);
+        let mut link = o.link("wireguard.cali").expect("wg").clone();
+        link.name = "wg-v6.cali".into();
+        link.index = 100;
+        link.mtu = 1420;
+        o.links.push(link);
+        for a in ["fd00:244::3/128", "fe80::1/64"] {
+            o.addresses.push(crate::observed::Address {
+                ifindex: 100,
+                ifname: "wg-v6.cali".into(),
+                address: a.parse().expect("net"),
+                scope: "global".into(),
+            });
+        }
+        let mut rule = o.rules[0].clone();
+        rule.family = 6;
+        rule.table = 2;
+        o.rules.push(rule);
+        let mut route = o
+            .routes
+            .iter()
+            .find(|r| r.table == 1)
+            .expect("wg route")
+            .clone();
+        route.table = 2;
+        route.destination = "fd00:244:1::/122".parse().expect("net");
+        route.dev = Some("wg-v6.cali".into());
+        o.routes.push(route);
+        o.wireguard.push(WgDevice {
+            name: "wg-v6.cali".into(),
+            listen_port: Some(51821),
+            fwmark: Some("0x200000".into()),
+            peers: vec![WgPeer {
+                public_key: "KEYB6".into(),
+                endpoint: Some("[fd00:99::12]:51821".into()),
+                allowed_ips: vec!["fd00:244:1::/122".into(), "fd00:244:1::1/128".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        (e, o)
+    }
+
+    #[test]
+    fn ipv6_device_is_checked_on_its_own() {
+        let (e, o) = with_wireguard_v6();
+        let v = run(&e, &o);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        let (e, mut o) = with_wireguard_v6();
+        o.rules.retain(|r| r.family != 6);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::WireguardRuleMissing, "ip -6 rule 99".into())]
+        );
+        let (e, mut o) = with_wireguard_v6();
+        o.wireguard[1].peers.clear();
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::WireguardPeerMissing, "node-b (wg-v6.cali)".into())]
+        );
+        // Only the link-local address left: Felix's global one is missing.
+        let (e, mut o) = with_wireguard_v6();
+        o.addresses
+            .retain(|a| a.ifname != "wg-v6.cali" || a.address.to_string() == "fe80::1/64");
+        let v = run(&e, &o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::TunnelAddressMismatch, "wg-v6.cali".into())]
+        );
+        assert_eq!(v.findings[0].actual, "no IPv6 address");
+        let (e, mut o) = with_wireguard_v6();
+        o.links.retain(|l| l.name != "wg-v6.cali");
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::TunnelMissing, "wg-v6.cali".into())]
+        );
     }
 
     /// Issue 13 point 4: the device without the node's `interfaceIPv4Address`, or another.
