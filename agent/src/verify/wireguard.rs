@@ -103,7 +103,11 @@ fn check_device(
         );
     }
     let rule = rule(wg, obs, out);
-    table(wg, obs, out);
+    // The kernel withdraws every route through a device that is down or has lost its last
+    // address of the family: the finding above is the one cause, not each route.
+    if link.is_up() && !addrs.is_empty() {
+        table(wg, obs, out);
+    }
     let Some(observed) = obs.wireguard.iter().find(|d| d.name == dev) else {
         for id in DEVICE_CHECKS {
             if skipped.iter().any(|s| s.check == *id) {
@@ -571,6 +575,27 @@ mod tests {
             v.findings[0].actual.contains("lookup 7"),
             "{}",
             v.findings[0].actual
+        );
+    }
+
+    #[test]
+    fn routes_withdrawn_with_the_address_or_link_are_not_listed_again() {
+        let (e, mut o) = with_wireguard();
+        o.addresses.retain(|a| a.ifname != "wireguard.cali");
+        o.routes.retain(|r| r.table != 1);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::TunnelAddressMismatch, "wireguard.cali".into())]
+        );
+        let (e, mut o) = with_wireguard();
+        for l in o.links.iter_mut().filter(|l| l.name == "wireguard.cali") {
+            l.admin_up = false;
+            l.oper_state = "down".into();
+        }
+        o.routes.retain(|r| r.table != 1);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::TunnelDown, "wireguard.cali".into())]
         );
     }
 
