@@ -697,6 +697,7 @@ fn wireguard(
             .filter(|n| key_of(n).as_deref() == Some(k))
             .count()
     };
+    let host_encryption = cfg.wireguard_host_encryption_enabled.unwrap_or(false);
     let mut peers = Vec::new();
     let mut not_programmed = Vec::new();
     let mut tolerated_keys = Vec::new();
@@ -726,7 +727,9 @@ fn wireguard(
             .filter(|b| matches!(b.cidr, IpNet::V6(_)) == v6)
             .map(|b| b.cidr)
             .collect();
-        for tun in tunnels_of(n) {
+        // With host encryption the node's own address is routed through the tunnel too.
+        let host = host_encryption.then_some(ip);
+        for tun in tunnels_of(n).into_iter().chain(host) {
             let net = IpNet::from(tun);
             if !allowed.iter().any(|a| a.contains(&net)) {
                 allowed.push(net);
@@ -740,7 +743,6 @@ fn wireguard(
         });
     }
     let (table_v4, table_v6) = wireguard_tables(cfg);
-    let host_encryption = cfg.wireguard_host_encryption_enabled.unwrap_or(false);
     ExpectedWireguard {
         family: if v6 { 6 } else { 4 },
         device: if v6 {
@@ -983,6 +985,14 @@ spec: {cidr: "fd00:244:1::/122", affinity: "host:b", allocations: [], attributes
             "{:?}",
             e.notes
         );
+        // Host encryption routes the node's own address through the tunnel as well.
+        let with_hosts = text.replace(
+            "wireguardEnabledV6: true",
+            "wireguardEnabledV6: true\n  wireguardHostEncryptionEnabled: true",
+        );
+        let e = compute(&ds(&with_hosts), Some("a"), &facts()).expect("expected");
+        let v4 = e.wireguard.as_ref().expect("v4");
+        assert_eq!(nets(&v4.peers[0]), ["10.244.1.0/26", "10.0.0.2/32"]);
     }
 
     #[test]
