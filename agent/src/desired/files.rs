@@ -691,6 +691,41 @@ mod tests {
         ));
     }
 
+    /// A Kubernetes Node carries Calico's WireGuard data for both families in annotations.
+    #[test]
+    fn kubernetes_node_wireguard_annotations() {
+        let ds = load(
+            "kind: Node\napiVersion: v1\nmetadata:\n  name: n\n  annotations:\n    \
+             projectcalico.org/IPv4Address: 10.0.0.2/24\n    \
+             projectcalico.org/IPv6Address: fd00::2/64\n    \
+             projectcalico.org/IPv4WireguardInterfaceAddr: 10.244.1.1\n    \
+             projectcalico.org/IPv6WireguardInterfaceAddr: fd00:244:1::1\n    \
+             projectcalico.org/WireguardPublicKey: K4\n    \
+             projectcalico.org/WireguardPublicKeyV6: K6\n",
+        )
+        .expect("valid");
+        let n = &ds.nodes[0];
+        assert_eq!(n.wireguard_ipv4, Some("10.244.1.1".parse().expect("ip")));
+        assert_eq!(n.wireguard_ipv6, Some("fd00:244:1::1".parse().expect("ip")));
+        assert_eq!(n.ipv6, Some("fd00::2".parse().expect("ip")));
+        assert_eq!(
+            (
+                n.wireguard_public_key.as_deref(),
+                n.wireguard_public_key_v6.as_deref()
+            ),
+            (Some("K4"), Some("K6"))
+        );
+        let err = load(
+            "kind: Node\napiVersion: v1\nmetadata:\n  name: n\n  annotations: \
+             {projectcalico.org/IPv6WireguardInterfaceAddr: 10.0.0.1}\n",
+        )
+        .expect_err("not IPv6");
+        assert!(
+            err.to_string().contains("IPv6WireguardInterfaceAddr"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn unknown_fields_and_kinds_are_warnings() {
         let ds = load(
