@@ -423,3 +423,85 @@ fn userspace_wireguard_is_read_over_uapi_and_verified_with_faults() {
         "10.246.1.1",
     ]);
 }
+
+/// A device named as configured that is neither a kernel WireGuard device nor has a UAPI
+/// socket: its peers and settings are not observable (saying why), never reported missing.
+#[test]
+fn an_unreadable_device_is_not_observable_rather_than_drift() {
+    let id = std::process::id() % 100_000;
+    let node = Node {
+        netns: format!("cdpt-uwgx{id}"),
+        dev: format!("wireguard.{id}"),
+        boringtun: None,
+    };
+    sh::run(&["ip", "netns", "add", &node.netns]).unwrap_or_else(|e| panic!("{e:#}"));
+    // A TUN device, as a userspace implementation makes, with no process or socket behind it.
+    node.ip(&["tuntap", "add", "mode", "tun", "name", &node.dev]);
+    node.ip(&["link", "set", &node.dev, "up"]);
+    let dir = TempDir(std::env::temp_dir().join(format!("cdpt-uwgx-{id}")));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    std::fs::write(
+        dir.0.join("calico.yaml"),
+        format!(
+            "apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {{name: default}}
+spec: {{wireguardEnabled: true, wireguardInterfaceName: {dev}}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {{name: node-a}}
+spec: {{bgp: {{ipv4Address: 192.168.78.1/24}}}}
+status: {{wireguardPublicKey: KA}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {{name: node-b}}
+spec: {{bgp: {{ipv4Address: 192.168.78.2/24}}}}
+status: {{wireguardPublicKey: KB}}
+",
+            dev = node.dev
+        ),
+    )
+    .expect("datastore");
+    // `check` exits non-zero here (drift, unverifiable): only its JSON matters.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node.netns, env!("CARGO_BIN_EXE_agent")])
+        .args(["check", "--json", "--no-daemon", "--node-name", "node-a"])
+        .arg("--datastore")
+        .arg(&dir.0)
+        .output()
+        .expect("agent check");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let a: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let device_checks = [
+        "wireguard.peer.missing",
+        "wireguard.allowed-ips.mismatch",
+        "wireguard.peer.endpoint.mismatch",
+        "wireguard.peer.unexpected",
+        "wireguard.listen-port.mismatch",
+        "wireguard.fwmark.mismatch",
+    ];
+    let reported: Vec<&Value> = a["verification"]["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| device_checks.iter().any(|c| f["check"] == *c))
+        .collect();
+    assert!(reported.is_empty(), "{reported:?}");
+    for c in device_checks {
+        let s = a["verification"]["skipped"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["check"] == c)
+            .unwrap_or_else(|| panic!("{c} not listed as not run: {a}"));
+        assert_eq!(s["kind"], "could-not-observe", "{c}: {s}");
+        assert!(
+            s["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no UAPI socket")),
+            "{c}: {s}"
+        );
+    }
+}

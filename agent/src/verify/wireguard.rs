@@ -109,15 +109,28 @@ fn check_device(
         table(wg, obs, out);
     }
     let Some(observed) = obs.wireguard.iter().find(|d| d.name == dev) else {
+        // The reader says why this device could not be read; without a word from it, what
+        // each kind of device needs.
+        let unread = obs
+            .unavailable
+            .iter()
+            .find(|u| u.kind == Source::Wireguard && u.source.contains(dev));
+        let reason = unread.map_or_else(
+            || format!("{dev} not readable (a kernel device over generic netlink needs CAP_NET_ADMIN; a userspace one its UAPI socket)"),
+            |u| format!("not observable ({}: {})", u.source, u.reason),
+        );
         for id in DEVICE_CHECKS {
             if skipped.iter().any(|s| s.check == *id) {
                 continue;
             }
-            skipped.push(Skipped::new(
-                *id,
-                super::not_run_kind(obs, &[Source::Wireguard]),
-                format!("{dev} not readable (a kernel device over generic netlink needs CAP_NET_ADMIN; a userspace one its UAPI socket)"),
-            ).missing("the WireGuard device"));
+            skipped.push(
+                Skipped::new(
+                    *id,
+                    super::not_run_kind(obs, &[Source::Wireguard]),
+                    reason.clone(),
+                )
+                .missing(unread.map_or("the WireGuard device", |u| u.source.as_str())),
+            );
         }
         return;
     };
