@@ -327,7 +327,10 @@ pub fn check_identity(a: &mut Analysis, obs: &ObservedDataplane, ds: Option<&Dat
 }
 
 pub fn analyse(obs: &ObservedDataplane, expected: Option<&Expected>, policy: &Policy) -> Analysis {
-    let d = diag::build(obs);
+    let mut d = diag::build(obs);
+    if let Some(e) = expected {
+        diag::name_wireguard_peers(&mut d, e);
+    }
     // With a datastore, a node without any Calico state is exactly what must be reported.
     let verification =
         (d.calico_found || expected.is_some()).then(|| verify::verify(expected, obs, policy));

@@ -28,6 +28,8 @@ pub const VXLAN_PORT: u16 = 4789;
 pub const VXLAN_OVERHEAD: u32 = 50;
 pub const IPIP_OVERHEAD: u32 = 20;
 pub const WIREGUARD_OVERHEAD: u32 = 60;
+/// WireGuard over IPv6 (`wg-v6.cali`).
+pub const WIREGUARD_V6_OVERHEAD: u32 = 80;
 /// Felix's route protocol for blackholes and same-subnet routes (`DefaultRouteProto`).
 pub const PROTO_CALICO: u8 = 80;
 /// The route protocol BIRD (calico-node's BGP daemon) installs its routes with.

@@ -8,6 +8,9 @@ use crate::sh;
 /// bpf-linker must match the nightly's LLVM (22); see shared/reference/crates.md §0.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_FEATURE: &str = "llvm-22";
+/// Userspace WireGuard for the host tests: the host kernel may lack the module, and the agent
+/// must read a userspace device over its UAPI socket (DESIGN.md §8).
+const BORINGTUN_VERSION: &str = "0.7.1";
 
 /// Binaries the tests and the lab run, and the Debian package that ships each.
 const TOOLS: &[(&str, &str)] = &[
@@ -48,6 +51,7 @@ const TOOLS: &[(&str, &str)] = &[
 pub fn setup() -> anyhow::Result<()> {
     rust_components()?;
     bpf_linker()?;
+    boringtun()?;
     apt_packages()?;
     python_packages()?;
     println!("setup: all tools present");
@@ -131,6 +135,19 @@ fn bpf_linker() -> anyhow::Result<()> {
         ],
         &[("LLVM_PREFIX", &prefix)],
     )
+}
+
+fn boringtun() -> anyhow::Result<()> {
+    if sh::run(&["boringtun-cli", "--version"]).is_ok_and(|v| v.contains(BORINGTUN_VERSION)) {
+        return Ok(());
+    }
+    println!("setup: building boringtun-cli {BORINGTUN_VERSION}");
+    sh::stream(&[
+        "cargo",
+        "install",
+        &format!("boringtun-cli@{BORINGTUN_VERSION}"),
+        "--locked",
+    ])
 }
 
 /// PyPI packages the tests use: a command that succeeds when it is installed, and the

@@ -617,7 +617,10 @@ impl Daemon {
 
     /// The operator's view of the current state, built when the local API is asked.
     fn answer(&self) -> Analysis {
-        let diag = crate::diag::build(&self.obs);
+        let mut diag = crate::diag::build(&self.obs);
+        if let Some(e) = &self.expected {
+            crate::diag::name_wireguard_peers(&mut diag, e);
+        }
         let (verification, input_notes, daemon) = match &self.last {
             Some((v, notes, info)) => (
                 Some(v.clone()),

@@ -14,6 +14,7 @@ use super::{Block, Datastore, EncapMode, Kind, Node, ProtoPort};
 
 use calico_conventions::{
     FAILSAFE_IN, FAILSAFE_OUT, IPIP_OVERHEAD, VXLAN_OVERHEAD, WIREGUARD_OVERHEAD,
+    WIREGUARD_V6_OVERHEAD,
 };
 pub use calico_conventions::{VXLAN_V4 as VXLAN_DEV, vtep_mac, workload_iface};
 
@@ -41,6 +42,9 @@ pub struct Expected {
     pub vxlan: Option<ExpectedTunnel>,
     pub ipip: Option<ExpectedTunnel>,
     pub wireguard: Option<ExpectedWireguard>,
+    /// `wg-v6.cali`, with `wireguardEnabledV6`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wireguard_v6: Option<ExpectedWireguard>,
     pub routes: Vec<ExpectedRoute>,
     /// Remote VTEPs: one permanent ARP entry and one FDB entry each.
     pub vteps: Vec<Vtep>,
@@ -92,13 +96,26 @@ pub struct ExpectedTunnel {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExpectedWireguard {
+    /// 4 for `wireguard.cali`, 6 for `wg-v6.cali`.
+    pub family: u8,
     pub device: String,
     pub mtu: Option<u32>,
-    /// `spec.wireguard.interfaceIPv4Address`, which Felix puts on the device as a /32.
-    pub address: Option<Ipv4Addr>,
+    /// `spec.wireguard.interfaceIPv4Address` (IPv6: `interfaceIPv6Address`), which Felix puts
+    /// on the device as a host address.
+    pub address: Option<IpAddr>,
     pub listen_port: u16,
     pub rule_priority: u32,
+    /// The routing table the rule looks up: the lowest of `routeTableRanges` (Felix allocates
+    /// WireGuard's IPv4 table first).
+    pub table: u32,
     pub peers: Vec<WireguardPeer>,
+    /// Remote nodes Felix programs no peer for (no public key published, no address, a key
+    /// another node also has), with why: their peers are neither expected nor unexpected.
+    pub not_programmed: Vec<(String, String)>,
+    /// Their keys, when they have one: a peer with such a key is left alone.
+    pub tolerated_keys: Vec<String>,
+    /// Whether every remote node is known, so that a peer with no node's key is stale.
+    pub peers_complete: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,6 +123,8 @@ pub struct WireguardPeer {
     pub node: String,
     pub public_key: String,
     pub allowed_ips: Vec<IpNet>,
+    /// `<node IP>:<our own listening port>`, as Felix sets it.
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -309,11 +328,19 @@ pub fn compute(
     let vxlan_mtu = configured(cfg.vxlan_mtu).or_else(|| auto(VXLAN_OVERHEAD));
     let ipip_mtu = configured(cfg.ipip_mtu).or_else(|| auto(IPIP_OVERHEAD));
     let wg_mtu = configured(cfg.wireguard_mtu).or_else(|| auto(WIREGUARD_OVERHEAD));
-    let enabled: Vec<Option<u32>> = [(vxlan_on, vxlan_mtu), (ipip_on, ipip_mtu), (wg_on, wg_mtu)]
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, m)| *m)
-        .collect();
+    let wg_v6_on = cfg.wireguard_enabled_v6.unwrap_or(false);
+    let wg_v6_mtu = configured(cfg.wireguard_mtu_v6).or_else(|| auto(WIREGUARD_V6_OVERHEAD));
+    // Felix sizes pods for the smallest enabled encapsulation, IPv6 WireGuard's included.
+    let enabled: Vec<Option<u32>> = [
+        (vxlan_on, vxlan_mtu),
+        (ipip_on, ipip_mtu),
+        (wg_on, wg_mtu),
+        (wg_v6_on, wg_v6_mtu),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, m)| *m)
+    .collect();
     // The smallest enabled tunnel MTU is known only when each of them is.
     let pod_mtu = if enabled.is_empty() {
         host_mtu
@@ -381,7 +408,16 @@ pub fn compute(
     }
 
     let workloads = node.map_or_else(Vec::new, |n| workloads(ds, n, &blocks));
-    let wireguard = wg_on.then(|| wireguard(ds, node, me, &blocks_of, &cfg, wg_mtu));
+    let wg_v4 = wg_on.then(|| wireguard(ds, node, me, &blocks_of, &cfg, wg_mtu, false));
+    let wireguard_v6 = wg_v6_on.then(|| wireguard(ds, node, me, &blocks_of, &cfg, wg_v6_mtu, true));
+    for wg in wg_v4.iter().chain(&wireguard_v6) {
+        notes.extend(wg.not_programmed.iter().map(|(n, why)| {
+            format!(
+                "{} peer of node {n} not checked: the node {why} (Felix programs no peer for it)",
+                wg.device
+            )
+        }));
+    }
     Ok(Expected {
         node: node.unwrap_or(UNKNOWN_NODE).to_string(),
         node_known: node.is_some(),
@@ -400,7 +436,8 @@ pub fn compute(
         local_blocks,
         vxlan,
         ipip,
-        wireguard,
+        wireguard: wg_v4,
+        wireguard_v6,
         routes,
         vteps,
         workloads,
@@ -673,6 +710,10 @@ fn workloads(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedWorkl
     out
 }
 
+/// Felix's IPv6 WireGuard device, when the FelixConfiguration does not name it.
+pub const WIREGUARD_V6_DEV: &str = "wg-v6.cali";
+
+/// One of Felix's WireGuard devices: `wireguard.cali` (IPv4) or `wg-v6.cali` (`v6`).
 fn wireguard(
     ds: &Datastore,
     node: Option<&str>,
@@ -680,56 +721,154 @@ fn wireguard(
     blocks_of: &HashMap<&str, Vec<&Block>>,
     cfg: &super::FelixConfigurationSpec,
     mtu: Option<u32>,
+    v6: bool,
 ) -> ExpectedWireguard {
+    let listen_port = if v6 {
+        cfg.wireguard_listening_port_v6.unwrap_or(51821)
+    } else {
+        cfg.wireguard_listening_port.unwrap_or(51820)
+    };
+    let key_of = |n: &Node| {
+        if v6 {
+            n.wireguard_public_key_v6.clone()
+        } else {
+            n.wireguard_public_key.clone()
+        }
+    };
+    let ip_of = |n: &Node| -> Option<IpAddr> {
+        if v6 {
+            n.ipv6.map(IpAddr::V6)
+        } else {
+            n.ipv4.map(|ip| IpAddr::V4(ip.addr()))
+        }
+    };
+    let tunnels_of = |n: &Node| -> Vec<IpAddr> {
+        if v6 {
+            n.wireguard_ipv6.map(IpAddr::V6).into_iter().collect()
+        } else {
+            [n.ipv4_vxlan_tunnel, n.ipv4_ipip_tunnel, n.wireguard_ipv4]
+                .into_iter()
+                .flatten()
+                .map(IpAddr::V4)
+                .collect()
+        }
+    };
     // Which Nodes are peers needs to know which one is this node.
-    let peers = ds
+    let remote: Vec<&Node> = ds
         .nodes
         .iter()
         .filter(|n| node.is_some_and(|me| n.name != me))
-        .filter_map(|n| {
-            let key = n.wireguard_public_key.clone()?;
-            let mut allowed: Vec<IpNet> = blocks_of
-                .get(n.name.as_str())
-                .into_iter()
-                .flatten()
-                .map(|b| b.cidr)
-                .collect();
-            for tun in [n.ipv4_vxlan_tunnel, n.ipv4_ipip_tunnel, n.wireguard_ipv4]
-                .into_iter()
-                .flatten()
-            {
-                let net = IpNet::from(IpAddr::V4(tun));
-                if !allowed.iter().any(|a| a.contains(&net)) {
-                    allowed.push(net);
-                }
-            }
-            Some(WireguardPeer {
-                node: n.name.clone(),
-                public_key: key,
-                allowed_ips: allowed,
-            })
-        })
         .collect();
+    // Counted once: thousands of nodes.
+    let mut key_counts: HashMap<String, usize> = HashMap::new();
+    for k in ds.nodes.iter().filter_map(key_of) {
+        *key_counts.entry(k).or_default() += 1;
+    }
+    let key_count = |k: &str| key_counts.get(k).copied().unwrap_or(0);
+    let host_encryption = cfg.wireguard_host_encryption_enabled.unwrap_or(false);
+    let mut peers = Vec::new();
+    let mut not_programmed = Vec::new();
+    let mut tolerated_keys = Vec::new();
+    for n in remote {
+        let key = key_of(n);
+        // Felix skips a node without a key or an address, and both nodes of a shared key
+        // (`shouldProgramWireguardPeer`): it routes their CIDRs with `throw` instead.
+        let why = match (&key, ip_of(n)) {
+            (None, _) => Some("publishes no WireGuard public key"),
+            (Some(k), _) if key_count(k) > 1 => {
+                Some("shares its WireGuard public key with another node")
+            }
+            (Some(_), None) => Some("has no address for an endpoint"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            not_programmed.push((n.name.clone(), why.to_string()));
+            tolerated_keys.extend(key);
+            continue;
+        }
+        let (Some(key), Some(ip)) = (key, ip_of(n)) else {
+            continue;
+        };
+        let mut allowed: Vec<IpNet> = blocks_of
+            .get(n.name.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|b| matches!(b.cidr, IpNet::V6(_)) == v6)
+            .map(|b| b.cidr)
+            .collect();
+        // With host encryption the node's own address is routed through the tunnel too.
+        let host = host_encryption.then_some(ip);
+        for tun in tunnels_of(n).into_iter().chain(host) {
+            let net = IpNet::from(tun);
+            if !allowed.iter().any(|a| a.contains(&net)) {
+                allowed.push(net);
+            }
+        }
+        peers.push(WireguardPeer {
+            node: n.name.clone(),
+            public_key: key,
+            allowed_ips: allowed,
+            endpoint: Some(std::net::SocketAddr::new(ip, listen_port).to_string()),
+        });
+    }
+    let (table_v4, table_v6) = wireguard_tables(cfg);
     ExpectedWireguard {
-        device: cfg
-            .wireguard_interface_name
-            .clone()
-            .unwrap_or_else(|| WIREGUARD_DEV.into()),
+        family: if v6 { 6 } else { 4 },
+        device: if v6 {
+            cfg.wireguard_interface_name_v6
+                .clone()
+                .unwrap_or_else(|| WIREGUARD_V6_DEV.into())
+        } else {
+            cfg.wireguard_interface_name
+                .clone()
+                .unwrap_or_else(|| WIREGUARD_DEV.into())
+        },
         mtu,
         // Felix puts `interfaceIPv4Address` on the device as a /32 (`ensureLinkAddress`,
         // reference §3); with host encryption and no tunnel address, the node IP.
         address: me.and_then(|n| {
-            n.wireguard_ipv4.or_else(|| {
-                cfg.wireguard_host_encryption_enabled
-                    .unwrap_or(false)
-                    .then(|| n.ipv4.map(|ip| ip.addr()))
-                    .flatten()
-            })
+            let own = if v6 {
+                n.wireguard_ipv6.map(IpAddr::V6)
+            } else {
+                n.wireguard_ipv4.map(IpAddr::V4)
+            };
+            own.or_else(|| host_encryption.then(|| ip_of(n)).flatten())
         }),
-        listen_port: cfg.wireguard_listening_port.unwrap_or(51820),
+        listen_port,
         rule_priority: cfg.wireguard_routing_rule_priority.unwrap_or(99),
+        table: if v6 { table_v6 } else { table_v4 },
         peers,
+        not_programmed,
+        tolerated_keys,
+        peers_complete: node.is_some() && ds.has(Kind::Node),
     }
+}
+
+/// WireGuard's IPv4 and IPv6 tables: Felix allocates them first, lowest first, from
+/// `routeTableRanges` (or the older `routeTableRange`), skipping the kernel's 253–255; the
+/// default range starts at 1, so 1 and 2.
+fn wireguard_tables(cfg: &super::FelixConfigurationSpec) -> (u32, u32) {
+    let ranges: Vec<&serde_json::Value> = match (&cfg.route_table_ranges, &cfg.route_table_range) {
+        (Some(serde_json::Value::Array(rs)), _) => rs.iter().collect(),
+        (_, Some(r)) => vec![r],
+        _ => Vec::new(),
+    };
+    let mut bounds: Vec<(u32, u32)> = ranges
+        .iter()
+        .filter_map(|r| {
+            let min = u32::try_from(r.get("min")?.as_u64()?).ok()?;
+            let max = u32::try_from(r.get("max")?.as_u64()?).ok()?;
+            Some((min, max))
+        })
+        .collect();
+    bounds.sort_unstable();
+    let mut free = bounds
+        .into_iter()
+        .flat_map(|(min, max)| min..=max)
+        .filter(|t| !(253..=255).contains(t));
+    let v4 = free.next().unwrap_or(1);
+    let v6 = free.next().unwrap_or(v4 + 1);
+    (v4, v6)
 }
 
 #[cfg(test)]
@@ -827,6 +966,102 @@ spec:
                 gateway: Some(Ipv4Addr::new(10, 244, 1, 0))
             }
         );
+    }
+
+    /// Issue 14: both WireGuard devices from the Nodes and FelixConfiguration, as Felix
+    /// programs them; nodes it gives no peer are noted, not expected.
+    #[test]
+    fn wireguard_v4_and_v6_peers_ports_tables_and_endpoints() {
+        let text = r#"
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: default}
+spec:
+  wireguardEnabled: true
+  wireguardEnabledV6: true
+  routeTableRanges: [{min: 10, max: 20}]
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: a}
+spec:
+  bgp: {ipv4Address: 10.0.0.1/24, ipv6Address: "fd00::1/64"}
+  wireguard: {interfaceIPv4Address: 10.244.0.1, interfaceIPv6Address: "fd00:244::1"}
+status: {wireguardPublicKey: KA, wireguardPublicKeyV6: KA6}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: b}
+spec:
+  bgp: {ipv4Address: 10.0.0.2/24, ipv6Address: "fd00::2/64"}
+  wireguard: {interfaceIPv4Address: 10.244.1.1, interfaceIPv6Address: "fd00:244:1::1"}
+status: {wireguardPublicKey: KB, wireguardPublicKeyV6: KB6}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: c}
+spec: {bgp: {ipv4Address: 10.0.0.3/24}}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {name: b4}
+spec: {cidr: 10.244.1.0/26, affinity: "host:b", allocations: [], attributes: []}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {name: b6}
+spec: {cidr: "fd00:244:1::/122", affinity: "host:b", allocations: [], attributes: []}
+"#;
+        let e = compute(&ds(text), Some("a"), &facts()).expect("expected");
+        let v4 = e.wireguard.as_ref().expect("v4");
+        let v6 = e.wireguard_v6.as_ref().expect("v6");
+        assert_eq!(
+            (v4.device.as_str(), v4.listen_port, v4.table, v4.mtu),
+            ("wireguard.cali", 51820, 10, Some(1440))
+        );
+        assert_eq!(
+            (v6.device.as_str(), v6.listen_port, v6.table, v6.mtu),
+            ("wg-v6.cali", 51821, 11, Some(1420))
+        );
+        assert_eq!(v4.address, Some("10.244.0.1".parse().expect("ip")));
+        assert_eq!(v6.address, Some("fd00:244::1".parse().expect("ip")));
+        assert_eq!(v4.peers.len(), 1);
+        assert_eq!(v4.peers[0].public_key, "KB");
+        assert_eq!(v4.peers[0].endpoint.as_deref(), Some("10.0.0.2:51820"));
+        let nets = |p: &WireguardPeer| {
+            p.allowed_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(nets(&v4.peers[0]), ["10.244.1.0/26"]);
+        assert_eq!(v6.peers[0].public_key, "KB6");
+        assert_eq!(v6.peers[0].endpoint.as_deref(), Some("[fd00::2]:51821"));
+        assert_eq!(nets(&v6.peers[0]), ["fd00:244:1::/122"]);
+        assert_eq!(e.pod_mtu, Some(1420), "the smallest enabled tunnel MTU");
+        assert!(
+            e.notes
+                .iter()
+                .any(|n| n.contains("wireguard.cali peer of node c not checked")
+                    && n.contains("publishes no WireGuard public key")),
+            "{:?}",
+            e.notes
+        );
+        assert!(
+            e.notes
+                .iter()
+                .any(|n| n.contains("wg-v6.cali peer of node c")),
+            "{:?}",
+            e.notes
+        );
+        // Host encryption routes the node's own address through the tunnel as well.
+        let with_hosts = text.replace(
+            "wireguardEnabledV6: true",
+            "wireguardEnabledV6: true\n  wireguardHostEncryptionEnabled: true",
+        );
+        let e = compute(&ds(&with_hosts), Some("a"), &facts()).expect("expected");
+        let v4 = e.wireguard.as_ref().expect("v4");
+        assert_eq!(nets(&v4.peers[0]), ["10.244.1.0/26", "10.0.0.2/32"]);
     }
 
     #[test]

@@ -499,6 +499,13 @@ fn nth_ip(net: &IpNet, n: usize) -> Option<IpAddr> {
     }
 }
 
+/// An IPv6 address, with or without a prefix (`spec.bgp.ipv6Address` carries one).
+fn parse_v6_addr(s: &str) -> Result<std::net::Ipv6Addr, String> {
+    let addr = s.split_once('/').map_or(s, |(a, _)| a);
+    addr.parse()
+        .map_err(|_| format!("{s:?} is not an IPv6 address"))
+}
+
 fn opt_v4<T>(
     ctx: &Ctx<'_>,
     field: &str,
@@ -554,6 +561,24 @@ fn calico_node(
             .wireguard_public_key
             .clone()
             .filter(|k| !k.is_empty()),
+        ipv6: opt_v4(
+            ctx,
+            "spec.bgp.ipv6Address",
+            bgp.ipv6_address.as_deref(),
+            parse_v6_addr,
+        )?,
+        wireguard_ipv6: opt_v4(
+            ctx,
+            "spec.wireguard.interfaceIPv6Address",
+            s.wireguard
+                .as_ref()
+                .and_then(|w| w.interface_ipv6_address.as_deref()),
+            parse_v6_addr,
+        )?,
+        wireguard_public_key_v6: status
+            .wireguard_public_key_v6
+            .clone()
+            .filter(|k| !k.is_empty()),
         as_number: bgp
             .as_number
             .as_ref()
@@ -602,6 +627,21 @@ fn k8s_node(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<Node, DatastoreError> {
             parse_v4_addr,
         )?,
         wireguard_public_key: ann("WireguardPublicKey")
+            .filter(|k| !k.is_empty())
+            .map(str::to_string),
+        ipv6: opt_v4(
+            ctx,
+            &field("IPv6Address"),
+            ann("IPv6Address"),
+            parse_v6_addr,
+        )?,
+        wireguard_ipv6: opt_v4(
+            ctx,
+            &field("IPv6WireguardInterfaceAddr"),
+            ann("IPv6WireguardInterfaceAddr"),
+            parse_v6_addr,
+        )?,
+        wireguard_public_key_v6: ann("WireguardPublicKeyV6")
             .filter(|k| !k.is_empty())
             .map(str::to_string),
         as_number: ann("ASNumber")
@@ -729,6 +769,41 @@ mod tests {
             load("a: [unclosed"),
             Err(DatastoreError::Yaml { .. })
         ));
+    }
+
+    /// A Kubernetes Node carries Calico's WireGuard data for both families in annotations.
+    #[test]
+    fn kubernetes_node_wireguard_annotations() {
+        let ds = load(
+            "kind: Node\napiVersion: v1\nmetadata:\n  name: n\n  annotations:\n    \
+             projectcalico.org/IPv4Address: 10.0.0.2/24\n    \
+             projectcalico.org/IPv6Address: fd00::2/64\n    \
+             projectcalico.org/IPv4WireguardInterfaceAddr: 10.244.1.1\n    \
+             projectcalico.org/IPv6WireguardInterfaceAddr: fd00:244:1::1\n    \
+             projectcalico.org/WireguardPublicKey: K4\n    \
+             projectcalico.org/WireguardPublicKeyV6: K6\n",
+        )
+        .expect("valid");
+        let n = &ds.nodes[0];
+        assert_eq!(n.wireguard_ipv4, Some("10.244.1.1".parse().expect("ip")));
+        assert_eq!(n.wireguard_ipv6, Some("fd00:244:1::1".parse().expect("ip")));
+        assert_eq!(n.ipv6, Some("fd00::2".parse().expect("ip")));
+        assert_eq!(
+            (
+                n.wireguard_public_key.as_deref(),
+                n.wireguard_public_key_v6.as_deref()
+            ),
+            (Some("K4"), Some("K6"))
+        );
+        let err = load(
+            "kind: Node\napiVersion: v1\nmetadata:\n  name: n\n  annotations: \
+             {projectcalico.org/IPv6WireguardInterfaceAddr: 10.0.0.1}\n",
+        )
+        .expect_err("not IPv6");
+        assert!(
+            err.to_string().contains("IPv6WireguardInterfaceAddr"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -139,6 +139,15 @@ pub struct Node {
     pub ipv4_ipip_tunnel: Option<Ipv4Addr>,
     pub wireguard_ipv4: Option<Ipv4Addr>,
     pub wireguard_public_key: Option<String>,
+    /// `spec.bgp.ipv6Address`: the endpoint of this node's `wg-v6.cali` peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// `spec.wireguard.interfaceIPv6Address`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wireguard_ipv6: Option<std::net::Ipv6Addr>,
+    /// `status.wireguardPublicKeyV6`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wireguard_public_key_v6: Option<String>,
     /// `spec.bgp.asNumber` (annotation `projectcalico.org/ASNumber`): overrides the global AS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_number: Option<u32>,

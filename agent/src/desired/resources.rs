@@ -322,8 +322,12 @@ pub struct FelixConfigurationSpec {
     #[serde(rename = "wireguardMTUV6")]
     pub wireguard_mtu_v6: Option<u32>,
     pub wireguard_listening_port: Option<u16>,
+    #[serde(rename = "wireguardListeningPortV6")]
+    pub wireguard_listening_port_v6: Option<u16>,
     pub wireguard_routing_rule_priority: Option<u32>,
     pub wireguard_interface_name: Option<String>,
+    #[serde(rename = "wireguardInterfaceNameV6")]
+    pub wireguard_interface_name_v6: Option<String>,
     pub wireguard_host_encryption_enabled: Option<bool>,
     pub wireguard_keep_alive: Option<String>,
     pub mtu_iface_pattern: Option<String>,
@@ -381,8 +385,10 @@ impl FelixConfigurationSpec {
             wireguard_mtu,
             wireguard_mtu_v6,
             wireguard_listening_port,
+            wireguard_listening_port_v6,
             wireguard_routing_rule_priority,
             wireguard_interface_name,
+            wireguard_interface_name_v6,
             wireguard_host_encryption_enabled,
             wireguard_keep_alive,
             mtu_iface_pattern,

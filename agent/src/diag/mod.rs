@@ -108,6 +108,21 @@ pub struct WireGuard {
     pub rules: Vec<String>,
     /// Routes in the tables those rules look up.
     pub table_routes: usize,
+    /// Each peer, named by the Node that published its key when the datastore says.
+    #[serde(default)]
+    pub peer_details: Vec<WireGuardPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGuardPeer {
+    /// The Node whose published key this is; `None` without a datastore or for a key no Node
+    /// has.
+    pub node: Option<String>,
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub allowed_ips: usize,
+    /// Seconds between the latest handshake and the snapshot; `None`: never.
+    pub handshake_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,9 +334,43 @@ fn wireguard(obs: &ObservedDataplane) -> Vec<WireGuard> {
                     .filter(|r| rules.iter().any(|rule| rule.table == r.table))
                     .count(),
                 rules: rules.iter().map(|r| r.display()).collect(),
+                peer_details: dev
+                    .peers
+                    .iter()
+                    .map(|p| WireGuardPeer {
+                        node: None,
+                        public_key: p.public_key.clone(),
+                        endpoint: p.endpoint.clone(),
+                        allowed_ips: p.allowed_ips.len(),
+                        handshake_age_secs: p
+                            .latest_handshake
+                            .map(|t| obs.captured_at.saturating_sub(t)),
+                    })
+                    .collect(),
             }
         })
         .collect()
+}
+
+/// Names each WireGuard peer by the Node that published its key (the datastore's view).
+pub fn name_wireguard_peers(d: &mut Diag, expected: &crate::desired::expected::Expected) {
+    for w in &mut d.wireguard {
+        let Some(wg) = expected
+            .wireguard
+            .iter()
+            .chain(&expected.wireguard_v6)
+            .find(|wg| wg.device == w.name)
+        else {
+            continue;
+        };
+        for p in &mut w.peer_details {
+            p.node = wg
+                .peers
+                .iter()
+                .find(|e| e.public_key == p.public_key)
+                .map(|e| e.node.clone());
+        }
+    }
 }
 
 fn felix_chains(obs: &ObservedDataplane) -> Vec<ChainSource> {

@@ -181,15 +181,7 @@ async fn felix_tc_programs(obs: &mut ObservedDataplane) {
 }
 
 async fn read_services(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) {
-    obs.wireguard = if obs.links.iter().any(|l| {
-        l.kind.as_deref() == Some("wireguard")
-            || l.name.starts_with("wireguard.")
-            || l.name.starts_with("wg-")
-    }) {
-        wireguard::read(unavailable).await
-    } else {
-        Vec::new()
-    };
+    obs.wireguard = wireguard::read(&obs.links, unavailable).await;
     // AGENT_FELIX_HEALTH points at a non-default HealthHost:HealthPort.
     let endpoint = std::env::var("AGENT_FELIX_HEALTH")
         .unwrap_or_else(|_| felix_health::DEFAULT_ENDPOINT.into());

@@ -193,6 +193,8 @@ pub fn text(a: &Analysis) -> String {
         vpc_cni(&mut o, v);
     }
 
+    wireguard(&mut o, &d.wireguard);
+
     let _ = writeln!(o, "\nFELIX RULES (backend in use: {})", rules_backend(a));
     for s in &d.felix_chains {
         let _ = writeln!(
@@ -675,6 +677,62 @@ fn report_line(o: &mut String, r: &crate::report::push::PushStatus) {
     wrap::write(o, "  ", "    ", &line);
 }
 
+/// Each WireGuard device, its rule, and one line per peer: who, where, how many allowed IPs,
+/// how long since the last handshake.
+fn wireguard(o: &mut String, devices: &[crate::diag::WireGuard]) {
+    if devices.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\nWIREGUARD");
+    for w in devices {
+        wrap::write(
+            o,
+            "  ",
+            "    ",
+            &format!(
+                "{}  port {}  fwmark {}  {} peer(s), {} with a handshake",
+                w.name,
+                w.listen_port
+                    .map_or_else(|| "-".to_string(), |p| p.to_string()),
+                w.fwmark.as_deref().unwrap_or("-"),
+                w.peers,
+                w.peers_with_handshake
+            ),
+        );
+        for r in &w.rules {
+            wrap::write(
+                o,
+                "    rule ",
+                "      ",
+                &format!(
+                    "{}  ({} route(s) in its table)",
+                    r.replace('\t', " "),
+                    w.table_routes
+                ),
+            );
+        }
+        for p in w.peer_details.iter().take(MAX_ROWS) {
+            let who = p.node.clone().unwrap_or_else(|| {
+                let short: String = p.public_key.chars().take(10).collect();
+                format!("key {short}… (no node)")
+            });
+            wrap::write(
+                o,
+                "    ",
+                "      ",
+                &format!(
+                    "{who}  {}  {} allowed IP(s)  handshake {}",
+                    p.endpoint.as_deref().unwrap_or("no endpoint"),
+                    p.allowed_ips,
+                    p.handshake_age_secs
+                        .map_or_else(|| "never".to_string(), |s| format!("{} ago", duration(s)))
+                ),
+            );
+        }
+        elided(o, w.peer_details.len());
+    }
+}
+
 /// `3h12m`, `4m05s`, `17s`.
 fn duration(secs: u64) -> String {
     match secs {
@@ -902,6 +960,78 @@ mod tests {
             ..DaemonInfo::default()
         });
         a
+    }
+
+    /// Issue 14: each peer named by its Node, with endpoint, allowed IPs and handshake age,
+    /// in 80 columns.
+    #[test]
+    fn wireguard_peers_are_listed_by_node_with_their_handshake_age() {
+        use crate::{
+            desired::expected::{ExpectedWireguard, WireguardPeer},
+            observed::wireguard::{WgDevice, WgPeer},
+        };
+        let (mut e, mut o) = healthy();
+        o.captured_at = 1_700_000_100;
+        e.wireguard = Some(ExpectedWireguard {
+            family: 4,
+            device: "wireguard.cali".into(),
+            mtu: Some(1440),
+            address: None,
+            listen_port: 51820,
+            rule_priority: 99,
+            table: 1,
+            peers: vec![WireguardPeer {
+                node: "node-b-with-a-rather-long-name.eu-west-1.compute.internal".into(),
+                public_key: "KEYB".into(),
+                allowed_ips: Vec::new(),
+                endpoint: None,
+            }],
+            not_programmed: Vec::new(),
+            tolerated_keys: Vec::new(),
+            peers_complete: true,
+        });
+        o.wireguard = vec![WgDevice {
+            name: "wireguard.cali".into(),
+            listen_port: Some(51820),
+            fwmark: Some("0x200000".into()),
+            public_key: None,
+            peers: vec![
+                WgPeer {
+                    public_key: "KEYB".into(),
+                    endpoint: Some("10.99.0.12:51820".into()),
+                    allowed_ips: vec!["10.244.1.0/26".into(), "10.244.1.0/32".into()],
+                    latest_handshake: Some(1_700_000_035),
+                    ..WgPeer::default()
+                },
+                WgPeer {
+                    public_key: "UNKNOWNKEY0123456789".into(),
+                    ..WgPeer::default()
+                },
+            ],
+        }];
+        let a = analysis::analyse(&o, Some(&e), &Policy::default());
+        let t = text(&a);
+        for l in t.lines() {
+            assert!(l.chars().count() <= 80, "{l:?}");
+        }
+        let flat = t.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains(
+                "WIREGUARD wireguard.cali port 51820 fwmark 0x200000 2 peer(s), 1 with a handshake"
+            ),
+            "{t}"
+        );
+        assert!(
+            flat.contains(
+                "node-b-with-a-rather-long-name.eu-west-1.compute.internal 10.99.0.12:51820 \
+                 2 allowed IP(s) handshake 1m05s ago"
+            ),
+            "{t}"
+        );
+        assert!(
+            flat.contains("key UNKNOWNKEY… (no node) no endpoint 0 allowed IP(s) handshake never"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -50,6 +50,11 @@ check_ids! {
     WireguardPeerStaleHandshake => "wireguard.peer.stale-handshake", "a WireGuard peer has not completed a handshake recently";
     WireguardAllowedIpsMismatch => "wireguard.allowed-ips.mismatch", "a WireGuard peer's allowed IPs differ from its node's blocks";
     WireguardRuleMissing => "wireguard.rule.missing", "the fwmark rule steering traffic into WireGuard's table is absent";
+    WireguardListenPortMismatch => "wireguard.listen-port.mismatch", "the WireGuard device listens on another port than configured";
+    WireguardFwmarkMismatch => "wireguard.fwmark.mismatch", "the WireGuard device's fwmark is off or not the one its routing rule exempts";
+    WireguardPeerEndpointMismatch => "wireguard.peer.endpoint.mismatch", "a WireGuard peer's endpoint is not its node's IP and the listening port";
+    WireguardPeerUnexpected => "wireguard.peer.unexpected", "a WireGuard peer whose key belongs to no remote node";
+    WireguardRouteMissing => "wireguard.route.missing", "WireGuard's routing table lacks a remote node's block or tunnel address";
     FailsafeMissing => "failsafe.missing", "a failsafe port has no rule in a referenced failsafe chain";
     RulesFelixMissing => "rules.felix.missing", "Felix's chains are absent or not hooked into the built-in chains";
     RulesBackendMixed => "rules.backend.mixed", "Felix's rules exist in both iptables backends";

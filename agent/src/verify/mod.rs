@@ -156,6 +156,11 @@ const NEEDS_DATASTORE: &[CheckId] = &[
     CheckId::WireguardPeerMissing,
     CheckId::WireguardAllowedIpsMismatch,
     CheckId::WireguardRuleMissing,
+    CheckId::WireguardListenPortMismatch,
+    CheckId::WireguardFwmarkMismatch,
+    CheckId::WireguardPeerEndpointMismatch,
+    CheckId::WireguardPeerUnexpected,
+    CheckId::WireguardRouteMissing,
     CheckId::DataplaneModeMismatch,
     CheckId::BpfRouteMissing,
     CheckId::BpfRouteWrongNexthop,
@@ -206,10 +211,14 @@ fn datastore_needs(check: CheckId) -> &'static [Input] {
         CheckId::MtuUnderlayTooSmall
         | CheckId::FailsafeMissing
         | CheckId::WireguardRuleMissing
+        | CheckId::WireguardListenPortMismatch
+        | CheckId::WireguardFwmarkMismatch
         | CheckId::DataplaneModeMismatch => &[FELIX],
-        CheckId::WireguardPeerMissing | CheckId::WireguardAllowedIpsMismatch => {
-            &[FELIX, NODE, NodeName]
-        }
+        CheckId::WireguardPeerMissing
+        | CheckId::WireguardAllowedIpsMismatch
+        | CheckId::WireguardPeerEndpointMismatch
+        | CheckId::WireguardPeerUnexpected => &[FELIX, NODE, NodeName],
+        CheckId::WireguardRouteMissing => &[FELIX, BLOCK, NODE, NodeName],
         // The sessions confd renders: the mesh to every other Node, BGPPeers by node.
         CheckId::BgpSessionMissing | CheckId::BgpSessionUnexpected => &[NODE, NodeName],
         _ => &[],
@@ -296,8 +305,13 @@ fn needs(check: CheckId) -> &'static [Source] {
         CheckId::VxlanMacMismatch => &[LinkDetails, Neighbours],
         CheckId::WireguardPeerMissing
         | CheckId::WireguardAllowedIpsMismatch
-        | CheckId::WireguardPeerStaleHandshake => &[Wireguard],
+        | CheckId::WireguardPeerStaleHandshake
+        | CheckId::WireguardListenPortMismatch
+        | CheckId::WireguardPeerEndpointMismatch
+        | CheckId::WireguardPeerUnexpected => &[Wireguard],
+        CheckId::WireguardFwmarkMismatch => &[Wireguard, Rules],
         CheckId::WireguardRuleMissing => &[Rules],
+        CheckId::WireguardRouteMissing => &[Routes],
         CheckId::FailsafeMissing | CheckId::RulesFelixMissing | CheckId::NatOutgoingMissing => {
             &[Iptables, Nftables]
         }

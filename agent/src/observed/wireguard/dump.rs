@@ -1,34 +1,7 @@
-//! WireGuard devices and peers from `wg show all dump`, which answers for kernel devices
-//! (genetlink) and userspace ones (UAPI socket, e.g. boringtun) alike.
-//!
-//! The dump's interface lines carry the private key: it is dropped while parsing and never
-//! stored, logged or printed.
+//! `wg show all dump`, as a bundle captures it. Its interface lines carry the private key: the
+//! field is skipped while parsing, never stored, logged or printed.
 
-use serde::{Deserialize, Serialize};
-
-use super::{Source, Unavailable, exec};
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WgDevice {
-    pub name: String,
-    pub public_key: Option<String>,
-    pub listen_port: Option<u16>,
-    /// `off` or a hex mark, as `wg` prints it.
-    pub fwmark: Option<String>,
-    pub peers: Vec<WgPeer>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WgPeer {
-    pub public_key: String,
-    pub endpoint: Option<String>,
-    pub allowed_ips: Vec<String>,
-    /// Seconds since the epoch of the latest handshake; `None` if there never was one.
-    pub latest_handshake: Option<u64>,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub persistent_keepalive: Option<u32>,
-}
+use super::{WgDevice, WgPeer};
 
 /// Parses `wg show all dump`. Lines are tab-separated: 5 fields for an interface
 /// (`name private public port fwmark`), 9 for a peer. Malformed lines are reported.
@@ -63,7 +36,7 @@ pub fn parse_dump(text: &str) -> (Vec<WgDevice>, Vec<String>) {
                 };
                 // Large devices may be printed in pieces; merge by device name.
                 match devices.iter_mut().find(|d| d.name == f[0]) {
-                    Some(d) => d.peers.push(peer),
+                    Some(d) => super::merge_peer(&mut d.peers, peer),
                     None => devices.push(WgDevice {
                         name: f[0].into(),
                         peers: vec![peer],
@@ -82,29 +55,6 @@ pub fn parse_dump(text: &str) -> (Vec<WgDevice>, Vec<String>) {
 
 fn key(v: &str) -> Option<String> {
     (v != "(none)" && !v.is_empty()).then(|| v.to_string())
-}
-
-/// Reads all WireGuard devices, if any exist and `wg` is installed.
-pub async fn read(unavailable: &mut Vec<Unavailable>) -> Vec<WgDevice> {
-    match exec::run("wg", &["show", "all", "dump"]).await {
-        Ok(out) => {
-            let (devices, errors) = parse_dump(&out);
-            unavailable.extend(
-                errors
-                    .into_iter()
-                    .map(|reason| Unavailable::new(Source::Wireguard, "wg show all dump", reason)),
-            );
-            devices
-        }
-        Err(e) => {
-            unavailable.push(Unavailable::new(
-                Source::Wireguard,
-                "wg show all dump",
-                e.to_string(),
-            ));
-            Vec::new()
-        }
-    }
 }
 
 #[cfg(test)]
