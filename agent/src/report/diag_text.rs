@@ -122,6 +122,21 @@ pub fn text(a: &Analysis) -> String {
         "\nROUTES (Calico-owned; {} others not shown)",
         g.not_calico
     );
+    if g.has_ipv6() {
+        // A dual-stack node: each family's blocks, so a family with none stands out.
+        for (name, c) in ["IPv4", "IPv6"].iter().zip(g.per_family()) {
+            wrap::write(
+                &mut o,
+                "  ",
+                "    ",
+                &format!(
+                    "{name}: {} local block(s), {} remote block route(s), {} workload \
+                     route(s)",
+                    c.local_blocks, c.remote_blocks, c.workload_routes
+                ),
+            );
+        }
+    }
     section(&mut o, "local block blackholes", &g.local_blackholes);
     section(&mut o, "remote blocks via tunnel", &g.remote_via_tunnel);
     section(&mut o, "remote blocks via underlay", &g.remote_via_underlay);
@@ -529,6 +544,18 @@ fn summary(o: &mut String, a: &Analysis) {
             d.workloads.len()
         ),
     );
+    if g.has_ipv6() {
+        let [v4, v6] = g.per_family();
+        wrap::write(
+            o,
+            "families: ",
+            "  ",
+            &format!(
+                "IPv4 {} local / {} remote block(s) | IPv6 {} local / {} remote block(s)",
+                v4.local_blocks, v4.remote_blocks, v6.local_blocks, v6.remote_blocks
+            ),
+        );
+    }
     wrap::write(o, "verdict: ", "  ", &verdict_line(a));
 }
 
