@@ -8,7 +8,7 @@ use agent::{
     observed::ObservedDataplane,
     verify::{CheckId, Policy, Verification, verify},
 };
-use integration_tests::{LabGuard, observe, unique};
+use integration_tests::{LabGuard, in_netns, observe, unique};
 use xtask::lab::Fault;
 
 struct TempDir(std::path::PathBuf);
@@ -33,6 +33,22 @@ fn check(lab: &LabGuard, ds: &Datastore) -> (ObservedDataplane, Verification) {
     let expected = analysis::expected_for(&obs, Some(ds)).expect("expected state");
     let v = verify(expected.as_ref(), &obs, &Policy::default());
     (obs, v)
+}
+
+/// Captures node-a into a bundle (`ip -6 -d route`, `ip neigh`, `bridge fdb`,
+/// `ip6tables-nft-save`, …) and verifies what reads back.
+fn check_bundle(lab: &LabGuard, ds: &Datastore) -> Verification {
+    let node = &lab.0.spec.nodes[0];
+    let dir = TempDir(std::env::temp_dir().join(unique("bndl6")));
+    let target = dir.0.clone();
+    in_netns(&node.netns, move |rt| {
+        rt.block_on(agent::observed::bundle::capture(&target, "node-a"))
+    })
+    .unwrap_or_else(|e| panic!("capture: {e}"));
+    let b = agent::observed::bundle::read_dir(&dir.0).unwrap_or_else(|e| panic!("read: {e}"));
+    assert!(b.notes.is_empty(), "bundle notes: {:#?}", b.notes);
+    let expected = analysis::expected_for(&b.observed, Some(ds)).expect("expected state");
+    verify(expected.as_ref(), &b.observed, &Policy::default())
 }
 
 fn ids(v: &Verification) -> Vec<(CheckId, String)> {
@@ -151,4 +167,42 @@ fn ipv4_only_datastore_judges_nothing_of_the_ipv6_side() {
     let (_, v) = check(&lab, &ds);
     // The pods' MTU (the IPv6 tunnel's 1430) is below IPv4's: not a finding either.
     assert!(v.findings.is_empty(), "{:#?}", v.findings);
+}
+
+/// A bundle of the dual-stack node is judged like the live read: clean, and an IPv6 fault
+/// named the same way.
+#[test]
+fn dual_stack_bundle_is_judged_like_the_live_node() {
+    let lab = LabGuard::dual_stack("b6");
+    let (_dir, ds) = datastore(&lab);
+    let v = check_bundle(&lab, &ds);
+    assert!(v.findings.is_empty(), "healthy bundle: {:#?}", v.findings);
+    let b = lab.0.spec.nodes[1].v6.clone().expect("node-b v6");
+    for (fault, id, subject) in [
+        (
+            Fault::V6NeighDelete,
+            CheckId::VxlanNeighMissing,
+            b.tunnel_ip.to_string(),
+        ),
+        (
+            Fault::V6FdbDelete,
+            CheckId::VxlanFdbMissing,
+            b.vtep_mac.clone(),
+        ),
+        (
+            Fault::V6RouteNexthop,
+            CheckId::RouteWrongNexthop,
+            b.block.to_string(),
+        ),
+        (
+            Fault::V6InputJumpDelete,
+            CheckId::RulesFelixMissing,
+            "ip6 filter INPUT".into(),
+        ),
+    ] {
+        lab.0.fault("node-a", fault).expect("inject fault");
+        let v = check_bundle(&lab, &ds);
+        assert_eq!(ids(&v), [(id, subject)], "{fault:?}: {:#?}", v.findings);
+        lab.0.repair().expect("repair");
+    }
 }
