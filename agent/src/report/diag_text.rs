@@ -932,6 +932,29 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_node_shows_each_familys_blocks() {
+        let (e, o) = crate::verify::testutil::healthy_dual_stack();
+        let a = analysis::analyse(&o, Some(&e), &Policy::default());
+        let flat = text(&a).split_whitespace().collect::<Vec<_>>().join(" ");
+        for want in [
+            "IPv4: 1 local block(s), 1 remote block route(s), 1 workload route(s)",
+            "IPv6: 1 local block(s), 1 remote block route(s), 1 workload route(s)",
+            "fd00:244::/122",
+            "fd00:244::40/122 via fd00:244::40 dev vxlan-v6.calico",
+            "families: IPv4 1 local / 1 remote block(s) | IPv6 1 local / 1 remote block(s)",
+        ] {
+            assert!(flat.contains(want), "{want:?} not in {flat}");
+        }
+        for line in text(&a).lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
+        // An IPv4-only node's output has no family lines.
+        let (e, o) = healthy();
+        let a = analysis::analyse(&o, Some(&e), &Policy::default());
+        assert!(!text(&a).contains("IPv6"));
+    }
+
+    #[test]
     fn a_daemon_answer_says_where_the_reports_stand() {
         let mut a = with_daemon();
         let now = crate::pipeline::now_ms();
