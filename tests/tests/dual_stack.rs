@@ -206,3 +206,55 @@ fn dual_stack_bundle_is_judged_like_the_live_node() {
         lab.0.repair().expect("repair");
     }
 }
+
+/// The IPv4 faults in the dual-stack lab: each still yields exactly its one IPv4 finding
+/// (the IPv6 side adds nothing, e.g. the pods' smaller MTU under a lowered IPv4 tunnel MTU).
+#[test]
+fn ipv4_faults_in_the_dual_stack_lab_are_unchanged() {
+    let lab = LabGuard::dual_stack("v4f");
+    let (_dir, ds) = datastore(&lab);
+    let b = &lab.0.spec.nodes[1];
+    for fault in [
+        Fault::RouteDelete,
+        Fault::RouteUnderlay,
+        Fault::BlackholeDelete,
+        Fault::TunnelMtu,
+        Fault::PodMtu,
+        Fault::FdbFlush,
+        Fault::ArpDelete,
+        Fault::TunnelDown,
+        Fault::TunnelAddress,
+        Fault::FailsafeDelete,
+        Fault::InputJumpDelete,
+    ] {
+        let (id, subject) = match fault {
+            Fault::RouteDelete => (CheckId::RouteMissing, b.block.to_string()),
+            Fault::RouteUnderlay => (CheckId::RouteWrongDevice, b.block.to_string()),
+            Fault::BlackholeDelete => (
+                CheckId::RouteBlackholeMissing,
+                lab.0.spec.nodes[0].block.to_string(),
+            ),
+            Fault::TunnelMtu => (CheckId::MtuTunnelMismatch, "vxlan.calico".into()),
+            Fault::PodMtu => (
+                CheckId::MtuWorkloadMismatch,
+                lab.0.spec.nodes[0].pods[0].veth.clone(),
+            ),
+            Fault::FdbFlush => (CheckId::VxlanFdbMissing, b.vtep_mac.clone()),
+            Fault::ArpDelete => (CheckId::VxlanNeighMissing, b.tunnel_ip.to_string()),
+            Fault::TunnelDown => (CheckId::TunnelDown, "vxlan.calico".into()),
+            Fault::TunnelAddress => (CheckId::TunnelAddressMismatch, "vxlan.calico".into()),
+            Fault::FailsafeDelete => (
+                CheckId::FailsafeMissing,
+                "filter cali-failsafe-in tcp:22".into(),
+            ),
+            Fault::InputJumpDelete => (CheckId::RulesFelixMissing, "filter INPUT".into()),
+            other => panic!("{other:?} is not an IPv4 VXLAN fault"),
+        };
+        lab.0.fault("node-a", fault).expect("inject fault");
+        let (_, v) = check(&lab, &ds);
+        assert_eq!(ids(&v), [(id, subject)], "{fault:?}: {:#?}", v.findings);
+        lab.0.repair().expect("repair");
+        let (_, v) = check(&lab, &ds);
+        assert!(v.findings.is_empty(), "after {fault:?}: {:#?}", v.findings);
+    }
+}
