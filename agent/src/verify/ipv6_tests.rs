@@ -278,3 +278,48 @@ fn a_remote_node_without_an_ipv6_tunnel_address_is_a_note() {
     let e = compute(&ds, Some("node-a"), &crate::analysis::host_facts(&o)).expect("expected");
     assert_eq!(ids(&run(&e, &o)), Vec::<(CheckId, String)>::new());
 }
+
+/// nftables mode: Felix's `ip calico` as in the IPv4 tests, and the same chains in
+/// `ip6 calico`.
+fn nft_dual_stack() -> (
+    crate::desired::expected::Expected,
+    crate::observed::ObservedDataplane,
+) {
+    let (e, mut o) = healthy_dual_stack();
+    o.iptables.clear();
+    let mut v: serde_json::Value =
+        serde_json::from_str(include_str!("testdata/nft-calico-failsafe.json")).expect("JSON");
+    let items = v["nftables"].as_array().cloned().unwrap_or_default();
+    let v6 = items.into_iter().filter_map(|mut item| {
+        for kind in ["table", "chain", "rule"] {
+            if let Some(obj) = item.get_mut(kind) {
+                obj["family"] = "ip6".into();
+                return Some(item);
+            }
+        }
+        None
+    });
+    if let Some(all) = v["nftables"].as_array_mut() {
+        all.extend(v6.collect::<Vec<_>>());
+    }
+    o.nft = Some(crate::observed::nft::parse_json(&v.to_string()).expect("nft JSON"));
+    (e, o)
+}
+
+#[test]
+fn nft_mode_ip6_calico_hooks() {
+    let (e, o) = nft_dual_stack();
+    assert_eq!(ids(&run(&e, &o)), Vec::<(CheckId, String)>::new());
+    let (e, mut o) = nft_dual_stack();
+    if let Some(n) = o.nft.as_mut() {
+        n.rules
+            .retain(|r| !(r.family == "ip6" && r.chain == "filter-INPUT"));
+    }
+    assert_eq!(
+        ids(&run(&e, &o)),
+        [(CheckId::RulesFelixMissing, "ip6 calico filter-INPUT".into())]
+    );
+    // An IPv4-only cluster does not look at `ip6 calico`.
+    let (e4, _) = healthy();
+    assert!(run(&e4, &o).findings.is_empty());
+}
