@@ -439,6 +439,12 @@ pub fn compute(
         .map(|b| b.cidr)
         .collect();
     let node_ip_v6 = me.and_then(|n| n.ipv6).filter(|_| ipv6_on);
+    // Felix configures `vxlan-v6.calico`, and routes through it, only once this node's own
+    // IPv6 VTEP is known: its IPv6 address and IPv6 tunnel address (`vxlan_mgr.go`
+    // `getLocalVTEP`, `VXLANResolver.hasVTEPInfo`). Until then nothing of it is expected.
+    let v6_vtep_pending =
+        vxlan_v6_on && me.is_some_and(|n| n.ipv6.is_none() || n.ipv6_vxlan_tunnel.is_none());
+    let vxlan_v6_on = vxlan_v6_on && !v6_vtep_pending;
 
     let vxlan = vxlan_on.then(|| ExpectedTunnel {
         device: VXLAN_DEV.into(),
@@ -479,8 +485,18 @@ pub fn compute(
     // Nodes; without them only the pools' modes are judged (verify/routes.rs).
     let mut routes = Vec::new();
     let mut vteps = Vec::new();
+    if v6_vtep_pending {
+        notes.push(format!(
+            "node {} has no IPv6 address or IPv6 VXLAN tunnel address yet: Felix creates no \
+             vxlan-v6.calico and no IPv6 block routes",
+            node.unwrap_or(UNKNOWN_NODE)
+        ));
+    }
     if let Some(node) = node {
-        for &family in families {
+        for &family in families
+            .iter()
+            .filter(|f| !(v6_vtep_pending && **f == Family::V6))
+        {
             let (local_ip, vxlan_on) = match family {
                 Family::V4 => (node_ip.map(IpNet::V4), vxlan_on),
                 Family::V6 => (node_ip_v6.map(IpNet::V6), vxlan_v6_on),

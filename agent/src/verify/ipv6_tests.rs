@@ -323,3 +323,31 @@ fn nft_mode_ip6_calico_hooks() {
     let (e4, _) = healthy();
     assert!(run(&e4, &o).findings.is_empty());
 }
+
+/// This node without its IPv6 tunnel address: Felix has no local IPv6 VTEP, so neither the
+/// device nor IPv6 block routes are expected (a note says why); its pods' /128s still are.
+#[test]
+fn this_node_without_an_ipv6_tunnel_address_expects_no_vxlan_v6() {
+    let yaml = include_str!("testdata/datastore-lab-dual-stack.yaml")
+        .replace("  ipv6VXLANTunnelAddr: 'fd00:244::'\n", "");
+    let mut ds = Datastore::default();
+    load_text(&mut ds, "ds.yaml", &yaml).expect("datastore");
+    let (_, mut o) = healthy_dual_stack();
+    o.links.retain(|l| l.name != "vxlan-v6.calico");
+    o.routes.retain(|r| {
+        r.destination.addr().is_ipv4()
+            || (r.dev.as_deref() != Some("vxlan-v6.calico") && r.kind != RouteType::Blackhole)
+    });
+    let e = compute(&ds, Some("node-a"), &crate::analysis::host_facts(&o)).expect("expected");
+    assert!(e.vxlan_v6.is_none());
+    assert!(!e.routes.iter().any(|r| r.destination.addr().is_ipv6()));
+    assert!(e.workloads.iter().any(|w| w.ip.is_ipv6()));
+    assert!(
+        e.notes
+            .iter()
+            .any(|n| n.contains("no IPv6 address or IPv6 VXLAN tunnel address")),
+        "{:?}",
+        e.notes
+    );
+    assert_eq!(ids(&run(&e, &o)), Vec::<(CheckId, String)>::new());
+}
