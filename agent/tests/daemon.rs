@@ -33,6 +33,15 @@ fn fault_check(f: Fault) -> &'static str {
         Fault::TunnelAddress => "tunnel.address.mismatch",
         Fault::FailsafeDelete => "failsafe.missing",
         Fault::InputJumpDelete => "rules.felix.missing",
+        // The dual-stack lab's, should a dual-stack daemon test run them.
+        Fault::V6RouteDelete => "route.missing",
+        Fault::V6RouteNexthop => "route.wrong-nexthop",
+        Fault::V6BlackholeDelete => "route.blackhole.missing",
+        Fault::V6TunnelMtu => "mtu.tunnel.mismatch",
+        Fault::V6NeighDelete => "vxlan.neigh.missing",
+        Fault::V6FdbDelete => "vxlan.fdb.missing",
+        Fault::V6TunnelAddressDelete => "tunnel.address.mismatch",
+        Fault::V6InputJumpDelete => "rules.felix.missing",
         // The BGP lab's faults are exercised in bgp.rs.
         Fault::BgpWrongAs
         | Fault::BgpFlap
@@ -52,7 +61,7 @@ fn every_fault_is_published_within_a_second_after_grace_and_clears_after_repair(
     let node = lab.0.spec.nodes[0].name.clone();
     for fault in Fault::value_variants()
         .iter()
-        .filter(|f| f.applies_to(lab.0.spec.mode))
+        .filter(|f| f.applies_to(&lab.0.spec))
     {
         let check = fault_check(*fault);
         let injected = Instant::now();

@@ -26,6 +26,8 @@ pub const VXLAN_VNI: u32 = 4096;
 pub const VXLAN_PORT: u16 = 4789;
 /// Encapsulation overheads Felix subtracts from the host MTU (`int_dataplane.go`).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// IPv6 outer header: `vxlanV6MTUOverhead`.
+pub const VXLAN_V6_OVERHEAD: u32 = 70;
 pub const IPIP_OVERHEAD: u32 = 20;
 pub const WIREGUARD_OVERHEAD: u32 = 60;
 /// WireGuard over IPv6 (`wg-v6.cali`).
@@ -67,6 +69,12 @@ pub const FAILSAFE_OUT: &[(&str, u16)] = &[
 pub fn vtep_mac(node: &str) -> String {
     let h = Sha1::digest(node.as_bytes());
     mac(0x66, &h[..5])
+}
+
+/// The IPv6 VTEP's MAC: the same derivation from `<node>-v6` (`vtepMACForHost` with
+/// `ipVersion` 6), so that the two devices of a dual-stack node differ.
+pub fn vtep_mac_v6(node: &str) -> String {
+    vtep_mac(&format!("{node}-v6"))
 }
 
 /// Calico's workload interface name: `cali` + the first 11 hex chars of

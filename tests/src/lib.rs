@@ -66,6 +66,13 @@ impl LabGuard {
         lab.up().expect("lab up");
         Self(lab)
     }
+
+    /// The dual-stack VXLAN lab (IPv4 and IPv6 on every node and pod).
+    pub fn dual_stack(tag: &str) -> Self {
+        let lab = Lab::dual_stack(&unique(tag));
+        lab.up().expect("dual-stack lab up");
+        Self(lab)
+    }
 }
 
 impl Drop for LabGuard {

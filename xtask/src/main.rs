@@ -71,6 +71,10 @@ enum LabAction {
         /// `vxlan` (Felix's VXLAN) or `bgp` (calico-node's BIRD, node-to-node mesh, no-encap).
         #[arg(long, value_enum, default_value_t = LabMode::Vxlan)]
         mode: LabMode,
+        /// VXLAN lab: add an IPv6 side (`vxlan-v6.calico`, an IPv6 pool in /122 blocks,
+        /// IPv6 pods) to every node.
+        #[arg(long, conflicts_with = "mode")]
+        dual_stack: bool,
     },
     /// Remove every namespace of the lab.
     Down,
@@ -87,6 +91,9 @@ enum LabAction {
         dir: PathBuf,
         #[arg(long, value_enum, default_value_t = LabMode::Vxlan)]
         mode: LabMode,
+        /// The dual-stack lab's datastore.
+        #[arg(long, conflicts_with = "mode")]
+        dual_stack: bool,
     },
     /// The policy-only lab: one EKS-shaped node, pods plumbed by the AWS VPC CNI.
     Vpc {
@@ -224,7 +231,7 @@ fn demo_steps(lab: &Lab) -> anyhow::Result<()> {
     );
     for fault in Fault::value_variants()
         .iter()
-        .filter(|f| f.applies_to(lab.spec.mode))
+        .filter(|f| f.applies_to(&lab.spec))
     {
         let name = fault
             .to_possible_value()
@@ -268,7 +275,13 @@ fn lab_datastore_dir() -> PathBuf {
 fn lab(action: LabAction) -> anyhow::Result<()> {
     // Down, fault and repair act on the lab as it was brought up.
     let lab = match &action {
-        LabAction::Up { mode } | LabAction::Datastore { mode, .. } => {
+        LabAction::Up {
+            dual_stack: true, ..
+        }
+        | LabAction::Datastore {
+            dual_stack: true, ..
+        } => Lab::dual_stack(LAB_PREFIX),
+        LabAction::Up { mode, .. } | LabAction::Datastore { mode, .. } => {
             Lab::with_mode(LAB_PREFIX, *mode)
         }
         _ => Lab::existing(LAB_PREFIX),

@@ -6,17 +6,19 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use regex::Regex;
 use serde::Serialize;
 
 use super::{Block, Datastore, EncapMode, Kind, Node, ProtoPort};
 
 use calico_conventions::{
-    FAILSAFE_IN, FAILSAFE_OUT, IPIP_OVERHEAD, VXLAN_OVERHEAD, WIREGUARD_OVERHEAD,
-    WIREGUARD_V6_OVERHEAD,
+    FAILSAFE_IN, FAILSAFE_OUT, IPIP_OVERHEAD, VXLAN_OVERHEAD, VXLAN_V6_OVERHEAD,
+    WIREGUARD_OVERHEAD, WIREGUARD_V6_OVERHEAD,
 };
-pub use calico_conventions::{VXLAN_V4 as VXLAN_DEV, vtep_mac, workload_iface};
+pub use calico_conventions::{
+    VXLAN_V4 as VXLAN_DEV, VXLAN_V6 as VXLAN_V6_DEV, vtep_mac, vtep_mac_v6, workload_iface,
+};
 
 pub const IPIP_DEV: &str = "tunl0";
 pub const WIREGUARD_DEV: &str = "wireguard.cali";
@@ -37,16 +39,24 @@ pub struct Expected {
     /// device each route into a pool must leave by, with or without IPAM blocks.
     pub pools: Vec<PoolEncap>,
     pub node_ip: Option<Ipv4Net>,
-    /// Blocks affine to this node.
-    pub local_blocks: Vec<Ipv4Net>,
+    /// `spec.bgp.ipv6Address`: the IPv6 VTEP's node address (IPv6 expected only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_ip_v6: Option<Ipv6Net>,
+    /// Blocks affine to this node, of each family Felix handles.
+    pub local_blocks: Vec<IpNet>,
     pub vxlan: Option<ExpectedTunnel>,
+    /// `vxlan-v6.calico`, when an IPv6 pool uses VXLAN and Felix has IPv6 support.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vxlan_v6: Option<ExpectedTunnel>,
     pub ipip: Option<ExpectedTunnel>,
     pub wireguard: Option<ExpectedWireguard>,
     /// `wg-v6.cali`, with `wireguardEnabledV6`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wireguard_v6: Option<ExpectedWireguard>,
+    /// Main-table routes of both families: IPv6 ones only where IPv6 is expected.
     pub routes: Vec<ExpectedRoute>,
-    /// Remote VTEPs: one permanent ARP entry and one FDB entry each.
+    /// Remote VTEPs: one permanent ARP (or NDP) entry and one FDB entry each, on the device
+    /// of the tunnel address's family.
     pub vteps: Vec<Vtep>,
     pub workloads: Vec<ExpectedWorkload>,
     /// The largest MTU a workload interface may have: the smallest enabled tunnel MTU. `None`
@@ -86,12 +96,12 @@ pub struct ExpectedTunnel {
     pub device: String,
     /// `None` when auto-detected from an underlay the input does not show.
     pub mtu: Option<u32>,
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     /// VXLAN only: VNI, port, the VTEP MAC, and the node IP the device must be bound to.
     pub vni: Option<u32>,
     pub port: Option<u16>,
     pub mac: Option<String>,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,15 +144,15 @@ pub enum RouteTarget {
     /// `<dst> via <gateway> dev <device> onlink` (or a device route when `gateway` is None).
     Device {
         device: String,
-        gateway: Option<Ipv4Addr>,
+        gateway: Option<IpAddr>,
     },
     /// Same-subnet / no-encap: `<dst> via <node IP> dev <underlay> onlink`.
-    Underlay { gateway: Ipv4Addr },
+    Underlay { gateway: IpAddr },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExpectedRoute {
-    pub destination: Ipv4Net,
+    pub destination: IpNet,
     pub target: RouteTarget,
     /// Why the route exists: "block of node-b", "local block", "tunnel address of node-c".
     pub reason: String,
@@ -162,16 +172,26 @@ pub struct ExpectedBpfRoute {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Vtep {
     pub node: String,
-    pub tunnel_ip: Ipv4Addr,
+    pub tunnel_ip: IpAddr,
     pub mac: String,
-    pub node_ip: Ipv4Addr,
+    pub node_ip: IpAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExpectedWorkload {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub iface: String,
     pub pod: String,
+}
+
+impl Expected {
+    /// Whether Felix handles IPv6 here: it has IPv6 support and an IPv6 pool gives this node
+    /// a VXLAN device, blocks or routes. Only then are IPv6 rules and routes judged.
+    pub fn ipv6_expected(&self) -> bool {
+        self.vxlan_v6.is_some()
+            || self.local_blocks.iter().any(|b| b.addr().is_ipv6())
+            || self.routes.iter().any(|r| r.destination.addr().is_ipv6())
+    }
 }
 
 /// Facts about the node that Felix reads from the kernel rather than the datastore.
@@ -230,6 +250,60 @@ fn v4(net: &IpNet) -> Option<Ipv4Net> {
     match net {
         IpNet::V4(n) => Some(*n),
         IpNet::V6(_) => None,
+    }
+}
+
+/// One IP family as Felix's per-family managers see the datastore: IPv4 through
+/// `vxlan.calico`, IPv6 through `vxlan-v6.calico` with the Node's IPv6 fields (reference §1.3,
+/// §1.9; `felix/dataplane/linux/vxlan_mgr.go`, `felix/vxlanfdb/vxlan_fdb.go`, which programs
+/// NDP neighbours and FDB entries for IPv6 VTEPs as it does ARP for IPv4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn holds(self, net: &IpNet) -> bool {
+        net.addr().is_ipv6() == (self == Self::V6)
+    }
+
+    fn vxlan_device(self) -> &'static str {
+        match self {
+            Self::V4 => VXLAN_DEV,
+            Self::V6 => VXLAN_V6_DEV,
+        }
+    }
+
+    fn node_ip(self, n: &Node) -> Option<IpNet> {
+        match self {
+            Self::V4 => n.ipv4.map(IpNet::V4),
+            Self::V6 => n.ipv6.map(IpNet::V6),
+        }
+    }
+
+    fn vxlan_tunnel(self, n: &Node) -> Option<IpAddr> {
+        match self {
+            Self::V4 => n.ipv4_vxlan_tunnel.map(IpAddr::V4),
+            Self::V6 => n.ipv6_vxlan_tunnel.map(IpAddr::V6),
+        }
+    }
+
+    fn vtep_mac(self, n: &Node) -> String {
+        match self {
+            Self::V4 => n.vxlan_mac.clone().unwrap_or_else(|| vtep_mac(&n.name)),
+            Self::V6 => n
+                .vxlan_mac_v6
+                .clone()
+                .unwrap_or_else(|| vtep_mac_v6(&n.name)),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
     }
 }
 
@@ -303,36 +377,50 @@ pub fn compute(
         .collect();
     // Without pools, this node's own tunnel addresses say which encapsulations it uses:
     // calico-node allocates them only for pools that have the mode.
-    let from_pools = |in_pools: bool, own: Option<Ipv4Addr>| {
-        if ds.has(Kind::IpPool) {
-            in_pools
-        } else {
-            own.is_some()
-        }
+    let from_pools = |in_pools: bool, own: bool| {
+        if ds.has(Kind::IpPool) { in_pools } else { own }
     };
     let vxlan_on = cfg.vxlan_enabled.unwrap_or_else(|| {
         from_pools(
             v4_pools.iter().any(|p| p.vxlan.enabled()),
-            me.and_then(|n| n.ipv4_vxlan_tunnel),
+            me.is_some_and(|n| n.ipv4_vxlan_tunnel.is_some()),
         )
     });
     let ipip_on = cfg.ipip_enabled.unwrap_or_else(|| {
         from_pools(
             v4_pools.iter().any(|p| p.ipip.enabled()),
-            me.and_then(|n| n.ipv4_ipip_tunnel),
+            me.is_some_and(|n| n.ipv4_ipip_tunnel.is_some()),
         )
     });
+    // Felix ignores IPv6 altogether when `ipv6Support` is false (default true); with it,
+    // `vxlan-v6.calico` exists iff an IPv6 pool uses VXLAN (`EncapsulationCalculator`),
+    // unless `vxlanEnabledV6` says otherwise.
+    let ipv6_on = cfg.ipv6_support != Some(false);
+    let v6_pools: Vec<_> = ds
+        .pools
+        .iter()
+        .filter(|p| p.cidr.addr().is_ipv6() && p.routes_workloads())
+        .collect();
+    let vxlan_v6_on = ipv6_on
+        && cfg.vxlan_enabled_v6.unwrap_or_else(|| {
+            from_pools(
+                v6_pools.iter().any(|p| p.vxlan.enabled()),
+                me.is_some_and(|n| n.ipv6_vxlan_tunnel.is_some()),
+            )
+        });
     let wg_on = cfg.wireguard_enabled.unwrap_or(false);
     let configured = |v: Option<u32>| v.filter(|m| *m > 0);
     let auto = |overhead: u32| host_mtu.map(|h| h.saturating_sub(overhead));
     let vxlan_mtu = configured(cfg.vxlan_mtu).or_else(|| auto(VXLAN_OVERHEAD));
+    let vxlan_v6_mtu = configured(cfg.vxlan_mtu_v6).or_else(|| auto(VXLAN_V6_OVERHEAD));
     let ipip_mtu = configured(cfg.ipip_mtu).or_else(|| auto(IPIP_OVERHEAD));
     let wg_mtu = configured(cfg.wireguard_mtu).or_else(|| auto(WIREGUARD_OVERHEAD));
     let wg_v6_on = cfg.wireguard_enabled_v6.unwrap_or(false);
     let wg_v6_mtu = configured(cfg.wireguard_mtu_v6).or_else(|| auto(WIREGUARD_V6_OVERHEAD));
-    // Felix sizes pods for the smallest enabled encapsulation, IPv6 WireGuard's included.
+    // Felix sizes pods for the smallest enabled encapsulation, the IPv6 ones included.
     let enabled: Vec<Option<u32>> = [
         (vxlan_on, vxlan_mtu),
+        (vxlan_v6_on, vxlan_v6_mtu),
         (ipip_on, ipip_mtu),
         (wg_on, wg_mtu),
         (wg_v6_on, wg_v6_mtu),
@@ -362,28 +450,54 @@ pub fn compute(
             blocks_of.entry(owner).or_default().push(b);
         }
     }
-    let local_blocks: Vec<Ipv4Net> = blocks
+    let families: &[Family] = if ipv6_on {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    };
+    let local_blocks: Vec<IpNet> = blocks
         .iter()
         .filter(|b| node.is_some() && b.affinity.as_deref() == node)
-        .filter_map(|b| v4(&b.cidr))
+        .filter(|b| families.iter().any(|f| f.holds(&b.cidr)))
+        .map(|b| b.cidr)
         .collect();
+    let node_ip_v6 = me.and_then(|n| n.ipv6).filter(|_| ipv6_on);
+    // Felix configures `vxlan-v6.calico`, and routes through it, only once this node's own
+    // IPv6 VTEP is known: its IPv6 address and IPv6 tunnel address (`vxlan_mgr.go`
+    // `getLocalVTEP`, `VXLANResolver.hasVTEPInfo`). Until then nothing of it is expected.
+    let v6_vtep_pending =
+        vxlan_v6_on && me.is_some_and(|n| n.ipv6.is_none() || n.ipv6_vxlan_tunnel.is_none());
+    let vxlan_v6_on = vxlan_v6_on && !v6_vtep_pending;
 
     let vxlan = vxlan_on.then(|| ExpectedTunnel {
         device: VXLAN_DEV.into(),
         mtu: vxlan_mtu,
-        address: me.and_then(|n| n.ipv4_vxlan_tunnel),
+        address: me.and_then(|n| n.ipv4_vxlan_tunnel).map(IpAddr::V4),
         vni: Some(cfg.vxlan_vni.unwrap_or(calico_conventions::VXLAN_VNI)),
         port: Some(cfg.vxlan_port.unwrap_or(calico_conventions::VXLAN_PORT)),
         mac: node.map(|name| {
             me.and_then(|n| n.vxlan_mac.clone())
                 .unwrap_or_else(|| vtep_mac(name))
         }),
-        local: node_ip.map(|n| n.addr()),
+        local: node_ip.map(|n| IpAddr::V4(n.addr())),
+    });
+    // The same VNI and port as IPv4 (`vxlan_mgr.go` takes both from one config).
+    let vxlan_v6 = vxlan_v6_on.then(|| ExpectedTunnel {
+        device: VXLAN_V6_DEV.into(),
+        mtu: vxlan_v6_mtu,
+        address: me.and_then(|n| n.ipv6_vxlan_tunnel).map(IpAddr::V6),
+        vni: Some(cfg.vxlan_vni.unwrap_or(calico_conventions::VXLAN_VNI)),
+        port: Some(cfg.vxlan_port.unwrap_or(calico_conventions::VXLAN_PORT)),
+        mac: node.map(|name| {
+            me.and_then(|n| n.vxlan_mac_v6.clone())
+                .unwrap_or_else(|| vtep_mac_v6(name))
+        }),
+        local: node_ip_v6.map(|n| IpAddr::V6(n.addr())),
     });
     let ipip = ipip_on.then(|| ExpectedTunnel {
         device: IPIP_DEV.into(),
         mtu: ipip_mtu,
-        address: me.and_then(|n| n.ipv4_ipip_tunnel),
+        address: me.and_then(|n| n.ipv4_ipip_tunnel).map(IpAddr::V4),
         vni: None,
         port: None,
         mac: None,
@@ -394,20 +508,37 @@ pub fn compute(
     // Nodes; without them only the pools' modes are judged (verify/routes.rs).
     let mut routes = Vec::new();
     let mut vteps = Vec::new();
+    if v6_vtep_pending {
+        notes.push(format!(
+            "node {} has no IPv6 address or IPv6 VXLAN tunnel address yet: Felix creates no \
+             vxlan-v6.calico and no IPv6 block routes",
+            node.unwrap_or(UNKNOWN_NODE)
+        ));
+    }
     if let Some(node) = node {
-        remote_routes(
-            ds,
-            node,
-            node_ip,
-            vxlan_on,
-            &blocks,
-            &mut routes,
-            &mut vteps,
-            &mut notes,
-        );
+        for &family in families
+            .iter()
+            .filter(|f| !(v6_vtep_pending && **f == Family::V6))
+        {
+            let (local_ip, vxlan_on) = match family {
+                Family::V4 => (node_ip.map(IpNet::V4), vxlan_on),
+                Family::V6 => (node_ip_v6.map(IpNet::V6), vxlan_v6_on),
+            };
+            remote_routes(
+                ds,
+                node,
+                family,
+                local_ip,
+                vxlan_on,
+                &blocks,
+                &mut routes,
+                &mut vteps,
+                &mut notes,
+            );
+        }
     }
 
-    let workloads = node.map_or_else(Vec::new, |n| workloads(ds, n, &blocks));
+    let workloads = node.map_or_else(Vec::new, |n| workloads(ds, n, &blocks, families));
     let wg_v4 = wg_on.then(|| wireguard(ds, node, me, &blocks_of, &cfg, wg_mtu, false));
     let wireguard_v6 = wg_v6_on.then(|| wireguard(ds, node, me, &blocks_of, &cfg, wg_v6_mtu, true));
     for wg in wg_v4.iter().chain(&wireguard_v6) {
@@ -433,8 +564,10 @@ pub fn compute(
             })
             .collect(),
         node_ip,
+        node_ip_v6,
         local_blocks,
         vxlan,
+        vxlan_v6,
         ipip,
         wireguard: wg_v4,
         wireguard_v6,
@@ -500,27 +633,34 @@ fn bpf_routes(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedBpfR
 fn remote_routes(
     ds: &Datastore,
     node: &str,
-    node_ip: Option<Ipv4Net>,
+    family: Family,
+    node_ip: Option<IpNet>,
     vxlan_on: bool,
     blocks: &[&Block],
     routes: &mut Vec<ExpectedRoute>,
     vteps: &mut Vec<Vtep>,
     notes: &mut Vec<String>,
 ) {
+    let first_vtep = vteps.len();
     for remote in ds.nodes.iter().filter(|n| n.name != node) {
         if vxlan_on {
-            match (remote.ipv4, remote.ipv4_vxlan_tunnel) {
+            match (family.node_ip(remote), family.vxlan_tunnel(remote)) {
                 (Some(ip), Some(tun)) => vteps.push(Vtep {
                     node: remote.name.clone(),
                     tunnel_ip: tun,
-                    mac: remote.vxlan_mac.clone().unwrap_or_else(|| vtep_mac(&remote.name)),
+                    mac: family.vtep_mac(remote),
                     node_ip: ip.addr(),
                 }),
-                _ => notes.push(format!("node {} has no VXLAN tunnel address or node IP yet: Felix programs no VTEP for it", remote.name)),
+                _ => notes.push(format!(
+                    "node {} has no {}VXLAN tunnel address or node IP yet: Felix programs no VTEP for it",
+                    remote.name,
+                    if family == Family::V6 { "IPv6 " } else { "" }
+                )),
             }
         }
     }
-    let vteps: &[Vtep] = vteps;
+    let vteps: &[Vtep] = &vteps[first_vtep..];
+    let device = family.vxlan_device();
     // Indexed once: at 10,000 nodes a scan of every node or VTEP per block is 10^8 steps.
     let nodes = first_by(ds.nodes.iter(), |n| n.name.as_str());
     let vtep_of = first_by(vteps.iter(), |v| v.node.as_str());
@@ -528,13 +668,13 @@ fn remote_routes(
     // link` — directly connected, no gateway — when it is not inside a block of its owner's
     // that is routed via it: borrowed from another node's block, or from a /32 tunnel pool
     // (`l3_route_resolver.go` isRemoteTunnelRoute/isBorrowedRoute, reference §1.5).
-    let tunnel_of =
-        |owner: &str, ip: Ipv4Addr| vtep_of.get(owner).is_some_and(|v| v.tunnel_ip == ip);
-    let mut routed_blocks_of: HashMap<&str, Vec<Ipv4Net>> = HashMap::new();
-    for b in blocks {
-        let (Some(owner), Some(cidr)) = (b.affinity.as_deref(), v4(&b.cidr)) else {
+    let tunnel_of = |owner: &str, ip: IpAddr| vtep_of.get(owner).is_some_and(|v| v.tunnel_ip == ip);
+    let mut routed_blocks_of: HashMap<&str, Vec<IpNet>> = HashMap::new();
+    for b in blocks.iter().filter(|b| family.holds(&b.cidr)) {
+        let Some(owner) = b.affinity.as_deref() else {
             continue;
         };
+        let cidr = b.cidr;
         let Some(pool) = ds.pool_for(&b.cidr) else {
             notes.push(format!("block {cidr} is in no IP pool: no route expected"));
             continue;
@@ -543,8 +683,8 @@ fn remote_routes(
             continue;
         }
         if owner == node {
-            // Felix blackholes its own blocks except /32s (`routeIsLocalBlock`, §1.4).
-            if cidr.prefix_len() < 32 {
+            // Felix blackholes its own blocks except /32s and /128s (`routeIsLocalBlock`, §1.4).
+            if cidr.prefix_len() < cidr.max_prefix_len() {
                 routes.push(ExpectedRoute {
                     destination: cidr,
                     target: RouteTarget::Blackhole,
@@ -559,12 +699,15 @@ fn remote_routes(
             }
             continue;
         };
-        if cidr.prefix_len() == 32 && pool.vxlan.enabled() && tunnel_of(owner, cidr.addr()) {
+        if cidr.prefix_len() == cidr.max_prefix_len()
+            && pool.vxlan.enabled()
+            && tunnel_of(owner, cidr.addr())
+        {
             // A /32 tunnel pool's block: the VTEP route below covers it.
             continue;
         }
         let vtep = vtep_of.get(owner).copied();
-        if let Some(target) = remote_target(pool.vxlan, pool.ipip, node_ip, remote, vtep, notes) {
+        if let Some(target) = remote_target(family, pool, node_ip, remote, vtep, notes) {
             routed_blocks_of.entry(owner).or_default().push(cidr);
             routes.push(ExpectedRoute {
                 destination: cidr,
@@ -575,11 +718,12 @@ fn remote_routes(
     }
     // Borrowed addresses: an allocation whose owner is not the block's node gets a /32 to its
     // owner, which beats the block route by longest prefix.
-    for b in blocks {
+    for b in blocks.iter().filter(|b| family.holds(&b.cidr)) {
         for a in &b.allocations {
-            let (Some(owner), IpAddr::V4(ip)) = (a.attrs.node.as_ref(), a.ip) else {
+            let Some(owner) = a.attrs.node.as_ref() else {
                 continue;
             };
+            let ip = a.ip;
             if Some(owner.as_str()) == b.affinity.as_deref() || owner == node {
                 continue;
             }
@@ -593,27 +737,26 @@ fn remote_routes(
                 continue;
             }
             let vtep = vtep_of.get(owner.as_str()).copied();
-            if let Some(target) = remote_target(pool.vxlan, pool.ipip, node_ip, remote, vtep, notes)
-            {
+            if let Some(target) = remote_target(family, pool, node_ip, remote, vtep, notes) {
                 routes.push(ExpectedRoute {
-                    destination: Ipv4Net::from(ip),
+                    destination: IpNet::from(ip),
                     target,
                     reason: format!("address borrowed by {owner}"),
                 });
             }
         }
     }
-    let mut routed: HashSet<Ipv4Net> = routes.iter().map(|r| r.destination).collect();
+    let mut routed: HashSet<IpNet> = routes.iter().map(|r| r.destination).collect();
     let mut tunnel_routes = Vec::new();
     for v in vteps {
         let via_own_block = routed_blocks_of
             .get(v.node.as_str())
             .is_some_and(|own| own.iter().any(|b| b.contains(&v.tunnel_ip)));
-        if !via_own_block && routed.insert(Ipv4Net::from(v.tunnel_ip)) {
+        if !via_own_block && routed.insert(IpNet::from(v.tunnel_ip)) {
             tunnel_routes.push(ExpectedRoute {
-                destination: Ipv4Net::from(v.tunnel_ip),
+                destination: IpNet::from(v.tunnel_ip),
                 target: RouteTarget::Device {
-                    device: VXLAN_DEV.into(),
+                    device: device.into(),
                     gateway: None,
                 },
                 reason: format!("tunnel address of {}", v.node),
@@ -637,14 +780,15 @@ fn first_by<'a, T>(
 
 /// How this node reaches a block or address owned by `remote`, per the pool's encapsulation.
 fn remote_target(
-    vxlan: EncapMode,
-    ipip: EncapMode,
-    local_ip: Option<Ipv4Net>,
+    family: Family,
+    pool: &super::Pool,
+    local_ip: Option<IpNet>,
     remote: &Node,
     vtep: Option<&Vtep>,
     notes: &mut Vec<String>,
 ) -> Option<RouteTarget> {
-    let remote_ip = remote.ipv4.map(|n| n.addr());
+    let (vxlan, ipip) = (pool.vxlan, pool.ipip);
+    let remote_ip = family.node_ip(remote).map(|n| n.addr());
     let same_subnet = local_ip
         .zip(remote_ip)
         .is_some_and(|(mine, theirs)| mine.trunc().contains(&theirs));
@@ -660,18 +804,20 @@ fn remote_target(
             ));
         }
         return vtep.map(|v| RouteTarget::Device {
-            device: VXLAN_DEV.into(),
+            device: family.vxlan_device().into(),
             gateway: Some(v.tunnel_ip),
         });
     }
     let Some(gateway) = remote_ip else {
         notes.push(format!(
-            "node {} has no IPv4 address: no route to its blocks",
-            remote.name
+            "node {} has no {} address: no route to its blocks",
+            remote.name,
+            family.name()
         ));
         return None;
     };
-    if ipip.enabled() {
+    // There is no IPIP for IPv6 (reference §1.9): such a pool is routed unencapsulated.
+    if ipip.enabled() && family == Family::V4 {
         Some(RouteTarget::Device {
             device: IPIP_DEV.into(),
             gateway: Some(gateway),
@@ -682,7 +828,12 @@ fn remote_target(
 }
 
 /// Pods on this node, from the IPAM allocations that name them.
-fn workloads(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedWorkload> {
+fn workloads(
+    ds: &Datastore,
+    node: &str,
+    blocks: &[&Block],
+    families: &[Family],
+) -> Vec<ExpectedWorkload> {
     let prefix_ok = ds
         .felix_config(node)
         .interface_prefix
@@ -693,7 +844,10 @@ fn workloads(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedWorkl
     let mut out = Vec::new();
     for b in blocks {
         for a in &b.allocations {
-            let IpAddr::V4(ip) = a.ip else { continue };
+            let ip = a.ip;
+            if !families.iter().any(|f| f.holds(&IpNet::from(ip))) {
+                continue;
+            }
             let owner = a.attrs.node.as_deref().or(b.affinity.as_deref());
             if owner != Some(node) {
                 continue;
@@ -737,7 +891,7 @@ fn wireguard(
     };
     let ip_of = |n: &Node| -> Option<IpAddr> {
         if v6 {
-            n.ipv6.map(IpAddr::V6)
+            n.ipv6.map(|ip| IpAddr::V6(ip.addr()))
         } else {
             n.ipv4.map(|ip| IpAddr::V4(ip.addr()))
         }
@@ -949,7 +1103,7 @@ spec:
         assert_eq!(
             r.target,
             RouteTarget::Underlay {
-                gateway: Ipv4Addr::new(10, 0, 0, 2)
+                gateway: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))
             }
         );
         let text = text.replace("10.0.0.2/24", "10.1.0.2/24");
@@ -963,7 +1117,7 @@ spec:
             r.target,
             RouteTarget::Device {
                 device: VXLAN_DEV.into(),
-                gateway: Some(Ipv4Addr::new(10, 244, 1, 0))
+                gateway: Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 0)))
             }
         );
     }
@@ -1149,7 +1303,7 @@ spec:
             && r.target
                 == RouteTarget::Device {
                     device: VXLAN_DEV.into(),
-                    gateway: Some(Ipv4Addr::new(10, 244, 1, 0))
+                    gateway: Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 0)))
                 }));
     }
 
@@ -1199,7 +1353,7 @@ spec: {{cidr: 10.245.0.1/32, affinity: host:b, allocations: [0], attributes: [{{
             to("10.244.1.0/26"),
             [RouteTarget::Device {
                 device: VXLAN_DEV.into(),
-                gateway: Some(Ipv4Addr::new(10, 245, 0, 1))
+                gateway: Some(IpAddr::V4(Ipv4Addr::new(10, 245, 0, 1)))
             }]
         );
     }
@@ -1226,7 +1380,7 @@ spec: {{cidr: 10.245.0.1/32, affinity: host:b, allocations: [0], attributes: [{{
             .join("---");
         let e = compute(&ds(&node_only), Some("a"), &facts()).expect("expected");
         let vx = e.vxlan.expect("vxlan from the node's tunnel address");
-        assert_eq!(vx.local, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(vx.local, Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
         // A named node absent from a datastore that holds Nodes is still an error.
         assert!(compute(&ds(&node_only), Some("zz"), &facts()).is_err());
     }
@@ -1271,7 +1425,7 @@ mod scale_tests {
             r.target,
             RouteTarget::Device {
                 device: VXLAN_DEV.into(),
-                gateway: Some(Cluster::block(1234)),
+                gateway: Some(IpAddr::V4(Cluster::block(1234))),
             }
         );
     }

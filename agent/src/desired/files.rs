@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{
     Affinity, Allocation, BgpPeerObject, Block, Datastore, EncapMode, Node, Pool,
     object::{Failure, Parts, Spec, SpecInput, is_calico_api},
-    parse_as_number, parse_v4_addr, parse_v4_with_prefix,
+    parse_as_number, parse_v4_addr, parse_v4_with_prefix, parse_v6_addr, parse_v6_with_prefix,
     resources::{
         BgpConfigurationSpec, BgpPeerSpec, CalicoNodeSpec, CalicoNodeStatus,
         FelixConfigurationSpec, IpPoolSpec, IpamBlockSpec, ObjectMeta,
@@ -499,14 +499,7 @@ fn nth_ip(net: &IpNet, n: usize) -> Option<IpAddr> {
     }
 }
 
-/// An IPv6 address, with or without a prefix (`spec.bgp.ipv6Address` carries one).
-fn parse_v6_addr(s: &str) -> Result<std::net::Ipv6Addr, String> {
-    let addr = s.split_once('/').map_or(s, |(a, _)| a);
-    addr.parse()
-        .map_err(|_| format!("{s:?} is not an IPv6 address"))
-}
-
-fn opt_v4<T>(
+fn opt_addr<T>(
     ctx: &Ctx<'_>,
     field: &str,
     v: Option<&str>,
@@ -526,13 +519,13 @@ fn calico_node(
     let bgp = s.bgp.clone().unwrap_or_default();
     Ok(Node {
         name: meta.name.clone(),
-        ipv4: opt_v4(
+        ipv4: opt_addr(
             ctx,
             "spec.bgp.ipv4Address",
             bgp.ipv4_address.as_deref(),
             parse_v4_with_prefix,
         )?,
-        ipv4_vxlan_tunnel: opt_v4(
+        ipv4_vxlan_tunnel: opt_addr(
             ctx,
             "spec.ipv4VXLANTunnelAddr",
             s.ipv4_vxlan_tunnel_addr.as_deref(),
@@ -543,13 +536,13 @@ fn calico_node(
             .clone()
             .filter(|m| !m.is_empty())
             .map(|m| m.to_lowercase()),
-        ipv4_ipip_tunnel: opt_v4(
+        ipv4_ipip_tunnel: opt_addr(
             ctx,
             "spec.bgp.ipv4IPIPTunnelAddr",
             bgp.ipv4_ipip_tunnel_addr.as_deref(),
             parse_v4_addr,
         )?,
-        wireguard_ipv4: opt_v4(
+        wireguard_ipv4: opt_addr(
             ctx,
             "spec.wireguard.interfaceIPv4Address",
             s.wireguard
@@ -561,13 +554,24 @@ fn calico_node(
             .wireguard_public_key
             .clone()
             .filter(|k| !k.is_empty()),
-        ipv6: opt_v4(
+        ipv6: opt_addr(
             ctx,
             "spec.bgp.ipv6Address",
             bgp.ipv6_address.as_deref(),
+            parse_v6_with_prefix,
+        )?,
+        ipv6_vxlan_tunnel: opt_addr(
+            ctx,
+            "spec.ipv6VXLANTunnelAddr",
+            s.ipv6_vxlan_tunnel_addr.as_deref(),
             parse_v6_addr,
         )?,
-        wireguard_ipv6: opt_v4(
+        vxlan_mac_v6: s
+            .vxlan_tunnel_mac_addr_v6
+            .clone()
+            .filter(|m| !m.is_empty())
+            .map(|m| m.to_lowercase()),
+        wireguard_ipv6: opt_addr(
             ctx,
             "spec.wireguard.interfaceIPv6Address",
             s.wireguard
@@ -599,13 +603,13 @@ fn k8s_node(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<Node, DatastoreError> {
     let field = |k: &str| format!("metadata.annotations[projectcalico.org/{k}]");
     Ok(Node {
         name: meta.name.clone(),
-        ipv4: opt_v4(
+        ipv4: opt_addr(
             ctx,
             &field("IPv4Address"),
             ann("IPv4Address"),
             parse_v4_with_prefix,
         )?,
-        ipv4_vxlan_tunnel: opt_v4(
+        ipv4_vxlan_tunnel: opt_addr(
             ctx,
             &field("IPv4VXLANTunnelAddr"),
             ann("IPv4VXLANTunnelAddr"),
@@ -614,13 +618,13 @@ fn k8s_node(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<Node, DatastoreError> {
         vxlan_mac: ann("VXLANTunnelMACAddr")
             .filter(|m| !m.is_empty())
             .map(str::to_lowercase),
-        ipv4_ipip_tunnel: opt_v4(
+        ipv4_ipip_tunnel: opt_addr(
             ctx,
             &field("IPv4IPIPTunnelAddr"),
             ann("IPv4IPIPTunnelAddr"),
             parse_v4_addr,
         )?,
-        wireguard_ipv4: opt_v4(
+        wireguard_ipv4: opt_addr(
             ctx,
             &field("IPv4WireguardInterfaceAddr"),
             ann("IPv4WireguardInterfaceAddr"),
@@ -629,13 +633,22 @@ fn k8s_node(ctx: &Ctx<'_>, meta: &ObjectMeta) -> Result<Node, DatastoreError> {
         wireguard_public_key: ann("WireguardPublicKey")
             .filter(|k| !k.is_empty())
             .map(str::to_string),
-        ipv6: opt_v4(
+        ipv6: opt_addr(
             ctx,
             &field("IPv6Address"),
             ann("IPv6Address"),
+            parse_v6_with_prefix,
+        )?,
+        ipv6_vxlan_tunnel: opt_addr(
+            ctx,
+            &field("IPv6VXLANTunnelAddr"),
+            ann("IPv6VXLANTunnelAddr"),
             parse_v6_addr,
         )?,
-        wireguard_ipv6: opt_v4(
+        vxlan_mac_v6: ann("VXLANTunnelMACAddrV6")
+            .filter(|m| !m.is_empty())
+            .map(str::to_lowercase),
+        wireguard_ipv6: opt_addr(
             ctx,
             &field("IPv6WireguardInterfaceAddr"),
             ann("IPv6WireguardInterfaceAddr"),
@@ -787,7 +800,7 @@ mod tests {
         let n = &ds.nodes[0];
         assert_eq!(n.wireguard_ipv4, Some("10.244.1.1".parse().expect("ip")));
         assert_eq!(n.wireguard_ipv6, Some("fd00:244:1::1".parse().expect("ip")));
-        assert_eq!(n.ipv6, Some("fd00::2".parse().expect("ip")));
+        assert_eq!(n.ipv6, Some("fd00::2/64".parse().expect("ip")));
         assert_eq!(
             (
                 n.wireguard_public_key.as_deref(),

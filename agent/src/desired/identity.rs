@@ -224,6 +224,7 @@ mod tests {
             as_number: None,
             rr_cluster_id: None,
             labels: Default::default(),
+            ..Default::default()
         }
     }
 

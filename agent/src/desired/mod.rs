@@ -15,10 +15,10 @@ pub mod selector;
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 pub use self::resources::{BgpConfigurationSpec, BgpPeerSpec, FelixConfigurationSpec, ProtoPort};
@@ -139,12 +139,17 @@ pub struct Node {
     pub ipv4_ipip_tunnel: Option<Ipv4Addr>,
     pub wireguard_ipv4: Option<Ipv4Addr>,
     pub wireguard_public_key: Option<String>,
-    /// `spec.bgp.ipv6Address`: the endpoint of this node's `wg-v6.cali` peer.
+    /// `spec.bgp.ipv6Address` with its prefix: the node IP of its IPv6 VTEP, and the endpoint
+    /// of its `wg-v6.cali` peer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ipv6: Option<std::net::Ipv6Addr>,
+    pub ipv6: Option<Ipv6Net>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_vxlan_tunnel: Option<Ipv6Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vxlan_mac_v6: Option<String>,
     /// `spec.wireguard.interfaceIPv6Address`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wireguard_ipv6: Option<std::net::Ipv6Addr>,
+    pub wireguard_ipv6: Option<Ipv6Addr>,
     /// `status.wireguardPublicKeyV6`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wireguard_public_key_v6: Option<String>,
@@ -281,4 +286,20 @@ fn parse_as_text(s: &str) -> Option<u32> {
 /// Parses an address that may carry a prefix (`10.244.0.0/32`) into the bare address.
 pub fn parse_v4_addr(s: &str) -> Result<Ipv4Addr, String> {
     parse_v4_with_prefix(s).map(|n| n.addr())
+}
+
+/// Parses `fd00::5/64` or a bare `fd00::5` (host prefix) into an IPv6 network.
+pub fn parse_v6_with_prefix(s: &str) -> Result<Ipv6Net, String> {
+    if s.contains('/') {
+        s.parse::<Ipv6Net>()
+            .map_err(|_| format!("{s:?} is not an IPv6 address/prefix"))
+    } else {
+        s.parse::<Ipv6Addr>()
+            .map(Ipv6Net::from)
+            .map_err(|_| format!("{s:?} is not an IPv6 address"))
+    }
+}
+
+pub fn parse_v6_addr(s: &str) -> Result<Ipv6Addr, String> {
+    parse_v6_with_prefix(s).map(|n| n.addr())
 }

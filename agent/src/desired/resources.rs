@@ -364,6 +364,11 @@ pub struct FelixConfigurationSpec {
     pub log_severity_screen: Option<String>,
     pub reporting_interval: Option<String>,
     pub ipv4_normal_route_priority: Option<u32>,
+    /// Felix's `Ipv6Support` (default true): false makes it ignore IPv6 altogether.
+    #[serde(rename = "ipv6Support")]
+    pub ipv6_support: Option<bool>,
+    #[serde(rename = "vxlanEnabledV6")]
+    pub vxlan_enabled_v6: Option<bool>,
 }
 
 impl FelixConfigurationSpec {
@@ -425,6 +430,8 @@ impl FelixConfigurationSpec {
             log_severity_screen,
             reporting_interval,
             ipv4_normal_route_priority,
+            ipv6_support,
+            vxlan_enabled_v6,
         )
     }
 }

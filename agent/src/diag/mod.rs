@@ -87,6 +87,45 @@ pub struct RouteGroups {
     pub not_calico: usize,
 }
 
+/// How many local blocks and remote block routes one IP family has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FamilyCounts {
+    pub local_blocks: usize,
+    pub remote_blocks: usize,
+    pub workload_routes: usize,
+}
+
+impl RouteGroups {
+    /// IPv4 and IPv6 counts, in that order: a dual-stack node shows each family's state.
+    pub fn per_family(&self) -> [FamilyCounts; 2] {
+        let mut out = [FamilyCounts::default(); 2];
+        let slot = |r: &Route| usize::from(r.destination.addr().is_ipv6());
+        for r in &self.local_blackholes {
+            out[slot(r)].local_blocks += 1;
+        }
+        for r in self
+            .remote_via_tunnel
+            .iter()
+            .chain(&self.remote_via_underlay)
+        {
+            out[slot(r)].remote_blocks += 1;
+        }
+        for r in &self.workload {
+            out[slot(r)].workload_routes += 1;
+        }
+        out
+    }
+
+    /// Whether any Calico route is IPv6.
+    pub fn has_ipv6(&self) -> bool {
+        self.per_family()[1] != FamilyCounts::default()
+            || self
+                .tunnel_hosts
+                .iter()
+                .any(|r| r.destination.addr().is_ipv6())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     pub iface: String,

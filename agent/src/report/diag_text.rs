@@ -122,6 +122,21 @@ pub fn text(a: &Analysis) -> String {
         "\nROUTES (Calico-owned; {} others not shown)",
         g.not_calico
     );
+    if g.has_ipv6() {
+        // A dual-stack node: each family's blocks, so a family with none stands out.
+        for (name, c) in ["IPv4", "IPv6"].iter().zip(g.per_family()) {
+            wrap::write(
+                &mut o,
+                "  ",
+                "    ",
+                &format!(
+                    "{name}: {} local block(s), {} remote block route(s), {} workload \
+                     route(s)",
+                    c.local_blocks, c.remote_blocks, c.workload_routes
+                ),
+            );
+        }
+    }
     section(&mut o, "local block blackholes", &g.local_blackholes);
     section(&mut o, "remote blocks via tunnel", &g.remote_via_tunnel);
     section(&mut o, "remote blocks via underlay", &g.remote_via_underlay);
@@ -531,6 +546,18 @@ fn summary(o: &mut String, a: &Analysis) {
             d.workloads.len()
         ),
     );
+    if g.has_ipv6() {
+        let [v4, v6] = g.per_family();
+        wrap::write(
+            o,
+            "families: ",
+            "  ",
+            &format!(
+                "IPv4 {} local / {} remote block(s) | IPv6 {} local / {} remote block(s)",
+                v4.local_blocks, v4.remote_blocks, v6.local_blocks, v6.remote_blocks
+            ),
+        );
+    }
     wrap::write(o, "verdict: ", "  ", &verdict_line(a));
 }
 
@@ -1032,6 +1059,29 @@ mod tests {
             flat.contains("key UNKNOWNKEY… (no node) no endpoint 0 allowed IP(s) handshake never"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_dual_stack_node_shows_each_familys_blocks() {
+        let (e, o) = crate::verify::testutil::healthy_dual_stack();
+        let a = analysis::analyse(&o, Some(&e), &Policy::default());
+        let flat = text(&a).split_whitespace().collect::<Vec<_>>().join(" ");
+        for want in [
+            "IPv4: 1 local block(s), 1 remote block route(s), 1 workload route(s)",
+            "IPv6: 1 local block(s), 1 remote block route(s), 1 workload route(s)",
+            "fd00:244::/122",
+            "fd00:244::40/122 via fd00:244::40 dev vxlan-v6.calico",
+            "families: IPv4 1 local / 1 remote block(s) | IPv6 1 local / 1 remote block(s)",
+        ] {
+            assert!(flat.contains(want), "{want:?} not in {flat}");
+        }
+        for line in text(&a).lines() {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
+        // An IPv4-only node's output has no family lines.
+        let (e, o) = healthy();
+        let a = analysis::analyse(&o, Some(&e), &Policy::default());
+        assert!(!text(&a).contains("IPv6"));
     }
 
     #[test]

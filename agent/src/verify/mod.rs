@@ -620,6 +620,8 @@ fn present_tunnels(obs: &ObservedDataplane) -> impl Iterator<Item = &Link> {
 }
 
 #[cfg(test)]
+mod ipv6_tests;
+#[cfg(test)]
 pub(crate) mod testutil;
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::{CheckId, Finding, IndexMap, IndexSet, Severity};
 use calico_conventions::{
-    IPIP, PROTO_BIRD, PROTO_CALICO, TUNNEL_DEVICES, VXLAN_V4, is_workload_iface,
+    IPIP, PROTO_BIRD, PROTO_CALICO, TUNNEL_DEVICES, VXLAN_V4, VXLAN_V6, is_workload_iface,
 };
 
 use crate::{
@@ -51,10 +51,25 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
         pool_modes(e, obs, out);
     }
     let underlay = super::node_ip_link(e, obs).map(|l| l.name.clone());
+    // An IPv6 no-encap or same-subnet route leaves by the device holding the node's IPv6.
+    let underlay_v6 = e.node_ip_v6.and_then(|ip| {
+        let ip = IpAddr::V6(ip.addr());
+        obs.addresses
+            .iter()
+            .find(|a| a.address.addr() == ip)
+            .map(|a| a.ifname.clone())
+    });
+    let underlay_of = |gw: &IpAddr| {
+        if gw.is_ipv6() {
+            underlay_v6.clone()
+        } else {
+            underlay.clone()
+        }
+    };
     let routes = MainRoutes::new(obs);
     let mut unusable: IndexMap<&str, bool> = IndexMap::default();
     for exp in &e.routes {
-        let dst = IpNet::V4(exp.destination);
+        let dst = exp.destination;
         // The healthy case, thousands of times per verification: one lookup, no formatting.
         let (device, gateway) = match &exp.target {
             RouteTarget::Blackhole => {
@@ -70,9 +85,19 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
                 {
                     continue;
                 }
-                (Some(device.as_str()), gateway.map(IpAddr::V4))
+                (Some(device.as_str()), *gateway)
             }
-            RouteTarget::Underlay { gateway } => (underlay.as_deref(), Some(IpAddr::V4(*gateway))),
+            RouteTarget::Underlay { gateway } => {
+                if routes.to(&dst).any(|r| {
+                    r.kind == RouteType::Unicast
+                        && r.dev.is_some()
+                        && r.dev == underlay_of(gateway)
+                        && r.gateway == Some(*gateway)
+                }) {
+                    continue;
+                }
+                (None, Some(*gateway))
+            }
         };
         if device.is_some()
             && routes.to(&dst).any(|r| {
@@ -113,13 +138,11 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
                     &want,
                     &exp.reason,
                     device,
-                    gateway.map(IpAddr::V4),
+                    *gateway,
                 );
             }
             RouteTarget::Underlay { gateway } => {
-                let dev = underlay
-                    .clone()
-                    .unwrap_or_else(|| "<node IP's device>".into());
+                let dev = underlay_of(gateway).unwrap_or_else(|| "<node IP's device>".into());
                 let want = format!("{subject} via {gateway} dev {dev} proto 80 onlink");
                 compare(
                     out,
@@ -129,7 +152,7 @@ pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding
                     &want,
                     &exp.reason,
                     &dev,
-                    Some(IpAddr::V4(*gateway)),
+                    Some(*gateway),
                 );
             }
         }
@@ -359,7 +382,7 @@ fn workloads(
         if !link.is_up() {
             continue;
         }
-        let dst = IpNet::V4(Ipv4Net::from(w.ip));
+        let dst = IpNet::from(w.ip);
         if routes
             .to(&dst)
             .any(|r| r.dev.as_deref() == Some(w.iface.as_str()))
@@ -382,16 +405,19 @@ fn workloads(
 /// Routes Felix owns (on vxlan.calico, or with its exclusive protocol 80) that it would not
 /// program now: left over from a block that moved or a node that left.
 fn unexpected(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
-    let wanted: IndexSet<IpNet> = e.routes.iter().map(|x| IpNet::V4(x.destination)).collect();
+    let wanted: IndexSet<IpNet> = e.routes.iter().map(|x| x.destination).collect();
+    // IPv6 routes are Felix's only where it handles IPv6 (`ipv6Support`, an IPv6 pool).
+    let v6_expected = e.ipv6_expected();
     for r in obs.routes.iter().filter(|r| r.table == TABLE_MAIN) {
         if r.protocol == PROTO_KERNEL
             || !matches!(r.kind, RouteType::Unicast | RouteType::Blackhole)
             || r.dev.as_deref().is_some_and(is_workload_iface)
-            || r.destination.addr().is_ipv6()
+            || (r.destination.addr().is_ipv6() && !v6_expected)
         {
             continue;
         }
-        let felix_owned = r.dev.as_deref() == Some(VXLAN_V4) || (r.protocol == PROTO_CALICO);
+        let felix_owned =
+            matches!(r.dev.as_deref(), Some(VXLAN_V4 | VXLAN_V6)) || (r.protocol == PROTO_CALICO);
         if !felix_owned || wanted.contains(&r.destination) {
             continue;
         }

@@ -140,16 +140,35 @@ pub(super) fn check(
         ));
         return;
     }
+    // Felix programs the same chains for IPv6 (ip6tables, table `ip6 calico`) when it handles
+    // IPv6; they are judged only where the datastore expects IPv6, so an IPv4-only cluster is
+    // judged as before.
+    let v6 = e.is_some_and(Expected::ipv6_expected);
     match home {
         RuleHome::Iptables(d) => {
-            iptables_hooks(d, out);
+            iptables_hooks(d, "", out);
+            if v6 {
+                // The IPv6 dump of the backend Felix uses for IPv4: an empty one is drift, an
+                // absent one was not read.
+                let v6_dump = obs
+                    .iptables
+                    .iter()
+                    .filter(|x| x.family == 6 && x.fragment.is_none() && x.backend == d.backend)
+                    .max_by_key(|x| x.felix_chain_count());
+                if let Some(d6) = v6_dump {
+                    iptables_hooks(d6, "ip6 ", out);
+                }
+            }
             if let Some(e) = e {
                 failsafe(d, e, out);
                 nat_outgoing_iptables(d, e, out);
             }
         }
         RuleHome::Nft(n) => {
-            nft_hooks(n, out);
+            nft_hooks(n, "ip", out);
+            if v6 {
+                nft_hooks(n, "ip6", out);
+            }
             if let Some(e) = e {
                 if !e.nat_outgoing.is_empty()
                     && !n.rules.iter().any(|r| {
@@ -182,11 +201,12 @@ fn sources(obs: &ObservedDataplane) -> String {
     s.join(", ")
 }
 
-fn iptables_hooks(d: &IptablesDump, out: &mut Vec<Finding>) {
+/// `prefix` ("ip6 " for ip6tables) keeps the subjects of the two families apart.
+fn iptables_hooks(d: &IptablesDump, prefix: &str, out: &mut Vec<Finding>) {
     for (table, builtin, chain) in HOOKS {
         let Some(t) = d.table(table) else {
             out.push(rules_missing(
-                &format!("{table} table"),
+                &format!("{prefix}{table} table"),
                 &format!("table {table} with {builtin} -> {chain}"),
                 &format!("no {table} table in {}", d.label()),
             ));
@@ -194,7 +214,7 @@ fn iptables_hooks(d: &IptablesDump, out: &mut Vec<Finding>) {
         };
         if t.chain(chain).is_none() {
             out.push(rules_missing(
-                &format!("{table} {chain}"),
+                &format!("{prefix}{table} {chain}"),
                 &format!("chain {chain} in table {table}"),
                 &format!("absent from {}", d.label()),
             ));
@@ -203,7 +223,7 @@ fn iptables_hooks(d: &IptablesDump, out: &mut Vec<Finding>) {
             .any(|r| r.target.as_deref() == Some(*chain))
         {
             out.push(rules_missing(
-                &format!("{table} {builtin}"),
+                &format!("{prefix}{table} {builtin}"),
                 &format!("{builtin} jumps to {chain}"),
                 &format!(
                     "no jump in {table} {builtin} ({} rule(s) there)",
@@ -214,15 +234,16 @@ fn iptables_hooks(d: &IptablesDump, out: &mut Vec<Finding>) {
     }
 }
 
-fn nft_hooks(n: &NftRuleset, out: &mut Vec<Finding>) {
+/// `family` is `ip` or `ip6`: Felix's tables `ip calico` and `ip6 calico`.
+fn nft_hooks(n: &NftRuleset, family: &str, out: &mut Vec<Finding>) {
     for (base, chain) in NFT_HOOKS {
         let rules = n
             .rules
             .iter()
-            .filter(|r| r.family == "ip" && r.table == "calico" && r.chain == *base);
-        if n.chains_of("ip", "calico").all(|c| c.name != *chain) {
+            .filter(|r| r.family == family && r.table == "calico" && r.chain == *base);
+        if n.chains_of(family, "calico").all(|c| c.name != *chain) {
             out.push(rules_missing(
-                &format!("ip calico {chain}"),
+                &format!("{family} calico {chain}"),
                 &format!("chain {chain}"),
                 "absent",
             ));
@@ -231,7 +252,7 @@ fn nft_hooks(n: &NftRuleset, out: &mut Vec<Finding>) {
             .any(|r| r.target.as_deref() == Some(*chain))
         {
             out.push(rules_missing(
-                &format!("ip calico {base}"),
+                &format!("{family} calico {base}"),
                 &format!("{base} jumps to {chain}"),
                 "no jump",
             ));

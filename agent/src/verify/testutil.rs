@@ -3,11 +3,13 @@
 
 use std::net::IpAddr;
 
+use calico_conventions::VXLAN_V6;
+
 use super::{CheckId, Policy, Verification, verify};
 use crate::{
     desired::{
         Datastore,
-        expected::{Expected, HostFacts, compute, vtep_mac, workload_iface},
+        expected::{Expected, HostFacts, compute, vtep_mac, vtep_mac_v6, workload_iface},
         files::load_text,
     },
     observed::{
@@ -216,4 +218,146 @@ pub(crate) fn ids(v: &Verification) -> Vec<(CheckId, String)> {
         .iter()
         .map(|f| (f.check, f.subject.clone()))
         .collect()
+}
+
+/// The lab's node-a with `--dual-stack`: the healthy IPv4 node plus `vxlan-v6.calico`, its
+/// IPv6 block, remote block route, VTEP NDP/FDB entries, a pod's /128 and ip6tables hooks.
+/// Pods carry the smallest tunnel MTU, the IPv6 one (1500 - 70).
+pub(crate) fn healthy_dual_stack() -> (Expected, ObservedDataplane) {
+    let (_, mut obs) = healthy();
+    let mut ds = Datastore::default();
+    load_text(
+        &mut ds,
+        "datastore-lab-dual-stack.yaml",
+        include_str!("testdata/datastore-lab-dual-stack.yaml"),
+    )
+    .expect("dual-stack datastore");
+    let veth = workload_iface("default", "pod-a1");
+    for l in obs.links.iter_mut().filter(|l| l.name == veth) {
+        l.mtu = 1430;
+    }
+    let mut vx6 = link(5, VXLAN_V6, Some("vxlan"), 1430, &vtep_mac_v6("node-a"));
+    vx6.vxlan = Some(VxlanInfo {
+        vni: Some(4096),
+        // `ip -d link` shows `local6`, which the IPv4 field does not hold.
+        local: None,
+        port: Some(4789),
+        parent_index: Some(2),
+        parent_name: Some("eth0".into()),
+        learning: false,
+        external: false,
+    });
+    vx6.oper_state = "unknown".into();
+    obs.links.push(vx6);
+    let addr = |ifindex, ifname: &str, a: &str, scope: &str| Address {
+        ifindex,
+        ifname: ifname.into(),
+        address: a.parse().expect("net"),
+        scope: scope.into(),
+    };
+    obs.addresses.extend([
+        addr(2, "eth0", "fd00:99::11/64", "global"),
+        addr(5, VXLAN_V6, "fd00:244::/128", "global"),
+        addr(5, VXLAN_V6, "fe80::64d4:d5ff:fe51:3d42/64", "link"),
+    ]);
+    let v6 = |r: Route| Route { metric: 1024, ..r };
+    let mut remote = route(
+        "fd00:244::40/122",
+        RouteType::Unicast,
+        3,
+        0,
+        Some("fd00:244::40"),
+        Some(VXLAN_V6),
+    );
+    remote.onlink = true;
+    remote.mtu = Some(1430);
+    obs.routes.extend([
+        v6(route(
+            "fd00:99::/64",
+            RouteType::Unicast,
+            2,
+            0,
+            None,
+            Some("eth0"),
+        )),
+        v6(route(
+            "fe80::/64",
+            RouteType::Unicast,
+            2,
+            0,
+            None,
+            Some(VXLAN_V6),
+        )),
+        v6(route(
+            "fd00:244::/122",
+            RouteType::Blackhole,
+            80,
+            0,
+            None,
+            None,
+        )),
+        v6(remote),
+        v6(route(
+            "fd00:244::1/128",
+            RouteType::Unicast,
+            3,
+            0,
+            None,
+            Some(&veth),
+        )),
+    ]);
+    obs.neighbours.push(Neighbour {
+        ifindex: 5,
+        dev: VXLAN_V6.into(),
+        destination: "fd00:244::40".parse().expect("ip"),
+        lladdr: Some(vtep_mac_v6("node-b")),
+        state: "PERMANENT".into(),
+    });
+    obs.fdb.push(FdbEntry {
+        ifindex: 5,
+        dev: VXLAN_V6.into(),
+        mac: vtep_mac_v6("node-b"),
+        destination: Some("fd00:99::12".parse().expect("ip")),
+        vni: None,
+        port: None,
+        controller: None,
+        self_entry: true,
+        state: "PERMANENT".into(),
+    });
+    obs.iptables
+        .push(iptables::parse(&ip6tables_hooks(), Some(Backend::Nft), 6));
+    let facts = HostFacts {
+        links: obs
+            .links
+            .iter()
+            .map(|l| (l.name.clone(), l.mtu, l.is_up()))
+            .collect(),
+    };
+    let expected = compute(&ds, Some("node-a"), &facts).expect("expected");
+    (expected, obs)
+}
+
+/// `ip6tables-save` of Felix's hooks into its (here empty) chains.
+pub(crate) fn ip6tables_hooks() -> String {
+    let mut out = String::new();
+    for table in ["raw", "mangle", "filter", "nat"] {
+        out.push_str(&format!("*{table}\n"));
+        let hooks: Vec<_> = super::rules::HOOKS
+            .iter()
+            .filter(|(t, _, _)| *t == table)
+            .collect();
+        for (_, builtin, _) in &hooks {
+            out.push_str(&format!(":{builtin} ACCEPT [0:0]\n"));
+        }
+        for (_, _, chain) in &hooks {
+            out.push_str(&format!(":{chain} - [0:0]\n"));
+        }
+        for (_, builtin, chain) in &hooks {
+            out.push_str(&format!(
+                "-A {builtin} -m comment --comment \"cali:test\" -j {chain}\n"
+            ));
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
 }

@@ -15,18 +15,18 @@ use crate::{
 pub(super) fn overhead(device: &str) -> u32 {
     match device {
         calico_conventions::IPIP => calico_conventions::IPIP_OVERHEAD,
-        d if d.starts_with("wireguard") || d.starts_with("wg-") => {
-            calico_conventions::WIREGUARD_OVERHEAD
-        }
+        calico_conventions::VXLAN_V6 => calico_conventions::VXLAN_V6_OVERHEAD,
+        d if d.starts_with("wg-") => calico_conventions::WIREGUARD_V6_OVERHEAD,
+        d if d.starts_with("wireguard") => calico_conventions::WIREGUARD_OVERHEAD,
         _ => calico_conventions::VXLAN_OVERHEAD,
     }
 }
 
 pub(super) fn check(e: &Expected, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
-    for t in e.vxlan.iter().chain(&e.ipip) {
+    for t in e.vxlan.iter().chain(&e.vxlan_v6).chain(&e.ipip) {
         device(e, t, obs, out);
     }
-    if let Some(vx) = &e.vxlan {
+    for vx in e.vxlan.iter().chain(&e.vxlan_v6) {
         vteps(e, vx, obs, out);
     }
     // The expected pod MTU when the underlay is known, and in any case the MTU of the
@@ -82,10 +82,15 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
                 )),
         );
     }
+    // The device's addresses of its own family; Felix keeps IPv6 link-local ones.
+    let v6 = t.address.is_some_and(|a| a.is_ipv6()) || name == calico_conventions::VXLAN_V6;
     let addrs: Vec<_> = obs
         .addresses_of(name)
-        .filter(|a| a.address.addr().is_ipv4())
         .map(|a| a.address.addr())
+        .filter(|a| match a {
+            IpAddr::V4(_) => !v6,
+            IpAddr::V6(ip) => v6 && !ip.is_unicast_link_local(),
+        })
         .collect();
     if t.address.is_none() {
         // No address in the datastore (or no Node for this node): Felix still always gives
@@ -93,18 +98,21 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
         super::infer::unaddressed(obs, link, Severity::Critical, out);
     }
     if let Some(want) = t.address
-        && addrs != [IpAddr::V4(want)]
+        && addrs != [want]
     {
-        let in_blocks = addrs.iter().all(|a| {
-            e.local_blocks
-                .iter()
-                .any(|b| matches!(a, IpAddr::V4(v) if b.contains(v)))
-        });
+        let in_blocks = addrs
+            .iter()
+            .all(|a| e.local_blocks.iter().any(|b| b.contains(a)));
+        let (host, family) = if want.is_ipv6() {
+            (128, "IPv6")
+        } else {
+            (32, "IPv4")
+        };
         out.push(
             Finding::new(CheckId::TunnelAddressMismatch, Severity::Critical, name)
-                .expected(format!("{want}/32 (the node's tunnel address)"))
+                .expected(format!("{want}/{host} (the node's tunnel address)"))
                 .actual(if addrs.is_empty() {
-                    "no IPv4 address".into()
+                    format!("no {family} address")
                 } else {
                     format!(
                         "{}{}",
@@ -162,7 +170,12 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
             );
         }
         if let Some(local) = t.local {
-            if vx.local.is_some_and(|l| l != local) {
+            // `ip -d link` shows the IPv4 `local` only; an IPv6 VTEP is judged by its parent.
+            if vx
+                .local
+                .map(IpAddr::V4)
+                .is_some_and(|l| l.is_ipv4() == local.is_ipv4() && l != local)
+            {
                 out.push(
                     Finding::new(CheckId::TunnelParentMismatch, Severity::Critical, name)
                         .expected(format!("local {local} (the node's IP)"))
@@ -176,13 +189,13 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
                 // `local` above needs only `ip -d link`.
                 let carries = obs
                     .addresses_of(&parent.name)
-                    .any(|a| a.address.addr() == IpAddr::V4(local));
+                    .any(|a| a.address.addr() == local);
                 if !carries {
                     out.push(
                         Finding::new(CheckId::TunnelParentMismatch, Severity::Critical, name)
                             .expected(format!("bound to the device holding {local}"))
                             .actual(format!("bound to {}, which does not hold {local}", parent.name))
-                            .hint("the VTEP is bound to the wrong NIC: check IP_AUTODETECTION_METHOD and `ip -d link show vxlan.calico`"),
+                            .hint(format!("the VTEP is bound to the wrong NIC: check IP_AUTODETECTION_METHOD and `ip -d link show {name}`")),
                     );
                 }
             }
@@ -195,7 +208,7 @@ fn device(e: &Expected, t: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
             Finding::new(CheckId::VxlanMacMismatch, Severity::Critical, name)
                 .expected(format!("MAC {mac}"))
                 .actual(format!("MAC {}", link.mac.as_deref().unwrap_or("none")))
-                .hint("other nodes' ARP/FDB entries point at the expected MAC, so they cannot reach this VTEP; Felix recreates the device: `ip link show vxlan.calico`"),
+                .hint(format!("other nodes' ARP/FDB entries point at the expected MAC, so they cannot reach this VTEP; Felix recreates the device: `ip link show {name}`")),
         );
     }
 }
@@ -221,15 +234,22 @@ fn vteps(e: &Expected, vx: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
     for f in obs.fdb.iter().filter(|f| f.ifindex == index) {
         fdb_by_mac.entry(f.mac.as_str()).or_default().push(f);
     }
-    for v in &e.vteps {
-        let neigh = neighbours.get(&IpAddr::V4(v.tunnel_ip)).copied();
+    // Each device carries the VTEPs of its own family.
+    let v6 = dev == calico_conventions::VXLAN_V6;
+    for v in e.vteps.iter().filter(|v| v.tunnel_ip.is_ipv6() == v6) {
+        let neigh = neighbours.get(&v.tunnel_ip).copied();
+        let (entry, ip_cmd) = if v6 {
+            ("NDP", "ip -6 neigh")
+        } else {
+            ("ARP", "ip neigh")
+        };
         match neigh {
             None => out.push(
                 Finding::new(CheckId::VxlanNeighMissing, Severity::Critical, v.tunnel_ip.to_string())
                     .expected(format!("{} dev {dev} lladdr {} PERMANENT (VTEP of {})", v.tunnel_ip, v.mac, v.node))
-                    .actual("no ARP entry")
+                    .actual(format!("no {entry} entry"))
                     .hint(format!(
-                        "vxlan.calico does not learn: without this entry packets to {}'s pods are dropped. Felix rewrites it on its 90 s resync: `ip neigh show dev {dev}`",
+                        "{dev} does not learn: without this entry packets to {}'s pods are dropped. Felix rewrites it on its 90 s resync: `{ip_cmd} show dev {dev}`",
                         v.node
                     )),
             ),
@@ -237,17 +257,14 @@ fn vteps(e: &Expected, vx: &ExpectedTunnel, obs: &ObservedDataplane, out: &mut V
                 Finding::new(CheckId::VxlanMacMismatch, Severity::Critical, v.tunnel_ip.to_string())
                     .expected(format!("lladdr {} (VTEP of {})", v.mac, v.node))
                     .actual(format!("lladdr {} {}", n.lladdr.as_deref().unwrap_or("none"), n.state))
-                    .hint(format!("frames for {} go to a MAC no VTEP owns: `ip neigh show {} dev {dev}`", v.node, v.tunnel_ip)),
+                    .hint(format!("frames for {} go to a MAC no VTEP owns: `{ip_cmd} show {} dev {dev}`", v.node, v.tunnel_ip)),
             ),
             Some(_) => {}
         }
         let fdb = fdb_by_mac
             .get(v.mac.as_str())
             .map_or(&[][..], Vec::as_slice);
-        if !fdb
-            .iter()
-            .any(|f| f.destination == Some(IpAddr::V4(v.node_ip)))
-        {
+        if !fdb.iter().any(|f| f.destination == Some(v.node_ip)) {
             out.push(
                 Finding::new(CheckId::VxlanFdbMissing, Severity::Critical, v.mac.clone())
                     .expected(format!("{} dev {dev} dst {} self permanent (VTEP of {})", v.mac, v.node_ip, v.node))

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::spec::{LabMode, LabSpec, NodeSpec, UNDERLAY_PREFIX};
+use super::spec::{LabMode, LabSpec, NodeSpec, UNDERLAY_PREFIX, UNDERLAY_PREFIX_V6};
 
 /// The AS of the lab's BGP mode: Calico's default, set explicitly as clusters usually do.
 pub const LAB_AS: u32 = 64512;
@@ -19,6 +19,12 @@ impl LabSpec {
             self.pool,
             if vxlan { "Always" } else { "Never" }
         );
+        if let Some(pool) = self.pool_v6 {
+            let _ = write!(
+                y,
+                "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv6-ippool\nspec:\n  allowedUses: [Workload, Tunnel]\n  blockSize: 122\n  cidr: {pool}\n  ipipMode: Never\n  natOutgoing: false\n  nodeSelector: all()\n  vxlanMode: Always\n"
+            );
+        }
         y.push_str("---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  logSeverityScreen: Info\n  reportingInterval: 0s\n");
         if !vxlan {
             let _ = write!(
@@ -33,6 +39,7 @@ impl LabSpec {
                 k8s_node(n, vxlan)
             });
             y.push_str(&block(n, true, vxlan));
+            y.push_str(&block_v6(n));
         }
         y
     }
@@ -52,6 +59,7 @@ impl LabSpec {
             vtep_mac: super::spec::vtep_mac("node-c"),
             switch_port: String::new(),
             pods: Vec::new(),
+            v6: None,
         };
         let vxlan = self.mode == LabMode::Vxlan;
         let mut y = calico_node(&n, vxlan);
@@ -63,20 +71,25 @@ impl LabSpec {
 /// A Calico v3 Node (with the Kubernetes Node's labels, as calicoctl prints them; BGPPeer
 /// selectors match them); the VXLAN tunnel address only where VXLAN is in use.
 fn calico_node(n: &NodeSpec, vxlan: bool) -> String {
-    let tun = if vxlan {
+    let mut tun = if vxlan {
         format!("  ipv4VXLANTunnelAddr: {}\n", n.tunnel_ip)
     } else {
         String::new()
     };
+    let mut bgp6 = String::new();
+    if let Some(v6) = &n.v6 {
+        let _ = writeln!(tun, "  ipv6VXLANTunnelAddr: '{}'", v6.tunnel_ip);
+        bgp6 = format!("    ipv6Address: '{}/{UNDERLAY_PREFIX_V6}'\n", v6.ip);
+    }
     format!(
-        "---\n# calicoctl get node {name} -o yaml\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n    kubernetes.io/os: linux\nspec:\n  addresses:\n  - address: {ip}/{UNDERLAY_PREFIX}\n    type: CalicoNodeIP\n  bgp:\n    ipv4Address: {ip}/{UNDERLAY_PREFIX}\n{tun}  orchRefs:\n  - nodeName: {name}\n    orchestrator: k8s\n",
+        "---\n# calicoctl get node {name} -o yaml\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n    kubernetes.io/os: linux\nspec:\n  addresses:\n  - address: {ip}/{UNDERLAY_PREFIX}\n    type: CalicoNodeIP\n  bgp:\n    ipv4Address: {ip}/{UNDERLAY_PREFIX}\n{bgp6}{tun}  orchRefs:\n  - nodeName: {name}\n    orchestrator: k8s\n",
         name = n.name,
         ip = n.ip,
     )
 }
 
 fn k8s_node(n: &NodeSpec, vxlan: bool) -> String {
-    let tun = if vxlan {
+    let mut tun = if vxlan {
         format!(
             "    projectcalico.org/IPv4VXLANTunnelAddr: {}\n",
             n.tunnel_ip
@@ -84,6 +97,13 @@ fn k8s_node(n: &NodeSpec, vxlan: bool) -> String {
     } else {
         String::new()
     };
+    if let Some(v6) = &n.v6 {
+        let _ = writeln!(
+            tun,
+            "    projectcalico.org/IPv6Address: '{}/{UNDERLAY_PREFIX_V6}'\n    projectcalico.org/IPv6VXLANTunnelAddr: '{}'",
+            v6.ip, v6.tunnel_ip
+        );
+    }
     format!(
         "---\n# kubectl get node {name} -o yaml (Calico keeps its data in annotations)\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    projectcalico.org/IPv4Address: {ip}/{UNDERLAY_PREFIX}\n{tun}    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    kubernetes.io/hostname: {name}\nspec:\n  podCIDR: 10.245.0.0/24\n",
         name = n.name,
@@ -135,4 +155,40 @@ fn block(n: &NodeSpec, with_affinity_object: bool, vxlan: bool) -> String {
         );
     }
     y
+}
+
+/// Dual stack: the node's IPv6 block, ordinal 0 its `vxlan-v6.calico` address (secondary
+/// type `vxlanV6TunnelAddress`), then its pods' IPv6 addresses.
+fn block_v6(n: &NodeSpec) -> String {
+    let Some(v6) = &n.v6 else {
+        return String::new();
+    };
+    let base = u128::from(v6.block.network());
+    let mut allocations = vec!["0".to_string()];
+    let mut attrs = format!(
+        "  - handle_id: vxlan-v6-tunnel-addr-{name}\n    secondary:\n      node: {name}\n      type: vxlanV6TunnelAddress\n",
+        name = n.name
+    );
+    for (i, p) in n.pods.iter().enumerate() {
+        let Some(ip) = p.ip6 else { continue };
+        let ordinal = usize::try_from(u128::from(ip) - base).unwrap_or(0);
+        allocations.resize(ordinal + 1, "null".into());
+        allocations[ordinal] = (i + 1).to_string();
+        let _ = write!(
+            attrs,
+            "  - handle_id: k8s-pod-network.{handle}\n    secondary:\n      namespace: {ns}\n      node: {node}\n      pod: {pod}\n",
+            handle = &p.veth[4..],
+            ns = p.namespace,
+            node = n.name,
+            pod = p.name
+        );
+    }
+    // `CIDRToName`: the CIDR with `:` and `/` replaced by `-`.
+    let name = v6.block.to_string().replace([':', '/'], "-");
+    format!(
+        "---\napiVersion: crd.projectcalico.org/v1\nkind: IPAMBlock\nmetadata:\n  name: {name}\nspec:\n  affinity: host:{node}\n  allocations: [{allocs}]\n  attributes:\n{attrs}  cidr: '{cidr}'\n  deleted: false\n  strictAffinity: false\n  unallocated: []\n",
+        node = n.name,
+        allocs = allocations.join(", "),
+        cidr = v6.block
+    )
 }

@@ -87,6 +87,58 @@ pub fn iptables_restore(node: &NodeSpec) -> String {
     out
 }
 
+/// `ip6tables-restore` input: Felix's base-chain hooks into its chains, which are left
+/// empty (the lab's IPv6 side carries no policy; the hooks are what is verified).
+pub fn ip6tables_hooks() -> String {
+    let mut out = String::new();
+    render_table(
+        &mut out,
+        "raw",
+        &["PREROUTING", "OUTPUT"],
+        &hooks(&[("PREROUTING", "cali-PREROUTING"), ("OUTPUT", "cali-OUTPUT")]),
+    );
+    render_table(
+        &mut out,
+        "mangle",
+        &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+        &hooks(&[
+            ("PREROUTING", "cali-PREROUTING"),
+            ("POSTROUTING", "cali-POSTROUTING"),
+        ]),
+    );
+    render_table(
+        &mut out,
+        "nat",
+        &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        &hooks(&[
+            ("PREROUTING", "cali-PREROUTING"),
+            ("OUTPUT", "cali-OUTPUT"),
+            ("POSTROUTING", "cali-POSTROUTING"),
+        ]),
+    );
+    render_table(
+        &mut out,
+        "filter",
+        &["INPUT", "FORWARD", "OUTPUT"],
+        &hooks(&[
+            ("INPUT", "cali-INPUT"),
+            ("FORWARD", "cali-FORWARD"),
+            ("OUTPUT", "cali-OUTPUT"),
+        ]),
+    );
+    out
+}
+
+/// Each built-in chain jumping to its (empty) Felix chain.
+fn hooks(pairs: &[(&str, &str)]) -> Vec<Chain> {
+    let mut chains: Vec<Chain> = pairs
+        .iter()
+        .map(|(builtin, chain)| Chain::new(builtin, vec![format!("--jump {chain}")]))
+        .collect();
+    chains.extend(pairs.iter().map(|(_, chain)| Chain::new(chain, vec![])));
+    chains
+}
+
 /// `ipset restore` input: the sets Felix's VXLAN and NAT-outgoing rules match on.
 pub fn ipset_restore(spec: &LabSpec, node: &NodeSpec) -> String {
     let mut out = String::new();

@@ -22,10 +22,11 @@ pub mod vpc_cni;
 
 use anyhow::{Context as _, bail};
 
-pub use self::spec::{LabMode, LabSpec, NodeSpec, PodSpec};
+pub use self::spec::{LabMode, LabSpec, NodeSpec, NodeV6, PodSpec};
 use self::spec::{
-    PROTO_CALICO, UNDERLAY_DEV, UNDERLAY_GATEWAY, UNDERLAY_MTU, UNDERLAY_PREFIX, VNI, VXLAN_DEV,
-    VXLAN_MTU, VXLAN_PORT, WORKLOAD_HOST_MAC,
+    POD_GATEWAY_V6, PROTO_CALICO, UNDERLAY_DEV, UNDERLAY_GATEWAY, UNDERLAY_MTU, UNDERLAY_PREFIX,
+    UNDERLAY_PREFIX_V6, VNI, VXLAN_DEV, VXLAN_MTU, VXLAN_PORT, VXLAN_V6_DEV, VXLAN_V6_MTU,
+    WORKLOAD_HOST_MAC,
 };
 use crate::sh;
 
@@ -64,12 +65,29 @@ pub enum Fault {
     BgpSessionDelete,
     /// BGP lab: this node's BIRD has a session to 10.99.0.99, which nothing configures.
     BgpSessionExtra,
+    /// Dual stack: delete the route to a remote node's IPv6 block.
+    V6RouteDelete,
+    /// Dual stack: point the remote IPv6 block route at a tunnel address no node has.
+    V6RouteNexthop,
+    /// Dual stack: delete the local IPv6 block's blackhole route.
+    V6BlackholeDelete,
+    /// Dual stack: set vxlan-v6.calico's MTU to 1400 (Felix wants the underlay's minus 70).
+    V6TunnelMtu,
+    /// Dual stack: delete the NDP entry for the remote IPv6 VTEP.
+    V6NeighDelete,
+    /// Dual stack: delete the FDB entry for the remote IPv6 VTEP.
+    V6FdbDelete,
+    /// Dual stack: delete vxlan-v6.calico's tunnel address.
+    V6TunnelAddressDelete,
+    /// Dual stack: delete the ip6tables INPUT -> cali-INPUT jump.
+    V6InputJumpDelete,
 }
 
 impl Fault {
-    /// Whether the fault can be injected into a lab of `mode`.
-    pub fn applies_to(self, mode: LabMode) -> bool {
-        self.mode().is_none_or(|m| m == mode)
+    /// Whether the fault can be injected into `lab`: its mode, and IPv6 faults only into a
+    /// dual-stack lab.
+    pub fn applies_to(self, lab: &LabSpec) -> bool {
+        self.mode().is_none_or(|m| m == lab.mode) && (!self.needs_ipv6() || lab.is_dual_stack())
     }
 
     /// The lab mode the fault applies to; `None` for any. (In the BGP lab BIRD re-installs a
@@ -89,8 +107,31 @@ impl Fault {
             | Self::FdbFlush
             | Self::ArpDelete
             | Self::TunnelDown
-            | Self::TunnelAddress => Some(LabMode::Vxlan),
+            | Self::TunnelAddress
+            | Self::V6RouteDelete
+            | Self::V6RouteNexthop
+            | Self::V6BlackholeDelete
+            | Self::V6TunnelMtu
+            | Self::V6NeighDelete
+            | Self::V6FdbDelete
+            | Self::V6TunnelAddressDelete
+            | Self::V6InputJumpDelete => Some(LabMode::Vxlan),
         }
+    }
+
+    /// Whether the fault needs a dual-stack lab.
+    pub fn needs_ipv6(self) -> bool {
+        matches!(
+            self,
+            Self::V6RouteDelete
+                | Self::V6RouteNexthop
+                | Self::V6BlackholeDelete
+                | Self::V6TunnelMtu
+                | Self::V6NeighDelete
+                | Self::V6FdbDelete
+                | Self::V6TunnelAddressDelete
+                | Self::V6InputJumpDelete
+        )
     }
 }
 
@@ -109,11 +150,24 @@ impl Lab {
         }
     }
 
-    /// The lab with this prefix as it was brought up: BGP when its nodes have BIRD's files.
+    /// The VXLAN lab with an IPv6 side on every node (`vxlan-v6.calico`, /122 blocks).
+    pub fn dual_stack(prefix: &str) -> Self {
+        Self {
+            spec: LabSpec::dual_stack(prefix),
+        }
+    }
+
+    /// The lab with this prefix as it was brought up: BGP when its nodes have BIRD's files,
+    /// dual stack when its first node has `vxlan-v6.calico`.
     pub fn existing(prefix: &str) -> Self {
         let bgp = Self::with_mode(prefix, LabMode::Bgp);
         if bgp.spec.nodes.iter().any(|n| bird::dir(n).exists()) {
-            bgp
+            return bgp;
+        }
+        let dual = Self::dual_stack(prefix);
+        let first = &dual.spec.nodes[0].netns;
+        if netns_exists(first) && ip(first, &["link", "show", VXLAN_V6_DEV]).is_ok() {
+            dual
         } else {
             Self::new(prefix)
         }
@@ -193,6 +247,11 @@ impl Lab {
         for node in &self.spec.nodes {
             sh::run(&["ip", "netns", "add", &node.netns])?;
             ip(&node.netns, &["link", "set", "lo", "up"])?;
+            if node.v6.is_some() {
+                // Addresses usable at once: duplicate address detection would hold every
+                // new IPv6 address (pod gateways included) tentative for a second or more.
+                no_dad(&node.netns)?;
+            }
             ip(
                 &sw,
                 &[
@@ -246,6 +305,9 @@ impl Lab {
                     UNDERLAY_DEV,
                 ],
             )?;
+            if let Some(v6) = &node.v6 {
+                self.create_v6(node, v6)?;
+            }
             if self.spec.mode == LabMode::Vxlan {
                 ip(
                     &node.netns,
@@ -274,6 +336,9 @@ impl Lab {
             }
             for pod in &node.pods {
                 sh::run(&["ip", "netns", "add", &pod.netns])?;
+                if pod.ip6.is_some() {
+                    no_dad(&pod.netns)?;
+                }
                 ip(
                     &node.netns,
                     &[
@@ -327,6 +392,35 @@ impl Lab {
                         "eth0",
                     ],
                 )?;
+                if let Some(ip6) = pod.ip6 {
+                    // The CNI plugin's IPv6 pod: a /128 and a default route via the host
+                    // veth's link-local address (from its MAC ee:ee:ee:ee:ee:ee).
+                    ip(
+                        &pod.netns,
+                        &[
+                            "-6",
+                            "addr",
+                            "add",
+                            &format!("{ip6}/128"),
+                            "dev",
+                            "eth0",
+                            "nodad",
+                        ],
+                    )?;
+                    ip(
+                        &pod.netns,
+                        &[
+                            "-6",
+                            "route",
+                            "add",
+                            "default",
+                            "via",
+                            POD_GATEWAY_V6,
+                            "dev",
+                            "eth0",
+                        ],
+                    )?;
+                }
             }
         }
         Ok(())
@@ -482,6 +576,176 @@ impl Lab {
             &["ip", "netns", "exec", ns, "iptables-nft-restore"],
             Some(&rules),
         )?;
+        if let Some(v6) = &node.v6 {
+            self.program_v6(node, v6)?;
+        }
+        Ok(())
+    }
+
+    /// The underlay's IPv6 address and `vxlan-v6.calico` (same VNI and port as IPv4, bound
+    /// to the underlay with the node's IPv6 as source: `vxlan_mgr.go`).
+    fn create_v6(&self, node: &NodeSpec, v6: &NodeV6) -> anyhow::Result<()> {
+        let ns = &node.netns;
+        ip(
+            ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/{UNDERLAY_PREFIX_V6}", v6.ip),
+                "dev",
+                UNDERLAY_DEV,
+                "nodad",
+            ],
+        )?;
+        ip(
+            ns,
+            &[
+                "link",
+                "add",
+                VXLAN_V6_DEV,
+                "type",
+                "vxlan",
+                "id",
+                &VNI.to_string(),
+                "dstport",
+                &VXLAN_PORT.to_string(),
+                "local",
+                &v6.ip.to_string(),
+                "dev",
+                UNDERLAY_DEV,
+                "nolearning",
+            ],
+        )?;
+        ip(ns, &["link", "set", VXLAN_V6_DEV, "address", &v6.vtep_mac])
+    }
+
+    /// What Felix keeps in sync for IPv6 (reference §1.9): no static neighbours for pods,
+    /// metric 1024 on every route (the kernel's IPv6 default), NDP + FDB per remote VTEP.
+    fn program_v6(&self, node: &NodeSpec, v6: &NodeV6) -> anyhow::Result<()> {
+        let ns = node.netns.as_str();
+        sysctl(ns, "net.ipv6.conf.all.forwarding", "1")?;
+        ip(
+            ns,
+            &[
+                "link",
+                "set",
+                VXLAN_V6_DEV,
+                "mtu",
+                &VXLAN_V6_MTU.to_string(),
+                "up",
+            ],
+        )?;
+        // Felix keeps its own address and the link-local one.
+        ip(
+            ns,
+            &[
+                "-6",
+                "addr",
+                "flush",
+                "dev",
+                VXLAN_V6_DEV,
+                "scope",
+                "global",
+            ],
+        )?;
+        ip(
+            ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/128", v6.tunnel_ip),
+                "dev",
+                VXLAN_V6_DEV,
+                "nodad",
+            ],
+        )?;
+        ip(
+            ns,
+            &[
+                "-6",
+                "route",
+                "replace",
+                "blackhole",
+                &v6.block.to_string(),
+                "proto",
+                &PROTO_CALICO.to_string(),
+            ],
+        )?;
+        for remote in self.spec.remotes_of(node) {
+            let Some(r6) = &remote.v6 else { continue };
+            ip(
+                ns,
+                &[
+                    "-6",
+                    "route",
+                    "replace",
+                    &r6.block.to_string(),
+                    "via",
+                    &r6.tunnel_ip.to_string(),
+                    "dev",
+                    VXLAN_V6_DEV,
+                    "onlink",
+                    "proto",
+                    "boot",
+                    "mtu",
+                    &VXLAN_V6_MTU.to_string(),
+                ],
+            )?;
+            ip(
+                ns,
+                &[
+                    "-6",
+                    "neigh",
+                    "replace",
+                    &r6.tunnel_ip.to_string(),
+                    "dev",
+                    VXLAN_V6_DEV,
+                    "lladdr",
+                    &r6.vtep_mac,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+            sh::run(&[
+                "bridge",
+                "-n",
+                ns,
+                "fdb",
+                "replace",
+                &r6.vtep_mac,
+                "dev",
+                VXLAN_V6_DEV,
+                "dst",
+                &r6.ip.to_string(),
+                "self",
+                "permanent",
+            ])?;
+        }
+        for pod in &node.pods {
+            let Some(ip6) = pod.ip6 else { continue };
+            sysctl(ns, &format!("net.ipv6.conf.{}.proxy_ndp", pod.veth), "1")?;
+            ip(
+                ns,
+                &[
+                    "-6",
+                    "route",
+                    "replace",
+                    &ip6.to_string(),
+                    "dev",
+                    &pod.veth,
+                    "proto",
+                    "boot",
+                    "metric",
+                    "1024",
+                ],
+            )?;
+        }
+        sh::run_with_input(
+            &["ip", "netns", "exec", ns, "ip6tables-nft-restore"],
+            Some(&felix_rules::ip6tables_hooks()),
+        )?;
         Ok(())
     }
 
@@ -604,6 +868,14 @@ impl Lab {
                     "1",
                 ])?;
             }
+            Fault::V6RouteDelete
+            | Fault::V6RouteNexthop
+            | Fault::V6BlackholeDelete
+            | Fault::V6TunnelMtu
+            | Fault::V6NeighDelete
+            | Fault::V6FdbDelete
+            | Fault::V6TunnelAddressDelete
+            | Fault::V6InputJumpDelete => self.fault_v6(node, remote, fault)?,
             Fault::InputJumpDelete => {
                 sh::run(&[
                     "ip",
@@ -622,6 +894,89 @@ impl Lab {
         Ok(())
     }
 
+    fn fault_v6(&self, node: &NodeSpec, remote: &NodeSpec, fault: Fault) -> anyhow::Result<()> {
+        let (Some(v6), Some(r6)) = (&node.v6, &remote.v6) else {
+            bail!("fault {fault:?} needs the dual-stack lab (`cargo xtask lab up --dual-stack`)");
+        };
+        let ns = node.netns.as_str();
+        match fault {
+            Fault::V6RouteDelete => ip(ns, &["-6", "route", "del", &r6.block.to_string()]),
+            Fault::V6RouteNexthop => ip(
+                ns,
+                &[
+                    "-6",
+                    "route",
+                    "replace",
+                    &r6.block.to_string(),
+                    "via",
+                    "fd00:244::49",
+                    "dev",
+                    VXLAN_V6_DEV,
+                    "onlink",
+                    "proto",
+                    "boot",
+                    "mtu",
+                    &VXLAN_V6_MTU.to_string(),
+                ],
+            ),
+            Fault::V6BlackholeDelete => ip(
+                ns,
+                &["-6", "route", "del", "blackhole", &v6.block.to_string()],
+            ),
+            Fault::V6TunnelMtu => ip(ns, &["link", "set", VXLAN_V6_DEV, "mtu", "1400"]),
+            Fault::V6NeighDelete => ip(
+                ns,
+                &[
+                    "-6",
+                    "neigh",
+                    "del",
+                    &r6.tunnel_ip.to_string(),
+                    "dev",
+                    VXLAN_V6_DEV,
+                ],
+            ),
+            Fault::V6FdbDelete => sh::run(&[
+                "bridge",
+                "-n",
+                ns,
+                "fdb",
+                "del",
+                &r6.vtep_mac,
+                "dev",
+                VXLAN_V6_DEV,
+                "dst",
+                &r6.ip.to_string(),
+                "self",
+            ])
+            .map(drop),
+            Fault::V6TunnelAddressDelete => ip(
+                ns,
+                &[
+                    "-6",
+                    "addr",
+                    "del",
+                    &format!("{}/128", v6.tunnel_ip),
+                    "dev",
+                    VXLAN_V6_DEV,
+                ],
+            ),
+            Fault::V6InputJumpDelete => sh::run(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "ip6tables-nft",
+                "-t",
+                "filter",
+                "-D",
+                "INPUT",
+                "1",
+            ])
+            .map(drop),
+            other => bail!("{other:?} is not an IPv6 fault"),
+        }
+    }
+
     /// Writes the lab's datastore YAML into `dir` (created if needed); returns the file.
     pub fn write_datastore(&self, dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -631,8 +986,10 @@ impl Lab {
         Ok(file)
     }
 
-    /// Pings `to` from the pod `from` (by pod name); true when a reply came back.
-    pub fn ping(&self, from: &str, to: std::net::Ipv4Addr) -> anyhow::Result<bool> {
+    /// Pings `to` (either family) from the pod `from` (by pod name); true when a reply came
+    /// back.
+    pub fn ping(&self, from: &str, to: impl Into<std::net::IpAddr>) -> anyhow::Result<bool> {
+        let to: std::net::IpAddr = to.into();
         let pod = self.pod(from)?;
         Ok(sh::ok(&[
             "ip",
@@ -672,6 +1029,15 @@ impl Lab {
                             self.spec.mode
                         );
                     }
+                    if let (Some(from6), Some(to6)) = (from.ip6, to.ip6)
+                        && !self.ping(&from.name, to6)?
+                    {
+                        bail!(
+                            "{} ({from6}) cannot reach {} ({to6}) across vxlan-v6.calico",
+                            from.name,
+                            to.name
+                        );
+                    }
                 }
             }
         }
@@ -698,6 +1064,12 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
         &format!("{key}={value}"),
     ])
     .map(drop)
+}
+
+/// Turns duplicate address detection off for every interface `ns` gets from now on.
+fn no_dad(ns: &str) -> anyhow::Result<()> {
+    sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")?;
+    sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")
 }
 
 fn netns_exists(name: &str) -> bool {

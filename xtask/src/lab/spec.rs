@@ -1,19 +1,26 @@
 //! The lab's topology as data: nodes, blocks, tunnel addresses, VTEP MACs and pods, derived
 //! exactly as Calico derives them (shared/reference/calico-dataplane.md §1.3, §7).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use sha1::{Digest as _, Sha1};
 
 pub use calico_conventions::{
-    FAILSAFE_IN, FAILSAFE_OUT, PROTO_CALICO, VXLAN_PORT, VXLAN_V4 as VXLAN_DEV, VXLAN_VNI as VNI,
-    WORKLOAD_HOST_MAC, vtep_mac, workload_iface as workload_veth_name,
+    FAILSAFE_IN, FAILSAFE_OUT, PROTO_CALICO, VXLAN_PORT, VXLAN_V4 as VXLAN_DEV,
+    VXLAN_V6 as VXLAN_V6_DEV, VXLAN_VNI as VNI, WORKLOAD_HOST_MAC, vtep_mac, vtep_mac_v6,
+    workload_iface as workload_veth_name,
 };
 pub const UNDERLAY_MTU: u32 = 1500;
 /// Felix's VXLAN MTU: host MTU minus the 50-byte VXLAN overhead.
 pub const VXLAN_MTU: u32 = UNDERLAY_MTU - calico_conventions::VXLAN_OVERHEAD;
+/// Felix's `vxlan-v6.calico` MTU: host MTU minus the 70-byte IPv6 VXLAN overhead.
+pub const VXLAN_V6_MTU: u32 = UNDERLAY_MTU - calico_conventions::VXLAN_V6_OVERHEAD;
+/// The link-local address of every host-side veth (MAC `ee:ee:ee:ee:ee:ee`): the IPv6 pod
+/// default gateway Calico's CNI plugin installs.
+pub const POD_GATEWAY_V6: &str = "fe80::ecee:eeff:feee:eeee";
+pub const UNDERLAY_PREFIX_V6: u8 = 64;
 pub const UNDERLAY_DEV: &str = "eth0";
 pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 pub const UNDERLAY_PREFIX: u8 = 24;
@@ -35,6 +42,8 @@ pub struct LabSpec {
     pub prefix: String,
     pub mode: LabMode,
     pub pool: Ipv4Net,
+    /// The IPv6 VXLAN pool of a dual-stack lab.
+    pub pool_v6: Option<Ipv6Net>,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -49,6 +58,17 @@ pub struct NodeSpec {
     /// Name of the node's underlay veth end inside the switch namespace.
     pub switch_port: String,
     pub pods: Vec<PodSpec>,
+    /// Dual stack: the node's IPv6 side.
+    pub v6: Option<NodeV6>,
+}
+
+/// A node's IPv6 address, /122 block, `vxlan-v6.calico` address and MAC.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeV6 {
+    pub ip: Ipv6Addr,
+    pub block: Ipv6Net,
+    pub tunnel_ip: Ipv6Addr,
+    pub vtep_mac: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +80,8 @@ pub struct PodSpec {
     pub mac: String,
     /// Host-side veth, `cali` + 11 hex chars of sha1("<namespace>.<pod>").
     pub veth: String,
+    /// Dual stack: the pod's IPv6 address.
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl LabSpec {
@@ -91,6 +113,7 @@ impl LabSpec {
                             mac: local_mac(&pod),
                             veth: workload_veth_name("default", &pod),
                             name: pod,
+                            ip6: None,
                         }
                     })
                     .collect();
@@ -104,6 +127,7 @@ impl LabSpec {
                     vtep_mac: vtep_mac(name),
                     switch_port: format!("ul-{letter}"),
                     pods,
+                    v6: None,
                 }
             })
             .collect();
@@ -111,13 +135,44 @@ impl LabSpec {
             prefix: prefix.into(),
             mode,
             pool,
+            pool_v6: None,
             nodes,
         }
     }
 
-    /// The MTU the CNI plugin gives pods: the tunnel's, or the underlay's without one.
+    /// The VXLAN lab with an IPv6 side: pool fd00:244::/64 in /122 blocks, node addresses
+    /// fd00:99::11 and ::12 on the underlay, each block's first address on
+    /// `vxlan-v6.calico` (as Calico's IPAM hands it out first), one IPv6 per pod.
+    pub fn dual_stack(prefix: &str) -> Self {
+        let mut spec = Self::with_mode(prefix, LabMode::Vxlan);
+        spec.pool_v6 = Some(
+            Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 0), 64).unwrap_or_default(),
+        );
+        for (i, n) in spec.nodes.iter_mut().enumerate() {
+            let i = u16::try_from(i).unwrap_or(0);
+            let base = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 0x40 * i);
+            n.v6 = Some(NodeV6 {
+                ip: Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 0x11 + i),
+                block: Ipv6Net::new(base, 122).unwrap_or_default(),
+                tunnel_ip: base,
+                vtep_mac: vtep_mac_v6(&n.name),
+            });
+            for (p, pod) in (1u16..).zip(n.pods.iter_mut()) {
+                pod.ip6 = Some(Ipv6Addr::from(u128::from(base) + u128::from(p)));
+            }
+        }
+        spec
+    }
+
+    pub fn is_dual_stack(&self) -> bool {
+        self.pool_v6.is_some()
+    }
+
+    /// The MTU the CNI plugin gives pods: the smallest tunnel's, or the underlay's without
+    /// one.
     pub fn pod_mtu(&self) -> u32 {
         match self.mode {
+            LabMode::Vxlan if self.is_dual_stack() => VXLAN_V6_MTU,
             LabMode::Vxlan => VXLAN_MTU,
             LabMode::Bgp => UNDERLAY_MTU,
         }
@@ -173,5 +228,22 @@ mod tests {
             }
         }
         assert_eq!(spec.all_netns().len(), 7);
+    }
+
+    #[test]
+    fn dual_stack_blocks_hold_their_tunnel_and_pod_addresses() {
+        let spec = LabSpec::dual_stack("t");
+        let pool = spec.pool_v6.expect("pool");
+        for n in &spec.nodes {
+            let v6 = n.v6.as_ref().expect("v6");
+            assert!(pool.contains(&v6.block) && v6.block.contains(&v6.tunnel_ip));
+            for p in &n.pods {
+                assert!(
+                    p.ip6
+                        .is_some_and(|ip| v6.block.contains(&ip) && ip != v6.tunnel_ip)
+                );
+            }
+        }
+        assert_eq!(spec.pod_mtu(), 1430);
     }
 }
