@@ -157,11 +157,15 @@ pub(super) fn check(
                     .max_by_key(|x| x.felix_chain_count());
                 if let Some(d6) = v6_dump {
                     iptables_hooks(d6, "ip6 ", out);
+                    if let Some(e) = e {
+                        failsafe(d6, e, "ip6 ", out);
+                        nat_outgoing_iptables(d6, e, 6, out);
+                    }
                 }
             }
             if let Some(e) = e {
-                failsafe(d, e, out);
-                nat_outgoing_iptables(d, e, out);
+                failsafe(d, e, "", out);
+                nat_outgoing_iptables(d, e, 4, out);
             }
         }
         RuleHome::Nft(n) => {
@@ -170,19 +174,12 @@ pub(super) fn check(
                 nft_hooks(n, "ip6", out);
             }
             if let Some(e) = e {
-                if !e.nat_outgoing.is_empty()
-                    && !n.rules.iter().any(|r| {
-                        r.table == "calico"
-                            && r.chain == "nat-cali-nat-outgoing"
-                            && r.exprs.iter().any(|x| x == "masquerade" || x == "snat")
-                    })
-                {
-                    out.push(nat_missing(
-                        "nat-cali-nat-outgoing",
-                        "no masquerade rule in table ip calico",
-                    ));
+                nft_nat_outgoing(n, e, "ip", out);
+                nft_failsafe(n, e, "ip", out);
+                if v6 {
+                    nft_nat_outgoing(n, e, "ip6", out);
+                    nft_failsafe(n, e, "ip6", out);
                 }
-                nft_failsafe(n, e, out);
             }
         }
     }
@@ -296,7 +293,42 @@ fn proto_of(spec: &str) -> Option<&str> {
     None
 }
 
-pub(super) fn failsafe(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
+/// The pools of a family (`ip` or `ip6` in nftables' words) whose traffic Felix masquerades.
+fn nat_pools(e: &Expected, v6: bool) -> Vec<String> {
+    e.nat_outgoing
+        .iter()
+        .filter(|p| matches!(p, ipnet::IpNet::V6(_)) == v6)
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// nftables mode: `nat-cali-nat-outgoing` in `ip calico` (`ip6 calico`) masquerades.
+fn nft_nat_outgoing(n: &NftRuleset, e: &Expected, family: &str, out: &mut Vec<Finding>) {
+    if nat_pools(e, family == "ip6").is_empty() {
+        return;
+    }
+    let masquerades = n.rules.iter().any(|r| {
+        r.family == family
+            && r.table == "calico"
+            && r.chain == "nat-cali-nat-outgoing"
+            && r.exprs.iter().any(|x| x == "masquerade" || x == "snat")
+    });
+    if !masquerades {
+        let subject = if family == "ip" {
+            "nat-cali-nat-outgoing".to_string()
+        } else {
+            format!("{family} nat-cali-nat-outgoing")
+        };
+        out.push(nat_missing(
+            &subject,
+            &format!("no masquerade rule in table {family} calico"),
+            family == "ip6",
+        ));
+    }
+}
+
+/// `prefix` ("ip6 " for ip6tables) keeps the subjects of the two families apart.
+pub(super) fn failsafe(d: &IptablesDump, e: &Expected, prefix: &str, out: &mut Vec<Finding>) {
     for t in &d.tables {
         for (chain, ports) in [
             ("cali-failsafe-in", &e.failsafe_in),
@@ -309,12 +341,12 @@ pub(super) fn failsafe(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
             for p in ports.iter() {
                 if !has_port(t, chain, p) {
                     out.push(
-                        Finding::new(CheckId::FailsafeMissing, Severity::Critical, format!("{} {chain} {}:{}", t.name, p.protocol, p.port))
+                        Finding::new(CheckId::FailsafeMissing, Severity::Critical, format!("{prefix}{} {chain} {}:{}", t.name, p.protocol, p.port))
                             .expected(format!("{chain} accepts {} port {} ({} table)", p.protocol, p.port, t.name))
                             .actual(format!("no such rule among {} in {chain}", t.rules_of(chain).count()))
                             .hint(format!(
-                                "a host endpoint policy can now lock out {}:{} (ssh, BGP, etcd, the API server…); Felix rewrites the chain on its iptables refresh: `iptables -t {} -S {chain}`",
-                                p.protocol, p.port, t.name
+                                "a host endpoint policy can now lock out {}:{} (ssh, BGP, etcd, the API server…); Felix rewrites the chain on its iptables refresh: `{}tables -t {} -S {chain}`",
+                                p.protocol, p.port, if prefix.is_empty() { "ip" } else { "ip6" }, t.name
                             )),
                     );
                 }
@@ -325,17 +357,17 @@ pub(super) fn failsafe(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
 
 /// nftables mode: the failsafe chains are `<layer>-cali-failsafe-in|out` in `ip calico`,
 /// present only while host endpoints reference them.
-fn nft_failsafe(n: &NftRuleset, e: &Expected, out: &mut Vec<Finding>) {
+fn nft_failsafe(n: &NftRuleset, e: &Expected, family: &str, out: &mut Vec<Finding>) {
     for layer in ["raw", "mangle", "filter"] {
         for (dir, ports) in [("in", &e.failsafe_in), ("out", &e.failsafe_out)] {
             let chain = format!("{layer}-cali-failsafe-{dir}");
-            if n.chains_of("ip", "calico").all(|c| c.name != chain) {
+            if n.chains_of(family, "calico").all(|c| c.name != chain) {
                 continue;
             }
             let rules: Vec<_> = n
                 .rules
                 .iter()
-                .filter(|r| r.family == "ip" && r.table == "calico" && r.chain == chain)
+                .filter(|r| r.family == family && r.table == "calico" && r.chain == chain)
                 .collect();
             for p in ports.iter() {
                 let covered = rules.iter().any(|r| {
@@ -345,11 +377,11 @@ fn nft_failsafe(n: &NftRuleset, e: &Expected, out: &mut Vec<Finding>) {
                 });
                 if !covered {
                     out.push(
-                        Finding::new(CheckId::FailsafeMissing, Severity::Critical, format!("ip calico {chain} {}:{}", p.protocol, p.port))
+                        Finding::new(CheckId::FailsafeMissing, Severity::Critical, format!("{family} calico {chain} {}:{}", p.protocol, p.port))
                             .expected(format!("{chain} accepts {} dport {}", p.protocol, p.port))
                             .actual(format!("no such rule among {} in {chain}", rules.len()))
                             .hint(format!(
-                                "a host endpoint policy can now lock out {}:{}; Felix rewrites the chain on its nftables refresh: `nft list chain ip calico {chain}`",
+                                "a host endpoint policy can now lock out {}:{}; Felix rewrites the chain on its nftables refresh: `nft list chain {family} calico {chain}`",
                                 p.protocol, p.port
                             )),
                     );
@@ -366,40 +398,57 @@ fn has_port(t: &IptTable, chain: &str, p: &ProtoPort) -> bool {
     })
 }
 
-pub(super) fn nat_outgoing_iptables(d: &IptablesDump, e: &Expected, out: &mut Vec<Finding>) {
-    if e.nat_outgoing.is_empty() {
+/// `family` 4 or 6: the pools of that family, Felix's ipset `cali40masq-ipam-pools` or
+/// `cali60masq-ipam-pools`, in iptables or ip6tables.
+pub(super) fn nat_outgoing_iptables(
+    d: &IptablesDump,
+    e: &Expected,
+    family: u8,
+    out: &mut Vec<Finding>,
+) {
+    let pools = nat_pools(e, family == 6);
+    if pools.is_empty() {
         return;
     }
     let Some(nat) = d.table("nat") else { return };
+    let set = format!("cali{family}0masq-ipam-pools");
     let masq = nat.rules_of("cali-nat-outgoing").any(|r| {
-        r.spec.contains("cali40masq-ipam-pools")
-            && matches!(r.target.as_deref(), Some("MASQUERADE" | "SNAT"))
+        r.spec.contains(&set) && matches!(r.target.as_deref(), Some("MASQUERADE" | "SNAT"))
     });
     let hooked = nat
         .rules_of("cali-POSTROUTING")
         .any(|r| r.target.as_deref() == Some("cali-nat-outgoing"));
     if !masq || !hooked {
-        let pools: Vec<String> = e.nat_outgoing.iter().map(ToString::to_string).collect();
         out.push(nat_missing(
-            "cali-nat-outgoing",
+            if family == 6 {
+                "ip6 cali-nat-outgoing"
+            } else {
+                "cali-nat-outgoing"
+            },
             &format!(
                 "{} (pools with natOutgoing: {})",
                 if masq {
-                    "cali-POSTROUTING does not jump to cali-nat-outgoing"
+                    "cali-POSTROUTING does not jump to cali-nat-outgoing".to_string()
                 } else {
-                    "no MASQUERADE rule for cali40masq-ipam-pools"
+                    format!("no MASQUERADE rule for {set}")
                 },
                 pools.join(", ")
             ),
+            family == 6,
         ));
     }
 }
 
-fn nat_missing(subject: &str, actual: &str) -> Finding {
+fn nat_missing(subject: &str, actual: &str, v6: bool) -> Finding {
+    let (tool, family) = if v6 {
+        ("ip6tables", 6)
+    } else {
+        ("iptables", 4)
+    };
     Finding::new(CheckId::NatOutgoingMissing, Severity::Critical, subject)
         .expected("pods' traffic to outside the pools is masqueraded (natOutgoing)")
         .actual(actual.to_string())
-        .hint("pods reach the outside world with their pod IPs and replies never come back; Felix rewrites it on its iptables refresh: `iptables -t nat -S cali-nat-outgoing`, `ipset list cali40masq-ipam-pools`")
+        .hint(format!("pods reach the outside world with their pod IPs and replies never come back; Felix rewrites it on its refresh: `{tool} -t nat -S cali-nat-outgoing`, `ipset list cali{family}0masq-ipam-pools`"))
 }
 
 /// " (needs CAP_…)" naming the capabilities the rule readers said they lack, else the tools.
@@ -422,7 +471,7 @@ mod tests {
     use super::*;
     use crate::{
         observed::iptables,
-        verify::testutil::{healthy, ids, run},
+        verify::testutil::{healthy, healthy_dual_stack, ids, run},
     };
 
     /// A table of the nft-backend dump, to break it.
@@ -526,6 +575,63 @@ mod tests {
             ids(&run(&e, &o)),
             [(CheckId::NatOutgoingMissing, "cali-nat-outgoing".into())]
         );
+    }
+
+    /// The filter table of the ip6tables dump.
+    fn filter6_mut(o: &mut ObservedDataplane) -> &mut iptables::IptTable {
+        o.iptables
+            .iter_mut()
+            .find(|d| d.family == 6 && d.fragment.is_none())
+            .and_then(|d| d.tables.iter_mut().find(|t| t.name == "filter"))
+            .expect("ip6 filter")
+    }
+
+    #[test]
+    fn ipv6_failsafe_and_nat_outgoing_are_judged_in_ip6tables() {
+        let (mut e, mut o) = healthy_dual_stack();
+        assert!(run(&e, &o).findings.is_empty());
+        // Felix's failsafe chain as ip6tables holds it too (the same ports).
+        let f = table_mut(&mut o, "filter");
+        let chain = f
+            .chain("cali-failsafe-in")
+            .cloned()
+            .expect("failsafe chain");
+        let rules: Vec<_> = f.rules_of("cali-failsafe-in").cloned().collect();
+        let filter6 = filter6_mut(&mut o);
+        filter6.chains.push(chain);
+        filter6.rules.extend(rules);
+        assert!(run(&e, &o).findings.is_empty());
+        let filter6 = filter6_mut(&mut o);
+        let ssh = filter6
+            .rules
+            .iter()
+            .position(|r| r.chain == "cali-failsafe-in" && dports(&r.spec).contains(&22))
+            .expect("tcp:22");
+        let removed = filter6.rules.remove(ssh);
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(
+                CheckId::FailsafeMissing,
+                "ip6 filter cali-failsafe-in tcp:22".into()
+            )]
+        );
+        filter6_mut(&mut o).rules.push(removed);
+        // An IPv6 pool with natOutgoing: ip6tables' nat has no masquerade for it.
+        e.nat_outgoing.push("fd00:244::/64".parse().expect("cidr"));
+        assert_eq!(
+            ids(&run(&e, &o)),
+            [(CheckId::NatOutgoingMissing, "ip6 cali-nat-outgoing".into())]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_pools_nat_outgoing_is_not_asked_of_iptables() {
+        let (mut e, mut o) = healthy();
+        e.nat_outgoing = vec!["fd00:244::/64".parse().expect("cidr")];
+        table_mut(&mut o, "nat")
+            .rules
+            .retain(|r| r.chain != "cali-nat-outgoing");
+        assert!(run(&e, &o).findings.is_empty());
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub(super) fn check(
     });
     if failsafe_chains {
         for d in &whole {
-            failsafe(d, e, out);
+            failsafe(d, e, if d.family == 6 { "ip6 " } else { "" }, out);
         }
     } else {
         skipped.push(not_run(CheckId::FailsafeMissing, &what));
@@ -68,7 +68,7 @@ pub(super) fn check(
             })
         });
         match judged {
-            Some(d) => nat_outgoing_iptables(d, e, out),
+            Some(d) => nat_outgoing_iptables(d, e, d.family, out),
             None => skipped.push(not_run(CheckId::NatOutgoingMissing, &what)),
         }
     }
