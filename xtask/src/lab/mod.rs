@@ -492,34 +492,13 @@ impl Lab {
                         &VXLAN_MTU.to_string(),
                     ],
                 )?;
-                ip(
+                vtep_entries(
                     ns,
-                    &[
-                        "neigh",
-                        "replace",
-                        &remote.tunnel_ip.to_string(),
-                        "dev",
-                        VXLAN_DEV,
-                        "lladdr",
-                        &remote.vtep_mac,
-                        "nud",
-                        "permanent",
-                    ],
-                )?;
-                sh::run(&[
-                    "bridge",
-                    "-n",
-                    ns,
-                    "fdb",
-                    "replace",
-                    &remote.vtep_mac,
-                    "dev",
                     VXLAN_DEV,
-                    "dst",
+                    &remote.tunnel_ip.to_string(),
+                    &remote.vtep_mac,
                     &remote.ip.to_string(),
-                    "self",
-                    "permanent",
-                ])?;
+                )?;
             }
         }
         for pod in &node.pods {
@@ -693,35 +672,13 @@ impl Lab {
                     &VXLAN_V6_MTU.to_string(),
                 ],
             )?;
-            ip(
+            vtep_entries(
                 ns,
-                &[
-                    "-6",
-                    "neigh",
-                    "replace",
-                    &r6.tunnel_ip.to_string(),
-                    "dev",
-                    VXLAN_V6_DEV,
-                    "lladdr",
-                    &r6.vtep_mac,
-                    "nud",
-                    "permanent",
-                ],
-            )?;
-            sh::run(&[
-                "bridge",
-                "-n",
-                ns,
-                "fdb",
-                "replace",
-                &r6.vtep_mac,
-                "dev",
                 VXLAN_V6_DEV,
-                "dst",
+                &r6.tunnel_ip.to_string(),
+                &r6.vtep_mac,
                 &r6.ip.to_string(),
-                "self",
-                "permanent",
-            ])?;
+            )?;
         }
         for pod in &node.pods {
             let Some(ip6) = pod.ip6 else { continue };
@@ -1053,6 +1010,46 @@ pub fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// `sysctl -w key=value` inside `ns`.
+/// Felix's entries for a remote VTEP on `dev`: the permanent ARP (IPv6: NDP) entry for its
+/// tunnel address and the FDB entry sending its MAC to its node.
+fn vtep_entries(
+    ns: &str,
+    dev: &str,
+    tunnel_ip: &str,
+    mac: &str,
+    node_ip: &str,
+) -> anyhow::Result<()> {
+    ip(
+        ns,
+        &[
+            "neigh",
+            "replace",
+            tunnel_ip,
+            "dev",
+            dev,
+            "lladdr",
+            mac,
+            "nud",
+            "permanent",
+        ],
+    )?;
+    sh::run(&[
+        "bridge",
+        "-n",
+        ns,
+        "fdb",
+        "replace",
+        mac,
+        "dev",
+        dev,
+        "dst",
+        node_ip,
+        "self",
+        "permanent",
+    ])
+    .map(drop)
+}
+
 pub fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     sh::run(&[
         "ip",
