@@ -82,6 +82,10 @@ pub fn load_file(ds: &mut Datastore, path: &Path) -> Result<(), DatastoreError> 
             ds.append(b.ds);
             Ok(())
         }
+        // Both halves in the block subset: read whole, the items take the List's kind.
+        (Some(_), Ok(Some(_))) => load(ds, &file, &halves.join()),
+        // YAML the subset did not take is not offered to it again.
+        _ if format == Format::Yaml => general_yaml(ds, &file, &halves.join()),
         _ => load(ds, &file, &halves.join()),
     }
 }
@@ -159,6 +163,11 @@ fn yaml(ds: &mut Datastore, file: &str, text: &str) -> Result<(), DatastoreError
         ds.append(loader.ds);
         return Ok(());
     }
+    general_yaml(ds, file, text)
+}
+
+/// Any YAML, by serde-saphyr within the budgets of [`yaml_options`].
+fn general_yaml(ds: &mut Datastore, file: &str, text: &str) -> Result<(), DatastoreError> {
     YAML_LOADER.with(|cell| {
         *cell.borrow_mut() = Some(Loader::new(std::mem::take(ds), file));
     });
@@ -504,6 +513,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_large_list_outside_the_block_subset_is_read_by_the_general_parser() {
+        let (name, text) = Cluster::new(1_000)
+            .datastore(Printed::Yaml)
+            .into_iter()
+            .find(|(name, _)| name.contains("ipam"))
+            .expect("the IPAM file");
+        // A comment after a value, late in the file: the subset reader refuses the half.
+        let at = text.rfind("    deleted: false\n").expect("a block");
+        let commented = format!(
+            "{}    deleted: false # kept\n{}",
+            &text[..at],
+            &text[at + "    deleted: false\n".len()..]
+        );
+        assert!(fast_path(&name, &commented, Format::Yaml).is_none());
+        let file = TempFile::new(&name, &commented);
+        let mut ds = Datastore::default();
+        load_file(&mut ds, &file.0).expect("loads");
+        assert_eq!(
+            serde_json::to_value(&ds).ok(),
+            serde_json::to_value(load_one(&name, &text).expect("loads")).ok()
+        );
     }
 
     #[test]
