@@ -199,13 +199,15 @@ fn findings(console: &str, phase: &str) -> Vec<(String, String)> {
     f
 }
 
-/// Issue 14: a Felix-shaped kernel WireGuard node pair passes traffic, verifies clean against
-/// its datastore (peers read over generic netlink), and each injected fault is reported with
-/// the right check and subject.
+/// Issue 14: a Felix-shaped dual-stack kernel WireGuard node pair (`wireguard.cali` and
+/// `wg-v6.cali`) passes traffic in both families, verifies clean against its datastore (peers
+/// read over generic netlink), and each fault injected into either device is reported with the
+/// right check and subject.
 fn felix_shaped_wireguard_on(kernel: &str) {
     let console = boot_on(kernel, "wireguard_felix.sh");
     assert!(console.contains(&format!("KERNEL={kernel}.")), "{console}");
     assert!(console.contains("PING-RC=0"), "{console}");
+    assert!(console.contains("PING6-RC=0"), "{console}");
     let healthy = json(&console, "PHASE-healthy");
     assert_eq!(findings(&console, "healthy"), [], "{healthy}");
     let skipped: Vec<&str> = healthy["verification"]["skipped"]
@@ -216,48 +218,67 @@ fn felix_shaped_wireguard_on(kernel: &str) {
         .filter(|c| c.starts_with("wireguard.") && *c != "wireguard.peer.stale-handshake")
         .collect();
     assert_eq!(skipped, Vec::<&str>::new(), "{healthy}");
-    let peer = &healthy["diag"]["wireguard"][0]["peer_details"][0];
-    assert_eq!(peer["node"], "node-b", "{healthy}");
-    assert_eq!(peer["endpoint"], "192.168.50.2:51820", "{healthy}");
-    assert!(peer["handshake_age_secs"].is_u64(), "{healthy}");
+    let devices = healthy["diag"]["wireguard"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no diag.wireguard in {healthy}"));
+    let endpoint_of = |dev: &str| {
+        let d = devices
+            .iter()
+            .find(|d| d["name"] == dev)
+            .unwrap_or_else(|| panic!("{dev} not in diag.wireguard: {healthy}"));
+        // Its own family's rule only.
+        assert_eq!(d["rules"].as_array().map(Vec::len), Some(1), "{healthy}");
+        let peer = &d["peer_details"][0];
+        assert_eq!(peer["node"], "node-b", "{healthy}");
+        assert!(peer["handshake_age_secs"].is_u64(), "{healthy}");
+        peer["endpoint"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(endpoint_of("wireguard.cali"), "192.168.50.2:51820");
+    assert_eq!(endpoint_of("wg-v6.cali"), "[fd00:50::2]:51821");
     let text = block(&console, "DIAG-TEXT");
     assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(
-        flat.contains("node-b 192.168.50.2:51820 2 allowed IP(s) handshake"),
-        "{text}"
-    );
-    let s = |c: &str, subject: &str| (c.to_string(), subject.to_string());
-    for (phase, want) in [
-        ("peer-missing", vec![s("wireguard.peer.missing", "node-b")]),
-        (
-            "allowed-ips",
-            vec![s("wireguard.allowed-ips.mismatch", "node-b")],
-        ),
-        (
-            "rule-missing",
-            vec![s("wireguard.rule.missing", "ip rule 99")],
-        ),
-        // The kernel also flushes the routes through a device that loses its last IPv4
-        // address: the address is the one cause reported, not each withdrawn route.
-        (
-            "address-missing",
-            vec![s("tunnel.address.mismatch", "wireguard.cali")],
-        ),
-        ("mtu", vec![s("mtu.tunnel.mismatch", "wireguard.cali")]),
-        (
-            "listen-port",
-            vec![s("wireguard.listen-port.mismatch", "wireguard.cali")],
-        ),
-        (
-            "route-missing",
-            vec![s("wireguard.route.missing", "10.244.1.0/26")],
-        ),
-        ("repaired", vec![]),
+    for line in [
+        "node-b 192.168.50.2:51820 2 allowed IP(s) handshake",
+        "node-b [fd00:50::2]:51821 2 allowed IP(s) handshake",
     ] {
-        assert_eq!(findings(&console, phase), want, "{phase}");
+        assert!(flat.contains(line), "{line} not in\n{text}");
     }
+    let s = |c: &str, subject: &str| vec![(c.to_string(), subject.to_string())];
+    for (suffix, dev, peer, rule, route) in [
+        (
+            "",
+            "wireguard.cali",
+            "node-b",
+            "ip rule 99",
+            "10.244.1.0/26",
+        ),
+        (
+            "-v6",
+            "wg-v6.cali",
+            "node-b (wg-v6.cali)",
+            "ip -6 rule 99",
+            "fd00:244::40/122",
+        ),
+    ] {
+        for (phase, want) in [
+            ("peer-missing", s("wireguard.peer.missing", peer)),
+            ("allowed-ips", s("wireguard.allowed-ips.mismatch", peer)),
+            ("rule-missing", s("wireguard.rule.missing", rule)),
+            // The kernel also flushes the routes through a device that loses its last IPv4
+            // address: the address is the one cause reported, not each withdrawn route.
+            ("address-missing", s("tunnel.address.mismatch", dev)),
+            ("mtu", s("mtu.tunnel.mismatch", dev)),
+            ("listen-port", s("wireguard.listen-port.mismatch", dev)),
+            ("route-missing", s("wireguard.route.missing", route)),
+        ] {
+            let phase = format!("{phase}{suffix}");
+            assert_eq!(findings(&console, &phase), want, "{phase}");
+        }
+    }
+    assert_eq!(findings(&console, "repaired"), [], "repaired");
     assert!(console.contains("PING-AFTER-RC=0"), "{console}");
+    assert!(console.contains("PING6-AFTER-RC=0"), "{console}");
 }
 
 #[test]

@@ -14,8 +14,8 @@ use calico_conventions::{
 };
 
 use crate::observed::{
-    FdbEntry, Link, Neighbour, ObservedDataplane, PROTO_KERNEL, Route, RouteType, TABLE_LOCAL,
-    Unavailable, iptables::Backend,
+    FdbEntry, IpRule, Link, Neighbour, ObservedDataplane, PROTO_KERNEL, Route, RouteType,
+    TABLE_LOCAL, Unavailable, iptables::Backend,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,12 +351,31 @@ fn wireguard(obs: &ObservedDataplane) -> Vec<WireGuard> {
     obs.wireguard
         .iter()
         .map(|dev| {
-            // Felix's rule: `not from all fwmark <mark>/<mark> lookup <table>`.
-            let rules: Vec<_> = obs
+            // Felix's rule: `not from all fwmark <mark>/<mark> lookup <table>`. Each family has
+            // its own device and table: the device's rule is the one whose table routes
+            // through it, or every such rule when its table has lost its routes.
+            let family_of = |n: &ipnet::IpNet| {
+                if matches!(n, ipnet::IpNet::V6(_)) {
+                    6
+                } else {
+                    4
+                }
+            };
+            let candidates = obs
                 .rules
                 .iter()
-                .filter(|r| r.invert && r.fwmark.is_some() && r.action == "lookup")
-                .collect();
+                .filter(|r| r.invert && r.fwmark.is_some() && r.action == "lookup");
+            let routes_through = |rule: &&IpRule| {
+                obs.routes.iter().any(|r| {
+                    r.table == rule.table
+                        && family_of(&r.destination) == rule.family
+                        && r.dev.as_deref() == Some(dev.name.as_str())
+                })
+            };
+            let mut rules: Vec<&IpRule> = candidates.clone().filter(routes_through).collect();
+            if rules.is_empty() {
+                rules = candidates.collect();
+            }
             WireGuard {
                 name: dev.name.clone(),
                 listen_port: dev.listen_port,
@@ -370,7 +389,11 @@ fn wireguard(obs: &ObservedDataplane) -> Vec<WireGuard> {
                 table_routes: obs
                     .routes
                     .iter()
-                    .filter(|r| rules.iter().any(|rule| rule.table == r.table))
+                    .filter(|r| {
+                        rules.iter().any(|rule| {
+                            rule.table == r.table && rule.family == family_of(&r.destination)
+                        })
+                    })
                     .count(),
                 rules: rules.iter().map(|r| r.display()).collect(),
                 peer_details: dev

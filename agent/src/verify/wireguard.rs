@@ -97,9 +97,15 @@ fn check_device(
             Finding::new(CheckId::MtuTunnelMismatch, Severity::Warning, dev)
                 .expected(format!("MTU {want}"))
                 .actual(format!("MTU {}", link.mtu))
-                .hint(format!(
-                    "Felix sets wireguardMTU (underlay minus 60 when 0): `ip link show {dev}`"
-                )),
+                .hint(if v6 {
+                    format!(
+                        "Felix sets wireguardMTUV6 (underlay minus 80 when 0): `ip link show {dev}`"
+                    )
+                } else {
+                    format!(
+                        "Felix sets wireguardMTU (underlay minus 60 when 0): `ip link show {dev}`"
+                    )
+                }),
         );
     }
     let rule = rule(wg, obs, out);
@@ -742,6 +748,36 @@ mod tests {
             ids(&run(&e, &o)),
             [(CheckId::TunnelMissing, "wg-v6.cali".into())]
         );
+    }
+
+    /// `agent diag` shows each device with its own family's rule and table, not both.
+    #[test]
+    fn diag_pairs_each_device_with_its_own_rule() {
+        let (_, o) = with_wireguard_v6();
+        let d = crate::diag::build(&o);
+        let rules_of = |dev: &str| {
+            let w = d.wireguard.iter().find(|w| w.name == dev).expect(dev);
+            (
+                w.rules.len(),
+                w.rules[0].ends_with(if dev == "wg-v6.cali" {
+                    "lookup 2"
+                } else {
+                    "lookup 1"
+                }),
+            )
+        };
+        assert_eq!(rules_of("wireguard.cali"), (1, true), "{:?}", d.wireguard);
+        assert_eq!(rules_of("wg-v6.cali"), (1, true), "{:?}", d.wireguard);
+        // A table without routes through its device: every candidate rule is shown.
+        let (_, mut o) = with_wireguard_v6();
+        o.routes.retain(|r| r.table != 2);
+        let d = crate::diag::build(&o);
+        let v6 = d
+            .wireguard
+            .iter()
+            .find(|w| w.name == "wg-v6.cali")
+            .expect("v6");
+        assert_eq!(v6.rules.len(), 2, "{v6:?}");
     }
 
     /// Issue 13 point 4: the device without the node's `interfaceIPv4Address`, or another.
