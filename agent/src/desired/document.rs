@@ -479,7 +479,11 @@ mod tests {
 
     impl TempFile {
         fn new(name: &str, text: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("agent-document-{}", std::process::id()));
+            // A directory per file: tests running at once write files of the same name.
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("agent-document-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("temp dir");
             let path = dir.join(name);
             std::fs::write(&path, text).expect("written");
@@ -489,7 +493,9 @@ mod tests {
 
     impl Drop for TempFile {
         fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 
