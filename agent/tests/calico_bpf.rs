@@ -27,12 +27,20 @@ impl Scratch {
     }
 
     fn datastore(&self, bpf_enabled: bool) -> PathBuf {
+        self.datastore_from(LAB, "spec: {logSeverityScreen: Info}", bpf_enabled)
+    }
+
+    /// `base` with `bpfEnabled` added to its FelixConfiguration spec, `spec`.
+    fn datastore_from(&self, base: &str, spec: &str, bpf_enabled: bool) -> PathBuf {
         let path = self.0.join("datastore.yaml");
-        let yaml = LAB.replace(
-            "spec: {logSeverityScreen: Info}",
-            &format!("spec: {{logSeverityScreen: Info, bpfEnabled: {bpf_enabled}}}"),
+        let yaml = base.replace(
+            spec,
+            &format!(
+                "{}, bpfEnabled: {bpf_enabled}}}",
+                spec.trim_end_matches('}')
+            ),
         );
-        assert_ne!(yaml, LAB, "the lab datastore changed shape");
+        assert_ne!(yaml, base, "the lab datastore changed shape");
         std::fs::write(&path, yaml).expect("write datastore");
         path
     }
@@ -148,7 +156,10 @@ fn in_bpffs(scratch: &Scratch, maps: &str, agent: &str) -> String {
 
 /// `agent diag --json` against the datastore, read in the namespace.
 fn diag(scratch: &Scratch, maps: &str, bpf_enabled: bool) -> serde_json::Value {
-    let ds = scratch.datastore(bpf_enabled);
+    diag_with(scratch, maps, &scratch.datastore(bpf_enabled))
+}
+
+fn diag_with(scratch: &Scratch, maps: &str, ds: &Path) -> serde_json::Value {
     let out = in_bpffs(
         scratch,
         maps,
@@ -302,6 +313,84 @@ fn a_remote_block_without_its_entry_is_missing_and_one_to_another_node_a_wrong_n
             "10.244.1.0/26".into(),
             "critical".into()
         )]
+    );
+}
+
+/// The dual-stack lab: node-b (fd00:99::12) owns fd00:244::40/122.
+const LAB_DUAL_STACK: &str = include_str!("../src/verify/testdata/datastore-lab-dual-stack.yaml");
+
+/// Felix's IPv6 route map (`map6.go`: 20-byte keys and values) with node-b's block, its next
+/// hop `next_hop`, or without it.
+fn routes_map_v6(next_hop: Option<&str>) -> String {
+    let mut s = create("cali_v6_routes", "lpm_trie", 20, 20, 262_144, 1);
+    if let Some(hop) = next_hop {
+        let addr = |a: &str| a.parse::<std::net::Ipv6Addr>().expect("ip").octets();
+        let mut k = 122u32.to_le_bytes().to_vec();
+        k.extend(addr("fd00:244::40"));
+        let mut v = REMOTE_BLOCK_FLAGS.to_le_bytes().to_vec();
+        v.extend(addr(hop));
+        s.push_str(&update("cali_v6_routes", &k, &v));
+    }
+    s
+}
+
+#[test]
+fn ipv6_blocks_are_judged_in_the_ipv6_route_map() {
+    let _l = lab_lock();
+    let s = Scratch::new("v6");
+    let ds = s.datastore_from(
+        LAB_DUAL_STACK,
+        "spec: {logSeverityScreen: Info, ipv6Support: true}",
+        true,
+    );
+    let healthy = routes_map(8, false) + &routes_map_v6(Some("fd00:99::12"));
+    let v = diag_with(&s, &healthy, &ds);
+    assert_eq!(bpf_findings(&v), [], "{:#}", v["verification"]);
+    assert!(not_run(&v, "bpf.route.missing").is_none());
+    let b = &v["diag"]["calico_bpf"];
+    let v6 = b["maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "cali_v6_routes"))
+        .unwrap_or_else(|| panic!("cali_v6_routes in {b}"));
+    assert_eq!(
+        (&v6["key_size"], &v6["value_size"], &v6["entries"]),
+        (&20.into(), &20.into(), &1.into()),
+        "{v6}"
+    );
+    assert_eq!(b["route_kinds"]["remote workload"], 2, "{b}");
+    let shown = b["routes_shown"].to_string();
+    assert!(shown.contains("\"next_hop\":\"fd00:99::12\""), "{shown}");
+    let v = diag_with(&s, &(routes_map(8, false) + &routes_map_v6(None)), &ds);
+    assert_eq!(
+        bpf_findings(&v),
+        [(
+            "bpf.route.missing".into(),
+            "fd00:244::40/122".into(),
+            "critical".into()
+        )]
+    );
+    let v = diag_with(
+        &s,
+        &(routes_map(8, false) + &routes_map_v6(Some("fd00:99::13"))),
+        &ds,
+    );
+    assert_eq!(
+        bpf_findings(&v),
+        [(
+            "bpf.route.wrong-nexthop".into(),
+            "fd00:244::40/122".into(),
+            "critical".into()
+        )]
+    );
+    // No IPv6 map pinned: Felix's eBPF dataplane is IPv4-only here, not a finding.
+    let v = diag_with(&s, &routes_map(8, false), &ds);
+    assert_eq!(bpf_findings(&v), []);
+    let skipped = not_run(&v, "bpf.route.missing").expect("IPv6 not applicable");
+    assert!(
+        skipped["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cali_v6_routes")),
+        "{skipped}"
     );
 }
 

@@ -27,11 +27,12 @@ impl CalicoCounters {
         metrics: &Metrics,
         totals: &mut CounterSummary,
     ) {
-        let routes = obs
+        let routes: usize = obs
             .calico_bpf
-            .as_ref()
-            .and_then(|b| b.routes.as_ref())
-            .map_or(0, Vec::len);
+            .iter()
+            .flat_map(|b| b.routes.iter().chain(&b.routes_v6))
+            .map(Vec::len)
+            .sum();
         metrics
             .calico_bpf_routes
             .set(i64::try_from(routes).unwrap_or(i64::MAX));

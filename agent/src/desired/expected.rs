@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -158,15 +158,17 @@ pub struct ExpectedRoute {
     pub reason: String,
 }
 
-/// A remote block's entry in `cali_v4_routes`: `bpf_route_mgr.go` `calculateRoute` programs a
+/// A remote block's entry in `cali_v4_routes` (an IPv6 block's in `cali_v6_routes`):
+/// `bpf_route_mgr.go` `calculateRoute`, one manager per family, programs a
 /// `RouteType_REMOTE_WORKLOAD` block as a remote workload route (workload flag, not local) with
-/// the block's node IP as next hop, and none when that IP is unknown. The tunnel flags depend
-/// on the pool's encapsulation as the route resolver sees it, so they are not expected here.
+/// the block's node IP of that family as next hop, and none when that IP is unknown. The tunnel
+/// flags depend on the pool's encapsulation as the route resolver sees it, so they are not
+/// expected here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExpectedBpfRoute {
-    pub block: Ipv4Net,
+    pub block: IpNet,
     pub node: String,
-    pub next_hop: Ipv4Addr,
+    pub next_hop: IpAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -588,7 +590,7 @@ pub fn compute(
         // Only Felix in eBPF mode programs the map; pins left from an earlier eBPF run are
         // not its current intent.
         bpf_routes: match node {
-            Some(n) if cfg.bpf_enabled == Some(true) => bpf_routes(ds, n, &blocks),
+            Some(n) if cfg.bpf_enabled == Some(true) => bpf_routes(ds, n, &blocks, ipv6_on),
             _ => Vec::new(),
         },
         // Sessions are per node: none can be expected of a node the input does not identify.
@@ -598,25 +600,32 @@ pub fn compute(
     })
 }
 
-/// Other nodes' blocks, each with its node's IP: the remote workload entries of Felix's eBPF
-/// route map (reference §6, `felix/dataplane/linux/bpf_route_mgr.go`). Blocks of nodes without
-/// a known IPv4 address get no entry, as Felix skips them.
-fn bpf_routes(ds: &Datastore, node: &str, blocks: &[&Block]) -> Vec<ExpectedBpfRoute> {
+/// Other nodes' blocks, each with its node's IP of the block's family: the remote workload
+/// entries of Felix's eBPF route maps (reference §6, `felix/dataplane/linux/bpf_route_mgr.go`).
+/// Blocks of nodes without a known address of that family get no entry, as Felix skips them;
+/// IPv6 blocks none without `ipv6Support`.
+fn bpf_routes(
+    ds: &Datastore,
+    node: &str,
+    blocks: &[&Block],
+    ipv6_on: bool,
+) -> Vec<ExpectedBpfRoute> {
     // Indexed once: thousands of blocks each looking their node up would be quadratic.
-    let node_ips: std::collections::HashMap<&str, Ipv4Addr> = ds
-        .nodes
-        .iter()
-        .filter_map(|n| Some((n.name.as_str(), n.ipv4?.addr())))
-        .collect();
+    let node_ips: std::collections::HashMap<&str, &Node> =
+        ds.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     blocks
         .iter()
         .filter_map(|b| {
             let owner = b.affinity.as_deref().filter(|o| *o != node)?;
-            let cidr = v4(&b.cidr)?;
             ds.pool_for(&b.cidr).filter(|p| p.routes_workloads())?;
-            let next_hop = *node_ips.get(owner)?;
+            let n = node_ips.get(owner)?;
+            let next_hop = match b.cidr {
+                IpNet::V4(_) => IpAddr::V4(n.ipv4?.addr()),
+                IpNet::V6(_) if ipv6_on => IpAddr::V6(n.ipv6?.addr()),
+                IpNet::V6(_) => return None,
+            };
             Some(ExpectedBpfRoute {
-                block: cidr,
+                block: b.cidr.trunc(),
                 node: owner.to_string(),
                 next_hop,
             })
@@ -1029,6 +1038,7 @@ fn wireguard_tables(cfg: &super::FelixConfigurationSpec) -> (u32, u32) {
 mod tests {
     use super::*;
     use crate::desired::files::load_text;
+    use std::net::Ipv4Addr;
 
     fn ds(text: &str) -> Datastore {
         let mut ds = Datastore::default();

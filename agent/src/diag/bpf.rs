@@ -21,8 +21,8 @@ pub struct BpfSummary {
     pub maps: Vec<PinnedMap>,
     /// Felix's pinned TCX/netkit links (`tcx/eth0_ingress`).
     pub attached: Vec<String>,
-    /// Route entries per kind (`remote workload`, `local workload`, `remote host`…); `None`
-    /// when the route map was not read.
+    /// Route entries per kind (`remote workload`, `local workload`, `remote host`…) in both
+    /// families' maps; `None` when no route map was read.
     pub route_kinds: Option<BTreeMap<String, usize>>,
     /// The first entries, remote workload blocks first.
     pub routes_shown: Vec<BpfRoute>,
@@ -62,14 +62,16 @@ pub fn route_kind(r: &BpfRoute) -> &'static str {
 
 pub fn summary(obs: &ObservedDataplane) -> Option<BpfSummary> {
     let bpf = obs.calico_bpf.as_ref()?;
-    let route_kinds = bpf.routes.as_ref().map(|rs| {
+    // Both families' maps: IPv6 entries follow IPv4's in the listing.
+    let all = || bpf.routes.iter().chain(&bpf.routes_v6).flatten();
+    let route_kinds = (bpf.routes.is_some() || bpf.routes_v6.is_some()).then(|| {
         let mut kinds = BTreeMap::new();
-        for r in rs {
+        for r in all() {
             *kinds.entry(route_kind(r).to_string()).or_default() += 1;
         }
         kinds
     });
-    let mut routes_shown: Vec<BpfRoute> = bpf.routes.clone().unwrap_or_default();
+    let mut routes_shown: Vec<BpfRoute> = all().cloned().collect();
     routes_shown.sort_by_key(|r| (route_kind(r) != "remote workload", r.destination));
     routes_shown.truncate(ROUTES_SHOWN);
     let mut sums: BTreeMap<(String, String, String), u64> = BTreeMap::new();

@@ -1192,6 +1192,7 @@ mod tests {
                     ifindex: None,
                 },
             ]),
+            routes_v6: None,
             counters: Some(CounterMap {
                 map: "cali_counters6".into(),
                 interfaces: vec![IfaceCounters {

@@ -199,7 +199,7 @@ impl Metrics {
         );
         registry.register(
             "calico_bpf_routes",
-            "Entries in Calico's eBPF route map (cali_v4_routes)",
+            "Entries in Calico's eBPF route maps (cali_v4_routes and cali_v6_routes)",
             m.calico_bpf_routes.clone(),
         );
         registry.register(

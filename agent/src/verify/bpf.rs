@@ -3,52 +3,89 @@
 
 use super::{CheckId, Finding, NotRun, Severity, Skipped};
 use crate::{
-    desired::expected::Expected,
-    observed::{Cause, ObservedDataplane, Source, calico_bpf::routes},
+    desired::expected::{Expected, ExpectedBpfRoute},
+    observed::{
+        Cause, ObservedDataplane, Source,
+        calico_bpf::{BpfRoute, routes},
+    },
 };
 
 /// `bpf.route.missing` and `bpf.route.wrong-nexthop`: each other node's block must have its
-/// remote-workload entry, keyed by exactly the block, pointing at that node.
+/// remote-workload entry, keyed by exactly the block, pointing at that node; IPv4 blocks in
+/// `cali_v4_routes`, IPv6 ones in `cali_v6_routes`.
 pub(super) fn check_routes(
     e: &Expected,
     obs: &ObservedDataplane,
     out: &mut Vec<Finding>,
     skipped: &mut Vec<Skipped>,
 ) {
-    let not_applicable = |skipped: &mut Vec<Skipped>, why: &str| {
+    let not_applicable = |skipped: &mut Vec<Skipped>, map: &str, why: &str| {
         for id in [CheckId::BpfRouteMissing, CheckId::BpfRouteWrongNexthop] {
-            skipped.push(Skipped::new(id, NotRun::NotApplicable, why).missing("cali_v4_routes"));
+            skipped.push(Skipped::new(id, NotRun::NotApplicable, why).missing(map));
         }
     };
     if !e.bpf {
         // A map left from an earlier eBPF run is not Felix's current intent.
         not_applicable(
             skipped,
+            routes::MAP_NAME,
             "FelixConfiguration does not enable eBPF mode: Felix keeps no eBPF route map",
         );
         return;
     }
-    let unread = obs
-        .unavailable
-        .iter()
-        .any(|u| u.kind == Source::CalicoBpfRoutes);
-    let Some(entries) = obs.calico_bpf.as_ref().and_then(|b| b.routes.as_ref()) else {
-        // An unreadable map is listed by the generic pass (not observable, with the sizes).
-        if !unread {
-            not_applicable(
-                skipped,
-                "Calico's eBPF route map cali_v4_routes is not pinned on this node \
-                 (dataplane.mode.mismatch says whether eBPF mode is in use)",
-            );
+    let bpf = obs.calico_bpf.as_ref();
+    for (map, entries, v6) in [
+        (routes::MAP_NAME, bpf.and_then(|b| b.routes.as_ref()), false),
+        (
+            routes::MAP_NAME_V6,
+            bpf.and_then(|b| b.routes_v6.as_ref()),
+            true,
+        ),
+    ] {
+        let wanted: Vec<&ExpectedBpfRoute> = e
+            .bpf_routes
+            .iter()
+            .filter(|r| r.block.addr().is_ipv6() == v6)
+            .collect();
+        if v6 && wanted.is_empty() {
+            continue;
         }
-        return;
-    };
+        let unread = obs
+            .unavailable
+            .iter()
+            .any(|u| u.kind == Source::CalicoBpfRoutes && u.source == map);
+        let Some(entries) = entries else {
+            // An unreadable map is listed by the generic pass (not observable, with the sizes).
+            if unread {
+                continue;
+            }
+            let why = if v6 {
+                format!(
+                    "Calico's eBPF IPv6 route map {map} is not pinned on this node: Felix runs \
+                     its eBPF dataplane for IPv4 only (IPv6 in eBPF mode needs ipv6Support and \
+                     a Calico version that has it), so the {} IPv6 block(s) are not judged",
+                    wanted.len()
+                )
+            } else {
+                format!(
+                    "Calico's eBPF route map {map} is not pinned on this node \
+                     (dataplane.mode.mismatch says whether eBPF mode is in use)"
+                )
+            };
+            not_applicable(skipped, map, &why);
+            continue;
+        };
+        compare(map, &wanted, entries, out);
+    }
+}
+
+fn compare(map: &str, wanted: &[&ExpectedBpfRoute], entries: &[BpfRoute], out: &mut Vec<Finding>) {
     // Indexed once: a scan of the map per block is quadratic at thousands of nodes.
     let mut by_destination = std::collections::HashMap::new();
     for r in entries {
         by_destination.entry(r.destination).or_insert(r);
     }
-    for want in &e.bpf_routes {
+    for want in wanted {
         let Some(got) = by_destination.get(&want.block).copied() else {
             out.push(
                 Finding::new(
@@ -60,10 +97,7 @@ pub(super) fn check_routes(
                     "an entry for {} (remote workload block of {}, next hop {})",
                     want.block, want.node, want.next_hop
                 ))
-                .actual(format!(
-                    "no entry for it among {} in cali_v4_routes",
-                    entries.len()
-                ))
+                .actual(format!("no entry for it among {} in {map}", entries.len()))
                 .hint(format!(
                     "Felix's eBPF programs cannot route to {node}'s pods from here (the \
                          packets hit \"dropped_unknown_route\" or take the host's routes): \
@@ -266,6 +300,74 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// The dual-stack lab in eBPF mode: node-b (fd00:99::12) owns fd00:244::40/122.
+    fn bpf_expected_dual_stack(extra: &str) -> Expected {
+        let yaml = include_str!("testdata/datastore-lab-dual-stack.yaml").replace(
+            "spec: {logSeverityScreen: Info, ipv6Support: true}",
+            &format!("spec: {{logSeverityScreen: Info, bpfEnabled: true{extra}}}"),
+        );
+        expected_from(&yaml, Some("node-a"))
+    }
+
+    fn remote_block_v6(next_hop: &str) -> BpfRoute {
+        BpfRoute {
+            destination: "fd00:244::40/122".parse().expect("cidr"),
+            next_hop: Some(next_hop.parse().expect("ip")),
+            ..remote_block([0; 4])
+        }
+    }
+
+    #[test]
+    fn ipv6_blocks_are_judged_in_the_ipv6_route_map() {
+        let e = bpf_expected_dual_stack("");
+        let with_v6 = |v6: Vec<BpfRoute>| {
+            let mut o = bpf_node(vec![remote_block([10, 99, 0, 12])]);
+            if let Some(b) = o.calico_bpf.as_mut() {
+                b.routes_v6 = Some(v6);
+            }
+            o
+        };
+        let v = run(&e, &with_v6(vec![remote_block_v6("fd00:99::12")]));
+        assert_eq!(bpf_ids(&v), []);
+        assert!(
+            !v.skipped
+                .iter()
+                .any(|s| s.check == CheckId::BpfRouteMissing)
+        );
+        let v = run(&e, &with_v6(Vec::new()));
+        assert_eq!(
+            bpf_ids(&v),
+            [(CheckId::BpfRouteMissing, "fd00:244::40/122".into())]
+        );
+        let f = v
+            .findings
+            .iter()
+            .find(|f| f.check == CheckId::BpfRouteMissing)
+            .expect("finding");
+        assert!(f.actual.contains("cali_v6_routes"), "{f:?}");
+        let v = run(&e, &with_v6(vec![remote_block_v6("fd00:99::13")]));
+        assert_eq!(
+            bpf_ids(&v),
+            [(CheckId::BpfRouteWrongNexthop, "fd00:244::40/122".into())]
+        );
+        // No IPv6 map: Felix's eBPF dataplane is IPv4-only here; IPv4 is still judged.
+        let v = run(&e, &bpf_node(Vec::new()));
+        assert_eq!(
+            bpf_ids(&v),
+            [(CheckId::BpfRouteMissing, "10.244.1.0/26".into())]
+        );
+        let s = v
+            .skipped
+            .iter()
+            .find(|s| s.check == CheckId::BpfRouteMissing)
+            .expect("IPv6 not run");
+        assert_eq!(s.kind, NotRun::NotApplicable);
+        assert!(s.reason.contains("cali_v6_routes"), "{s:?}");
+        // Without ipv6Support no IPv6 entry is expected.
+        let e = bpf_expected_dual_stack(", ipv6Support: false");
+        assert!(e.bpf_routes.iter().all(|r| r.block.addr().is_ipv4()));
     }
 
     #[test]

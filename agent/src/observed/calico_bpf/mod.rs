@@ -32,6 +32,9 @@ pub struct CalicoBpf {
     pub attached: Vec<String>,
     /// The route map's entries; `None` when it is not pinned or could not be decoded.
     pub routes: Option<Vec<BpfRoute>>,
+    /// The IPv6 route map's, likewise (Felix pins it only with IPv6 in eBPF mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes_v6: Option<Vec<BpfRoute>>,
     /// Per-interface counters; `None` when the map is not pinned or could not be decoded.
     pub counters: Option<CounterMap>,
 }
@@ -117,15 +120,36 @@ pub fn read(pin_dir: &Path, unavailable: &mut Vec<Unavailable>) -> Option<Calico
     for name in &names {
         bpf.maps.push(describe(&pin_dir.join(name), name));
     }
-    if names.iter().any(|n| n == routes::MAP_NAME) {
-        match read_routes(&pin_dir.join(routes::MAP_NAME)) {
+    for (name, v6) in [(routes::MAP_NAME, false), (routes::MAP_NAME_V6, true)] {
+        if !names.iter().any(|n| n == name) {
+            continue;
+        }
+        let path = pin_dir.join(name);
+        let read = if v6 {
+            read_routes::<16, { routes::KEY_LEN_V6 }, { routes::VALUE_LEN_V6 }>(
+                &path,
+                name,
+                routes::decode_v6,
+            )
+        } else {
+            read_routes::<4, { routes::KEY_LEN }, { routes::VALUE_LEN }>(
+                &path,
+                name,
+                routes::decode,
+            )
+        };
+        match read {
             Ok(r) => {
-                bpf.set_entries(routes::MAP_NAME, r.len() as u64);
-                bpf.routes = Some(r);
+                bpf.set_entries(name, r.len() as u64);
+                if v6 {
+                    bpf.routes_v6 = Some(r);
+                } else {
+                    bpf.routes = Some(r);
+                }
             }
             Err(e) => unavailable.push(Unavailable::new(
                 Source::CalicoBpfRoutes,
-                routes::MAP_NAME,
+                name,
                 error_chain(&e),
             )),
         }
@@ -223,20 +247,24 @@ fn kind_of(info: &aya::maps::MapInfo) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn read_routes(path: &Path) -> Result<Vec<BpfRoute>, CalicoBpfError> {
+/// Reads a route map: an LPM trie whose keys are `K` bytes (the `u32` prefix length, then an
+/// `A`-byte address) and whose values are `V` bytes, each entry decoded by `decode`.
+fn read_routes<const A: usize, const K: usize, const V: usize>(
+    path: &Path,
+    name: &str,
+    decode: fn(&[u8; K], &[u8; V]) -> Result<BpfRoute, routes::BadPrefix>,
+) -> Result<Vec<BpfRoute>, CalicoBpfError> {
     let (data, info) = open(path)?;
     let layout = || CalicoBpfError::Layout {
-        name: routes::MAP_NAME.into(),
+        name: name.into(),
         kind: kind_of(&info),
         key: info.key_size(),
         value: info.value_size(),
         expected_kind: "LpmTrie",
-        expected_key: routes::KEY_LEN,
-        expected_value: routes::VALUE_LEN,
+        expected_key: K,
+        expected_value: V,
     };
-    if info.key_size() as usize != routes::KEY_LEN
-        || info.value_size() as usize != routes::VALUE_LEN
-    {
+    if info.key_size() as usize != K || info.value_size() as usize != V {
         return Err(layout());
     }
     let map = Map::from_map_data(data).map_err(|source| CalicoBpfError::Open {
@@ -246,7 +274,7 @@ fn read_routes(path: &Path) -> Result<Vec<BpfRoute>, CalicoBpfError> {
     if !matches!(map, Map::LpmTrie(_)) {
         return Err(layout());
     }
-    let trie: LpmTrie<_, [u8; 4], [u8; routes::VALUE_LEN]> =
+    let trie: LpmTrie<_, [u8; A], [u8; V]> =
         LpmTrie::try_from(map).map_err(|source| CalicoBpfError::Open {
             path: path.to_path_buf(),
             source,
@@ -255,16 +283,18 @@ fn read_routes(path: &Path) -> Result<Vec<BpfRoute>, CalicoBpfError> {
     for entry in trie.iter() {
         match entry {
             Ok((key, value)) => {
-                let mut k = [0u8; routes::KEY_LEN];
+                let mut k = [0u8; K];
                 k[..4].copy_from_slice(&key.prefix_len().to_le_bytes());
                 k[4..].copy_from_slice(&key.data());
-                match routes::decode(&k, &value) {
+                match decode(&k, &value) {
                     Ok(r) => out.push(r),
-                    Err(e) => tracing::debug!(error = %e, "calico route entry skipped"),
+                    Err(e) => tracing::debug!(error = %e, map = name, "calico route entry skipped"),
                 }
             }
             // Deleted between listing its key and reading it: Felix is reprogramming.
-            Err(e) => tracing::debug!(error = %e, "calico route entry vanished while reading"),
+            Err(e) => {
+                tracing::debug!(error = %e, map = name, "calico route entry vanished while reading")
+            }
         }
     }
     out.sort_by_key(|r| r.destination);

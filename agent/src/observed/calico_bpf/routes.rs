@@ -1,19 +1,25 @@
-//! Felix's eBPF route map, `cali_v4_routes`: the routing table its TC programs consult.
+//! Felix's eBPF route maps, `cali_v4_routes` and `cali_v6_routes`: the routing tables its TC
+//! programs consult.
 //!
-//! Layout (`felix/bpf/routes/map.go` and `felix/bpf-gpl/routes.h`, unchanged from v3.26 to
+//! IPv4 layout (`felix/bpf/routes/map.go` and `felix/bpf-gpl/routes.h`, unchanged from v3.26 to
 //! master `87c15906f20c`; the map has no version suffix): an LPM trie with an 8-byte key
 //! (`u32 prefixlen`, little-endian, then the `be32` address) and an 8-byte value (`u32 flags`,
-//! then a `be32` next hop or a `u32` ifindex, by kind).
+//! then a `be32` next hop or a `u32` ifindex, by kind). IPv6 (`felix/bpf/routes/map6.go`,
+//! Felix's dual-stack eBPF dataplane): the same with a 16-byte address, so 20-byte keys and
+//! 20-byte values (`u32 flags`, then a 16-byte next hop, or a `u32` ifindex in its first word).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-/// The pinned file's name (`routes.MapParameters.Name`, `Version` 0 → no suffix).
+/// The pinned files' names (`routes.MapParameters.Name`, `Version` 0 → no suffix).
 pub const MAP_NAME: &str = "cali_v4_routes";
+pub const MAP_NAME_V6: &str = "cali_v6_routes";
 pub const KEY_LEN: usize = 8;
 pub const VALUE_LEN: usize = 8;
+pub const KEY_LEN_V6: usize = 20;
+pub const VALUE_LEN_V6: usize = 20;
 
 // `routes.Flags` (felix/bpf/routes/map.go).
 pub const IN_POOL: u32 = 0x01;
@@ -32,11 +38,11 @@ pub const SKIP_INGRESS_REDIR: u32 = 0x800;
 /// One entry of the route map.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BpfRoute {
-    pub destination: Ipv4Net,
+    pub destination: IpNet,
     pub flags: u32,
     /// Remote entries: the node the destination lives on. Local workloads carry an ifindex
-    /// in the same word instead.
-    pub next_hop: Option<Ipv4Addr>,
+    /// in the same place instead.
+    pub next_hop: Option<IpAddr>,
     pub ifindex: Option<u32>,
 }
 
@@ -78,26 +84,63 @@ impl BpfRoute {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("route key with prefix length {0}, more than an IPv4 address holds")]
+#[error("route key with prefix length {0}, more than its address holds")]
 pub struct BadPrefix(pub u32);
 
-/// Decodes one entry. Felix writes a next hop for remote kinds and an ifindex for local
-/// workloads (`bpf_route_mgr.go` `calculateRoute`); other kinds leave the word zero.
+fn word(b: &[u8], at: usize) -> [u8; 4] {
+    [b[at], b[at + 1], b[at + 2], b[at + 3]]
+}
+
+/// Decodes one `cali_v4_routes` entry.
 pub fn decode(key: &[u8; KEY_LEN], value: &[u8; VALUE_LEN]) -> Result<BpfRoute, BadPrefix> {
-    let word = |b: &[u8], at: usize| [b[at], b[at + 1], b[at + 2], b[at + 3]];
-    let prefix = u32::from_le_bytes(word(key, 0));
-    let addr = Ipv4Addr::from(word(key, 4));
+    let hop = word(value, 4);
+    entry(
+        u32::from_le_bytes(word(key, 0)),
+        IpAddr::V4(Ipv4Addr::from(word(key, 4))),
+        u32::from_le_bytes(word(value, 0)),
+        (hop != [0; 4]).then(|| IpAddr::V4(Ipv4Addr::from(hop))),
+        u32::from_le_bytes(hop),
+    )
+}
+
+/// Decodes one `cali_v6_routes` entry.
+pub fn decode_v6(
+    key: &[u8; KEY_LEN_V6],
+    value: &[u8; VALUE_LEN_V6],
+) -> Result<BpfRoute, BadPrefix> {
+    let sixteen = |b: &[u8]| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[4..20]);
+        a
+    };
+    let hop = sixteen(value);
+    entry(
+        u32::from_le_bytes(word(key, 0)),
+        IpAddr::V6(Ipv6Addr::from(sixteen(key))),
+        u32::from_le_bytes(word(value, 0)),
+        (hop != [0; 16]).then(|| IpAddr::V6(Ipv6Addr::from(hop))),
+        u32::from_le_bytes(word(value, 4)),
+    )
+}
+
+/// Felix writes a next hop for remote kinds and an ifindex for local workloads
+/// (`bpf_route_mgr.go` `calculateRoute`); other kinds leave the field zero.
+fn entry(
+    prefix: u32,
+    addr: IpAddr,
+    flags: u32,
+    next_hop: Option<IpAddr>,
+    ifindex: u32,
+) -> Result<BpfRoute, BadPrefix> {
     let len = u8::try_from(prefix).map_err(|_| BadPrefix(prefix))?;
-    let destination = Ipv4Net::new(addr, len).map_err(|_| BadPrefix(prefix))?;
-    let flags = u32::from_le_bytes(word(value, 0));
-    let raw = word(value, 4);
+    let destination = IpNet::new(addr, len).map_err(|_| BadPrefix(prefix))?;
     let local_workload = flags & (LOCAL | WORKLOAD) == LOCAL | WORKLOAD;
     let remote = flags & LOCAL == 0 && flags & (WORKLOAD | HOST) != 0;
     Ok(BpfRoute {
         destination,
         flags,
-        next_hop: (remote && raw != [0; 4]).then(|| Ipv4Addr::from(raw)),
-        ifindex: local_workload.then(|| u32::from_le_bytes(raw)),
+        next_hop: next_hop.filter(|_| remote),
+        ifindex: local_workload.then_some(ifindex),
     })
 }
 
@@ -107,7 +150,7 @@ pub mod tests {
 
     /// An entry as Felix writes it (`routes.NewKey`, `NewValueWithNextHop`).
     pub fn entry(cidr: &str, flags: u32, next_hop: [u8; 4]) -> ([u8; KEY_LEN], [u8; VALUE_LEN]) {
-        let net: Ipv4Net = cidr.parse().expect("cidr");
+        let net: ipnet::Ipv4Net = cidr.parse().expect("cidr");
         let mut k = [0u8; KEY_LEN];
         k[..4].copy_from_slice(&u32::from(net.prefix_len()).to_le_bytes());
         k[4..].copy_from_slice(&net.addr().octets());
@@ -124,7 +167,7 @@ pub mod tests {
         let value = [0x45, 0x04, 0, 0, 192, 168, 0, 12];
         let r = decode(&key, &value).expect("decode");
         assert_eq!(r.destination.to_string(), "10.65.1.0/26");
-        assert_eq!(r.next_hop, Some(Ipv4Addr::new(192, 168, 0, 12)));
+        assert_eq!(r.next_hop, Some(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 12))));
         assert_eq!(r.ifindex, None);
         assert_eq!(
             r.flag_names(),
@@ -154,5 +197,28 @@ pub mod tests {
         assert_eq!(decode(&key, &[0; VALUE_LEN]), Err(BadPrefix(33)));
         let key = [0, 1, 0, 0, 10, 0, 0, 0];
         assert_eq!(decode(&key, &[0; VALUE_LEN]), Err(BadPrefix(256)));
+    }
+
+    /// `NewKeyV6`, `NewValueV6WithNextHop` and `NewValueV6WithIfIndex` byte for byte.
+    #[test]
+    fn ipv6_entries_decode_with_a_16_byte_next_hop_or_an_ifindex() {
+        let mut key = [0u8; KEY_LEN_V6];
+        key[0] = 122;
+        key[4..20].copy_from_slice(&"fd00:244::40".parse::<Ipv6Addr>().expect("ip").octets());
+        let mut value = [0u8; VALUE_LEN_V6];
+        value[..4].copy_from_slice(&(IN_POOL | WORKLOAD | TUNNELED | VXLAN).to_le_bytes());
+        value[4..20].copy_from_slice(&"fd00:99::12".parse::<Ipv6Addr>().expect("ip").octets());
+        let r = decode_v6(&key, &value).expect("decode");
+        assert_eq!(r.destination.to_string(), "fd00:244::40/122");
+        assert_eq!(r.next_hop, Some("fd00:99::12".parse().expect("ip")));
+        assert_eq!(r.ifindex, None);
+        let mut value = [0u8; VALUE_LEN_V6];
+        value[..4].copy_from_slice(&(IN_POOL | LOCAL | WORKLOAD).to_le_bytes());
+        value[4..8].copy_from_slice(&9u32.to_le_bytes());
+        key[0] = 128;
+        let r = decode_v6(&key, &value).expect("decode");
+        assert_eq!((r.ifindex, r.next_hop), (Some(9), None));
+        key[0] = 129;
+        assert_eq!(decode_v6(&key, &value), Err(BadPrefix(129)));
     }
 }
