@@ -59,6 +59,7 @@ ALERTS = {
     "CalicoDataplaneDrops",
     "CalicoConntrackPressure",
     "CalicoBGPSessionFlapping",
+    "CalicoEBPFDataplaneDrops",
     "CalicoDataplaneAgentDown",
     "CalicoDataplaneAgentNotReady",
     "CalicoDataplaneAgentReportsFailing",
@@ -934,7 +935,7 @@ def used_metrics(exprs: list[str]) -> set[str]:
     return out
 
 
-@check("PrometheusRule: the seven alerts, each with severity, summary, and a description naming `agent diag`")
+@check("PrometheusRule: the eight alerts, each with severity, summary, and a description naming `agent diag`")
 def _() -> None:
     groups = rule_groups(manifests(render(DEFAULT_RULES_VALUES)))
     rules = [r for g in groups for r in g["rules"]]
@@ -957,6 +958,7 @@ def _() -> None:
         "conntrackPressure": {"threshold": 0.75},
         "reportsFailing": {"window": "1h", "threshold": 3},
         "bgpFlapping": {"enabled": False},
+        "ebpfDrops": {"for": "3m", "threshold": 20, "rateWindow": "10m"},
     }}}
     rules = {r["alert"]: r for g in rule_groups(manifests(render(values))) for r in g["rules"]}
     expect("CalicoBGPSessionFlapping" not in rules, "a disabled alert is still rendered")
@@ -965,6 +967,9 @@ def _() -> None:
     expect(d["for"] == "15m" and "[2m]" in d["expr"] and d["expr"].rstrip().endswith("> 50")
            and d["labels"]["severity"] == "critical", f"drops rule is {d}")
     expect("> 0.75" in rules["CalicoConntrackPressure"]["expr"], "conntrack threshold")
+    e = rules["CalicoEBPFDataplaneDrops"]
+    expect(e["for"] == "3m" and "[10m]" in e["expr"] and e["expr"].rstrip().endswith("> 20"),
+           f"eBPF drops rule is {e}")
     r = rules["CalicoDataplaneAgentReportsFailing"]
     expect("[1h]" in r["expr"] and r["expr"].rstrip().endswith("> 3"), f"reports rule is {r['expr']}")
 
