@@ -143,6 +143,59 @@ fn dual_stack_lab_passes_ipv6_traffic_and_each_ipv6_fault_is_named() {
         .expect("traffic flows again after the repairs");
 }
 
+/// Without a datastore, vxlan-v6.calico's next hops, NDP and FDB entries and address are
+/// inferred from the node as vxlan.calico's are: quiet when healthy, each fault named.
+#[test]
+fn without_a_datastore_ipv6_vxlan_is_inferred_like_ipv4() {
+    let lab = LabGuard::dual_stack("v6i");
+    let inferred = |lab: &LabGuard| {
+        let node = &lab.0.spec.nodes[0];
+        let obs = observe(&node.netns, &node.name);
+        assert!(
+            analysis::expected_for(&obs, None)
+                .expect("expected")
+                .is_none()
+        );
+        verify(None, &obs, &Policy::default())
+    };
+    let v = inferred(&lab);
+    assert!(v.findings.is_empty(), "healthy: {:#?}", v.findings);
+    let b = lab.0.spec.nodes[1].v6.clone().expect("node-b v6");
+    for (fault, id, subject) in [
+        (
+            Fault::V6NeighDelete,
+            CheckId::VxlanNeighMissing,
+            b.tunnel_ip.to_string(),
+        ),
+        (
+            Fault::V6FdbDelete,
+            CheckId::VxlanFdbMissing,
+            b.vtep_mac.clone(),
+        ),
+        (
+            Fault::V6RouteDelete,
+            CheckId::RouteMissing,
+            format!("via {}", b.tunnel_ip),
+        ),
+        (
+            Fault::V6TunnelAddressDelete,
+            CheckId::TunnelAddressMismatch,
+            "vxlan-v6.calico".into(),
+        ),
+    ] {
+        lab.0.fault("node-a", fault).expect("inject fault");
+        let v = inferred(&lab);
+        assert_eq!(ids(&v), [(id, subject)], "{fault:?}: {:#?}", v.findings);
+        lab.0.repair().expect("repair");
+        let v = inferred(&lab);
+        assert!(
+            v.findings.is_empty(),
+            "after repairing {fault:?}: {:#?}",
+            v.findings
+        );
+    }
+}
+
 /// The same kernel state judged against an IPv4-only datastore: nothing of IPv6 is
 /// expected, so nothing is reported, even with the IPv6 side broken.
 #[test]

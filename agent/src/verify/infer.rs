@@ -8,7 +8,7 @@ use super::{
     CheckId, Finding, IndexMap, IndexSet, Severity, parent_of, present_tunnels, tunnel::overhead,
     workload_mtu,
 };
-use calico_conventions::{IPIP, PROTO_BIRD, PROTO_CALICO, VXLAN_V4};
+use calico_conventions::{IPIP, PROTO_BIRD, PROTO_CALICO, VXLAN_V4, VXLAN_V6};
 
 use crate::observed::{FdbEntry, Neighbour, ObservedDataplane, RouteType, TABLE_MAIN};
 
@@ -28,7 +28,9 @@ pub(super) const CHECKS: &[CheckId] = &[
 pub(super) fn check(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     tunnels(obs, out);
     workloads(obs, out);
-    vxlan_next_hops(obs, out);
+    for dev in [VXLAN_V4, VXLAN_V6] {
+        vxlan_next_hops(obs, dev, out);
+    }
     tunnel_addresses(obs, out);
 }
 
@@ -72,7 +74,8 @@ fn tunnels(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
 }
 
 /// Felix always puts an address on vxlan.calico (the node's VXLAN tunnel address; only the
-/// eBPF dataplane's flow-based device may go without, reference §1.3) and on wireguard.cali
+/// eBPF dataplane's flow-based device may go without, reference §1.3), on vxlan-v6.calico (its
+/// IPv6 one, §1.9; the kernel's link-local address does not count) and on wireguard.cali
 /// (`interfaceIPv4Address`, or the node IP with host encryption, §3). Without one, traffic
 /// from this host to remote pods has no source the other nodes route back. tunl0 exists
 /// whenever the ipip module is loaded and is Calico's only when addressed, so it is not judged.
@@ -82,21 +85,24 @@ pub(super) fn unaddressed(
     severity: Severity,
     out: &mut Vec<Finding>,
 ) {
-    let always_addressed = t.name == VXLAN_V4 || t.name == calico_conventions::WIREGUARD_V4;
+    let v6 = t.name == VXLAN_V6;
+    let always_addressed = v6 || t.name == VXLAN_V4 || t.name == calico_conventions::WIREGUARD_V4;
     let flow_based = t.vxlan.as_ref().is_some_and(|v| v.external);
     if !always_addressed
         || flow_based
         || !t.is_up()
-        || obs
-            .addresses_of(&t.name)
-            .any(|a| a.address.addr().is_ipv4())
+        || obs.addresses_of(&t.name).any(|a| match a.address.addr() {
+            IpAddr::V4(_) => !v6,
+            IpAddr::V6(a) => v6 && !a.is_unicast_link_local(),
+        })
     {
         return;
     }
+    let (family, host) = if v6 { ("IPv6", 128) } else { ("IPv4", 32) };
     out.push(
         Finding::new(CheckId::TunnelAddressMismatch, severity, t.name.clone())
-            .expected(format!("an IPv4 /32 on {} (Felix always assigns the node's tunnel address)", t.name))
-            .actual("no IPv4 address")
+            .expected(format!("an {family} /{host} on {} (Felix always assigns the node's tunnel address)", t.name))
+            .actual(format!("no {family} address"))
             .hint(format!("remote nodes cannot route replies to this host's traffic through the tunnel; calico-node allocates the address and Felix assigns it: `ip addr show {}`, `calicoctl get node $(hostname) -o yaml | grep -i tunnel`", t.name)),
     );
 }
@@ -108,11 +114,13 @@ fn workloads(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
 }
 
 /// Every route through vxlan.calico needs a permanent ARP entry for its next hop and an FDB
-/// entry for that MAC; every complete VTEP needs a route through it.
-fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
-    let Some(vx) = obs.link(VXLAN_V4).filter(|l| l.is_up()) else {
+/// entry for that MAC; every complete VTEP needs a route through it. The same for
+/// vxlan-v6.calico with NDP entries (Felix's IPv6 VTEP manager programs both, §1.9).
+fn vxlan_next_hops(obs: &ObservedDataplane, dev: &str, out: &mut Vec<Finding>) {
+    let Some(vx) = obs.link(dev).filter(|l| l.is_up()) else {
         return;
     };
+    let arp = if dev == VXLAN_V6 { "NDP" } else { "ARP" };
     // Indexed once (the first entry wins, as a scan would find it): thousands of VTEPs must
     // not mean thousands of scans of every neighbour, FDB entry and route.
     let mut neighbours: IndexMap<IpAddr, &Neighbour> = IndexMap::default();
@@ -131,14 +139,14 @@ fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     let fdb_of = |mac: &str| fdb.get(mac).copied();
     let main = || obs.routes.iter().filter(|r| r.table == TABLE_MAIN);
     let tunnel_route_to: IndexSet<IpAddr> = main()
-        .filter(|r| r.dev.as_deref() == Some(VXLAN_V4))
+        .filter(|r| r.dev.as_deref() == Some(dev))
         .map(|r| r.destination.addr())
         .collect();
     let any_route_via: IndexSet<IpAddr> = main().filter_map(|r| r.gateway).collect();
     let via_tunnel = obs
         .routes
         .iter()
-        .filter(|r| r.table == TABLE_MAIN && r.dev.as_deref() == Some(VXLAN_V4));
+        .filter(|r| r.table == TABLE_MAIN && r.dev.as_deref() == Some(dev));
     let mut gateways = BTreeSet::new();
     for r in via_tunnel {
         if let Some(gw) = r.gateway {
@@ -149,15 +157,15 @@ fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
         match neigh_of(*gw).and_then(|n| n.lladdr.as_deref().map(|m| (n, m))) {
             None => out.push(
                 Finding::new(CheckId::VxlanNeighMissing, Severity::Critical, gw.to_string())
-                    .expected(format!("a permanent ARP entry for {gw} on {VXLAN_V4} (routes use it as next hop)"))
-                    .actual("no ARP entry")
-                    .hint(format!("vxlan.calico does not learn, so packets via {gw} are dropped; Felix rewrites it on its 90 s resync: `ip neigh show dev {VXLAN_V4}`")),
+                    .expected(format!("a permanent {arp} entry for {gw} on {dev} (routes use it as next hop)"))
+                    .actual(format!("no {arp} entry"))
+                    .hint(format!("{dev} does not learn, so packets via {gw} are dropped; Felix rewrites it on its 90 s resync: `ip neigh show dev {dev}`")),
             ),
             Some((_, mac)) if fdb_of(mac).is_none() => out.push(
                 Finding::new(CheckId::VxlanFdbMissing, Severity::Critical, mac.to_string())
-                    .expected(format!("{mac} dev {VXLAN_V4} dst <node IP> self permanent (VTEP behind {gw})"))
+                    .expected(format!("{mac} dev {dev} dst <node IP> self permanent (VTEP behind {gw})"))
                     .actual("no FDB entry")
-                    .hint(format!("the kernel does not know which node owns {mac}; Felix rewrites the FDB on its 90 s resync: `bridge fdb show dev {VXLAN_V4}`")),
+                    .hint(format!("the kernel does not know which node owns {mac}; Felix rewrites the FDB on its 90 s resync: `bridge fdb show dev {dev}`")),
             ),
             Some(_) => {}
         }
@@ -186,9 +194,9 @@ fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
         if complete && !routed {
             out.push(
                 Finding::new(CheckId::RouteMissing, Severity::Warning, format!("via {}", n.destination))
-                    .expected(format!("at least one route via {} dev {VXLAN_V4} (the remote node's block)", n.destination))
-                    .actual("a programmed VTEP (ARP + FDB) with no route through it")
-                    .hint("the remote node's block route is gone, so its pods are unreachable from here; with the datastore (--datastore) the exact block is named: `ip route | grep vxlan.calico`"),
+                    .expected(format!("at least one route via {} dev {dev} (the remote node's block)", n.destination))
+                    .actual(format!("a programmed VTEP ({arp} + FDB) with no route through it"))
+                    .hint(format!("the remote node's block route is gone, so its pods are unreachable from here; with the datastore (--datastore) the exact block is named: `ip route | grep {dev}`")),
             );
         }
     }
@@ -200,14 +208,14 @@ fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
         let Some(gw) = r.gateway else { continue };
         let felix_shaped = r.protocol == PROTO_CALICO || r.protocol == PROTO_BIRD;
         if vtep_nodes.contains(&gw)
-            && r.dev.as_deref() != Some(VXLAN_V4)
+            && r.dev.as_deref() != Some(dev)
             && !felix_shaped
             && r.destination.prefix_len() > 0
         {
             let subject = crate::observed::host_or_net(&r.destination);
             out.push(
                 Finding::new(CheckId::RouteWrongDevice, Severity::Warning, subject.clone())
-                    .expected(format!("{subject} through {VXLAN_V4} ({gw} is a VXLAN peer, and CrossSubnet routes carry proto 80)"))
+                    .expected(format!("{subject} through {dev} ({gw} is a VXLAN peer, and CrossSubnet routes carry proto 80)"))
                     .actual(r.display())
                     .hint(format!("traffic to {subject} bypasses the tunnel and the peer drops it unencapsulated: who added it? `ip -d route show {subject}`")),
             );
@@ -215,8 +223,9 @@ fn vxlan_next_hops(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     }
 }
 
-/// A tunnel address should come from one of this node's blocks (the blackholed ones). A
-/// borrowed tunnel address is legitimate but rare, so this is only `info` without the datastore.
+/// A tunnel address should come from one of this node's blocks (the blackholed ones) of its
+/// family. A borrowed tunnel address is legitimate but rare, so this is only `info` without the
+/// datastore.
 fn tunnel_addresses(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     let blocks: Vec<_> = obs
         .routes
@@ -228,15 +237,20 @@ fn tunnel_addresses(obs: &ObservedDataplane, out: &mut Vec<Finding>) {
         })
         .map(|r| r.destination)
         .collect();
-    if blocks.is_empty() {
-        return;
-    }
-    for dev in [VXLAN_V4, IPIP] {
-        for a in obs.addresses_of(dev).filter(|a| a.address.addr().is_ipv4()) {
-            if !blocks.iter().any(|b| b.contains(&a.address.addr())) {
+    for (dev, v6) in [(VXLAN_V4, false), (IPIP, false), (VXLAN_V6, true)] {
+        let own: Vec<_> = blocks.iter().filter(|b| b.addr().is_ipv6() == v6).collect();
+        if own.is_empty() {
+            continue;
+        }
+        let addresses = obs.addresses_of(dev).filter(|a| match a.address.addr() {
+            IpAddr::V4(_) => !v6,
+            IpAddr::V6(a) => v6 && !a.is_unicast_link_local(),
+        });
+        for a in addresses {
+            if !own.iter().any(|b| b.contains(&a.address.addr())) {
                 out.push(
                     Finding::new(CheckId::TunnelAddressMismatch, Severity::Info, dev)
-                        .expected(format!("an address inside this node's blocks ({})", blocks.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
+                        .expected(format!("an address inside this node's blocks ({})", own.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
                         .actual(a.address.to_string())
                         .hint("either borrowed from another node's block (legitimate) or not the node's tunnel address; run with --datastore to tell: `calicoctl get node $(hostname) -o yaml | grep -i tunnel`"),
                 );
@@ -265,6 +279,59 @@ mod tests {
                 |s| s.check == CheckId::RouteBlackholeMissing && s.reason.contains("datastore")
             )
         );
+    }
+
+    /// Without a datastore, vxlan-v6.calico is judged like vxlan.calico: quiet when healthy,
+    /// each missing piece its own finding with an IPv6 subject.
+    #[test]
+    fn ipv6_vxlan_is_inferred_like_ipv4() {
+        use crate::verify::testutil::healthy_dual_stack;
+        use calico_conventions::VXLAN_V6;
+        let (_, o) = healthy_dual_stack();
+        let v = run_inferred(&o);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        let mac = calico_conventions::vtep_mac_v6("node-b");
+        let (_, mut o) = healthy_dual_stack();
+        o.neighbours.retain(|n| n.dev != VXLAN_V6);
+        let v = run_inferred(&o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::VxlanNeighMissing, "fd00:244::40".into())]
+        );
+        assert!(
+            v.findings[0].expected.contains("NDP"),
+            "{:?}",
+            v.findings[0]
+        );
+        let (_, mut o) = healthy_dual_stack();
+        o.fdb.retain(|f| f.dev != VXLAN_V6);
+        assert_eq!(ids(&run_inferred(&o)), [(CheckId::VxlanFdbMissing, mac)]);
+        let (_, mut o) = healthy_dual_stack();
+        o.routes
+            .retain(|r| r.dev.as_deref() != Some(VXLAN_V6) || r.gateway.is_none());
+        assert_eq!(
+            ids(&run_inferred(&o)),
+            [(CheckId::RouteMissing, "via fd00:244::40".into())]
+        );
+        // Only the kernel's link-local address left.
+        let (_, mut o) = healthy_dual_stack();
+        o.addresses
+            .retain(|a| a.ifname != VXLAN_V6 || a.scope == "link");
+        let v = run_inferred(&o);
+        assert_eq!(ids(&v), [(CheckId::TunnelAddressMismatch, VXLAN_V6.into())]);
+        assert_eq!(v.findings[0].severity, Severity::Warning);
+        // An address outside this node's IPv6 blocks: borrowed, or not Felix's; only info.
+        let (_, mut o) = healthy_dual_stack();
+        for a in o
+            .addresses
+            .iter_mut()
+            .filter(|a| a.ifname == VXLAN_V6 && a.scope == "global")
+        {
+            a.address = "fd00:244::80/128".parse().expect("net");
+        }
+        let v = run_inferred(&o);
+        assert_eq!(ids(&v), [(CheckId::TunnelAddressMismatch, VXLAN_V6.into())]);
+        assert_eq!(v.findings[0].severity, Severity::Info);
     }
 
     #[test]
