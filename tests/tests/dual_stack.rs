@@ -58,6 +58,27 @@ fn ids(v: &Verification) -> Vec<(CheckId, String)> {
         .collect()
 }
 
+/// Injects each fault on node-a, expects exactly its finding from `judge`, repairs, and
+/// expects a clean node again.
+fn each_fault(
+    lab: &LabGuard,
+    cases: Vec<(Fault, CheckId, String)>,
+    judge: impl Fn(&LabGuard) -> Verification,
+) {
+    for (fault, id, subject) in cases {
+        lab.0.fault("node-a", fault).expect("inject fault");
+        let v = judge(lab);
+        assert_eq!(ids(&v), [(id, subject)], "{fault:?}: {:#?}", v.findings);
+        lab.0.repair().expect("repair");
+        let v = judge(lab);
+        assert!(
+            v.findings.is_empty(),
+            "after repairing {fault:?}: {:#?}",
+            v.findings
+        );
+    }
+}
+
 #[test]
 fn dual_stack_lab_passes_ipv6_traffic_and_each_ipv6_fault_is_named() {
     let lab = LabGuard::dual_stack("v6");
@@ -121,23 +142,7 @@ fn dual_stack_lab_passes_ipv6_traffic_and_each_ipv6_fault_is_named() {
             "ip6 filter INPUT".into(),
         ),
     ];
-    for (fault, id, subject) in cases {
-        lab.0.fault("node-a", fault).expect("inject fault");
-        let (_, v) = check(&lab, &ds);
-        assert_eq!(
-            ids(&v),
-            [(id, subject.clone())],
-            "{fault:?}: {:#?}",
-            v.findings
-        );
-        lab.0.repair().expect("repair");
-        let (_, v) = check(&lab, &ds);
-        assert!(
-            v.findings.is_empty(),
-            "after repairing {fault:?}: {:#?}",
-            v.findings
-        );
-    }
+    each_fault(&lab, cases, |lab| check(lab, &ds).1);
     lab.0
         .check_connectivity()
         .expect("traffic flows again after the repairs");
@@ -161,7 +166,7 @@ fn without_a_datastore_ipv6_vxlan_is_inferred_like_ipv4() {
     let v = inferred(&lab);
     assert!(v.findings.is_empty(), "healthy: {:#?}", v.findings);
     let b = lab.0.spec.nodes[1].v6.clone().expect("node-b v6");
-    for (fault, id, subject) in [
+    let cases = vec![
         (
             Fault::V6NeighDelete,
             CheckId::VxlanNeighMissing,
@@ -182,18 +187,8 @@ fn without_a_datastore_ipv6_vxlan_is_inferred_like_ipv4() {
             CheckId::TunnelAddressMismatch,
             "vxlan-v6.calico".into(),
         ),
-    ] {
-        lab.0.fault("node-a", fault).expect("inject fault");
-        let v = inferred(&lab);
-        assert_eq!(ids(&v), [(id, subject)], "{fault:?}: {:#?}", v.findings);
-        lab.0.repair().expect("repair");
-        let v = inferred(&lab);
-        assert!(
-            v.findings.is_empty(),
-            "after repairing {fault:?}: {:#?}",
-            v.findings
-        );
-    }
+    ];
+    each_fault(&lab, cases, inferred);
 }
 
 /// The same kernel state judged against an IPv4-only datastore: nothing of IPv6 is
@@ -231,7 +226,7 @@ fn dual_stack_bundle_is_judged_like_the_live_node() {
     let v = check_bundle(&lab, &ds);
     assert!(v.findings.is_empty(), "healthy bundle: {:#?}", v.findings);
     let b = lab.0.spec.nodes[1].v6.clone().expect("node-b v6");
-    for (fault, id, subject) in [
+    let cases = vec![
         (
             Fault::V6NeighDelete,
             CheckId::VxlanNeighMissing,
@@ -252,12 +247,8 @@ fn dual_stack_bundle_is_judged_like_the_live_node() {
             CheckId::RulesFelixMissing,
             "ip6 filter INPUT".into(),
         ),
-    ] {
-        lab.0.fault("node-a", fault).expect("inject fault");
-        let v = check_bundle(&lab, &ds);
-        assert_eq!(ids(&v), [(id, subject)], "{fault:?}: {:#?}", v.findings);
-        lab.0.repair().expect("repair");
-    }
+    ];
+    each_fault(&lab, cases, |lab| check_bundle(lab, &ds));
 }
 
 /// The IPv4 faults in the dual-stack lab: each still yields exactly its one IPv4 finding
