@@ -4,15 +4,22 @@
 //! `nodesWithIPPortAndAS`; `confd/pkg/backends/calico/bgp_processor.go` `processMeshPeers`,
 //! `buildPeerFromData`; template `node/filesystem/etc/calico/confd/templates/bird.cfg.template`).
 //!
-//! IPv4 only: `bird6` and its `bird6.ctl` are not read.
+//! Both families, each computed the same way from its own node addresses: confd renders
+//! `bird.cfg` and `bird6.cfg` with `GetBirdBGPConfig(4)` / `(6)`, whose `processMeshPeers`
+//! takes each host's `ip_addr_v4` or `ip_addr_v6` (`Node.spec.bgp.ipv4Address` /
+//! `ipv6Address`), names the protocol `Mesh_<ip>` with `.` or `:` replaced by `_`, and whose
+//! `processGlobalPeers`/`processNodePeers` read `peer_v4` or `peer_v6` (BGPPeers by the family
+//! of their peerIP; a peerSelector yields both of the selected node's addresses,
+//! `client.go` `nodeAsBGPPeers(name, true, true, …)`). `bird6.cfg.template` renders no peers
+//! at all when this node has no IPv6 address ("IPv6 disabled on this node"), as
+//! `bird.cfg.template` does without IPv4. The AS rules are the same for both.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::Serialize;
+
+pub use crate::observed::bird::Family;
 
 use super::{
     BgpPeerObject, Datastore, Node, parse_as_number,
@@ -37,8 +44,11 @@ pub struct ExpectedBgp {
     /// are learned from when the mesh provides one.
     pub learned: Vec<LearnedBlock>,
     /// Whether BIRD (its `static` protocol, `bird_aggr.cfg`) programs this node's local
-    /// blackholes, rather than Felix.
+    /// IPv4 blackholes, rather than Felix.
     pub bird_blackholes: bool,
+    /// The same for `bird6` and the IPv6 blocks (`bird6_aggr.cfg`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bird6_blackholes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,6 +64,13 @@ pub struct ExpectedSession {
     /// Where the session comes from: `node-to-node mesh`, `BGPPeer rack-tor`, or
     /// `BGPPeer rack-tor (reverse peering)`.
     pub source: String,
+}
+
+impl ExpectedSession {
+    /// Which BIRD holds the session: `bird6` for an IPv6 peer.
+    pub fn family(&self) -> Family {
+        Family::of(self.peer_ip)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,17 +90,43 @@ impl SessionKind {
     }
 }
 
+/// A remote block BIRD programs: an IPv4 /26 learned by `bird` via the owner's IPv4 address,
+/// or an IPv6 /122 learned by `bird6` via its IPv6 address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LearnedBlock {
-    pub block: Ipv4Net,
+    pub block: IpNet,
     pub node: String,
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
     pub session: Option<String>,
 }
 
 impl ExpectedBgp {
     pub fn session(&self, name: &str) -> Option<&ExpectedSession> {
         self.sessions.iter().find(|s| s.name == name)
+    }
+
+    /// The sessions `family`'s BIRD should have.
+    pub fn sessions_of(&self, family: Family) -> impl Iterator<Item = &ExpectedSession> {
+        self.sessions.iter().filter(move |s| s.family() == family)
+    }
+
+    /// Whether `family`'s BIRD programs this node's local blackholes.
+    pub fn blackholes_by_bird(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.bird_blackholes,
+            Family::V6 => self.bird6_blackholes,
+        }
+    }
+}
+
+impl Family {
+    /// A node's address in this family (`spec.bgp.ipv4Address`/`ipv6Address`, no prefix): what
+    /// confd stores as `ip_addr_v4`/`ip_addr_v6`.
+    pub fn node_ip(self, n: &Node) -> Option<IpAddr> {
+        match self {
+            Self::V4 => n.ipv4.map(|i| IpAddr::V4(i.addr())),
+            Self::V6 => n.ipv6.map(|i| IpAddr::V6(i.addr())),
+        }
     }
 }
 
@@ -151,9 +194,10 @@ impl<'a> Ctx<'a> {
         nonempty(&p.spec.node).map(|n| vec![n.to_string()])
     }
 
-    /// The remote side: each node `peerSelector` matches, or `peerIP` (`nodeAsBGPPeers`, and
-    /// the peerIP branch of `updatePeersV1`).
-    fn remote_peers(&mut self, p: &BgpPeerObject) -> Vec<(Key, Peering)> {
+    /// The remote side in `family`: the `family` address of each node `peerSelector` matches,
+    /// or `peerIP` (`nodeAsBGPPeers`, and the peerIP branch of `updatePeersV1`; a peerIP of
+    /// the other family is filtered out by the caller).
+    fn remote_peers(&mut self, p: &BgpPeerObject, family: Family) -> Vec<(Key, Peering)> {
         let source = format!("BGPPeer {}", p.name);
         let local_as = p
             .spec
@@ -161,17 +205,17 @@ impl<'a> Ctx<'a> {
             .as_ref()
             .and_then(|v| parse_as_number(v).ok());
         if let Some(sel) = nonempty(&p.spec.peer_selector) {
-            let nodes: Vec<(String, Option<Ipv4Net>, u32)> = self
+            let nodes: Vec<(String, Option<IpAddr>, u32)> = self
                 .select(p, "peerSelector", sel)
                 .iter()
-                .map(|n| (n.name.clone(), n.ipv4, self.node_as(n)))
+                .map(|n| (n.name.clone(), family.node_ip(n), self.node_as(n)))
                 .collect();
             return nodes
                 .into_iter()
                 .filter_map(|(name, ip, peer_as)| {
                     let key = Key {
                         global: false,
-                        ip: IpAddr::V4(ip?.addr()),
+                        ip: ip?,
                         port: self.listen_port(&name).unwrap_or(0),
                     };
                     Some((
@@ -233,12 +277,13 @@ impl<'a> Ctx<'a> {
             .unwrap_or(self.global_as)
     }
 
-    /// `nodesWithIPPortAndAS`: Calico nodes with this IP and AS (and listen port, if given).
+    /// `nodesWithIPPortAndAS`: Calico nodes with this IP (of its family) and AS (and listen
+    /// port, if given).
     fn nodes_with_ip_and_as(&self, ip: IpAddr, peer_as: u32, port: u16) -> Vec<String> {
         self.ds
             .nodes
             .iter()
-            .filter(|n| n.ipv4.map(|i| IpAddr::V4(i.addr())) == Some(ip))
+            .filter(|n| Family::of(ip).node_ip(n) == Some(ip))
             .filter(|n| self.node_as(n) == peer_as)
             .filter(|n| port == 0 || self.listen_port(&n.name).is_none_or(|p| p == port))
             .map(|n| n.name.clone())
@@ -296,73 +341,78 @@ pub fn compute(ds: &Datastore, me: &Node) -> ExpectedBgp {
         .and_then(|c| c.node_to_node_mesh_enabled)
         .unwrap_or(true)
         && me.rr_cluster_id.is_none();
-    let Some(my_ip) = me.ipv4.map(|n| n.addr()) else {
-        // bird.cfg.template: "IPv4 disabled on this node", no v4 peers at all.
-        return ExpectedBgp {
-            as_number: my_as,
-            mesh,
-            ..Default::default()
-        };
+    let mut out = ExpectedBgp {
+        as_number: my_as,
+        mesh,
+        ..Default::default()
     };
-    let mut sessions = Vec::new();
-    if mesh {
-        for n in ds.nodes.iter().filter(|n| n.name != me.name) {
-            let Some(ip) = n.ipv4.map(|i| i.addr()).filter(|ip| *ip != my_ip) else {
-                continue;
-            };
-            if n.rr_cluster_id.is_some() {
+    for family in Family::ALL {
+        // bird.cfg.template / bird6.cfg.template: "IPv4 (IPv6) disabled on this node", no
+        // peers of that family at all.
+        let Some(my_ip) = family.node_ip(me) else {
+            continue;
+        };
+        let mut sessions = Vec::new();
+        if mesh {
+            for n in ds.nodes.iter().filter(|n| n.name != me.name) {
+                let Some(ip) = family.node_ip(n).filter(|ip| *ip != my_ip) else {
+                    continue;
+                };
+                if n.rr_cluster_id.is_some() {
+                    continue;
+                }
+                sessions.push(ExpectedSession {
+                    name: protocol_name(SessionKind::Mesh, ip, 0),
+                    peer_ip: ip,
+                    kind: SessionKind::Mesh,
+                    peer_as: ctx.node_as(n),
+                    local_as: my_as,
+                    node: Some(n.name.clone()),
+                    source: "node-to-node mesh".into(),
+                });
+            }
+        }
+        for (key, p) in peerings(&mut ctx, me, family) {
+            // buildPeerFromData: never a session to ourselves; `peer_v4`/`peer_v6` hold the
+            // peers of one family each.
+            if key.ip == my_ip || Family::of(key.ip) != family {
                 continue;
             }
+            let kind = if key.global {
+                SessionKind::Global
+            } else {
+                SessionKind::Node
+            };
             sessions.push(ExpectedSession {
-                name: protocol_name(SessionKind::Mesh, IpAddr::V4(ip), 0),
-                peer_ip: IpAddr::V4(ip),
-                kind: SessionKind::Mesh,
-                peer_as: ctx.node_as(n),
-                local_as: my_as,
-                node: Some(n.name.clone()),
-                source: "node-to-node mesh".into(),
+                name: protocol_name(kind, key.ip, key.port),
+                peer_ip: key.ip,
+                kind,
+                peer_as: p.peer_as,
+                local_as: p.local_as.unwrap_or(my_as),
+                node: p.node,
+                source: p.source,
             });
         }
-    }
-    for (key, p) in peerings(&mut ctx, me) {
-        // buildPeerFromData: never a session to ourselves; IPv4 only here.
-        if key.ip == IpAddr::V4(my_ip) || key.ip.is_ipv6() {
-            continue;
+        sessions.sort_by(|a, b| a.name.cmp(&b.name));
+        let (learned, blackholes) = bird_routes(ds, me, family, &sessions);
+        out.sessions.extend(sessions);
+        out.learned.extend(learned);
+        match family {
+            Family::V4 => out.bird_blackholes = blackholes,
+            Family::V6 => out.bird6_blackholes = blackholes,
         }
-        let kind = if key.global {
-            SessionKind::Global
-        } else {
-            SessionKind::Node
-        };
-        sessions.push(ExpectedSession {
-            name: protocol_name(kind, key.ip, key.port),
-            peer_ip: key.ip,
-            kind,
-            peer_as: p.peer_as,
-            local_as: p.local_as.unwrap_or(my_as),
-            node: p.node,
-            source: p.source,
-        });
     }
-    sessions.sort_by(|a, b| a.name.cmp(&b.name));
-    let (learned, bird_blackholes) = bird_routes(ds, me, &sessions);
     let mut incomplete = ctx.incomplete;
     incomplete.sort();
     incomplete.dedup();
-    ExpectedBgp {
-        as_number: my_as,
-        mesh,
-        sessions,
-        incomplete,
-        learned,
-        bird_blackholes,
-    }
+    out.incomplete = incomplete;
+    out
 }
 
-/// The peerings confd emits that concern `me`: every global one, and the node-specific ones
-/// (forward, then automatic reverse) keyed to `me`. The first emitted for a key wins, and a
-/// node-specific one is dropped where a global one has the same IP and port.
-fn peerings(ctx: &mut Ctx<'_>, me: &Node) -> BTreeMap<Key, Peering> {
+/// The peerings confd emits that concern `me` in `family`: every global one, and the
+/// node-specific ones (forward, then automatic reverse) keyed to `me`. The first emitted for a
+/// key wins, and a node-specific one is dropped where a global one has the same IP and port.
+fn peerings(ctx: &mut Ctx<'_>, me: &Node, family: Family) -> BTreeMap<Key, Peering> {
     let mut out: BTreeMap<Key, Peering> = BTreeMap::new();
     let emit = |out: &mut BTreeMap<Key, Peering>, key: Key, p: Peering| {
         let global_twin = Key {
@@ -394,14 +444,16 @@ fn peerings(ctx: &mut Ctx<'_>, me: &Node) -> BTreeMap<Key, Peering> {
                     continue;
                 }
             }
-            for (mut key, peering) in ctx.remote_peers(p) {
+            for (mut key, peering) in ctx.remote_peers(p, family) {
                 key.global = global_pass;
                 emit(&mut out, key, peering);
             }
         }
     }
     // Reverse peerings (unless `reversePeering: Manual`): where `me` is the remote side of a
-    // BGPPeer, it peers back with that peer's local nodes.
+    // BGPPeer, it peers back with that peer's local nodes: over both families when a
+    // peerSelector chose `me`, over the peerIP's family only otherwise (`updatePeersV1`'s
+    // `includeV4`/`includeV6`).
     for p in &peers {
         if p.spec.reverse_peering.as_deref() == Some("Manual")
             || nonempty(&p.spec.local_workload_selector).is_some()
@@ -415,6 +467,9 @@ fn peerings(ctx: &mut Ctx<'_>, me: &Node) -> BTreeMap<Key, Peering> {
         } else if let Some(raw) = nonempty(&p.spec.peer_ip) {
             let (host, port) = split_host_port(raw);
             host.parse::<IpAddr>().is_ok_and(|ip| {
+                if Family::of(ip) != family {
+                    return false;
+                }
                 let peer_as = ctx.peer_as(p);
                 ctx.nodes_with_ip_and_as(ip, peer_as, port)
                     .contains(&me.name)
@@ -433,10 +488,12 @@ fn peerings(ctx: &mut Ctx<'_>, me: &Node) -> BTreeMap<Key, Peering> {
             let Some(n) = ctx.ds.node(&name) else {
                 continue;
             };
-            let Some(ip) = n.ipv4 else { continue };
+            let Some(ip) = family.node_ip(n) else {
+                continue;
+            };
             let key = Key {
                 global: false,
-                ip: IpAddr::V4(ip.addr()),
+                ip,
                 port: ctx.listen_port(&name).unwrap_or(0),
             };
             let peering = Peering {
@@ -455,10 +512,13 @@ fn peerings(ctx: &mut Ctx<'_>, me: &Node) -> BTreeMap<Key, Peering> {
 /// `tunl0`) unless Felix owns those cluster routes (FelixConfiguration `programClusterRoutes`,
 /// calico-dataplane.md §1.7–1.8: Felix-owned values are `Enabled`, `EnabledNoEncapOnly`,
 /// `EnabledIPIPOnly`; unset means BIRD in every released version), and this node's
-/// blackholes for those pools (`bird_aggr.cfg.template`: `route <block> blackhole;`).
+/// blackholes for those pools (`bird_aggr.cfg.template`: `route <block> blackhole;`). Per
+/// family: `bird6` does the same for IPv6 blocks (`bird6_aggr.cfg.template`,
+/// `bird6_ipam.cfg.template`), learning them via the owner's IPv6 address.
 fn bird_routes(
     ds: &Datastore,
     me: &Node,
+    family: Family,
     sessions: &[ExpectedSession],
 ) -> (Vec<LearnedBlock>, bool) {
     let felix_owns = ds.felix_config(&me.name).program_cluster_routes;
@@ -477,9 +537,13 @@ fn bird_routes(
     let mut learned = Vec::new();
     let mut blackholes = false;
     for b in ds.blocks.iter().filter(|b| !b.deleted) {
-        let (Some(owner), ipnet::IpNet::V4(cidr)) = (b.affinity.as_deref(), b.cidr) else {
+        let cidr = b.cidr;
+        let Some(owner) = b.affinity.as_deref() else {
             continue;
         };
+        if Family::of(cidr.addr()) != family {
+            continue;
+        }
         if ds
             .pool_for(&b.cidr)
             .is_none_or(|p| !p.routes_workloads() || !bird_owns(p))
@@ -490,7 +554,7 @@ fn bird_routes(
             blackholes = true;
             continue;
         }
-        let Some(gateway) = ds.node(owner).and_then(|n| n.ipv4).map(|i| i.addr()) else {
+        let Some(gateway) = ds.node(owner).and_then(|n| family.node_ip(n)) else {
             continue;
         };
         learned.push(LearnedBlock {

@@ -45,6 +45,9 @@ pub struct Diag {
     /// calico-node's BGP sessions, when its BIRD answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp_sessions: Option<Vec<crate::observed::bird::BgpPeer>>,
+    /// calico-node's IPv6 BGP sessions, when its `bird6` answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp6_sessions: Option<Vec<crate::observed::bird::BgpPeer>>,
     /// Calico eBPF mode: Felix's pinned maps, program links, route map and counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calico_bpf: Option<bpf::BpfSummary>,
@@ -246,6 +249,7 @@ pub fn build(obs: &ObservedDataplane) -> Diag {
         unavailable: obs.unavailable.clone(),
         missing_capabilities: obs.missing_capabilities.clone(),
         bgp_sessions: obs.bgp_peers.clone(),
+        bgp6_sessions: obs.bgp6_peers.clone(),
         calico_bpf: bpf::summary(obs),
     };
     d.anomalies = anomalies(&d);

@@ -192,7 +192,7 @@ fn bgp_evidence(obs: &ObservedDataplane, why: &mut Vec<String>) {
 /// Calico is on the node even when no mode can be told: Felix's chains with the routes not
 /// in the input, or BIRD's sessions alone.
 pub fn calico_evidence(obs: &ObservedDataplane) -> bool {
-    obs.bgp_peers.as_ref().is_some_and(|p| !p.is_empty()) || felix_rules_seen(obs)
+    obs.all_bgp_peers().next().is_some() || felix_rules_seen(obs)
 }
 
 /// Felix's chains, or rules jumping to them, in iptables or nftables.

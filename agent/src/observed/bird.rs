@@ -1,6 +1,10 @@
 //! BGP sessions from calico-node's BIRD, over its control socket, the way `calicoctl node
 //! status` reads them (shared/reference/calico-dataplane.md §10): `show protocols`, BIRD 1.x
 //! reply codes, peers named `Mesh_<ip>`, `Node_<ip>` or `Global_<ip>`.
+//!
+//! calico-node runs one BIRD per family: `bird` (IPv4, `bird.ctl`) and, in dual-stack BGP
+//! clusters, `bird6` (IPv6, `bird6.ctl`; `node/filesystem/etc/service/available/bird6/run`).
+//! BIRD 1.6's `bird6` speaks the same control protocol, so one reader serves both.
 
 use std::{path::Path, time::Duration};
 
@@ -12,7 +16,65 @@ use tokio::{
 
 /// Where calico-node's BIRD listens, then the path calicoctl falls back to.
 pub const SOCKETS: &[&str] = &["/var/run/calico/bird.ctl", "/var/run/bird/bird.ctl"];
+/// The same for `bird6` (`calicoctl/calicoctl/commands/node/status.go` `printBIRDPeers`).
+pub const SOCKETS_V6: &[&str] = &["/var/run/calico/bird6.ctl", "/var/run/bird/bird6.ctl"];
 const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which of calico-node's two BIRDs: IPv4 sessions live in `bird`, IPv6 ones in `bird6`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Self; 2] = [Self::V4, Self::V6];
+
+    pub fn of(ip: std::net::IpAddr) -> Self {
+        if ip.is_ipv6() { Self::V6 } else { Self::V4 }
+    }
+
+    /// The daemon's name, as in its process and socket names.
+    pub fn daemon(self) -> &'static str {
+        match self {
+            Self::V4 => "bird",
+            Self::V6 => "bird6",
+        }
+    }
+
+    /// Where calico-node's daemon of this family listens, then calicoctl's fallback.
+    pub fn sockets(self) -> &'static [&'static str] {
+        match self {
+            Self::V4 => SOCKETS,
+            Self::V6 => SOCKETS_V6,
+        }
+    }
+
+    /// The environment variable pointing the agent at a non-default socket.
+    pub fn socket_env(self) -> &'static str {
+        match self {
+            Self::V4 => "AGENT_BIRD_SOCKET",
+            Self::V6 => "AGENT_BIRD6_SOCKET",
+        }
+    }
+
+    /// `birdcl -s <socket>`, for hints.
+    pub fn birdcl(self) -> String {
+        format!("birdcl -s {}", self.sockets()[0])
+    }
+
+    /// `IPv4`/`IPv6`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BgpPeer {
@@ -40,8 +102,8 @@ impl BgpPeer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BirdError {
-    #[error("no BIRD control socket at {} (BGP not in use here?)", SOCKETS.join(" or "))]
-    NoSocket,
+    #[error("no {} control socket at {} (BGP not in use here?)", family.daemon(), family.sockets().join(" or "))]
+    NoSocket { family: Family },
     #[error("{path}")]
     Io {
         path: String,
@@ -63,7 +125,7 @@ impl BirdError {
     /// No BIRD on this node (BGP is not in use): the BGP checks do not apply.
     pub fn not_running(&self) -> bool {
         match self {
-            Self::NoSocket => true,
+            Self::NoSocket { .. } => true,
             Self::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
@@ -73,16 +135,17 @@ impl BirdError {
     }
 }
 
-/// Reads the BGP peers. `Err` when no BIRD answers (BGP not in use on this node, or the socket
-/// is not mounted into the agent).
-pub async fn read(socket: Option<&str>) -> Result<Vec<BgpPeer>, BirdError> {
+/// Reads the BGP peers of `family`'s BIRD. `Err` when no BIRD answers (BGP, or that family,
+/// not in use on this node, or the socket is not mounted into the agent).
+pub async fn read(family: Family, socket: Option<&str>) -> Result<Vec<BgpPeer>, BirdError> {
     let path = match socket {
         Some(p) => p.to_string(),
-        None => SOCKETS
+        None => family
+            .sockets()
             .iter()
             .find(|p| Path::new(p).exists())
             .map(|p| (*p).to_string())
-            .ok_or(BirdError::NoSocket)?,
+            .ok_or(BirdError::NoSocket { family })?,
     };
     let io = |source| BirdError::Io {
         path: path.clone(),
@@ -181,7 +244,9 @@ pub fn parse_protocols(lines: &[String]) -> Vec<BgpPeer> {
             .find_map(|(p, k)| f[0].strip_prefix(p).map(|s| (*k, s)))?;
             // confd appends `_port_<n>` for a non-default port (`buildPeerFromData`).
             let suffix = suffix.split("_port_").next().unwrap_or(suffix);
-            let peer_ip = if suffix.matches('_').count() == 3 {
+            // confd replaces `.` (bird.cfg) or `:` (bird6.cfg) with `_` (`processMeshPeers`,
+            // `buildPeerFromData`): an IPv4 address has exactly three.
+            let peer_ip = if suffix.matches('_').count() == 3 && !suffix.contains("__") {
                 suffix.replace('_', ".")
             } else {
                 suffix.replace('_', ":")
@@ -266,11 +331,17 @@ Node_192_0_2_9_port_1790 BGP master start 2026-05-19 Idle Received: Bad peer AS\
                 }
             }
         });
-        let peers = read(Some(&sock.to_string_lossy())).await.expect("peers");
+        let peers = read(Family::V4, Some(&sock.to_string_lossy()))
+            .await
+            .expect("peers");
         std::fs::remove_dir_all(&dir).expect("cleanup");
         assert_eq!(peers.iter().filter(|p| !p.established()).count(), 3);
         // Aged on BIRD's clock: 10:03:11 - 10:00:05.
         assert_eq!(peers[0].since_seconds, Some(186));
-        assert!(read(Some("/nonexistent/bird.ctl")).await.is_err());
+        assert!(
+            read(Family::V4, Some("/nonexistent/bird.ctl"))
+                .await
+                .is_err()
+        );
     }
 }

@@ -59,7 +59,7 @@ impl SourceGroup {
                 CalicoBpfRoutes,
                 CalicoBpfCounters,
             ],
-            Self::Services => &[FelixHealth, Bgp, Wireguard],
+            Self::Services => &[FelixHealth, Bgp, Bgp6, Wireguard],
         }
     }
 }
@@ -195,17 +195,32 @@ async fn read_services(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavai
             None
         }
     };
-    // AGENT_BIRD_SOCKET points at a non-default BIRD control socket.
-    obs.bgp_peers = match bird::read(std::env::var("AGENT_BIRD_SOCKET").ok().as_deref()).await {
-        Ok(peers) => Some(peers),
-        Err(e) => {
-            unavailable.push(
-                Unavailable::new(Source::Bgp, "bird show protocols", error_chain(&e))
+    // AGENT_BIRD_SOCKET / AGENT_BIRD6_SOCKET point at non-default BIRD control sockets. An
+    // absent bird6 is only NotRunning: whether IPv6 sessions were due is verify's judgement.
+    for (family, source) in [
+        (bird::Family::V4, Source::Bgp),
+        (bird::Family::V6, Source::Bgp6),
+    ] {
+        let socket = std::env::var(family.socket_env()).ok();
+        let peers = match bird::read(family, socket.as_deref()).await {
+            Ok(peers) => Some(peers),
+            Err(e) => {
+                unavailable.push(
+                    Unavailable::new(
+                        source,
+                        format!("{} show protocols", family.daemon()),
+                        error_chain(&e),
+                    )
                     .with_cause(cause(e.not_running())),
-            );
-            None
+                );
+                None
+            }
+        };
+        match family {
+            bird::Family::V4 => obs.bgp_peers = peers,
+            bird::Family::V6 => obs.bgp6_peers = peers,
         }
-    };
+    }
 }
 
 fn cause(not_running: bool) -> Cause {

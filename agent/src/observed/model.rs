@@ -32,6 +32,9 @@ pub struct ObservedDataplane {
     pub wireguard: Vec<WgDevice>,
     /// BGP peers from calico-node's BIRD, when its control socket answered.
     pub bgp_peers: Option<Vec<super::bird::BgpPeer>>,
+    /// IPv6 BGP peers from calico-node's `bird6`, when its control socket answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp6_peers: Option<Vec<super::bird::BgpPeer>>,
     /// Felix's readiness, when its health endpoint answered.
     pub felix_health: Option<super::felix_health::FelixHealth>,
     /// Connection tracking entries per protocol and TCP state (a streamed netlink dump).
@@ -86,6 +89,7 @@ impl Source {
             self,
             Self::FelixHealth
                 | Self::Bgp
+                | Self::Bgp6
                 | Self::Conntrack
                 | Self::CalicoBpfRoutes
                 | Self::CalicoBpfCounters
@@ -142,6 +146,8 @@ pub enum Source {
     FelixHealth,
     /// BIRD's BGP sessions.
     Bgp,
+    /// `bird6`'s BGP sessions (IPv6).
+    Bgp6,
     /// Calico eBPF mode's pinned conntrack map.
     CalicoConntrack,
     /// Calico eBPF mode's route map (`cali_v4_routes`).
@@ -488,6 +494,19 @@ impl ObservedDataplane {
     /// Whether `source` was read (a missing source means "unknown", never "empty").
     pub fn observable(&self, source: Source) -> bool {
         !self.unavailable.iter().any(|u| u.kind == source)
+    }
+
+    /// The sessions `family`'s BIRD answered with (`bird` or `bird6`), when it did.
+    pub fn bgp_peers_of(&self, family: super::bird::Family) -> Option<&Vec<super::bird::BgpPeer>> {
+        match family {
+            super::bird::Family::V4 => self.bgp_peers.as_ref(),
+            super::bird::Family::V6 => self.bgp6_peers.as_ref(),
+        }
+    }
+
+    /// Every BGP session either BIRD answered with, IPv4 first.
+    pub fn all_bgp_peers(&self) -> impl Iterator<Item = &super::bird::BgpPeer> {
+        self.bgp_peers.iter().chain(&self.bgp6_peers).flatten()
     }
 
     pub fn link(&self, name: &str) -> Option<&Link> {

@@ -4,19 +4,22 @@
 
 use std::fmt::Write as _;
 
-use crate::analysis::Analysis;
+use crate::{analysis::Analysis, observed::bird::BgpPeer};
 
 pub fn sessions(o: &mut String, a: &Analysis) {
-    let Some(peers) = &a.diag.bgp_sessions else {
-        return;
-    };
+    if let Some(peers) = &a.diag.bgp_sessions {
+        family(o, a, "BGP SESSIONS (calico-node's BIRD", peers);
+    }
+    if let Some(peers) = &a.diag.bgp6_sessions {
+        family(o, a, "BGP SESSIONS, IPv6 (calico-node's bird6", peers);
+    }
+}
+
+/// One BIRD's sessions under `title`: `bird`'s, then `bird6`'s in a dual-stack cluster.
+fn family(o: &mut String, a: &Analysis, title: &str, peers: &[BgpPeer]) {
     let flaps = a.daemon.as_ref().map(|d| &d.bgp_flaps);
     let up = peers.iter().filter(|p| p.established()).count();
-    let _ = writeln!(
-        o,
-        "\nBGP SESSIONS (calico-node's BIRD: {up} of {} Established)",
-        peers.len()
-    );
+    let _ = writeln!(o, "\n{title}: {up} of {} Established)", peers.len());
     if peers.is_empty() {
         let _ = writeln!(o, "  none configured");
     }
@@ -48,7 +51,6 @@ pub fn sessions(o: &mut String, a: &Analysis) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observed::bird::BgpPeer;
 
     fn analysis(peers: Option<Vec<BgpPeer>>, daemon: bool) -> Analysis {
         let obs = crate::observed::ObservedDataplane {

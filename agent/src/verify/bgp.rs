@@ -4,28 +4,99 @@
 //!
 //! Judged only from what BIRD's control socket answered: without it these checks are not run
 //! (the `Bgp` source is unavailable, `verify::needs`), never reported as drift.
+//!
+//! Each family is judged against its own BIRD: IPv4 sessions against `bird`, IPv6 ones against
+//! `bird6`, with the same checks. When IPv6 sessions are due and `bird6` did not answer while
+//! `bird` did, the checks are listed as not run for IPv6 ([`skip_unobserved`]).
 
 use std::collections::BTreeMap;
 
-use super::{CheckId, Finding, Severity};
+use super::{CheckId, Finding, NotRun, Severity, Skipped};
 use crate::{
     desired::{bgp::ExpectedBgp, expected::Expected},
-    observed::{ObservedDataplane, bird::BgpPeer},
+    observed::{
+        ObservedDataplane, Source,
+        bird::{BgpPeer, Family},
+    },
 };
 
-const BIRDCL: &str = "birdcl -s /var/run/calico/bird.ctl";
+/// The config file confd renders for `family`'s BIRD.
+fn config_file(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "bird.cfg",
+        Family::V6 => "bird6.cfg",
+    }
+}
+
+/// Where confd puts `family`'s local blocks as static blackholes.
+fn aggr_file(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "bird_aggr.cfg",
+        Family::V6 => "bird6_aggr.cfg",
+    }
+}
+
+/// How findings name `family`'s daemon: `BIRD` as before for IPv4, `bird6` for IPv6.
+fn daemon(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "BIRD",
+        Family::V6 => "bird6",
+    }
+}
 
 pub(super) fn check(expected: Option<&Expected>, obs: &ObservedDataplane, out: &mut Vec<Finding>) {
     let bgp = expected.map(|e| &e.bgp);
-    if let Some(peers) = &obs.bgp_peers {
-        sessions(bgp, peers, out);
+    for family in Family::ALL {
+        if let Some(peers) = obs.bgp_peers_of(family) {
+            sessions(bgp, family, peers, out);
+        }
     }
     if let Some(e) = expected {
         explain_routes(e, obs, out);
     }
 }
 
-fn sessions(bgp: Option<&ExpectedBgp>, peers: &[BgpPeer], out: &mut Vec<Finding>) {
+/// The session checks, for IPv6, when `bird6` did not answer although IPv6 sessions are due:
+/// not observable, naming the socket. (Without `bird` either, BGP is not running here and the
+/// checks are already skipped as a whole through the `Bgp` source.)
+pub(super) fn skip_unobserved(
+    expected: Option<&Expected>,
+    obs: &ObservedDataplane,
+    skipped: &mut Vec<Skipped>,
+) {
+    let Some(e) = expected else {
+        return;
+    };
+    let due = e.bgp.sessions_of(Family::V6).count();
+    if due == 0 || obs.bgp6_peers.is_some() || obs.bgp_peers.is_none() {
+        return;
+    }
+    let why = obs
+        .unavailable
+        .iter()
+        .find(|u| u.kind == Source::Bgp6)
+        .map_or_else(
+            || format!("no bird6 answer at {}", Family::V6.sockets().join(" or ")),
+            |u| format!("{}: {}", u.source, u.reason),
+        );
+    for id in [
+        CheckId::BgpSessionDown,
+        CheckId::BgpSessionMissing,
+        CheckId::BgpSessionUnexpected,
+    ] {
+        skipped.push(
+            Skipped::new(
+                id,
+                NotRun::CouldNotObserve,
+                format!("IPv6 sessions ({due} due) not observable ({why}); IPv4 sessions judged"),
+            )
+            .missing("bird6 show protocols"),
+        );
+    }
+}
+
+fn sessions(bgp: Option<&ExpectedBgp>, family: Family, peers: &[BgpPeer], out: &mut Vec<Finding>) {
+    let (bird, cfg, birdcl) = (daemon(family), config_file(family), family.birdcl());
     for p in peers {
         let want = bgp.and_then(|b| b.session(&p.name));
         if let (Some(b), None) = (bgp, want) {
@@ -36,17 +107,17 @@ fn sessions(bgp: Option<&ExpectedBgp>, peers: &[BgpPeer], out: &mut Vec<Finding>
             } else {
                 Severity::Info
             };
+            let implied = b.sessions_of(family).count();
             out.push(
                 Finding::new(CheckId::BgpSessionUnexpected, severity, p.peer_ip.clone())
                     .expected(format!(
-                        "no BIRD session to {} ({} session(s) implied by the mesh and BGPPeers{})",
+                        "no {bird} session to {} ({implied} session(s) implied by the mesh and BGPPeers{})",
                         p.peer_ip,
-                        b.sessions.len(),
                         if b.incomplete.is_empty() { "" } else { "; some BGPPeers could not be evaluated" }
                     ))
                     .actual(format!("{} ({}): {}", p.name, p.kind, state(p)))
                     .hint(format!(
-                        "confd renders bird.cfg from the datastore; a session it does not imply is a stale config (a node or BGPPeer that was removed, confd not re-rendering) or a hand edit: `grep -n {} /etc/calico/confd/config/bird.cfg`, `calicoctl get bgppeer -o wide`, calico-node's confd log",
+                        "confd renders {cfg} from the datastore; a session it does not imply is a stale config (a node or BGPPeer that was removed, confd not re-rendering) or a hand edit: `grep -n {} /etc/calico/confd/config/{cfg}`, `calicoctl get bgppeer -o wide`, calico-node's confd log",
                         p.name
                     )),
             );
@@ -76,6 +147,7 @@ fn sessions(bgp: Option<&ExpectedBgp>, peers: &[BgpPeer], out: &mut Vec<Finding>
             .actual(state(p))
             .hint(down_hint(
                 p,
+                &birdcl,
                 want.map(|s| (s.peer_as, s.source.as_str(), s.node.as_deref())),
             )),
         );
@@ -85,8 +157,7 @@ fn sessions(bgp: Option<&ExpectedBgp>, peers: &[BgpPeer], out: &mut Vec<Finding>
     };
     let present: BTreeMap<&str, &BgpPeer> = peers.iter().map(|p| (p.name.as_str(), p)).collect();
     for s in b
-        .sessions
-        .iter()
+        .sessions_of(family)
         .filter(|s| !present.contains_key(s.name.as_str()))
     {
         let with = s
@@ -97,12 +168,12 @@ fn sessions(bgp: Option<&ExpectedBgp>, peers: &[BgpPeer], out: &mut Vec<Finding>
         out.push(
             Finding::new(CheckId::BgpSessionMissing, Severity::Warning, s.peer_ip.to_string())
                 .expected(format!(
-                    "BIRD protocol {} ({}{with}, neighbor {} as {})",
+                    "{bird} protocol {} ({}{with}, neighbor {} as {})",
                     s.name, s.source, s.peer_ip, s.peer_as
                 ))
-                .actual(format!("not among BIRD's {} BGP session(s)", peers.len()))
+                .actual(format!("not among {bird}'s {} BGP session(s)", peers.len()))
                 .hint(format!(
-                    "BIRD runs a config that lacks this peering, so nothing is learned from {ip} over it (route.missing shows what that costs): confd has not rendered the current datastore — check calico-node's confd log and `grep -n {name} /etc/calico/confd/config/bird.cfg`; `{BIRDCL} show protocols`",
+                    "{bird} runs a config that lacks this peering, so nothing is learned from {ip} over it (route.missing shows what that costs): confd has not rendered the current datastore — check calico-node's confd log and `grep -n {name} /etc/calico/confd/config/{cfg}`; `{birdcl} show protocols`",
                     ip = s.peer_ip,
                     name = s.name
                 )),
@@ -131,7 +202,7 @@ pub fn age(secs: u64) -> String {
     }
 }
 
-fn down_hint(p: &BgpPeer, want: Option<(u32, &str, Option<&str>)>) -> String {
+fn down_hint(p: &BgpPeer, birdcl: &str, want: Option<(u32, &str, Option<&str>)>) -> String {
     let ip = &p.peer_ip;
     let name = &p.name;
     if p.info.contains("Bad peer AS") {
@@ -143,11 +214,11 @@ fn down_hint(p: &BgpPeer, want: Option<(u32, &str, Option<&str>)>) -> String {
             None => String::new(),
         };
         return format!(
-            "the two ends disagree on the AS number: one side's OPEN carried an AS the other was not configured for, so the session never establishes and no routes are exchanged.{configured} Compare `calicoctl get bgppeer -o yaml` (asNumber), `calicoctl get bgpconfiguration default -o yaml` and the nodes' spec.bgp.asNumber (`calicoctl get node -o yaml`); `{BIRDCL} show protocols all {name}` shows the neighbor AS and the last error"
+            "the two ends disagree on the AS number: one side's OPEN carried an AS the other was not configured for, so the session never establishes and no routes are exchanged.{configured} Compare `calicoctl get bgppeer -o yaml` (asNumber), `calicoctl get bgpconfiguration default -o yaml` and the nodes' spec.bgp.asNumber (`calicoctl get node -o yaml`); `{birdcl} show protocols all {name}` shows the neighbor AS and the last error"
         );
     }
     format!(
-        "routes learned from {ip} are withdrawn while it is down; check TCP 179 between the nodes and the peer's calico-node: `nc -vz {ip} 179`, `{BIRDCL} show protocols all {name}` (last error), `calicoctl node status`"
+        "routes learned from {ip} are withdrawn while it is down; check TCP 179 between the nodes and the peer's calico-node: `nc -vz {ip} 179`, `{birdcl} show protocols all {name}` (last error), `calicoctl node status`"
     )
 }
 
@@ -162,6 +233,8 @@ fn explain_routes(e: &Expected, obs: &ObservedDataplane, out: &mut [Finding]) {
                 let Some(l) = b.learned.iter().find(|l| l.block.to_string() == f.subject) else {
                     continue;
                 };
+                let family = Family::of(l.block.addr());
+                let (bird, birdcl) = (daemon(family), family.birdcl());
                 let dev = super::node_ip_link(e, obs).map_or("<node IP's device>", |l| &l.name);
                 let from = l.session.as_deref().map_or_else(
                     || {
@@ -177,36 +250,49 @@ fn explain_routes(e: &Expected, obs: &ObservedDataplane, out: &mut [Finding]) {
                     l.block, l.gateway, l.node
                 );
                 let session = l.session.as_deref().and_then(|s| {
-                    obs.bgp_peers
-                        .as_ref()
+                    obs.bgp_peers_of(family)
                         .map(|ps| ps.iter().find(|p| p.name == s))
                 });
                 let why = match session {
-                    None => "BIRD's sessions could not be read here".to_string(),
-                    Some(None) => format!("{from} is not configured in BIRD (bgp.session.missing)"),
+                    None => format!("{bird}'s sessions could not be read here"),
+                    Some(None) => {
+                        format!("{from} is not configured in {bird} (bgp.session.missing)")
+                    }
                     Some(Some(p)) if !p.established() => format!(
                         "{} is down ({}): nothing is learned until it is Established (bgp.session.down)",
                         p.name,
                         state(p)
                     ),
                     Some(Some(p)) => format!(
-                        "{} is Established, so {} does not advertise it (its BIRD lacks the block's static route in bird_aggr.cfg, the pool has disableBGPExport, or an export filter) or this BIRD did not program it",
-                        p.name, l.node
+                        "{} is Established, so {} does not advertise it (its {bird} lacks the block's static route in {aggr}, the pool has disableBGPExport, or an export filter) or this {bird} did not program it",
+                        p.name,
+                        l.node,
+                        aggr = aggr_file(family)
                     ),
                 };
                 f.hint = format!(
-                    "BIRD, not Felix, programs this route (no-encap/IPIP pool, Felix programClusterRoutes not set): {why}. `{BIRDCL} show route {} all`, `{BIRDCL} show protocols all {}`",
+                    "{bird}, not Felix, programs this route (no-encap/IPIP pool, Felix programClusterRoutes not set): {why}. `{birdcl} show route {} all`, `{birdcl} show protocols all {}`",
                     l.block,
                     l.session.as_deref().unwrap_or("")
                 );
             }
-            CheckId::RouteBlackholeMissing if b.bird_blackholes => {
+            CheckId::RouteBlackholeMissing => {
+                let Some(family) = f
+                    .subject
+                    .parse::<ipnet::IpNet>()
+                    .ok()
+                    .map(|n| Family::of(n.addr()))
+                    .filter(|fam| b.blackholes_by_bird(*fam))
+                else {
+                    continue;
+                };
+                let (bird, birdcl, aggr) = (daemon(family), family.birdcl(), aggr_file(family));
                 f.expected = format!(
-                    "blackhole {} proto bird (local block, BIRD's static protocol)",
+                    "blackhole {} proto bird (local block, {bird}'s static protocol)",
                     f.subject
                 );
                 f.hint = format!(
-                    "calico-node's BIRD installs it from `route {} blackhole;` in bird_aggr.cfg (its static protocol), and exports the block to its peers from it: without it peers may lose the route too. `{BIRDCL} show route {} all`, `grep -n {} /etc/calico/confd/config/bird_aggr.cfg`",
+                    "calico-node's {bird} installs it from `route {} blackhole;` in {aggr} (its static protocol), and exports the block to its peers from it: without it peers may lose the route too. `{birdcl} show route {} all`, `grep -n {} /etc/calico/confd/config/{aggr}`",
                     f.subject, f.subject, f.subject
                 );
             }
@@ -375,7 +461,7 @@ mod tests {
     fn a_block_not_learned_names_the_session() {
         let (mut e, mut o) = bgp_healthy();
         // The fixture is VXLAN; make node-b's block a BIRD-learned no-encap route.
-        let block: ipnet::Ipv4Net = "10.244.1.0/26".parse().expect("net");
+        let block: ipnet::IpNet = "10.244.1.0/26".parse().expect("net");
         e.bgp.learned = vec![LearnedBlock {
             block,
             node: "node-b".into(),

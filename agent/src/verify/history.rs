@@ -14,7 +14,10 @@ use std::{
 };
 
 use super::{CheckId, Finding, NotRun, Severity, Skipped, Verification};
-use crate::observed::{ObservedDataplane, Source, bird::BgpPeer};
+use crate::observed::{
+    ObservedDataplane, Source,
+    bird::{BgpPeer, Family},
+};
 
 /// WireGuard's REJECT_AFTER_TIME: a session key older than this is never used again, so a peer
 /// we send to must have handshaken since.
@@ -104,6 +107,8 @@ impl Polls {
 /// One BIRD protocol: its last observed state and when it changed.
 #[derive(Debug)]
 struct Session {
+    /// Whose protocol it is: `bird`'s or `bird6`'s.
+    family: Family,
     peer_ip: String,
     state: String,
     since: String,
@@ -113,8 +118,9 @@ struct Session {
 }
 
 impl Session {
-    fn new(p: &BgpPeer) -> Self {
+    fn new(family: Family, p: &BgpPeer) -> Self {
         Self {
+            family,
             peer_ip: p.peer_ip.clone(),
             state: p.state.clone(),
             since: p.since.clone(),
@@ -248,13 +254,28 @@ impl History {
         self.observe_wireguard(obs, now_ms);
     }
 
+    /// Both BIRDs' sessions, each family from its own daemon: one that did not answer this
+    /// poll leaves its sessions as they were (`bird`'s answer is what the polls count, as
+    /// calico-node runs it whenever it runs BGP at all).
     fn observe_bgp(&mut self, obs: &ObservedDataplane, now_ms: u64) {
-        let Some(peers) = &obs.bgp_peers else {
+        if obs.bgp_peers.is_some() {
+            self.bgp_polls.read();
+        } else {
             self.bgp_polls.missed(obs, Source::Bgp);
-            return;
-        };
-        self.bgp_polls.read();
-        let mut old = std::mem::take(&mut self.sessions);
+        }
+        for family in Family::ALL {
+            if let Some(peers) = obs.bgp_peers_of(family) {
+                self.observe_sessions(family, peers, now_ms);
+            }
+        }
+    }
+
+    /// Replaces `family`'s sessions with `peers`, counting each one's state changes.
+    fn observe_sessions(&mut self, family: Family, peers: &[BgpPeer], now_ms: u64) {
+        let (mut old, others): (BTreeMap<String, Session>, _) = std::mem::take(&mut self.sessions)
+            .into_iter()
+            .partition(|(_, s)| s.family == family);
+        self.sessions = others;
         for p in peers {
             let mut s = match old.remove(&p.name) {
                 Some(mut s) => {
@@ -267,7 +288,7 @@ impl History {
                     s.info.clone_from(&p.info);
                     s
                 }
-                None => Session::new(p),
+                None => Session::new(family, p),
             };
             while s.changes.len() > MAX_CHANGES
                 || s.changes
@@ -386,8 +407,9 @@ impl History {
                     now_state.trim()
                 ))
                 .hint(format!(
-                    "each drop withdraws the routes learned from {ip} and re-learns them. The seed incident: a peer with the wrong AS number (BGPPeer asNumber vs the remote node's or BGPConfiguration's asNumber) cycled Established <-> Connect about every 30 s. Look for \"Last error\" / \"BGP Error: Bad peer AS\" in `birdcl -s /var/run/calico/bird.ctl show protocols all {name}`, compare `calicoctl get bgppeer -o yaml` with `calicoctl get bgpconfiguration default -o yaml` and the nodes' spec.bgp.asNumber; otherwise an unstable path to {ip}:179 (hold timer expiring) or the peer's calico-node restarting",
-                    ip = s.peer_ip
+                    "each drop withdraws the routes learned from {ip} and re-learns them. The seed incident: a peer with the wrong AS number (BGPPeer asNumber vs the remote node's or BGPConfiguration's asNumber) cycled Established <-> Connect about every 30 s. Look for \"Last error\" / \"BGP Error: Bad peer AS\" in `{birdcl} show protocols all {name}`, compare `calicoctl get bgppeer -o yaml` with `calicoctl get bgpconfiguration default -o yaml` and the nodes' spec.bgp.asNumber; otherwise an unstable path to {ip}:179 (hold timer expiring) or the peer's calico-node restarting",
+                    ip = s.peer_ip,
+                    birdcl = s.family.birdcl()
                 ));
             f.since = recent.first().map_or(now_ms, |t| *t) / 1000;
             out.push(f);

@@ -407,6 +407,7 @@ pub fn verify(
         v.skipped
             .push(Skipped::new(*id, kind, reason).missing(what.join(", ")));
     }
+    bgp::skip_unobserved(expected, obs, &mut v.skipped);
     for f in &mut out {
         f.since = policy.now;
     }

@@ -46,6 +46,9 @@ pub(super) struct Assembler {
     bgp_peers: Option<Vec<BgpPeer>>,
     /// What calicoctl said instead of the sessions ("Error querying BIRD: …").
     bird_errors: Vec<String>,
+    /// The same for `bird6`, from the "IPv6 BGP status" section.
+    bgp6_peers: Option<Vec<BgpPeer>>,
+    bird6_errors: Vec<String>,
     nft_json: Option<NftRuleset>,
     nft_text: Option<NftRuleset>,
     wireguard: Option<Vec<WgDevice>>,
@@ -131,8 +134,9 @@ impl Assembler {
             Format::CalicoctlStatus => {
                 let (status, notes) = calicoctl_status::parse(text);
                 description = Some(if status.answered {
-                    let down = status.peers.iter().filter(|p| !p.established()).count();
-                    format!("{} BGP peer(s), {down} not Established", status.peers.len())
+                    let all = status.peers.iter().chain(&status.peers6);
+                    let down = all.clone().filter(|p| !p.established()).count();
+                    format!("{} BGP peer(s), {down} not Established", all.count())
                 } else if status.bird_errors.is_empty() {
                     "no peer table".to_string()
                 } else {
@@ -143,7 +147,13 @@ impl Assembler {
                         .get_or_insert_with(Vec::new)
                         .extend(status.peers);
                 }
+                if status.answered6 {
+                    self.bgp6_peers
+                        .get_or_insert_with(Vec::new)
+                        .extend(status.peers6);
+                }
                 self.bird_errors.extend(status.bird_errors);
+                self.bird6_errors.extend(status.bird6_errors);
                 notes
             }
             Format::NftText => {
@@ -294,6 +304,7 @@ impl Assembler {
             calico_conntrack: None,
             felix_health: None,
             bgp_peers: self.bgp_peers.take(),
+            bgp6_peers: self.bgp6_peers.take(),
             calico_bpf_pins: Vec::new(),
             calico_bpf: None,
             missing_capabilities: Vec::new(),
@@ -415,6 +426,31 @@ impl Assembler {
                 None => Unavailable::new(Source::Bgp, "bird show protocols", live_only),
             };
             out.push(bgp.with_cause(Cause::NotRunning));
+        }
+        let calicoctl_seen = self.bgp_peers.is_some()
+            || !self.bird_errors.is_empty()
+            || !self.bird6_errors.is_empty();
+        if self.bgp6_peers.is_none() && calicoctl_seen {
+            // Without calicoctl's IPv6 section the bundle says nothing about bird6: missing
+            // from the input (IPv6 sessions due are then not judged), unless calicoctl said
+            // why bird6 did not answer.
+            let bgp6 = match self.bird6_errors.first() {
+                Some(err) => Unavailable::new(
+                    Source::Bgp6,
+                    Format::CalicoctlStatus.name(),
+                    format!(
+                        "bird6 did not answer calicoctl, so no IPv6 session state is known: {err}"
+                    ),
+                )
+                .with_cause(Cause::NotRunning),
+                None => Unavailable::new(
+                    Source::Bgp6,
+                    "bird6 show protocols",
+                    "not in the bundle: no \"IPv6 BGP status\" section of calicoctl node status",
+                )
+                .with_cause(Cause::NotInInput),
+            };
+            out.push(bgp6);
         }
         out
     }
