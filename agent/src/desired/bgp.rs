@@ -808,4 +808,148 @@ spec: {programClusterRoutes: Enabled}
         let e = compute(&ds, ds.node("a").expect("a"));
         assert!(e.learned.is_empty() && !e.bird_blackholes);
     }
+
+    /// Nodes a and b dual stack (b in its own AS), c IPv4 only; a no-encap IPv6 pool with a
+    /// block each for a and b.
+    const DUAL: &str = "
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: p6}
+spec: {cidr: 'fd00:244::/64', vxlanMode: Never, ipipMode: Never}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: a, labels: {rack: r1}}
+spec: {bgp: {ipv4Address: 10.0.0.1/24, ipv6Address: 'fd00::1/64'}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: b, labels: {rack: r1}}
+spec: {bgp: {ipv4Address: 10.0.0.2/24, ipv6Address: 'fd00::2/64', asNumber: 64600}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: c, labels: {rack: r2}}
+spec: {bgp: {ipv4Address: 10.0.0.3/24}}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {name: b6-a}
+spec: {cidr: 'fd00:244::/122', affinity: 'host:a'}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPAMBlock
+metadata: {name: b6-b}
+spec: {cidr: 'fd00:244::40/122', affinity: 'host:b'}
+";
+
+    fn dual(extra: &str) -> Datastore {
+        let mut ds = Datastore::default();
+        load_text(&mut ds, "t.yaml", &format!("{DUAL}{extra}")).unwrap_or_else(|e| panic!("{e}"));
+        ds
+    }
+
+    #[test]
+    fn bird6_meshes_over_ipv6_addresses_only_where_this_node_has_one() {
+        let ds = dual("");
+        let e = compute(&ds, ds.node("a").expect("a"));
+        let v6: Vec<(&str, &str, u32)> = e
+            .sessions_of(Family::V6)
+            .map(|s| (s.name.as_str(), s.source.as_str(), s.peer_as))
+            .collect();
+        // c has no IPv6 address: no IPv6 session to it, and none of its own.
+        assert_eq!(v6, [("Mesh_fd00__2", "node-to-node mesh", 64600)]);
+        assert_eq!(e.sessions_of(Family::V4).count(), 2);
+        assert_eq!(
+            e.session("Mesh_fd00__2").map(|s| s.peer_ip.to_string()),
+            Some("fd00::2".into())
+        );
+        let c = compute(&ds, ds.node("c").expect("c"));
+        assert_eq!(c.sessions_of(Family::V6).count(), 0);
+        assert_eq!(c.sessions_of(Family::V4).count(), 2);
+        // bird6 learns b's /122 via b's IPv6 address, and blackholes a's own.
+        assert!(e.bird6_blackholes && !e.bird_blackholes);
+        assert_eq!(
+            e.learned
+                .iter()
+                .map(|l| (
+                    l.block.to_string(),
+                    l.gateway.to_string(),
+                    l.session.clone()
+                ))
+                .collect::<Vec<_>>(),
+            [(
+                "fd00:244::40/122".to_string(),
+                "fd00::2".to_string(),
+                Some("Mesh_fd00__2".to_string())
+            )]
+        );
+        // The mesh off: no IPv6 mesh either.
+        let off = dual(
+            "---
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false}
+",
+        );
+        assert!(compute(&off, off.node("a").expect("a")).sessions.is_empty());
+    }
+
+    #[test]
+    fn ipv6_bgp_peers_by_the_family_of_their_peer_ip_and_selected_nodes_addresses() {
+        let ds = dual(
+            "---
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: tor6}
+spec: {peerIP: 'fd00::ff', asNumber: 65000}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: tor6-port}
+spec: {node: a, peerIP: '[fd00::fe]:1790', asNumber: 65001}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: r2-to-r1}
+spec: {nodeSelector: rack == 'r2', peerSelector: rack == 'r1'}
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: a-to-b6}
+spec: {node: a, peerIP: 'fd00::2', asNumber: 64600}
+",
+        );
+        // IPv4 sessions first, then IPv6 ones, each by name.
+        // a: the global IPv6 peer, its own v6 peer with a port, b by its IPv6 address (whose
+        // reverse peering is IPv6 only), and the reverse of c's selector peering over IPv4
+        // only (c has no IPv6 address).
+        assert_eq!(
+            names(&ds, "a"),
+            [
+                "Node_10_0_0_3",
+                "Global_fd00__ff",
+                "Node_fd00__2",
+                "Node_fd00__fe_port_1790"
+            ]
+        );
+        // b: the global peer, and the reverse of a-to-b6 over IPv6 (same family as its
+        // peerIP) and of c's selector over IPv4.
+        assert_eq!(
+            names(&ds, "b"),
+            ["Node_10_0_0_3", "Global_fd00__ff", "Node_fd00__1"]
+        );
+        // c has no IPv6 address: bird6 has nothing; the selector peers it over IPv4 only.
+        assert_eq!(names(&ds, "c"), ["Node_10_0_0_1", "Node_10_0_0_2"]);
+        let tor = compute(&ds, ds.node("b").expect("b"));
+        let tor = tor.session("Global_fd00__ff").expect("tor6");
+        assert_eq!((tor.peer_as, tor.local_as), (65000, 64600));
+        assert_eq!(tor.family(), Family::V6);
+    }
 }

@@ -309,6 +309,34 @@ Node_192_0_2_9_port_1790 BGP master start 2026-05-19 Idle Received: Bad peer AS\
         );
     }
 
+    #[test]
+    fn bird6_protocol_names_give_ipv6_peers() {
+        let reply = "2002-name     proto    table    state  since       info\n\
+1002-static1  Static   master   up     10:00:01    \n \
+Mesh_fd00_99__12 BGP master up 10:00:05 Established\n \
+Node_2001_db8_0_0_1_2_3_4 BGP master up 10:00:05 Established\n \
+Global_fd00__fe_port_1790 BGP master start 10:00:05 Connect\n";
+        let peers = parse_protocols(&lines(reply));
+        let ips: Vec<&str> = peers.iter().map(|p| p.peer_ip.as_str()).collect();
+        assert_eq!(ips, ["fd00:99::12", "2001:db8:0:0:1:2:3:4", "fd00::fe"]);
+        assert_eq!(Family::V6.sockets()[0], "/var/run/calico/bird6.ctl");
+        assert_eq!(Family::V6.socket_env(), "AGENT_BIRD6_SOCKET");
+    }
+
+    #[tokio::test]
+    async fn no_bird6_socket_is_not_running_and_names_its_paths() {
+        let e = read(Family::V6, Some("/nonexistent/bird6.ctl"))
+            .await
+            .expect_err("no socket");
+        assert!(e.not_running(), "{e}");
+        let e = BirdError::NoSocket { family: Family::V6 };
+        assert!(e.not_running());
+        assert_eq!(
+            e.to_string(),
+            "no bird6 control socket at /var/run/calico/bird6.ctl or /var/run/bird/bird6.ctl (BGP not in use here?)"
+        );
+    }
+
     #[tokio::test]
     async fn talks_to_a_bird_control_socket() {
         let dir = std::env::temp_dir().join(format!("cdpt-bird{}", std::process::id()));

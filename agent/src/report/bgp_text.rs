@@ -113,4 +113,36 @@ mod tests {
         sessions(&mut o, &analysis(None, false));
         assert!(o.is_empty());
     }
+
+    #[test]
+    fn bird6s_sessions_follow_birds_with_their_flaps() {
+        let mut a = analysis(Some(vec![peer("up", "Established")]), true);
+        let mut v6 = peer("start", "Connect");
+        v6.name = "Mesh_fd00_99__12".into();
+        v6.peer_ip = "fd00:99::12".into();
+        a.diag.bgp6_sessions = Some(vec![v6]);
+        if let Some(d) = a.daemon.as_mut() {
+            d.bgp_flaps.insert("Mesh_fd00_99__12".into(), 5);
+        }
+        let mut o = String::new();
+        sessions(&mut o, &a);
+        let v4 = o
+            .find("BGP SESSIONS (calico-node's BIRD: 1 of 1 Established)")
+            .expect("bird's");
+        let v6 = o
+            .find("BGP SESSIONS, IPv6 (calico-node's bird6: 0 of 1 Established)")
+            .expect("bird6's");
+        assert!(v4 < v6, "{o}");
+        assert!(
+            o.contains("Mesh_fd00_99__12       fd00:99::12     node-to-node mesh start since 10:00:05 (4m05s)  Connect  5 flap(s) in the window"),
+            "{o}"
+        );
+        // Without bird6 (an IPv4-only cluster) there is no IPv6 section.
+        let mut o = String::new();
+        sessions(
+            &mut o,
+            &analysis(Some(vec![peer("up", "Established")]), false),
+        );
+        assert!(!o.contains("IPv6"), "{o}");
+    }
 }

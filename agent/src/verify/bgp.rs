@@ -15,7 +15,7 @@ use super::{CheckId, Finding, NotRun, Severity, Skipped};
 use crate::{
     desired::{bgp::ExpectedBgp, expected::Expected},
     observed::{
-        ObservedDataplane, Source,
+        Cause, ObservedDataplane, Source,
         bird::{BgpPeer, Family},
     },
 };
@@ -71,14 +71,17 @@ pub(super) fn skip_unobserved(
     if due == 0 || obs.bgp6_peers.is_some() || obs.bgp_peers.is_none() {
         return;
     }
-    let why = obs
-        .unavailable
-        .iter()
-        .find(|u| u.kind == Source::Bgp6)
-        .map_or_else(
-            || format!("no bird6 answer at {}", Family::V6.sockets().join(" or ")),
-            |u| format!("{}: {}", u.source, u.reason),
-        );
+    let unavailable = obs.unavailable.iter().find(|u| u.kind == Source::Bgp6);
+    let why = unavailable.map_or_else(
+        || format!("no bird6 answer at {}", Family::V6.sockets().join(" or ")),
+        |u| format!("{}: {}", u.source, u.reason),
+    );
+    // bird6 should be answering wherever bird does and IPv6 sessions are due: not observed,
+    // unless a bundle simply lacks calicoctl's IPv6 section.
+    let (kind, what) = match unavailable.map(|u| u.cause) {
+        Some(Cause::NotInInput) => (NotRun::NotInInput, "not in the input"),
+        _ => (NotRun::CouldNotObserve, "not observable"),
+    };
     for id in [
         CheckId::BgpSessionDown,
         CheckId::BgpSessionMissing,
@@ -87,8 +90,8 @@ pub(super) fn skip_unobserved(
         skipped.push(
             Skipped::new(
                 id,
-                NotRun::CouldNotObserve,
-                format!("IPv6 sessions ({due} due) not observable ({why}); IPv4 sessions judged"),
+                kind,
+                format!("IPv6 sessions ({due} due) {what} ({why}); IPv4 sessions judged"),
             )
             .missing("bird6 show protocols"),
         );
@@ -318,7 +321,7 @@ mod tests {
 
     fn peer(ip: &str, state: &str, info: &str) -> BgpPeer {
         BgpPeer {
-            name: format!("Mesh_{}", ip.replace('.', "_")),
+            name: format!("Mesh_{}", ip.replace(['.', ':'], "_")),
             kind: "node-to-node mesh".into(),
             peer_ip: ip.into(),
             state: state.into(),
@@ -330,7 +333,7 @@ mod tests {
 
     fn session(ip: &str, node: &str, peer_as: u32) -> ExpectedSession {
         ExpectedSession {
-            name: format!("Mesh_{}", ip.replace('.', "_")),
+            name: format!("Mesh_{}", ip.replace(['.', ':'], "_")),
             peer_ip: ip.parse::<IpAddr>().expect("ip"),
             kind: SessionKind::Mesh,
             peer_as,
@@ -509,6 +512,207 @@ mod tests {
                 .ends_with("proto bird (local block, BIRD's static protocol)"),
             "{}",
             f.expected
+        );
+    }
+
+    /// The healthy fixture, dual stack: bird's IPv4 and bird6's IPv6 session to node-b.
+    fn dual_stack() -> (Expected, ObservedDataplane) {
+        let (mut e, mut o) = bgp_healthy();
+        e.bgp.sessions.push(session("fd00:99::12", "node-b", 64512));
+        o.bgp6_peers = Some(vec![peer("fd00:99::12", "up", "Established")]);
+        (e, o)
+    }
+
+    fn bgp_skips(v: &crate::verify::Verification) -> Vec<&crate::verify::Skipped> {
+        v.skipped
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.check,
+                    CheckId::BgpSessionDown
+                        | CheckId::BgpSessionMissing
+                        | CheckId::BgpSessionUnexpected
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_healthy_dual_stack_node_is_quiet_and_fully_judged() {
+        let (e, o) = dual_stack();
+        let v = run(&e, &o);
+        assert_eq!(ids(&v), Vec::<(CheckId, String)>::new());
+        assert!(bgp_skips(&v).is_empty(), "{:?}", v.skipped);
+    }
+
+    #[test]
+    fn ipv6_sessions_are_judged_against_bird6() {
+        // Wrong AS on the IPv6 session: down, named as bird6's.
+        let (e, mut o) = dual_stack();
+        o.bgp6_peers = Some(vec![peer(
+            "fd00:99::12",
+            "start",
+            "Active Received: Bad peer AS",
+        )]);
+        let v = run(&e, &o);
+        assert_eq!(ids(&v), [(CheckId::BgpSessionDown, "fd00:99::12".into())]);
+        let f = &v.findings[0];
+        assert!(
+            f.expected.contains(
+                "BGP session Mesh_fd00_99__12 (node-to-node mesh with node-b, AS 64512 -> AS 64512)"
+            ),
+            "{}",
+            f.expected
+        );
+        assert!(
+            f.hint.contains("birdcl -s /var/run/calico/bird6.ctl"),
+            "{}",
+            f.hint
+        );
+        // bird6 lacks the IPv6 mesh: missing, only the IPv6 session.
+        o.bgp6_peers = Some(Vec::new());
+        let v = run(&e, &o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::BgpSessionMissing, "fd00:99::12".into())]
+        );
+        assert!(
+            v.findings[0]
+                .expected
+                .contains("bird6 protocol Mesh_fd00_99__12"),
+            "{}",
+            v.findings[0].expected
+        );
+        assert!(
+            v.findings[0].hint.contains("bird6.cfg"),
+            "{}",
+            v.findings[0].hint
+        );
+        // A bird6 session nothing implies; its count is of IPv6 sessions.
+        o.bgp6_peers = Some(vec![
+            peer("fd00:99::12", "up", "Established"),
+            peer("fd00:99::99", "start", "Connect"),
+        ]);
+        let v = run(&e, &o);
+        assert_eq!(
+            ids(&v),
+            [(CheckId::BgpSessionUnexpected, "fd00:99::99".into())]
+        );
+        assert!(
+            v.findings[0]
+                .expected
+                .contains("no bird6 session to fd00:99::99 (1 session(s) implied"),
+            "{}",
+            v.findings[0].expected
+        );
+        // An IPv4 session in bird's list is not looked for in bird6's, nor the reverse.
+        let (e, mut o) = dual_stack();
+        o.bgp_peers = Some(vec![peer("fd00:99::12", "up", "Established")]);
+        o.bgp6_peers = Some(vec![peer("10.99.0.12", "up", "Established")]);
+        let v = run(&e, &o);
+        assert_eq!(
+            ids(&v)
+                .iter()
+                .filter(|(c, _)| *c == CheckId::BgpSessionMissing)
+                .count(),
+            2,
+            "{:?}",
+            ids(&v)
+        );
+    }
+
+    #[test]
+    fn bird6_silent_with_ipv6_sessions_due_is_not_observable_naming_its_socket() {
+        let (e, mut o) = dual_stack();
+        o.bgp6_peers = None;
+        o.unavailable.push(crate::observed::Unavailable::new(
+            crate::observed::Source::Bgp6,
+            "bird6 show protocols",
+            "no bird6 control socket at /var/run/calico/bird6.ctl or /var/run/bird/bird6.ctl (BGP not in use here?)",
+        ).with_cause(crate::observed::Cause::NotRunning));
+        let v = run(&e, &o);
+        assert!(v.findings.is_empty(), "{:?}", v.findings);
+        let skips = bgp_skips(&v);
+        assert_eq!(skips.len(), 3, "{skips:?}");
+        for s in skips {
+            assert_eq!(s.kind, NotRun::CouldNotObserve);
+            assert!(s.reason.contains("IPv6 sessions (1 due)"), "{}", s.reason);
+            assert!(
+                s.reason.contains("/var/run/calico/bird6.ctl"),
+                "{}",
+                s.reason
+            );
+        }
+        // IPv4 is still judged.
+        o.bgp_peers = Some(vec![peer("10.99.0.12", "start", "Connect")]);
+        let v = run(&e, &o);
+        assert_eq!(ids(&v), [(CheckId::BgpSessionDown, "10.99.0.12".into())]);
+        // No IPv6 sessions due (an IPv4-only cluster): bird6's absence says nothing.
+        let (e, mut o) = bgp_healthy();
+        o.unavailable.push(
+            crate::observed::Unavailable::new(
+                crate::observed::Source::Bgp6,
+                "bird6 show protocols",
+                "no bird6 control socket",
+            )
+            .with_cause(crate::observed::Cause::NotRunning),
+        );
+        let v = run(&e, &o);
+        assert!(v.findings.is_empty() && bgp_skips(&v).is_empty(), "{v:?}");
+        assert_eq!(v.verdict(), crate::verify::Verdict::Clean);
+    }
+
+    #[test]
+    fn an_ipv6_block_not_learned_names_bird6s_session() {
+        let (mut e, o) = dual_stack();
+        e.bgp.learned = vec![LearnedBlock {
+            block: "fd00:244::40/122".parse().expect("net"),
+            node: "node-b".into(),
+            gateway: "fd00:99::12".parse().expect("ip"),
+            session: Some("Mesh_fd00_99__12".into()),
+        }];
+        let mut out = vec![Finding::new(
+            CheckId::RouteMissing,
+            Severity::Critical,
+            "fd00:244::40/122",
+        )];
+        explain_routes(&e, &o, &mut out);
+        assert!(
+            out[0].expected.contains(
+                "fd00:244::40/122 via fd00:99::12 dev eth0 proto bird (block of node-b, learned over BGP from Mesh_fd00_99__12 (fd00:99::12))"
+            ),
+            "{}",
+            out[0].expected
+        );
+        assert!(
+            out[0]
+                .hint
+                .contains("bird6, not Felix, programs this route")
+                && out[0].hint.contains("Mesh_fd00_99__12 is Established"),
+            "{}",
+            out[0].hint
+        );
+        // bird6's blackholes are explained only when bird6 programs them.
+        let mut out = vec![Finding::new(
+            CheckId::RouteBlackholeMissing,
+            Severity::Critical,
+            "fd00:244::/122",
+        )];
+        e.bgp.bird_blackholes = true;
+        explain_routes(&e, &o, &mut out);
+        assert!(
+            !out[0].expected.contains("proto bird"),
+            "{}",
+            out[0].expected
+        );
+        e.bgp.bird6_blackholes = true;
+        explain_routes(&e, &o, &mut out);
+        assert!(
+            out[0]
+                .expected
+                .contains("proto bird (local block, bird6's static protocol)"),
+            "{}",
+            out[0].expected
         );
     }
 }

@@ -589,6 +589,45 @@ mod tests {
         }
     }
 
+    /// bird6's sessions are counted like bird's, each from its own daemon: a poll bird6
+    /// does not answer leaves the IPv6 sessions' history as it was.
+    #[test]
+    fn ipv6_sessions_flap_in_bird6s_history() {
+        let mut h = History::default();
+        let v4 = session("10.99.0.12", "up", "09:00:00", "Established");
+        for s in (0..=120).step_by(10) {
+            let changed = at(s - s % 30);
+            let (state, info) = if (s / 30) % 2 == 0 {
+                ("up", "Established")
+            } else {
+                ("start", "Connect")
+            };
+            let mut v6 = session("fd00:99::12", state, &clock(changed), info);
+            v6.name = "Mesh_fd00_99__12".into();
+            let mut obs = bird(vec![v4.clone()]);
+            // Every third poll bird6 is silent: nothing is forgotten or counted.
+            if s % 30 != 20 {
+                obs.bgp6_peers = Some(vec![v6]);
+            }
+            h.observe(&obs, at(s));
+        }
+        let v = judged(&h, at(120));
+        let f = of(&v, CheckId::BgpSessionFlapping);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].subject, "fd00:99::12");
+        assert!(
+            f[0].hint.contains("birdcl -s /var/run/calico/bird6.ctl"),
+            "{}",
+            f[0].hint
+        );
+        let flaps = h.flaps(&HistoryPolicy::default(), at(120));
+        assert_eq!(flaps.get("Mesh_10_99_0_12"), Some(&0));
+        assert!(
+            flaps.get("Mesh_fd00_99__12").is_some_and(|n| *n >= 3),
+            "{flaps:?}"
+        );
+    }
+
     #[test]
     fn verify_lists_both_checks_skipped() {
         let v = verified();
