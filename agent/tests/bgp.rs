@@ -3,6 +3,10 @@
 //! pods pinging across. `agent check` on node-a, pointed at its BIRD's control socket, is clean
 //! when healthy and names the session (and BIRD's error) for each injected fault; `agent run`
 //! counts flaps and reports `bgp.session.flapping`.
+//!
+//! The first test's lab is dual stack: each node also runs Debian's `bird6` with the IPv6 mesh
+//! over the nodes' IPv6 addresses, learning the IPv6 /122 blocks; the daemon test's lab is
+//! IPv4 only (no bird6 anywhere), as an IPv4-only BGP cluster is.
 
 mod support;
 
@@ -16,14 +20,21 @@ use std::{
 use support::{Daemon, LabGuard, serial};
 use xtask::lab::{Fault, LabMode, bird};
 
-/// `agent <args>` in node-a's namespace with its BIRD socket; (exit code, stdout).
+/// `agent <args>` in node-a's namespace with its BIRD socket (and its bird6 socket, which
+/// exists in the dual-stack lab only); (exit code, stdout).
 fn agent(lab: &LabGuard, socket: &Path, args: &[&str]) -> (i32, String) {
+    agent_with(lab, socket, &bird::socket6(&lab.0.spec.nodes[0]), args)
+}
+
+/// [`agent`] with `socket6` as bird6's control socket.
+fn agent_with(lab: &LabGuard, socket: &Path, socket6: &Path, args: &[&str]) -> (i32, String) {
     let node = &lab.0.spec.nodes[0];
     let out = Command::new("ip")
         .args(["netns", "exec", &node.netns, env!("CARGO_BIN_EXE_agent")])
         .args(args)
         .args(["--node-name", &node.name])
         .env("AGENT_BIRD_SOCKET", socket)
+        .env("AGENT_BIRD6_SOCKET", socket6)
         .output()
         .expect("run agent");
     (
@@ -64,9 +75,14 @@ impl Check {
 }
 
 fn check(lab: &LabGuard, ds: &Path, socket: &Path) -> Check {
-    let (code, out) = agent(
+    check_with(lab, ds, socket, &bird::socket6(&lab.0.spec.nodes[0]))
+}
+
+fn check_with(lab: &LabGuard, ds: &Path, socket: &Path, socket6: &Path) -> Check {
+    let (code, out) = agent_with(
         lab,
         socket,
+        socket6,
         &[
             "check",
             "--datastore",
@@ -121,7 +137,9 @@ fn wait_until(
 #[test]
 fn bgp_lab_is_clean_and_each_fault_names_its_session() {
     let _serial = serial();
-    let lab = LabGuard::up_mode("bgp", LabMode::Bgp);
+    // Dual stack: bird6 beside bird on each node. The IPv4 assertions are those of an
+    // IPv4-only lab: bird6's healthy IPv6 mesh adds nothing to them.
+    let lab = LabGuard::up_dual_stack("bgp", LabMode::Bgp);
     lab.0
         .check_connectivity()
         .expect("pods ping across over BGP routes");
@@ -286,6 +304,189 @@ fn bgp_lab_is_clean_and_each_fault_names_its_session() {
     let skipped = c.json["verification"]["skipped"].to_string();
     assert!(skipped.contains("bgp.session.down"), "{skipped}");
     assert!(skipped.contains("/nonexistent/bird.ctl"), "{skipped}");
+
+    // Last, as its faults are not repaired (the lab goes): bird6's side.
+    ipv6_sessions_are_bird6s(&lab, &ds);
+}
+
+/// The dual-stack lab's IPv6 side: bird6's mesh Established and its /122 learned `proto bird`
+/// (clean, listed in diag), then each IPv6 fault named by bird6's session, and bird6 silent.
+/// Each fault replaces the last without a repair (re-establishing costs seconds): the lab is
+/// left faulty.
+fn ipv6_sessions_are_bird6s(lab: &LabGuard, ds: &Path) {
+    let node_a = &lab.0.spec.nodes[0];
+    let sock = bird::socket(node_a);
+    let routes = xtask::sh::run(&["ip", "-n", &node_a.netns, "-6", "route"]).expect("ip route");
+    assert!(
+        routes.contains("fd00:244::40/122 via fd00:99::12 dev eth0 proto bird metric 1024"),
+        "{routes}"
+    );
+    // The kernel prints an IPv6 blackhole with `dev lo`.
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("blackhole fd00:244::/122 ") && l.contains(" proto bird ")),
+        "{routes}"
+    );
+    let pod_b = lab.0.pod("pod-b1").expect("pod").ip6.expect("ipv6");
+    assert!(
+        lab.0.ping("pod-a1", pod_b).expect("ping"),
+        "pods over bird6's routes"
+    );
+
+    // Healthy (already judged clean with the IPv4 side): the IPv6 sessions in diag.
+    let (code, text) = agent(
+        lab,
+        &sock,
+        &[
+            "diag",
+            "--datastore",
+            ds.to_str().expect("utf-8"),
+            "--no-ebpf",
+            "--no-daemon",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("BGP SESSIONS, IPv6 (calico-node's bird6: 1 of 1 Established)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Mesh_fd00_99__12       fd00:99::12"),
+        "{text}"
+    );
+    let (_, json) = agent(
+        lab,
+        &sock,
+        &[
+            "diag",
+            "--json",
+            "--datastore",
+            ds.to_str().expect("utf-8"),
+            "--no-ebpf",
+            "--no-daemon",
+        ],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let v6 = &v["diag"]["bgp6_sessions"][0];
+    assert_eq!(
+        (
+            v6["name"].as_str(),
+            v6["peer_ip"].as_str(),
+            v6["state"].as_str()
+        ),
+        (Some("Mesh_fd00_99__12"), Some("fd00:99::12"), Some("up")),
+        "{v6:#}"
+    );
+    assert!(
+        v6["info"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Established"),
+        "{v6:#}"
+    );
+
+    // bird6's config lacks the IPv6 mesh.
+    lab.0
+        .fault(&node_a.name, Fault::Bgp6SessionDelete)
+        .expect("fault");
+    let c = wait_for(
+        lab,
+        ds,
+        &sock,
+        &[
+            ("bgp.session.missing", "fd00:99::12"),
+            ("route.missing", "fd00:244::40/122"),
+        ],
+        "bird6's mesh session missing",
+    );
+    assert!(
+        c.finding("bgp.session.missing")["expected"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bird6 protocol Mesh_fd00_99__12"),
+        "{:#}",
+        c.json["verification"]
+    );
+
+    // The mesh back, but with the wrong peer AS: bird6's session is down, and its block is
+    // still not learned.
+    lab.0
+        .fault(&node_a.name, Fault::Bgp6WrongAs)
+        .expect("fault");
+    let c = wait_until(
+        lab,
+        ds,
+        &sock,
+        &[
+            ("bgp.session.down", "fd00:99::12"),
+            ("route.missing", "fd00:244::40/122"),
+        ],
+        "bird6 with the wrong AS",
+        |c| {
+            c.finding("bgp.session.down")["actual"]
+                .to_string()
+                .contains("Bad peer AS")
+        },
+    );
+    assert_eq!(c.code, 1);
+    let down = c.finding("bgp.session.down");
+    eprintln!("wrong AS on node-a's bird6: {}", down["actual"]);
+    assert!(
+        down["expected"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Mesh_fd00_99__12 (node-to-node mesh with node-b"),
+        "{down:#}"
+    );
+    assert!(
+        down["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("birdcl -s /var/run/calico/bird6.ctl"),
+        "{down:#}"
+    );
+    let route = c.finding("route.missing");
+    assert!(
+        route["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Mesh_fd00_99__12 is down"),
+        "{route:#}"
+    );
+
+    // No bird6 answering while IPv6 sessions are due: the session checks are not observable,
+    // naming the socket, never a finding; the unlearned block is still missing.
+    let c = check_with(lab, ds, &sock, Path::new("/nonexistent/bird6.ctl"));
+    assert_eq!(
+        c.findings(),
+        set(&[("route.missing", "fd00:244::40/122")]),
+        "{:#}",
+        c.json["verification"]
+    );
+    let route = c.finding("route.missing");
+    assert!(
+        route["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bird6's sessions could not be read here"),
+        "{route:#}"
+    );
+    let skipped: Vec<&serde_json::Value> = c.json["verification"]["skipped"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["check"] == "bgp.session.down")
+        .collect();
+    assert!(
+        skipped.iter().any(|s| {
+            let reason = s["reason"].as_str().unwrap_or_default();
+            reason.contains("IPv6 sessions (1 due) not observable")
+                && reason.contains("/nonexistent/bird6.ctl")
+        }),
+        "{skipped:#?}"
+    );
 }
 
 #[test]

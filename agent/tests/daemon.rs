@@ -47,7 +47,9 @@ fn fault_check(f: Fault) -> &'static str {
         | Fault::BgpFlap
         | Fault::BgpWithdraw
         | Fault::BgpSessionDelete
-        | Fault::BgpSessionExtra => unreachable!("not a VXLAN lab fault"),
+        | Fault::BgpSessionExtra
+        | Fault::Bgp6WrongAs
+        | Fault::Bgp6SessionDelete => unreachable!("not a VXLAN lab fault"),
     }
 }
 

@@ -71,9 +71,9 @@ enum LabAction {
         /// `vxlan` (Felix's VXLAN) or `bgp` (calico-node's BIRD, node-to-node mesh, no-encap).
         #[arg(long, value_enum, default_value_t = LabMode::Vxlan)]
         mode: LabMode,
-        /// VXLAN lab: add an IPv6 side (`vxlan-v6.calico`, an IPv6 pool in /122 blocks,
-        /// IPv6 pods) to every node.
-        #[arg(long, conflicts_with = "mode")]
+        /// Add an IPv6 side (an IPv6 pool in /122 blocks, IPv6 pods) to every node: over
+        /// `vxlan-v6.calico` in the VXLAN lab, learned by `bird6` in the BGP lab.
+        #[arg(long)]
         dual_stack: bool,
     },
     /// Remove every namespace of the lab.
@@ -92,7 +92,7 @@ enum LabAction {
         #[arg(long, value_enum, default_value_t = LabMode::Vxlan)]
         mode: LabMode,
         /// The dual-stack lab's datastore.
-        #[arg(long, conflicts_with = "mode")]
+        #[arg(long)]
         dual_stack: bool,
     },
     /// The policy-only lab: one EKS-shaped node, pods plumbed by the AWS VPC CNI.
@@ -276,11 +276,14 @@ fn lab(action: LabAction) -> anyhow::Result<()> {
     // Down, fault and repair act on the lab as it was brought up.
     let lab = match &action {
         LabAction::Up {
-            dual_stack: true, ..
+            dual_stack: true,
+            mode,
         }
         | LabAction::Datastore {
-            dual_stack: true, ..
-        } => Lab::dual_stack(LAB_PREFIX),
+            dual_stack: true,
+            mode,
+            ..
+        } => Lab::dual_stack_with_mode(LAB_PREFIX, *mode),
         LabAction::Up { mode, .. } | LabAction::Datastore { mode, .. } => {
             Lab::with_mode(LAB_PREFIX, *mode)
         }
@@ -297,8 +300,9 @@ fn lab(action: LabAction) -> anyhow::Result<()> {
                 "try: {}ip netns exec {LAB_PREFIX}-a target/debug/agent diag --node-name node-a --datastore {}",
                 if lab.spec.mode == LabMode::Bgp {
                     format!(
-                        "AGENT_BIRD_SOCKET={} ",
-                        xtask::lab::bird::socket(&lab.spec.nodes[0]).display()
+                        "AGENT_BIRD_SOCKET={} AGENT_BIRD6_SOCKET={} ",
+                        xtask::lab::bird::socket(&lab.spec.nodes[0]).display(),
+                        xtask::lab::bird::socket6(&lab.spec.nodes[0]).display()
                     )
                 } else {
                     String::new()

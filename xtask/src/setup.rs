@@ -46,6 +46,9 @@ const TOOLS: &[(&str, &str)] = &[
     // The BGP lab: calico-node's BIRD is a fork of the 1.6 line, Debian's `bird` is 1.6.
     ("bird", "bird"),
     ("birdc", "bird"),
+    // Its IPv6 daemon and client (calico-node's `bird6`), in the same Debian package.
+    ("bird6", "bird"),
+    ("birdc6", "bird"),
 ];
 
 pub fn setup() -> anyhow::Result<()> {

@@ -84,6 +84,14 @@ impl LabGuard {
         Self(lab)
     }
 
+    /// The lab in `mode` with an IPv6 side on every node (in the BGP lab: bird6 too).
+    pub fn up_dual_stack(tag: &str, mode: xtask::lab::LabMode) -> Self {
+        let lab =
+            Lab::dual_stack_with_mode(&format!("cdpt-{tag}{}", std::process::id() % 10000), mode);
+        lab.up().expect("lab up");
+        Self(lab)
+    }
+
     /// The first node's namespace.
     pub fn netns(&self) -> &str {
         &self.0.spec.nodes[0].netns

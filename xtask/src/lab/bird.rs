@@ -10,8 +10,16 @@
 //! Each BIRD's files (config, control socket, pid file, log) live in `<tmp>/<netns>-bird/`;
 //! calico-node's socket is `/var/run/calico/bird.ctl`, which the agent reads through
 //! `AGENT_BIRD_SOCKET` here. [`stop`] kills the BIRD processes of a namespace by pid.
+//!
+//! The dual-stack BGP lab also runs Debian's `bird6` (BIRD 1.6) per node, configured like
+//! confd's `bird6.cfg` (`bird6.cfg.template`, `bird6_aggr.cfg.template`,
+//! `bird6_ipam.cfg.template`): the same shape over the nodes' IPv6 addresses and /122 blocks,
+//! with the IPv4 address as router id (BIRD's router id is 4 octets even for IPv6), socket
+//! `bird6.ctl` (calico-node's `/var/run/calico/bird6.ctl`, `AGENT_BIRD6_SOCKET`).
 
-use std::{fmt::Write as _, path::PathBuf, time::Duration};
+use std::{fmt::Write as _, net::IpAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
 
 use anyhow::{Context as _, bail};
 
@@ -29,9 +37,33 @@ pub struct Deviation {
     /// The mesh sessions are left out (confd rendered a stale config).
     pub no_mesh: bool,
     /// An extra session to an address no datastore object names.
-    pub extra_peer: Option<std::net::Ipv4Addr>,
+    pub extra_peer: Option<IpAddr>,
     /// The local block's static blackhole is left out: the block is no longer advertised.
     pub no_block: bool,
+}
+
+/// Which of calico-node's BIRDs: `bird` (IPv4) or `bird6` (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The daemon, and the stem of its files.
+    fn daemon(self) -> &'static str {
+        match self {
+            Self::V4 => "bird",
+            Self::V6 => "bird6",
+        }
+    }
+
+    fn client(self) -> &'static str {
+        match self {
+            Self::V4 => "birdc",
+            Self::V6 => "birdc6",
+        }
+    }
 }
 
 pub fn dir(node: &NodeSpec) -> PathBuf {
@@ -40,11 +72,57 @@ pub fn dir(node: &NodeSpec) -> PathBuf {
 
 /// The node's BIRD control socket (calico-node's `/var/run/calico/bird.ctl`).
 pub fn socket(node: &NodeSpec) -> PathBuf {
-    dir(node).join("bird.ctl")
+    socket_of(node, Family::V4)
 }
 
-fn config_path(node: &NodeSpec) -> PathBuf {
-    dir(node).join("bird.cfg")
+/// The node's `bird6` control socket (calico-node's `/var/run/calico/bird6.ctl`).
+pub fn socket6(node: &NodeSpec) -> PathBuf {
+    socket_of(node, Family::V6)
+}
+
+fn socket_of(node: &NodeSpec, family: Family) -> PathBuf {
+    dir(node).join(format!("{}.ctl", family.daemon()))
+}
+
+fn config_path(node: &NodeSpec, family: Family) -> PathBuf {
+    dir(node).join(format!("{}.cfg", family.daemon()))
+}
+
+/// The families whose BIRD runs on `node`: `bird` always, `bird6` in the dual-stack BGP lab.
+pub fn families(spec: &LabSpec, node: &NodeSpec) -> Vec<Family> {
+    let mut f = vec![Family::V4];
+    if spec.pool_v6.is_some() && node.v6.is_some() {
+        f.push(Family::V6);
+    }
+    f
+}
+
+/// A node's address, block and the pool of `family`, as confd renders them.
+struct Side {
+    ip: IpAddr,
+    block: IpNet,
+    pool: IpNet,
+}
+
+fn side(spec: &LabSpec, node: &NodeSpec, family: Family) -> anyhow::Result<Side> {
+    Ok(match family {
+        Family::V4 => Side {
+            ip: node.ip.into(),
+            block: node.block.into(),
+            pool: spec.pool.into(),
+        },
+        Family::V6 => {
+            let v6 = node
+                .v6
+                .as_ref()
+                .with_context(|| format!("{} has no IPv6 side", node.name))?;
+            Side {
+                ip: v6.ip.into(),
+                block: v6.block.into(),
+                pool: spec.pool_v6.context("the lab has no IPv6 pool")?.into(),
+            }
+        }
+    })
 }
 
 fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {
@@ -54,13 +132,32 @@ fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {
 
 /// The BIRD protocol name confd gives a mesh peer (`bgp_processor.go` `processMeshPeers`).
 pub fn mesh_name(peer: &NodeSpec) -> String {
-    format!("Mesh_{}", peer.ip.to_string().replace('.', "_"))
+    protocol_name("Mesh", peer.ip.into())
 }
 
-/// `bird.cfg` with `bird_aggr.cfg` and `bird_ipam.cfg` inlined, for `node`.
-pub fn config(spec: &LabSpec, node: &NodeSpec, dev: Deviation) -> String {
-    let block = node.block;
-    let pool = spec.pool;
+/// The same for `bird6`'s mesh peer (`:` replaced by `_`); `None` without an IPv6 side.
+pub fn mesh_name6(peer: &NodeSpec) -> Option<String> {
+    peer.v6
+        .as_ref()
+        .map(|v6| protocol_name("Mesh", v6.ip.into()))
+}
+
+fn protocol_name(prefix: &str, ip: IpAddr) -> String {
+    format!("{prefix}_{}", ip.to_string().replace(['.', ':'], "_"))
+}
+
+/// `bird.cfg` (or `bird6.cfg`) with its `_aggr` and `_ipam` files inlined, for `node`.
+pub fn config(
+    spec: &LabSpec,
+    node: &NodeSpec,
+    family: Family,
+    dev: Deviation,
+) -> anyhow::Result<String> {
+    let Side {
+        ip: me,
+        block,
+        pool,
+    } = side(spec, node, family)?;
     let mut c = String::new();
     let _ = write!(
         c,
@@ -85,7 +182,7 @@ template direct direct_template {{
 # bird_aggr.cfg: IP blocks for this host.
 template static static_template {{
 "#,
-        log = dir(node).join("bird.log").display()
+        log = dir(node).join(format!("{}.log", family.daemon())).display()
     );
     if dev.no_block {
         c.push_str("   # No IP blocks or static routes for this host.\n");
@@ -144,7 +241,7 @@ filter calico_kernel_programming {{
   accept;
 }}
 
-router id {ip};
+router id {router_id};
 
 protocol kernel from kernel_template {{
   export filter calico_kernel_programming; # Default is export none
@@ -173,20 +270,31 @@ template bgp bgp_template {{
   error wait time 5,30;
 }}
 "#,
-        ip = node.ip
+        // confd: the IPv4 address, for bird6 too (a router id is 4 octets).
+        router_id = node.ip
     );
     let mut peers: Vec<(String, String, u32, bool)> = Vec::new();
     if !dev.no_mesh {
         for remote in spec.remotes_of(node) {
+            let Ok(theirs) = side(spec, remote, family) else {
+                continue;
+            };
             // confd compares the addresses as strings; the higher one waits passively.
-            let passive = remote.ip.to_string() > node.ip.to_string();
+            let passive = theirs.ip.to_string() > me.to_string();
             let peer_as = dev.peer_as.unwrap_or(LAB_AS);
-            peers.push((mesh_name(remote), remote.ip.to_string(), peer_as, passive));
+            peers.push((
+                protocol_name("Mesh", theirs.ip),
+                theirs.ip.to_string(),
+                peer_as,
+                passive,
+            ));
         }
     }
-    if let Some(ip) = dev.extra_peer {
-        let name = format!("Global_{}", ip.to_string().replace('.', "_"));
-        peers.push((name, ip.to_string(), LAB_AS, false));
+    if let Some(ip) = dev
+        .extra_peer
+        .filter(|ip| ip.is_ipv6() == (family == Family::V6))
+    {
+        peers.push((protocol_name("Global", ip), ip.to_string(), LAB_AS, false));
     }
     for (name, ip, peer_as, passive) in peers {
         let _ = write!(
@@ -214,50 +322,68 @@ protocol bgp {name} from bgp_template {{
   }};  # Only want to export routes for workloads.{passive}
 }}
 "#,
-            me = node.ip,
             passive = if passive { "\n  passive on;" } else { "" }
         );
     }
-    c
+    Ok(c)
 }
 
-/// Writes `node`'s config and starts its BIRD inside the node's namespace.
+/// Writes `node`'s configs and starts its BIRD (and `bird6`, dual stack) inside the node's
+/// namespace.
 pub fn start(spec: &LabSpec, node: &NodeSpec) -> anyhow::Result<()> {
     let d = dir(node);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    let cfg = config_path(node);
-    std::fs::write(&cfg, config(spec, node, Deviation::default()))
-        .with_context(|| format!("writing {}", cfg.display()))?;
-    let pid = d.join("bird.pid");
-    sh::run(&[
-        "ip",
-        "netns",
-        "exec",
-        &node.netns,
-        "bird",
-        "-c",
-        path_str(&cfg)?,
-        "-s",
-        path_str(&socket(node))?,
-        "-P",
-        path_str(&pid)?,
-    ])
-    .with_context(|| format!("starting BIRD in {}", node.netns))?;
+    for family in families(spec, node) {
+        let cfg = config_path(node, family);
+        std::fs::write(&cfg, config(spec, node, family, Deviation::default())?)
+            .with_context(|| format!("writing {}", cfg.display()))?;
+        let pid = d.join(format!("{}.pid", family.daemon()));
+        sh::run(&[
+            "ip",
+            "netns",
+            "exec",
+            &node.netns,
+            family.daemon(),
+            "-c",
+            path_str(&cfg)?,
+            "-s",
+            path_str(&socket_of(node, family))?,
+            "-P",
+            path_str(&pid)?,
+        ])
+        .with_context(|| format!("starting {} in {}", family.daemon(), node.netns))?;
+    }
     Ok(())
 }
 
-/// Rewrites `node`'s config with `dev` and has its BIRD reload it (`birdc configure`).
+/// Rewrites `node`'s BIRD config with `dev` and has BIRD reload it (`birdc configure`).
 pub fn reconfigure(spec: &LabSpec, node: &NodeSpec, dev: Deviation) -> anyhow::Result<()> {
-    let cfg = config_path(node);
-    std::fs::write(&cfg, config(spec, node, dev))
+    reconfigure_family(spec, node, Family::V4, dev)
+}
+
+/// The same for `family`'s BIRD (`birdc6 configure` for `bird6`).
+pub fn reconfigure_family(
+    spec: &LabSpec,
+    node: &NodeSpec,
+    family: Family,
+    dev: Deviation,
+) -> anyhow::Result<()> {
+    let cfg = config_path(node, family);
+    std::fs::write(&cfg, config(spec, node, family, dev)?)
         .with_context(|| format!("writing {}", cfg.display()))?;
-    birdc(node, &["configure"]).map(drop)
+    birdc_family(node, family, &["configure"]).map(drop)
 }
 
 /// Runs `birdc` against `node`'s BIRD; fails when BIRD answers with an error.
 pub fn birdc(node: &NodeSpec, args: &[&str]) -> anyhow::Result<String> {
-    let sock = socket(node);
-    let mut argv = vec!["birdc", "-s", path_str(&sock)?];
+    birdc_family(node, Family::V4, args)
+}
+
+/// Runs `birdc` (`birdc6`) against `node`'s `family` BIRD; fails when it answers with an
+/// error.
+pub fn birdc_family(node: &NodeSpec, family: Family, args: &[&str]) -> anyhow::Result<String> {
+    let sock = socket_of(node, family);
+    let mut argv = vec![family.client(), "-s", path_str(&sock)?];
     argv.extend_from_slice(args);
     let out = sh::run(&argv)?;
     // birdc exits 0 even when BIRD refuses a command: its reply codes say so.
@@ -265,34 +391,58 @@ pub fn birdc(node: &NodeSpec, args: &[&str]) -> anyhow::Result<String> {
         .lines()
         .find(|l| l.starts_with('8') || l.starts_with('9'))
     {
-        bail!("`birdc {}` on {}: {err}", args.join(" "), node.name);
+        bail!(
+            "`{} {}` on {}: {err}",
+            family.client(),
+            args.join(" "),
+            node.name
+        );
     }
     Ok(out)
 }
 
-/// Waits until every mesh session of every node is Established and each node has the other
-/// nodes' blocks `proto bird`.
+/// Waits until every mesh session of every node's BIRDs is Established and each node has
+/// the other nodes' blocks (of each family) `proto bird`.
 pub fn wait_converged(spec: &LabSpec, timeout: Duration) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     loop {
         let mut pending = Vec::new();
         for node in &spec.nodes {
-            let protocols = birdc(node, &["show", "protocols"]).unwrap_or_default();
-            let routes = sh::run(&["ip", "-n", &node.netns, "route", "show", "proto", "bird"])
+            for family in families(spec, node) {
+                let protocols =
+                    birdc_family(node, family, &["show", "protocols"]).unwrap_or_default();
+                let inet = match family {
+                    Family::V4 => "-4",
+                    Family::V6 => "-6",
+                };
+                let routes = sh::run(&[
+                    "ip",
+                    "-n",
+                    &node.netns,
+                    inet,
+                    "route",
+                    "show",
+                    "proto",
+                    "bird",
+                ])
                 .unwrap_or_default();
-            for remote in spec.remotes_of(node) {
-                let name = mesh_name(remote);
-                if !protocols
-                    .lines()
-                    .any(|l| l.contains(&name) && l.contains("Established"))
-                {
-                    pending.push(format!("{}: {name} not Established", node.name));
-                }
-                if !routes
-                    .lines()
-                    .any(|l| l.starts_with(&remote.block.to_string()))
-                {
-                    pending.push(format!("{}: no route to {}", node.name, remote.block));
+                for remote in spec.remotes_of(node) {
+                    let Ok(theirs) = side(spec, remote, family) else {
+                        continue;
+                    };
+                    let name = protocol_name("Mesh", theirs.ip);
+                    if !protocols
+                        .lines()
+                        .any(|l| l.contains(&name) && l.contains("Established"))
+                    {
+                        pending.push(format!("{}: {name} not Established", node.name));
+                    }
+                    if !routes
+                        .lines()
+                        .any(|l| l.starts_with(&theirs.block.to_string()))
+                    {
+                        pending.push(format!("{}: no route to {}", node.name, theirs.block));
+                    }
                 }
             }
         }
@@ -309,13 +459,14 @@ pub fn wait_converged(spec: &LabSpec, timeout: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// Kills every BIRD running in `netns` (by pid, from `ip netns pids`) and removes its files.
+/// Kills every BIRD (and `bird6`) running in `netns` (by pid, from `ip netns pids`) and removes its files.
 pub fn stop(node: &NodeSpec) {
     let pids = sh::run(&["ip", "netns", "pids", &node.netns]).unwrap_or_default();
     let birds: Vec<String> = pids
         .split_whitespace()
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bird")
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| matches!(c.trim(), "bird" | "bird6"))
         })
         .map(str::to_string)
         .collect();

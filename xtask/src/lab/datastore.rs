@@ -22,7 +22,8 @@ impl LabSpec {
         if let Some(pool) = self.pool_v6 {
             let _ = write!(
                 y,
-                "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv6-ippool\nspec:\n  allowedUses: [Workload, Tunnel]\n  blockSize: 122\n  cidr: {pool}\n  ipipMode: Never\n  natOutgoing: false\n  nodeSelector: all()\n  vxlanMode: Always\n"
+                "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv6-ippool\nspec:\n  allowedUses: [Workload, Tunnel]\n  blockSize: 122\n  cidr: {pool}\n  ipipMode: Never\n  natOutgoing: false\n  nodeSelector: all()\n  vxlanMode: {}\n",
+                if vxlan { "Always" } else { "Never" }
             );
         }
         y.push_str("---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  logSeverityScreen: Info\n  reportingInterval: 0s\n");
@@ -39,7 +40,7 @@ impl LabSpec {
                 k8s_node(n, vxlan)
             });
             y.push_str(&block(n, true, vxlan));
-            y.push_str(&block_v6(n));
+            y.push_str(&block_v6(n, vxlan));
         }
         y
     }
@@ -78,7 +79,9 @@ fn calico_node(n: &NodeSpec, vxlan: bool) -> String {
     };
     let mut bgp6 = String::new();
     if let Some(v6) = &n.v6 {
-        let _ = writeln!(tun, "  ipv6VXLANTunnelAddr: '{}'", v6.tunnel_ip);
+        if vxlan {
+            let _ = writeln!(tun, "  ipv6VXLANTunnelAddr: '{}'", v6.tunnel_ip);
+        }
         bgp6 = format!("    ipv6Address: '{}/{UNDERLAY_PREFIX_V6}'\n", v6.ip);
     }
     format!(
@@ -100,9 +103,16 @@ fn k8s_node(n: &NodeSpec, vxlan: bool) -> String {
     if let Some(v6) = &n.v6 {
         let _ = writeln!(
             tun,
-            "    projectcalico.org/IPv6Address: '{}/{UNDERLAY_PREFIX_V6}'\n    projectcalico.org/IPv6VXLANTunnelAddr: '{}'",
-            v6.ip, v6.tunnel_ip
+            "    projectcalico.org/IPv6Address: '{}/{UNDERLAY_PREFIX_V6}'",
+            v6.ip
         );
+        if vxlan {
+            let _ = writeln!(
+                tun,
+                "    projectcalico.org/IPv6VXLANTunnelAddr: '{}'",
+                v6.tunnel_ip
+            );
+        }
     }
     format!(
         "---\n# kubectl get node {name} -o yaml (Calico keeps its data in annotations)\napiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    projectcalico.org/IPv4Address: {ip}/{UNDERLAY_PREFIX}\n{tun}    node.alpha.kubernetes.io/ttl: \"0\"\n  labels:\n    kubernetes.io/hostname: {name}\nspec:\n  podCIDR: 10.245.0.0/24\n",
@@ -157,23 +167,30 @@ fn block(n: &NodeSpec, with_affinity_object: bool, vxlan: bool) -> String {
     y
 }
 
-/// Dual stack: the node's IPv6 block, ordinal 0 its `vxlan-v6.calico` address (secondary
-/// type `vxlanV6TunnelAddress`), then its pods' IPv6 addresses.
-fn block_v6(n: &NodeSpec) -> String {
+/// Dual stack: the node's IPv6 block, with VXLAN ordinal 0 its `vxlan-v6.calico` address
+/// (secondary type `vxlanV6TunnelAddress`), then its pods' IPv6 addresses.
+fn block_v6(n: &NodeSpec, vxlan: bool) -> String {
     let Some(v6) = &n.v6 else {
         return String::new();
     };
     let base = u128::from(v6.block.network());
-    let mut allocations = vec!["0".to_string()];
-    let mut attrs = format!(
-        "  - handle_id: vxlan-v6-tunnel-addr-{name}\n    secondary:\n      node: {name}\n      type: vxlanV6TunnelAddress\n",
-        name = n.name
-    );
+    let (mut allocations, mut attrs) = if vxlan {
+        (
+            vec!["0".to_string()],
+            format!(
+                "  - handle_id: vxlan-v6-tunnel-addr-{name}\n    secondary:\n      node: {name}\n      type: vxlanV6TunnelAddress\n",
+                name = n.name
+            ),
+        )
+    } else {
+        (vec!["null".to_string()], String::new())
+    };
+    let first = usize::from(vxlan);
     for (i, p) in n.pods.iter().enumerate() {
         let Some(ip) = p.ip6 else { continue };
         let ordinal = usize::try_from(u128::from(ip) - base).unwrap_or(0);
         allocations.resize(ordinal + 1, "null".into());
-        allocations[ordinal] = (i + 1).to_string();
+        allocations[ordinal] = (i + first).to_string();
         let _ = write!(
             attrs,
             "  - handle_id: k8s-pod-network.{handle}\n    secondary:\n      namespace: {ns}\n      node: {node}\n      pod: {pod}\n",

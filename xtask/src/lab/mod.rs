@@ -65,6 +65,10 @@ pub enum Fault {
     BgpSessionDelete,
     /// BGP lab: this node's BIRD has a session to 10.99.0.99, which nothing configures.
     BgpSessionExtra,
+    /// Dual-stack BGP lab: this node's bird6 expects the wrong AS from its IPv6 mesh peers.
+    Bgp6WrongAs,
+    /// Dual-stack BGP lab: this node's bird6 config lacks the IPv6 mesh sessions.
+    Bgp6SessionDelete,
     /// Dual stack: delete the route to a remote node's IPv6 block.
     V6RouteDelete,
     /// Dual stack: point the remote IPv6 block route at a tunnel address no node has.
@@ -98,7 +102,9 @@ impl Fault {
             | Self::BgpFlap
             | Self::BgpWithdraw
             | Self::BgpSessionDelete
-            | Self::BgpSessionExtra => Some(LabMode::Bgp),
+            | Self::BgpSessionExtra
+            | Self::Bgp6WrongAs
+            | Self::Bgp6SessionDelete => Some(LabMode::Bgp),
             Self::PodMtu | Self::FailsafeDelete | Self::InputJumpDelete => None,
             Self::RouteDelete
             | Self::RouteUnderlay
@@ -131,6 +137,8 @@ impl Fault {
                 | Self::V6FdbDelete
                 | Self::V6TunnelAddressDelete
                 | Self::V6InputJumpDelete
+                | Self::Bgp6WrongAs
+                | Self::Bgp6SessionDelete
         )
     }
 }
@@ -152,15 +160,24 @@ impl Lab {
 
     /// The VXLAN lab with an IPv6 side on every node (`vxlan-v6.calico`, /122 blocks).
     pub fn dual_stack(prefix: &str) -> Self {
+        Self::dual_stack_with_mode(prefix, LabMode::Vxlan)
+    }
+
+    /// The lab shaped like `mode` with an IPv6 side on every node: in the BGP lab each node
+    /// also runs `bird6` with the IPv6 mesh, which learns the IPv6 blocks.
+    pub fn dual_stack_with_mode(prefix: &str, mode: LabMode) -> Self {
         Self {
-            spec: LabSpec::dual_stack(prefix),
+            spec: LabSpec::dual_stack_with_mode(prefix, mode),
         }
     }
 
-    /// The lab with this prefix as it was brought up: BGP when its nodes have BIRD's files,
-    /// dual stack when its first node has `vxlan-v6.calico`.
+    /// The lab with this prefix as it was brought up: BGP when its nodes have BIRD's files
+    /// (dual stack with bird6's), dual stack when its first node has `vxlan-v6.calico`.
     pub fn existing(prefix: &str) -> Self {
         let bgp = Self::with_mode(prefix, LabMode::Bgp);
+        if bgp.spec.nodes.iter().any(|n| bird::socket6(n).exists()) {
+            return Self::dual_stack_with_mode(prefix, LabMode::Bgp);
+        }
         if bgp.spec.nodes.iter().any(|n| bird::dir(n).exists()) {
             return bgp;
         }
@@ -221,7 +238,9 @@ impl Lab {
         self.program_all()?;
         if self.spec.mode == LabMode::Bgp {
             for node in &self.spec.nodes {
-                bird::reconfigure(&self.spec, node, bird::Deviation::default())?;
+                for family in bird::families(&self.spec, node) {
+                    bird::reconfigure_family(&self.spec, node, family, bird::Deviation::default())?;
+                }
             }
             bird::wait_converged(&self.spec, std::time::Duration::from_secs(30))?;
         }
@@ -561,8 +580,8 @@ impl Lab {
         Ok(())
     }
 
-    /// The underlay's IPv6 address and `vxlan-v6.calico` (same VNI and port as IPv4, bound
-    /// to the underlay with the node's IPv6 as source: `vxlan_mgr.go`).
+    /// The underlay's IPv6 address and, in the VXLAN lab, `vxlan-v6.calico` (same VNI and
+    /// port as IPv4, bound to the underlay with the node's IPv6 as source: `vxlan_mgr.go`).
     fn create_v6(&self, node: &NodeSpec, v6: &NodeV6) -> anyhow::Result<()> {
         let ns = &node.netns;
         ip(
@@ -577,6 +596,9 @@ impl Lab {
                 "nodad",
             ],
         )?;
+        if self.spec.mode == LabMode::Bgp {
+            return Ok(());
+        }
         ip(
             ns,
             &[
@@ -604,6 +626,17 @@ impl Lab {
     fn program_v6(&self, node: &NodeSpec, v6: &NodeV6) -> anyhow::Result<()> {
         let ns = node.netns.as_str();
         sysctl(ns, "net.ipv6.conf.all.forwarding", "1")?;
+        // BGP lab: no tunnel; bird6 programs the blackhole and the remote blocks (bird.rs).
+        if self.spec.mode == LabMode::Vxlan {
+            self.program_v6_vxlan(node, v6)?;
+        }
+        self.program_v6_workloads(node)
+    }
+
+    /// Felix's IPv6 VXLAN: `vxlan-v6.calico`, the local blackhole, the remote blocks through
+    /// the tunnel and each remote VTEP's NDP and FDB entries.
+    fn program_v6_vxlan(&self, node: &NodeSpec, v6: &NodeV6) -> anyhow::Result<()> {
+        let ns = node.netns.as_str();
         ip(
             ns,
             &[
@@ -680,6 +713,12 @@ impl Lab {
                 &r6.ip.to_string(),
             )?;
         }
+        Ok(())
+    }
+
+    /// The IPv6 pods' routes and NDP proxying, and Felix's ip6tables hooks: in either mode.
+    fn program_v6_workloads(&self, node: &NodeSpec) -> anyhow::Result<()> {
+        let ns = node.netns.as_str();
         for pod in &node.pods {
             let Some(ip6) = pod.ip6 else { continue };
             sysctl(ns, &format!("net.ipv6.conf.{}.proxy_ndp", pod.veth), "1")?;
@@ -722,6 +761,14 @@ impl Lab {
             );
         }
         let bird_with = |dev: bird::Deviation| bird::reconfigure(&self.spec, node, dev);
+        let bird6_with = |dev: bird::Deviation| {
+            if node.v6.is_none() {
+                bail!(
+                    "fault {fault:?} needs the dual-stack BGP lab (`cargo xtask lab up --mode bgp --dual-stack`)"
+                );
+            }
+            bird::reconfigure_family(&self.spec, node, bird::Family::V6, dev)
+        };
         match fault {
             Fault::BgpWrongAs => bird_with(bird::Deviation {
                 peer_as: Some(datastore::LAB_AS + 1),
@@ -741,7 +788,15 @@ impl Lab {
                 ..Default::default()
             })?,
             Fault::BgpSessionExtra => bird_with(bird::Deviation {
-                extra_peer: Some(std::net::Ipv4Addr::new(10, 99, 0, 99)),
+                extra_peer: Some(std::net::Ipv4Addr::new(10, 99, 0, 99).into()),
+                ..Default::default()
+            })?,
+            Fault::Bgp6WrongAs => bird6_with(bird::Deviation {
+                peer_as: Some(datastore::LAB_AS + 1),
+                ..Default::default()
+            })?,
+            Fault::Bgp6SessionDelete => bird6_with(bird::Deviation {
+                no_mesh: true,
                 ..Default::default()
             })?,
             Fault::RouteDelete => ip(ns, &["route", "del", &remote.block.to_string()])?,
@@ -990,9 +1045,10 @@ impl Lab {
                         && !self.ping(&from.name, to6)?
                     {
                         bail!(
-                            "{} ({from6}) cannot reach {} ({to6}) across vxlan-v6.calico",
+                            "{} ({from6}) cannot reach {} ({to6}) across the {:?} lab over IPv6",
                             from.name,
-                            to.name
+                            to.name,
+                            self.spec.mode
                         );
                     }
                 }

@@ -144,7 +144,13 @@ impl LabSpec {
     /// fd00:99::11 and ::12 on the underlay, each block's first address on
     /// `vxlan-v6.calico` (as Calico's IPAM hands it out first), one IPv6 per pod.
     pub fn dual_stack(prefix: &str) -> Self {
-        let mut spec = Self::with_mode(prefix, LabMode::Vxlan);
+        Self::dual_stack_with_mode(prefix, LabMode::Vxlan)
+    }
+
+    /// [`Self::dual_stack`] shaped like `mode`: in the BGP lab the IPv6 pool is no-encap and
+    /// `bird6` meshes over the nodes' IPv6 addresses (no `vxlan-v6.calico`).
+    pub fn dual_stack_with_mode(prefix: &str, mode: LabMode) -> Self {
+        let mut spec = Self::with_mode(prefix, mode);
         spec.pool_v6 = Some(
             Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 0), 64).unwrap_or_default(),
         );
