@@ -56,6 +56,7 @@ fn normalise(mut obs: ObservedDataplane) -> ObservedDataplane {
     obs.conntrack = None;
     obs.felix_health = None;
     obs.bgp_peers = None;
+    obs.bgp6_peers = None;
     obs.unavailable.retain(|u| !live_only(u));
     obs.links.sort_by_key(|l| l.index);
     obs.addresses.sort_by_key(|a| (a.ifindex, a.address));
