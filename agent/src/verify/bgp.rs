@@ -622,6 +622,14 @@ mod tests {
     }
 
     #[test]
+    fn without_a_datastore_a_bird6_session_down_is_judged() {
+        let (_, mut o) = dual_stack();
+        o.bgp6_peers = Some(vec![peer("fd00:99::12", "start", "Connect")]);
+        let v = verify(None, &o, &Policy::default());
+        assert_eq!(ids(&v), [(CheckId::BgpSessionDown, "fd00:99::12".into())]);
+    }
+
+    #[test]
     fn bird6_silent_with_ipv6_sessions_due_is_not_observable_naming_its_socket() {
         let (e, mut o) = dual_stack();
         o.bgp6_peers = None;

@@ -128,6 +128,31 @@ fn calicoctl_status_established_is_quiet() {
     assert!(skip_reason(&a, CheckId::BgpSessionDown).is_none());
 }
 
+/// calicoctl's "IPv6 BGP status" section is bird6's: its peers (none) or its error, apart from
+/// bird's.
+#[test]
+fn calicoctl_status_ipv6_section_is_bird6s() {
+    let (b, a) = analyse("calicoctl-status-established-two-nodes");
+    assert_eq!(b.observed.bgp6_peers.as_ref().map(Vec::len), Some(0));
+    clean(&a);
+    let (b, _) = analyse("calicoctl-status-bird-socket-error");
+    assert!(b.observed.bgp6_peers.is_none());
+    let bgp6 = b
+        .observed
+        .unavailable
+        .iter()
+        .find(|u| u.kind == crate::observed::Source::Bgp6)
+        .expect("bird6 not observable");
+    assert!(bgp6.reason.contains("BIRDv6 socket"), "{}", bgp6.reason);
+    let bgp = b
+        .observed
+        .unavailable
+        .iter()
+        .find(|u| u.kind == crate::observed::Source::Bgp)
+        .expect("bird not observable");
+    assert!(!bgp.reason.contains("BIRDv6"), "{}", bgp.reason);
+}
+
 #[test]
 fn headerless_rules_with_counters_are_a_filter_fragment() {
     let (b, a) = analyse("iptables-save-fragment-counters");
