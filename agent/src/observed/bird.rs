@@ -66,14 +66,6 @@ impl Family {
     pub fn birdcl(self) -> String {
         format!("birdcl -s {}", self.sockets()[0])
     }
-
-    /// `IPv4`/`IPv6`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::V4 => "IPv4",
-            Self::V6 => "IPv6",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
