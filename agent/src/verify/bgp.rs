@@ -651,6 +651,23 @@ mod tests {
                 s.reason
             );
         }
+        // A bundle without calicoctl's IPv6 section: not in the input, rather than unobserved.
+        let mut bundle = o.clone();
+        if let Some(u) = bundle
+            .unavailable
+            .iter_mut()
+            .find(|u| u.kind == crate::observed::Source::Bgp6)
+        {
+            u.cause = crate::observed::Cause::NotInInput;
+        }
+        let v = run(&e, &bundle);
+        assert!(
+            bgp_skips(&v)
+                .iter()
+                .all(|s| s.kind == NotRun::NotInInput && s.reason.contains("not in the input")),
+            "{:?}",
+            v.skipped
+        );
         // IPv4 is still judged.
         o.bgp_peers = Some(vec![peer("10.99.0.12", "start", "Connect")]);
         let v = run(&e, &o);
