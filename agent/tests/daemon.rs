@@ -198,6 +198,17 @@ fn metrics_parse_with_prometheus_and_labels_are_bounded_and_sigterm_detaches() {
     std::thread::sleep(Duration::from_secs(1));
     let text = d.metrics();
     assert!(d.metric("calico_dpagent_ebpf_attached") == 1.0, "{text}");
+    // The lab runs no BIRD, no bird6 and no Felix health endpoint: services not running on a
+    // node, polled every 0.5 s, are not failed reads.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("calico_dpagent_source_errors_total")
+                && ["bgp", "bgp6", "felix-health"]
+                    .iter()
+                    .any(|s| l.contains(&format!("source=\"{s}\"")))),
+        "{text}"
+    );
     // Prometheus' own parser (prometheus_client, OpenMetrics): every family and label.
     let script = r#"
 import json, sys

@@ -433,13 +433,14 @@ impl Daemon {
         self.count_source_errors(&[group]);
     }
 
+    /// Counts the reads that failed. A service nothing serves on this node (no BIRD or bird6
+    /// on a VXLAN or IPv4-only node, Felix's health port off) is not a failure: it would
+    /// count on every poll of every such node.
     fn count_source_errors(&self, groups: &[SourceGroup]) {
-        for u in self
-            .obs
-            .unavailable
-            .iter()
-            .filter(|u| groups.iter().any(|g| g.kinds().contains(&u.kind)))
-        {
+        for u in self.obs.unavailable.iter().filter(|u| {
+            u.cause != observed::Cause::NotRunning
+                && groups.iter().any(|g| g.kinds().contains(&u.kind))
+        }) {
             let kind = serde_json::to_value(u.kind)
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))

@@ -150,7 +150,7 @@ pub enum Source {
     Bgp6,
     /// Calico eBPF mode's pinned conntrack map.
     CalicoConntrack,
-    /// Calico eBPF mode's route map (`cali_v4_routes`).
+    /// Calico eBPF mode's route maps (`cali_v4_routes`, `cali_v6_routes`).
     CalicoBpfRoutes,
     /// Calico eBPF mode's per-interface counters (`cali_counters<N>`).
     CalicoBpfCounters,
