@@ -171,22 +171,27 @@ fn routes_unknown(obs: &ObservedDataplane) -> bool {
 /// reflectors or global peers); they do not say how packets are carried (IPIP, VXLAN or
 /// none), so they add evidence and no mode.
 fn bgp_evidence(obs: &ObservedDataplane, why: &mut Vec<String>) {
-    let Some(peers) = obs.bgp_peers.as_ref() else {
-        return;
-    };
-    if peers.is_empty() {
-        why.push("BGP: BIRD has no peers".into());
-        return;
+    for (label, daemon, peers) in [
+        ("BGP", "BIRD", &obs.bgp_peers),
+        ("BGP IPv6", "bird6", &obs.bgp6_peers),
+    ] {
+        let Some(peers) = peers.as_ref() else {
+            continue;
+        };
+        if peers.is_empty() {
+            why.push(format!("{label}: {daemon} has no peers"));
+            continue;
+        }
+        let mut kinds: Vec<&str> = peers.iter().map(|p| p.kind.as_str()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let up = peers.iter().filter(|p| p.established()).count();
+        why.push(format!(
+            "{label}: {} peer(s) ({}), {up} Established",
+            peers.len(),
+            kinds.join(", ")
+        ));
     }
-    let mut kinds: Vec<&str> = peers.iter().map(|p| p.kind.as_str()).collect();
-    kinds.sort_unstable();
-    kinds.dedup();
-    let up = peers.iter().filter(|p| p.established()).count();
-    why.push(format!(
-        "BGP: {} peer(s) ({}), {up} Established",
-        peers.len(),
-        kinds.join(", ")
-    ));
 }
 
 /// Calico is on the node even when no mode can be told: Felix's chains with the routes not
@@ -215,5 +220,45 @@ fn felix_rules_seen(obs: &ObservedDataplane) -> bool {
 fn push(modes: &mut Vec<Mode>, m: Mode) {
     if !modes.contains(&m) {
         modes.push(m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observed::bird::BgpPeer;
+
+    fn peer(ip: &str, info: &str) -> BgpPeer {
+        BgpPeer {
+            name: format!("Mesh_{}", ip.replace(['.', ':'], "_")),
+            kind: "node-to-node mesh".into(),
+            peer_ip: ip.into(),
+            state: "up".into(),
+            since: "10:00:00".into(),
+            info: info.into(),
+            since_seconds: None,
+        }
+    }
+
+    /// Each BIRD says how the node peers in its family; an absent one says nothing.
+    #[test]
+    fn bgp_evidence_names_each_family() {
+        let mut obs = ObservedDataplane {
+            bgp_peers: Some(vec![peer("10.99.0.12", "Established")]),
+            ..ObservedDataplane::default()
+        };
+        let mut why = Vec::new();
+        bgp_evidence(&obs, &mut why);
+        assert_eq!(why, ["BGP: 1 peer(s) (node-to-node mesh), 1 Established"]);
+        obs.bgp6_peers = Some(vec![peer("fd00:99::12", "Active")]);
+        let mut why = Vec::new();
+        bgp_evidence(&obs, &mut why);
+        assert_eq!(
+            why,
+            [
+                "BGP: 1 peer(s) (node-to-node mesh), 1 Established",
+                "BGP IPv6: 1 peer(s) (node-to-node mesh), 0 Established"
+            ]
+        );
     }
 }
