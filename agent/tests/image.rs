@@ -325,8 +325,8 @@ fn skipped_for_permission(v: &serde_json::Value) -> BTreeSet<String> {
 }
 
 /// What `agent check` cannot see in the lab with every capability: only the live services the
-/// lab does not run (Felix's health endpoint, BIRD).
-const LAB_HAS_NO: [&str; 2] = ["felix-health", "bgp"];
+/// lab does not run (Felix's health endpoint, BIRD and bird6).
+const LAB_HAS_NO: [&str; 3] = ["felix-health", "bgp", "bgp6"];
 
 fn assert_verification_unaffected(v: &serde_json::Value, what: &str) {
     assert!(
