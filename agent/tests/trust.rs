@@ -329,6 +329,49 @@ fn a_wrong_node_name_puts_the_identity_line_first() {
         "{answer}"
     );
     assert!(!answer.contains("CRIT"), "{answer}");
+    // What it publishes (metrics, Events, the Node condition, reports) is the one cause, not
+    // the storm of node-b's expectations judged on node-a.
+    assert_eq!(
+        daemon.findings().into_iter().collect::<Vec<_>>(),
+        [("node.identity.mismatch".to_string(), "node-b".to_string())]
+    );
+    let m = daemon.metrics();
+    let firing: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("calico_dpagent_findings{") && !l.ends_with(" 0"))
+        .collect();
+    assert_eq!(
+        firing,
+        ["calico_dpagent_findings{check=\"node.identity.mismatch\",severity=\"critical\"} 1"],
+        "{m}"
+    );
+    daemon.stop();
+    // Named rightly, the daemon reports no slip.
+    let daemon = support::Daemon::spawn(
+        &lab,
+        "0",
+        &[
+            "--node-name",
+            "node-a",
+            "--datastore",
+            ds.to_str().expect("utf-8 path"),
+        ],
+        &[],
+        ds.clone(),
+    );
+    daemon.wait_findings(std::time::Duration::from_secs(10), "a verification", |_| {
+        daemon
+            .try_get_local("/v1/analysis")
+            .is_some_and(|(_, b)| b.contains("\"verification\""))
+    });
+    assert!(
+        !daemon
+            .findings()
+            .iter()
+            .any(|(c, _)| c == "node.identity.mismatch"),
+        "{:?}",
+        daemon.findings()
+    );
     daemon.stop();
 
     let o = in_lab(&lab, false, &["check", "--node-name", "node-a.example.com"]);

@@ -178,6 +178,8 @@ struct Daemon {
     pusher: Option<Pusher>,
     /// The findings of the last report, to send a new one as soon as they change.
     reported: Option<Vec<(CheckId, String)>>,
+    /// The dataplane holds another Node's identity than `--node-name` (last verification).
+    identity: Option<identity::IdentityMismatch>,
 }
 
 /// Writes Events and the Node condition from the latest findings, off the verification loop
@@ -258,6 +260,7 @@ impl Daemon {
             to_kube,
             pusher,
             reported: None,
+            identity: None,
             cfg,
             shared,
             metrics,
@@ -503,6 +506,15 @@ impl Daemon {
         };
         let mut v = verify::verify(self.expected.as_ref(), &self.obs, &policy);
         self.history.apply(&mut v, &self.history_policy, now);
+        self.identity = self
+            .datastore
+            .current()
+            .ok()
+            .flatten()
+            .and_then(|ds| identity::check(ds, &self.cfg.node_name, &self.obs));
+        if let Some(m) = &self.identity {
+            verify::identity::withhold_for(&mut v, m);
+        }
         let v = self.grace.confirm(v, now, self.cfg.grace);
         let input_notes: Vec<String> = self
             .expected_error
@@ -641,12 +653,7 @@ impl Daemon {
             traffic: None,
             traffic_unavailable: None,
             daemon,
-            identity: self
-                .datastore
-                .current()
-                .ok()
-                .flatten()
-                .and_then(|ds| identity::check(ds, &self.cfg.node_name, &self.obs)),
+            identity: self.identity.clone(),
             bundle: None,
         }
     }

@@ -76,6 +76,7 @@ check_ids! {
     VpcCniTableMissing => "vpccni.table.missing", "a per-ENI route table that rules look up has no default route";
     VpcCniRpFilterStrict => "vpccni.rp-filter.strict", "the primary ENI's rp_filter is strict where the VPC CNI needs it loose";
     VpcCniSnatMissing => "vpccni.snat.missing", "the VPC CNI's SNAT chain, its hook or its connmark rules are absent";
+    NodeIdentityMismatch => "node.identity.mismatch", "the dataplane holds another Node's addresses than the agent's node name (agent run)";
 }
 
 impl std::fmt::Display for CheckId {

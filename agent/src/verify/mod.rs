@@ -11,6 +11,7 @@ mod dispatch;
 pub mod finding;
 mod grace;
 mod history;
+pub mod identity;
 mod infer;
 mod routes;
 mod rules;
@@ -267,6 +268,11 @@ pub const NEEDS_DATASTORE_REASON: &str =
 /// Checks whose source the agent does not read yet, in either mode.
 const NOT_OBSERVED: &[(CheckId, &str)] = &[
     (
+        CheckId::NodeIdentityMismatch,
+        "agent run's: a one-shot run names the slip on its first line and in `identity`, with \
+         the verdict unverifiable",
+    ),
+    (
         CheckId::BgpSessionFlapping,
         "needs BGP session history over time (a long-running agent); one read cannot tell",
     ),
@@ -323,7 +329,7 @@ fn needs(check: CheckId) -> &'static [Source] {
         CheckId::BgpSessionDown | CheckId::BgpSessionMissing | CheckId::BgpSessionUnexpected => {
             &[Bgp]
         }
-        CheckId::BgpSessionFlapping => &[],
+        CheckId::BgpSessionFlapping | CheckId::NodeIdentityMismatch => &[],
         CheckId::BpfRouteMissing | CheckId::BpfRouteWrongNexthop => &[CalicoBpfRoutes],
         CheckId::RulesDispatchMissing => &[Iptables, Links],
         CheckId::VpcCniRouteMissing => &[Routes, Links],
