@@ -97,6 +97,16 @@ fn check_with(lab: &LabGuard, ds: &Path, socket: &Path, socket6: &Path) -> Check
     Check { code, json }
 }
 
+/// `agent diag` (`--json` with `json`) of node-a against the datastore; (exit code, stdout).
+fn diag(lab: &LabGuard, ds: &Path, socket: &Path, json: bool) -> (i32, String) {
+    let ds = ds.to_str().expect("utf-8");
+    let mut args = vec!["diag", "--datastore", ds, "--no-ebpf", "--no-daemon"];
+    if json {
+        args.push("--json");
+    }
+    agent(lab, socket, &args)
+}
+
 fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
     items
         .iter()
@@ -173,17 +183,7 @@ fn bgp_lab_is_clean_and_each_fault_names_its_session() {
     ] {
         assert!(!skipped.contains(&id), "{id} did not run: {skipped:?}");
     }
-    let (code, text) = agent(
-        &lab,
-        &sock,
-        &[
-            "diag",
-            "--datastore",
-            ds.to_str().expect("utf-8"),
-            "--no-ebpf",
-            "--no-daemon",
-        ],
-    );
+    let (code, text) = diag(&lab, &ds, &sock, false);
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("BGP SESSIONS (calico-node's BIRD: 1 of 1 Established)"),
@@ -335,17 +335,7 @@ fn ipv6_sessions_are_bird6s(lab: &LabGuard, ds: &Path) {
     );
 
     // Healthy (already judged clean with the IPv4 side): the IPv6 sessions in diag.
-    let (code, text) = agent(
-        lab,
-        &sock,
-        &[
-            "diag",
-            "--datastore",
-            ds.to_str().expect("utf-8"),
-            "--no-ebpf",
-            "--no-daemon",
-        ],
-    );
+    let (code, text) = diag(lab, ds, &sock, false);
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains("BGP SESSIONS, IPv6 (calico-node's bird6: 1 of 1 Established)"),
@@ -355,18 +345,7 @@ fn ipv6_sessions_are_bird6s(lab: &LabGuard, ds: &Path) {
         text.contains("Mesh_fd00_99__12       fd00:99::12"),
         "{text}"
     );
-    let (_, json) = agent(
-        lab,
-        &sock,
-        &[
-            "diag",
-            "--json",
-            "--datastore",
-            ds.to_str().expect("utf-8"),
-            "--no-ebpf",
-            "--no-daemon",
-        ],
-    );
+    let (_, json) = diag(lab, ds, &sock, true);
     let v: serde_json::Value =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     let v6 = &v["diag"]["bgp6_sessions"][0];
