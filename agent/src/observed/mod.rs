@@ -141,7 +141,7 @@ fn read_kernel(obs: &mut ObservedDataplane, unavailable: &mut Vec<Unavailable>) 
     let pin_dir =
         std::env::var("AGENT_CALICO_BPF_DIR").unwrap_or_else(|_| CALICO_BPF_PIN_DIR.into());
     let pin_dir = std::path::Path::new(&pin_dir);
-    obs.calico_bpf_pins = calico_bpf_pins(pin_dir);
+    obs.calico_bpf_pins = calico_bpf::pinned_names(pin_dir);
     obs.calico_bpf = calico_bpf::read(pin_dir, unavailable);
     obs.calico_conntrack = match calico_ct::read(pin_dir) {
         None => None,
@@ -286,18 +286,6 @@ async fn read_netlink(
 
 /// Where Felix pins its maps in eBPF mode (`felix/bpf/bpfdefs` `GlobalPinDir`).
 pub const CALICO_BPF_PIN_DIR: &str = "/sys/fs/bpf/tc/globals";
-
-fn calico_bpf_pins(dir: &std::path::Path) -> Vec<String> {
-    let mut pins: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with("cali_"))
-        .collect();
-    pins.sort();
-    pins
-}
 
 /// An error with its sources, `a: b: c`, for one-line reports.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

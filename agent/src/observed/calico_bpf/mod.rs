@@ -176,7 +176,8 @@ pub fn read(pin_dir: &Path, unavailable: &mut Vec<Unavailable>) -> Option<Calico
     Some(bpf)
 }
 
-fn pinned_names(dir: &Path) -> Vec<String> {
+/// The `cali_*` pins in `dir`, sorted; none when it cannot be listed.
+pub(crate) fn pinned_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
