@@ -367,7 +367,8 @@ mod tests {
         assert!(s.reason.contains("cali_v6_routes"), "{s:?}");
         // Without ipv6Support no IPv6 entry is expected.
         let e = bpf_expected_dual_stack(", ipv6Support: false");
-        assert!(e.bpf_routes.iter().all(|r| r.block.addr().is_ipv4()));
+        let blocks: Vec<String> = e.bpf_routes.iter().map(|r| r.block.to_string()).collect();
+        assert_eq!(blocks, ["10.244.1.0/26"]);
     }
 
     #[test]
