@@ -13,6 +13,9 @@ use std::{
 
 use xtask::lab::Lab;
 
+/// How often a test daemon polls iptables and nft: faults there have no notification.
+pub const POLL_RULES: Duration = Duration::from_millis(500);
+
 /// Each test runs a daemon with eBPF programs, and the detach check reads the machine-wide
 /// program list: one at a time.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -181,7 +184,8 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--poll-rules", "0.5", "--log", "warn"])
+            .args(["--poll-rules", &POLL_RULES.as_secs_f64().to_string()])
+            .args(["--log", "warn"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(stderr)
