@@ -495,7 +495,7 @@ fn felix_counters_reach_metrics_with_reason_names_and_bounded_labels() {
     let s = Scratch::new("metrics");
     let ds = s.datastore(true);
     let sock = s.0.join("agent.sock");
-    let maps = routes_map(8, false) + &counters_map(216);
+    let maps = routes_map(8, false) + &routes_map_v6(Some("fd00:99::12")) + &counters_map(216);
     // The daemon in the namespace, scraped once its first verification is in.
     let out = in_bpffs(
         &s,
@@ -529,7 +529,10 @@ fn felix_counters_reach_metrics_with_reason_names_and_bounded_labels() {
         );
         assert!(out.contains(&line), "{line} not in:\n{out}");
     }
-    assert!(out.contains("calico_dpagent_calico_bpf_routes 3"), "{out}");
+    for (family, n) in [("ipv4", 3), ("ipv6", 1)] {
+        let line = format!("calico_dpagent_calico_bpf_routes{{family=\"{family}\"}} {n}");
+        assert!(out.contains(&line), "{line} not in:\n{out}");
+    }
     for l in out
         .lines()
         .filter(|l| l.starts_with("calico_dpagent_calico_bpf"))
@@ -541,7 +544,7 @@ fn felix_counters_reach_metrics_with_reason_names_and_bounded_labels() {
         for kv in labels.split(',').filter(|kv| !kv.is_empty()) {
             let (k, v) = kv.split_once('=').expect("label");
             assert!(
-                ["reason", "hook", "iface_class"].contains(&k),
+                ["reason", "hook", "iface_class", "family"].contains(&k),
                 "unexpected label {kv}"
             );
             let v = v.trim_matches('"');

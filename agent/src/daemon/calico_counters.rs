@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::{
     observed::{ObservedDataplane, calico_bpf::Hook},
     report::{
-        metrics::{CalicoBpfLabels, Metrics},
+        metrics::{CalicoBpfLabels, IpFamilyLabels, Metrics},
         otlp::CounterSummary,
     },
 };
@@ -27,15 +27,27 @@ impl CalicoCounters {
         metrics: &Metrics,
         totals: &mut CounterSummary,
     ) {
-        let routes: usize = obs
-            .calico_bpf
-            .iter()
-            .flat_map(|b| b.routes.iter().chain(&b.routes_v6))
-            .map(Vec::len)
-            .sum();
-        metrics
-            .calico_bpf_routes
-            .set(i64::try_from(routes).unwrap_or(i64::MAX));
+        let bpf = obs.calico_bpf.as_ref();
+        for (family, routes) in [
+            ("ipv4", bpf.and_then(|b| b.routes.as_ref())),
+            ("ipv6", bpf.and_then(|b| b.routes_v6.as_ref())),
+        ] {
+            let labels = IpFamilyLabels {
+                family: family.into(),
+            };
+            // A family whose map Felix did not pin has no series, rather than a false zero.
+            match routes {
+                Some(r) => {
+                    metrics
+                        .calico_bpf_routes
+                        .get_or_create(&labels)
+                        .set(i64::try_from(r.len()).unwrap_or(i64::MAX));
+                }
+                None => {
+                    metrics.calico_bpf_routes.remove(&labels);
+                }
+            }
+        }
         let Some(map) = obs.calico_bpf.as_ref().and_then(|b| b.counters.as_ref()) else {
             return;
         };
@@ -136,6 +148,47 @@ mod tests {
                 totals.calico_bpf[0].packets
             ),
             ("workload", 10)
+        );
+    }
+
+    #[test]
+    fn route_entries_are_a_gauge_per_family_whose_map_is_pinned() {
+        let m = Metrics::new();
+        let mut c = CalicoCounters::default();
+        let entry = |cidr: &str| crate::observed::calico_bpf::BpfRoute {
+            destination: cidr.parse().expect("cidr"),
+            flags: 0,
+            next_hop: None,
+            ifindex: None,
+        };
+        let routes = |m: &Metrics| {
+            let text = m.encode().expect("encode");
+            text.lines()
+                .filter(|l| l.starts_with("calico_dpagent_calico_bpf_routes{"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let mut obs = node(0);
+        if let Some(b) = obs.calico_bpf.as_mut() {
+            b.routes = Some(vec![entry("10.244.1.0/26"), entry("10.244.2.0/26")]);
+            b.routes_v6 = Some(vec![entry("fd00:244::40/122")]);
+        }
+        c.export(&obs, &m, &mut CounterSummary::default());
+        assert_eq!(
+            routes(&m),
+            [
+                "calico_dpagent_calico_bpf_routes{family=\"ipv4\"} 2",
+                "calico_dpagent_calico_bpf_routes{family=\"ipv6\"} 1"
+            ]
+        );
+        // Felix left eBPF for IPv6 and unpinned its map: no IPv6 series, not a zero.
+        if let Some(b) = obs.calico_bpf.as_mut() {
+            b.routes_v6 = None;
+        }
+        c.export(&obs, &m, &mut CounterSummary::default());
+        assert_eq!(
+            routes(&m),
+            ["calico_dpagent_calico_bpf_routes{family=\"ipv4\"} 2"]
         );
     }
 }

@@ -57,6 +57,12 @@ pub struct CalicoBpfLabels {
     pub iface_class: String,
 }
 
+/// `ipv4` or `ipv6`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IpFamilyLabels {
+    pub family: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
@@ -87,7 +93,7 @@ pub struct Metrics {
     pub iface_bytes: Family<IfaceLabels, Counter>,
     pub drops: Family<DropLabels, Counter>,
     pub calico_bpf_packets: Family<CalicoBpfLabels, Counter>,
-    pub calico_bpf_routes: Gauge,
+    pub calico_bpf_routes: Family<IpFamilyLabels, Gauge>,
     pub tcp_retransmits: Counter,
     pub conntrack_entries: Gauge,
     pub conntrack_max: Gauge,
@@ -134,7 +140,7 @@ impl Metrics {
             iface_bytes: Family::default(),
             drops: Family::default(),
             calico_bpf_packets: Family::default(),
-            calico_bpf_routes: Gauge::default(),
+            calico_bpf_routes: Family::default(),
             tcp_retransmits: Counter::default(),
             conntrack_entries: Gauge::default(),
             conntrack_max: Gauge::default(),
@@ -199,7 +205,7 @@ impl Metrics {
         );
         registry.register(
             "calico_bpf_routes",
-            "Entries in Calico's eBPF route maps (cali_v4_routes and cali_v6_routes)",
+            "Entries in Calico's eBPF route map of each IP family (cali_v4_routes, cali_v6_routes)",
             m.calico_bpf_routes.clone(),
         );
         registry.register(
