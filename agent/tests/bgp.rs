@@ -5,8 +5,9 @@
 //! counts flaps and reports `bgp.session.flapping`.
 //!
 //! The first test's lab is dual stack: each node also runs Debian's `bird6` with the IPv6 mesh
-//! over the nodes' IPv6 addresses, learning the IPv6 /122 blocks; the daemon test's lab is
-//! IPv4 only (no bird6 anywhere), as an IPv4-only BGP cluster is.
+//! over the nodes' IPv6 addresses, learning the IPv6 /122 blocks. The daemon's flap test runs
+//! on an IPv4-only lab (no bird6 anywhere, as an IPv4-only BGP cluster) and on a dual-stack one,
+//! where both families' sessions flap.
 
 mod support;
 
@@ -470,12 +471,32 @@ fn ipv6_sessions_are_bird6s(lab: &LabGuard, ds: &Path) {
 
 #[test]
 fn the_daemon_counts_flaps_and_reports_a_flapping_session() {
+    flapping(false);
+}
+
+#[test]
+fn the_daemon_counts_flaps_and_reports_a_flapping_session_in_each_family() {
+    flapping(true);
+}
+
+/// node-b resets its mesh sessions three times (both families' in the dual-stack lab); the
+/// daemon on node-a reports each session flapping and `agent diag` shows its flap count.
+fn flapping(dual_stack: bool) {
     let _serial = serial();
-    let lab = LabGuard::up_mode("bgpd", LabMode::Bgp);
+    let lab = if dual_stack {
+        LabGuard::up_dual_stack("bgpf", LabMode::Bgp)
+    } else {
+        LabGuard::up_mode("bgpd", LabMode::Bgp)
+    };
     let node_a = &lab.0.spec.nodes[0];
     let node_b = &lab.0.spec.nodes[1];
-    let sock = bird::socket(node_a);
+    let (sock, sock6) = (bird::socket(node_a), bird::socket6(node_a));
     let ds = lab.datastore();
+    // The IPv4-only lab has no bird6 at all, as an IPv4-only cluster: its socket is not set.
+    let mut env = vec![("AGENT_BIRD_SOCKET", sock.to_str().expect("utf-8"))];
+    if dual_stack {
+        env.push(("AGENT_BIRD6_SOCKET", sock6.to_str().expect("utf-8")));
+    }
     let d = Daemon::spawn(
         &lab,
         "0",
@@ -486,26 +507,36 @@ fn the_daemon_counts_flaps_and_reports_a_flapping_session() {
             "--poll-services",
             "0.3",
         ],
-        &[("AGENT_BIRD_SOCKET", sock.to_str().expect("utf-8"))],
+        &env,
         ds.clone(),
     );
     d.wait_findings(Duration::from_secs(20), "healthy", BTreeSet::is_empty);
-    // node-b resets the session three times; node-a's daemon sees each drop and return.
     for _ in 0..3 {
         lab.0.fault(&node_b.name, Fault::BgpFlap).expect("flap");
         bird::wait_converged(&lab.0.spec, Duration::from_secs(30)).expect("re-established");
     }
+    let sessions: &[(&str, &str)] = if dual_stack {
+        &[
+            ("Mesh_10_99_0_12", "10.99.0.12"),
+            ("Mesh_fd00_99__12", "fd00:99::12"),
+        ]
+    } else {
+        &[("Mesh_10_99_0_12", "10.99.0.12")]
+    };
     d.wait_findings(Duration::from_secs(20), "flapping", |f| {
-        f.contains(&("bgp.session.flapping".to_string(), "10.99.0.12".to_string()))
+        sessions
+            .iter()
+            .all(|(_, peer)| f.contains(&("bgp.session.flapping".to_string(), (*peer).to_string())))
     });
     let (code, body) = d.try_get_local("/v1/analysis").expect("analysis");
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    let flaps = v["daemon"]["bgp_flaps"]["Mesh_10_99_0_12"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(flaps >= 3, "{}", v["daemon"]);
-    // `agent diag` answered by the daemon shows the session with its flap count.
+    assert_eq!(
+        v["daemon"]["bgp_flaps"].as_object().map(|o| o.len()),
+        Some(sessions.len()),
+        "{}",
+        v["daemon"]
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_agent"))
         .arg("diag")
         .arg("--socket")
@@ -514,9 +545,14 @@ fn the_daemon_counts_flaps_and_reports_a_flapping_session() {
         .expect("agent diag");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("BGP SESSIONS"), "{text}");
-    assert!(
-        text.contains(&format!("{flaps} flap(s) in the window")),
-        "{text}"
-    );
-    let _ = node_a;
+    for (session, _) in sessions {
+        let flaps = v["daemon"]["bgp_flaps"][session].as_u64().unwrap_or(0);
+        assert!(flaps >= 3, "{session}: {}", v["daemon"]);
+        assert!(
+            text.lines()
+                .any(|l| l.contains(session)
+                    && l.contains(&format!("{flaps} flap(s) in the window"))),
+            "{session}: {text}"
+        );
+    }
 }

@@ -20,7 +20,10 @@ pub mod felix_rules;
 pub mod spec;
 pub mod vpc_cni;
 
+use std::net::IpAddr;
+
 use anyhow::{Context as _, bail};
+use ipnet::IpNet;
 
 pub use self::spec::{LabMode, LabSpec, NodeSpec, NodeV6, PodSpec};
 use self::spec::{
@@ -57,7 +60,8 @@ pub enum Fault {
     InputJumpDelete,
     /// BGP lab: this node's BIRD expects the wrong AS from its mesh peers (never establishes).
     BgpWrongAs,
-    /// BGP lab: reset this node's mesh sessions once (`birdc restart`); repeat to flap.
+    /// BGP lab: reset this node's mesh sessions once (`birdc restart`, and `birdc6` in the
+    /// dual-stack lab); repeat to flap.
     BgpFlap,
     /// BGP lab: this node's BIRD stops advertising (and blackholing) its block.
     BgpWithdraw,
@@ -459,66 +463,8 @@ impl Lab {
         sysctl(ns, "net.ipv4.ip_forward", "1")?;
         // BGP lab: no tunnel; BIRD programs the blackhole and the remote blocks (bird.rs).
         if self.spec.mode == LabMode::Vxlan {
-            ip(
-                ns,
-                &[
-                    "link",
-                    "set",
-                    VXLAN_DEV,
-                    "mtu",
-                    &VXLAN_MTU.to_string(),
-                    "up",
-                ],
-            )?;
-            // Felix keeps only its own address on the tunnel.
-            ip(ns, &["addr", "flush", "dev", VXLAN_DEV])?;
-            ip(
-                ns,
-                &[
-                    "addr",
-                    "add",
-                    &format!("{}/32", node.tunnel_ip),
-                    "dev",
-                    VXLAN_DEV,
-                ],
-            )?;
-            ip(
-                ns,
-                &[
-                    "route",
-                    "replace",
-                    "blackhole",
-                    &node.block.to_string(),
-                    "proto",
-                    &PROTO_CALICO.to_string(),
-                ],
-            )?;
-            for remote in self.spec.remotes_of(node) {
-                ip(
-                    ns,
-                    &[
-                        "route",
-                        "replace",
-                        &remote.block.to_string(),
-                        "via",
-                        &remote.tunnel_ip.to_string(),
-                        "dev",
-                        VXLAN_DEV,
-                        "onlink",
-                        "proto",
-                        "boot",
-                        "mtu",
-                        &VXLAN_MTU.to_string(),
-                    ],
-                )?;
-                vtep_entries(
-                    ns,
-                    VXLAN_DEV,
-                    &remote.tunnel_ip.to_string(),
-                    &remote.vtep_mac,
-                    &remote.ip.to_string(),
-                )?;
-            }
+            let remotes = self.spec.remotes_of(node).map(Vtep::v4);
+            program_vxlan(ns, VXLAN_DEV, VXLAN_MTU, &Vtep::v4(node), remotes)?;
         }
         for pod in &node.pods {
             let v = &pod.veth;
@@ -628,92 +574,13 @@ impl Lab {
         sysctl(ns, "net.ipv6.conf.all.forwarding", "1")?;
         // BGP lab: no tunnel; bird6 programs the blackhole and the remote blocks (bird.rs).
         if self.spec.mode == LabMode::Vxlan {
-            self.program_v6_vxlan(node, v6)?;
+            let remotes = self
+                .spec
+                .remotes_of(node)
+                .filter_map(|r| r.v6.as_ref().map(Vtep::v6));
+            program_vxlan(ns, VXLAN_V6_DEV, VXLAN_V6_MTU, &Vtep::v6(v6), remotes)?;
         }
         self.program_v6_workloads(node)
-    }
-
-    /// Felix's IPv6 VXLAN: `vxlan-v6.calico`, the local blackhole, the remote blocks through
-    /// the tunnel and each remote VTEP's NDP and FDB entries.
-    fn program_v6_vxlan(&self, node: &NodeSpec, v6: &NodeV6) -> anyhow::Result<()> {
-        let ns = node.netns.as_str();
-        ip(
-            ns,
-            &[
-                "link",
-                "set",
-                VXLAN_V6_DEV,
-                "mtu",
-                &VXLAN_V6_MTU.to_string(),
-                "up",
-            ],
-        )?;
-        // Felix keeps its own address and the link-local one.
-        ip(
-            ns,
-            &[
-                "-6",
-                "addr",
-                "flush",
-                "dev",
-                VXLAN_V6_DEV,
-                "scope",
-                "global",
-            ],
-        )?;
-        ip(
-            ns,
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{}/128", v6.tunnel_ip),
-                "dev",
-                VXLAN_V6_DEV,
-                "nodad",
-            ],
-        )?;
-        ip(
-            ns,
-            &[
-                "-6",
-                "route",
-                "replace",
-                "blackhole",
-                &v6.block.to_string(),
-                "proto",
-                &PROTO_CALICO.to_string(),
-            ],
-        )?;
-        for remote in self.spec.remotes_of(node) {
-            let Some(r6) = &remote.v6 else { continue };
-            ip(
-                ns,
-                &[
-                    "-6",
-                    "route",
-                    "replace",
-                    &r6.block.to_string(),
-                    "via",
-                    &r6.tunnel_ip.to_string(),
-                    "dev",
-                    VXLAN_V6_DEV,
-                    "onlink",
-                    "proto",
-                    "boot",
-                    "mtu",
-                    &VXLAN_V6_MTU.to_string(),
-                ],
-            )?;
-            vtep_entries(
-                ns,
-                VXLAN_V6_DEV,
-                &r6.tunnel_ip.to_string(),
-                &r6.vtep_mac,
-                &r6.ip.to_string(),
-            )?;
-        }
-        Ok(())
     }
 
     /// The IPv6 pods' routes and NDP proxying, and Felix's ip6tables hooks: in either mode.
@@ -775,8 +642,12 @@ impl Lab {
                 ..Default::default()
             })?,
             Fault::BgpFlap => {
+                let bird6 = bird::families(&self.spec, node).contains(&bird::Family::V6);
                 for r in self.spec.remotes_of(node) {
                     bird::birdc(node, &["restart", &bird::mesh_name(r)])?;
+                    if let Some(name) = bird::mesh_name6(r).filter(|_| bird6) {
+                        bird::birdc_family(node, bird::Family::V6, &["restart", &name])?;
+                    }
                 }
             }
             Fault::BgpWithdraw => bird_with(bird::Deviation {
@@ -1000,8 +871,8 @@ impl Lab {
 
     /// Pings `to` (either family) from the pod `from` (by pod name); true when a reply came
     /// back.
-    pub fn ping(&self, from: &str, to: impl Into<std::net::IpAddr>) -> anyhow::Result<bool> {
-        let to: std::net::IpAddr = to.into();
+    pub fn ping(&self, from: &str, to: impl Into<IpAddr>) -> anyhow::Result<bool> {
+        let to: IpAddr = to.into();
         let pod = self.pod(from)?;
         Ok(sh::ok(&[
             "ip",
@@ -1065,47 +936,119 @@ pub fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
     sh::run(&argv).map(drop)
 }
 
-/// `sysctl -w key=value` inside `ns`.
-/// Felix's entries for a remote VTEP on `dev`: the permanent ARP (IPv6: NDP) entry for its
-/// tunnel address and the FDB entry sending its MAC to its node.
-fn vtep_entries(
+/// One family's side of a node's VXLAN tunnel: what Felix programs for it on other nodes.
+struct Vtep<'a> {
+    node_ip: IpAddr,
+    block: IpNet,
+    tunnel_ip: IpAddr,
+    mac: &'a str,
+}
+
+impl<'a> Vtep<'a> {
+    fn v4(node: &'a NodeSpec) -> Self {
+        Self {
+            node_ip: node.ip.into(),
+            block: node.block.into(),
+            tunnel_ip: node.tunnel_ip.into(),
+            mac: &node.vtep_mac,
+        }
+    }
+
+    fn v6(v6: &'a NodeV6) -> Self {
+        Self {
+            node_ip: v6.ip.into(),
+            block: v6.block.into(),
+            tunnel_ip: v6.tunnel_ip.into(),
+            mac: &v6.vtep_mac,
+        }
+    }
+}
+
+/// Felix's VXLAN for one family (`vxlan_mgr.go`, reference §1.5 and §1.9): the device up at
+/// its MTU with only the node's tunnel address (IPv6 keeps its link-local one), the local
+/// block blackholed, and per remote VTEP its block routed through the tunnel, its ARP (NDP)
+/// entry and its FDB entry.
+fn program_vxlan<'a>(
     ns: &str,
     dev: &str,
-    tunnel_ip: &str,
-    mac: &str,
-    node_ip: &str,
+    mtu: u32,
+    local: &Vtep,
+    remotes: impl Iterator<Item = Vtep<'a>>,
 ) -> anyhow::Result<()> {
+    let v6 = local.tunnel_ip.is_ipv6();
+    let family = if v6 { "-6" } else { "-4" };
+    let mtu = mtu.to_string();
+    ip(ns, &["link", "set", dev, "mtu", &mtu, "up"])?;
+    // IPv4 as the lab always had it: no address but the tunnel's, link-local included.
+    let flush: &[&str] = if v6 {
+        &["-6", "addr", "flush", "dev", dev, "scope", "global"]
+    } else {
+        &["addr", "flush", "dev", dev]
+    };
+    ip(ns, flush)?;
+    let address = IpNet::from(local.tunnel_ip).to_string();
+    let no_dad: &[&str] = if v6 { &["nodad"] } else { &[] };
+    ip(
+        ns,
+        &[&[family, "addr", "add", &address, "dev", dev], no_dad].concat(),
+    )?;
+    let proto = PROTO_CALICO.to_string();
+    let block = local.block.to_string();
     ip(
         ns,
         &[
-            "neigh",
+            family,
+            "route",
             "replace",
-            tunnel_ip,
-            "dev",
-            dev,
-            "lladdr",
-            mac,
-            "nud",
-            "permanent",
+            "blackhole",
+            &block,
+            "proto",
+            &proto,
         ],
     )?;
-    sh::run(&[
-        "bridge",
-        "-n",
-        ns,
-        "fdb",
-        "replace",
-        mac,
-        "dev",
-        dev,
-        "dst",
-        node_ip,
-        "self",
-        "permanent",
-    ])
-    .map(drop)
+    for r in remotes {
+        let (block, via) = (r.block.to_string(), r.tunnel_ip.to_string());
+        ip(
+            ns,
+            &[
+                family, "route", "replace", &block, "via", &via, "dev", dev, "onlink", "proto",
+                "boot", "mtu", &mtu,
+            ],
+        )?;
+        ip(
+            ns,
+            &[
+                "neigh",
+                "replace",
+                &via,
+                "dev",
+                dev,
+                "lladdr",
+                r.mac,
+                "nud",
+                "permanent",
+            ],
+        )?;
+        let node_ip = r.node_ip.to_string();
+        sh::run(&[
+            "bridge",
+            "-n",
+            ns,
+            "fdb",
+            "replace",
+            r.mac,
+            "dev",
+            dev,
+            "dst",
+            &node_ip,
+            "self",
+            "permanent",
+        ])?;
+    }
+    Ok(())
 }
 
+/// `sysctl -w key=value` inside `ns`.
 pub fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     sh::run(&[
         "ip",
