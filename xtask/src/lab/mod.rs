@@ -872,20 +872,7 @@ impl Lab {
     /// Pings `to` (either family) from the pod `from` (by pod name); true when a reply came
     /// back.
     pub fn ping(&self, from: &str, to: impl Into<IpAddr>) -> anyhow::Result<bool> {
-        let to: IpAddr = to.into();
-        let pod = self.pod(from)?;
-        Ok(sh::ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &pod.netns,
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &to.to_string(),
-        ]))
+        Ok(ping_in(&self.pod(from)?.netns, to.into()))
     }
 
     pub fn pod(&self, name: &str) -> anyhow::Result<&PodSpec> {
@@ -1046,6 +1033,22 @@ fn program_vxlan<'a>(
         ])?;
     }
     Ok(())
+}
+
+/// One ping from `ns` to `to`, two seconds to answer; true when a reply came back.
+pub(crate) fn ping_in(ns: &str, to: IpAddr) -> bool {
+    sh::ok(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &to.to_string(),
+    ])
 }
 
 /// `sysctl -w key=value` inside `ns`.

@@ -549,19 +549,7 @@ impl VpcLab {
 
     /// Pings `to` from the pod `from`; true when a reply came back.
     pub fn ping(&self, from: &str, to: Ipv4Addr) -> anyhow::Result<bool> {
-        let pod = self.pod(from)?;
-        Ok(sh::ok(&[
-            "ip",
-            "netns",
-            "exec",
-            &pod.netns,
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &to.to_string(),
-        ]))
+        Ok(super::ping_in(&self.pod(from)?.netns, to.into()))
     }
 
     /// Every pod reaches every other pod (also across ENIs), the VPC host through its own ENI,
