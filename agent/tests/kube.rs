@@ -33,7 +33,8 @@ struct Mock {
     v3_only: bool,
     /// Resource plurals answered with 403 Forbidden (missing RBAC).
     forbidden: Vec<&'static str>,
-    /// One watch event (JSON line) per plural, sent on its first watch.
+    /// Watch events (JSON lines) per plural, sent on every watch: delivered again, an event
+    /// must change nothing.
     watch_events: BTreeMap<&'static str, String>,
     requests: Arc<Mutex<Vec<String>>>,
 }
@@ -234,6 +235,78 @@ async fn watch_events_update_the_store() {
             .map(|ip| ip.to_string())
             .as_deref(),
         Some("10.244.2.0")
+    );
+    server.abort();
+}
+
+/// The generation once it has not moved for half a second (the watchers bump it just after
+/// storing, so a reader may see a store ready a moment before its bump), or after ten seconds
+/// of moving.
+async fn settled_generation(kds: &KubeDatastore) -> u64 {
+    let start = std::time::Instant::now();
+    let mut last = kds.generation();
+    let mut since = start;
+    while since.elapsed() < Duration::from_millis(500) && start.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let g = kds.generation();
+        if g != last {
+            (last, since) = (g, std::time::Instant::now());
+        }
+    }
+    last
+}
+
+#[tokio::test]
+async fn a_kubelet_status_update_is_not_a_datastore_change() {
+    // node-a's kubelet posts its status (a new resourceVersion, nothing Calico reads), then
+    // node-c joins: only the second is a change worth a new expected state, and only once
+    // though the mock repeats both on every watch.
+    let list: serde_json::Value =
+        serde_json::from_str(recorded("nodes").expect("nodes")).expect("json");
+    let mut beat = list["items"][0].clone();
+    beat["metadata"]["resourceVersion"] = "40300".into();
+    beat["status"]["conditions"] = serde_json::json!([{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "lastHeartbeatTime": "2026-11-29T02:00:00Z"
+    }]);
+    let events = format!(
+        "{}\n{}\n",
+        serde_json::json!({"type": "MODIFIED", "object": beat}),
+        r#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-c","resourceVersion":"40301","annotations":{"projectcalico.org/IPv4Address":"10.99.0.13/24"}}}}"#
+    );
+    let mock = Mock {
+        watch_events: BTreeMap::from([("nodes", events)]),
+        ..Default::default()
+    };
+    let (client, server) = serve(mock.clone()).await;
+    let kds = KubeDatastore::start(&client, CalicoGroup::CrdV1);
+    kds.ready(Duration::from_secs(10))
+        .await
+        .expect("first lists");
+    let before = kds.snapshot().expect("snapshot");
+    let mut seen = false;
+    for _ in 0..50 {
+        if kds.snapshot().expect("snapshot").node("node-c").is_some() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "node-c never reached the store");
+    // One change per first list of the seven resources, and node-c.
+    let lists = mock
+        .requests
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|r| !r.ends_with("?watch"))
+        .count();
+    assert_eq!(lists, 7, "{:?}", mock.requests);
+    assert_eq!(settled_generation(&kds).await, 7 + 1);
+    assert_eq!(
+        kds.snapshot().expect("snapshot").node("node-a"),
+        before.node("node-a")
     );
     server.abort();
 }
