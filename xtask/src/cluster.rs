@@ -111,6 +111,52 @@ impl Cluster {
         .collect()
     }
 
+    /// The cluster as the Kubernetes API serves it to a KDD watcher: `(plural, list JSON)` for
+    /// each resource `agent run --kube` watches. Nodes are Kubernetes Nodes as the kubelet and
+    /// calico-node leave them: Calico's annotations, and the kubelet's status (conditions,
+    /// images, capacity) and managedFields, which are most of each object.
+    pub fn kube_lists(&self) -> Vec<(&'static str, String)> {
+        let list = |kind: &str, api: &str, items: Vec<Value>| {
+            json!({"apiVersion": api, "kind": format!("{kind}List"),
+                   "metadata": {"continue": "", "resourceVersion": "900001"}, "items": items})
+            .to_string()
+        };
+        let calico = "crd.projectcalico.org/v1";
+        let felix = json!({
+            "apiVersion": calico, "kind": "FelixConfiguration",
+            "metadata": {"name": "default", "resourceVersion": "1021", "uid": uid(u32::MAX)},
+            "spec": {"bpfEnabled": false, "logSeverityScreen": "Info", "vxlanVNI": 4096}
+        });
+        vec![
+            ("ippools", list("IPPool", calico, vec![pool()])),
+            (
+                "ipamblocks",
+                list(
+                    "IPAMBlock",
+                    calico,
+                    self.all().map(|i| self.ipam_block(i)).collect(),
+                ),
+            ),
+            (
+                "blockaffinities",
+                list("BlockAffinity", calico, self.all().map(affinity).collect()),
+            ),
+            (
+                "felixconfigurations",
+                list("FelixConfiguration", calico, vec![felix]),
+            ),
+            (
+                "bgpconfigurations",
+                list("BGPConfiguration", calico, Vec::new()),
+            ),
+            ("bgppeers", list("BGPPeer", calico, Vec::new())),
+            (
+                "nodes",
+                list("Node", "v1", self.all().map(kubelet_node).collect()),
+            ),
+        ]
+    }
+
     /// One IPAM block as kubectl prints it: ordinal 0 is the tunnel address, then the pods.
     fn ipam_block(&self, i: u32) -> Value {
         let node = Self::name(i);
@@ -268,6 +314,86 @@ fn calico_node(i: u32) -> Value {
             "orchRefs": [{"nodeName": name, "orchestrator": "k8s"}]
         },
         "status": {"podCIDRs": [format!("10.{}.{}.0/24", 200 + i / 65536, (i / 256) % 256)]}
+    })
+}
+
+/// A Kubernetes Node as the API server lists it (no apiVersion or kind on list items): the
+/// kubelet's labels, status and managedFields, and calico-node's annotations.
+fn kubelet_node(i: u32) -> Value {
+    let name = Cluster::name(i);
+    let ip = Cluster::node_ip(i).to_string();
+    let beat = |t: &str, status: &str, reason: &str| {
+        json!({"type": t, "status": status, "reason": reason,
+               "message": format!("kubelet reports {reason}"),
+               "lastHeartbeatTime": "2026-11-28T10:12:44Z",
+               "lastTransitionTime": CREATED})
+    };
+    let images: Vec<Value> = (0..20u64)
+        .map(|k| {
+            let repo = format!("registry.example.com/team-{}/service-{k}", k % 4);
+            json!({"names": [format!("{repo}@sha256:{:064x}", k * 0x9e37_79b9 + u64::from(i)),
+                             format!("{repo}:v1.{k}.{}", i % 7)],
+                   "sizeBytes": 20_000_000 + k * 7_340_033})
+        })
+        .collect();
+    let managed = |manager: &str, sub: Option<&str>, fields: Value| {
+        let mut m = json!({"manager": manager, "operation": "Update", "apiVersion": "v1",
+                           "time": CREATED, "fieldsType": "FieldsV1", "fieldsV1": fields});
+        if let Some(s) = sub {
+            m["subresource"] = s.into();
+        }
+        m
+    };
+    json!({
+        "metadata": {
+            "name": name, "uid": uid(i), "resourceVersion": (400_000 + i).to_string(),
+            "creationTimestamp": CREATED,
+            "labels": {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+                       "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name,
+                       "kubernetes.io/os": "linux", "node.kubernetes.io/instance-type": "m6i.xlarge",
+                       "topology.kubernetes.io/region": "eu-west-1",
+                       "topology.kubernetes.io/zone": format!("eu-west-1{}", ["a", "b", "c"][i as usize % 3])},
+            "annotations": {
+                "alpha.kubernetes.io/provided-node-ip": ip,
+                "node.alpha.kubernetes.io/ttl": "0",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                "projectcalico.org/IPv4Address": format!("{ip}/16"),
+                "projectcalico.org/IPv4VXLANTunnelAddr": Cluster::block(i).to_string(),
+                "projectcalico.org/VXLANTunnelMACAddr": calico_conventions::vtep_mac(&name)
+            },
+            "managedFields": [
+                managed("kubelet", None, json!({"f:metadata": {"f:annotations": {".": {},
+                    "f:alpha.kubernetes.io/provided-node-ip": {},
+                    "f:volumes.kubernetes.io/controller-managed-attach-detach": {}},
+                    "f:labels": {".": {}, "f:kubernetes.io/arch": {}, "f:kubernetes.io/hostname": {},
+                                 "f:kubernetes.io/os": {}}}})),
+                managed("calico-node", Some("status"), json!({"f:metadata": {"f:annotations": {
+                    "f:projectcalico.org/IPv4Address": {}, "f:projectcalico.org/IPv4VXLANTunnelAddr": {},
+                    "f:projectcalico.org/VXLANTunnelMACAddr": {}}}})),
+                managed("kubelet", Some("status"), json!({"f:status": {"f:allocatable": {"f:cpu": {},
+                    "f:memory": {}}, "f:capacity": {"f:cpu": {}, "f:memory": {}},
+                    "f:conditions": {"k:{\"type\":\"Ready\"}": {"f:lastHeartbeatTime": {}}},
+                    "f:images": {}, "f:nodeInfo": {"f:bootID": {}}}}))
+            ]
+        },
+        "spec": {"providerID": format!("aws:///eu-west-1a/i-{:017x}", u64::from(i) + 0x0a1b_2c3d)},
+        "status": {
+            "capacity": {"cpu": "4", "ephemeral-storage": "83873772Ki", "memory": "15896324Ki", "pods": "58"},
+            "allocatable": {"cpu": "3920m", "ephemeral-storage": "76224326324", "memory": "14880516Ki", "pods": "58"},
+            "conditions": [beat("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                           beat("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                           beat("PIDPressure", "False", "KubeletHasSufficientPID"),
+                           beat("Ready", "True", "KubeletReady")],
+            "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {"machineID": format!("{:032x}", u64::from(i)), "bootID": uid(i),
+                         "kernelVersion": "6.1.115-126.197.amzn2023.x86_64",
+                         "osImage": "Amazon Linux 2023.6.20241121",
+                         "containerRuntimeVersion": "containerd://1.7.23",
+                         "kubeletVersion": "v1.31.4-eks-aeac579", "operatingSystem": "linux",
+                         "architecture": "amd64"},
+            "images": images
+        }
     })
 }
 

@@ -4,19 +4,29 @@
 //!
 //! Calico's resources are read as the KDD CRDs (`crd.projectcalico.org/v1`) unless only the
 //! native `projectcalico.org/v3` CRDs exist (`libcalico-go/lib/backend/k8s/discovery.go`).
-//! Objects go through the same parser as YAML files, so both sources agree field for field.
+//! Objects go through the same parser as YAML files, so both sources agree field for field;
+//! each is parsed once, when its event arrives (`watched.rs`).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::StreamExt as _;
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject},
-    runtime::{WatchStreamExt as _, reflector, watcher},
+    runtime::{WatchStreamExt as _, watcher},
 };
 use tokio::task::JoinHandle;
 
-use super::{Datastore, files};
+use super::{
+    Datastore, files,
+    watched::{Watched, prune},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -31,7 +41,7 @@ pub enum KubeError {
     #[error("the watcher of {0} stopped before its first list")]
     Stopped(String),
     #[error(transparent)]
-    Object(#[from] files::DatastoreError),
+    Object(Arc<files::DatastoreError>),
 }
 
 /// Which API group holds Calico's resources.
@@ -68,7 +78,8 @@ pub async fn discover_group(client: &Client) -> Result<CalicoGroup, KubeError> {
     )
 }
 
-fn resources(group: CalicoGroup) -> Vec<ApiResource> {
+/// What the agent watches: Calico's resources in `group`, and Kubernetes Nodes.
+pub fn resources(group: CalicoGroup) -> Vec<ApiResource> {
     let (g, v) = group.api_version();
     let calico = |kind: &str, plural: &str| ApiResource {
         group: g.into(),
@@ -96,29 +107,39 @@ fn resources(group: CalicoGroup) -> Vec<ApiResource> {
     ]
 }
 
-/// Watchers keeping a reflector store per resource. Dropping it stops them.
+/// One watched resource: what its watcher keeps, and whether its first list is in.
+struct Resource {
+    ar: ApiResource,
+    kept: Arc<Mutex<Watched>>,
+    listed: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Watchers keeping each resource's objects parsed. Dropping it stops them.
 pub struct KubeDatastore {
-    stores: Vec<(ApiResource, reflector::Store<DynamicObject>)>,
+    resources: Vec<Resource>,
     tasks: Vec<JoinHandle<()>>,
     /// Bumped on every watch event that changes what the agent reads: a changed value means a
     /// new snapshot is worth taking.
-    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    generation: Arc<AtomicU64>,
 }
 
 impl KubeDatastore {
     /// Starts one watcher per resource. Errors (API down, RBAC) are logged and retried with
     /// backoff; they never end the watch.
     pub fn start(client: &Client, group: CalicoGroup) -> Self {
-        let mut stores = Vec::new();
+        let mut watched = Vec::new();
         let mut tasks = Vec::new();
-        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let generation = Arc::new(AtomicU64::new(0));
         for ar in resources(group) {
             let generation = generation.clone();
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let mut writer = reflector::store::Writer::new(ar.clone());
-            let reader = writer.as_reader();
-            stores.push((ar.clone(), reader.clone()));
-            let kind = ar.kind.clone();
+            let kept = Arc::new(Mutex::new(Watched::default()));
+            let (listed_tx, listed) = tokio::sync::watch::channel(false);
+            watched.push(Resource {
+                ar: ar.clone(),
+                kept: kept.clone(),
+                listed,
+            });
             let node = ar.group.is_empty() && ar.kind == "Node";
             let stream = watcher(api, watcher::Config::default().any_semantic())
                 .default_backoff()
@@ -128,23 +149,26 @@ impl KubeDatastore {
                 while let Some(event) = events.next().await {
                     match event {
                         Ok(ev) => {
-                            let changed = changes_content(&reader, &ar, &ev);
-                            // Stored before announced: a snapshot taken for this generation
+                            let (changed, complete) = {
+                                let mut k = kept.lock().unwrap_or_else(PoisonError::into_inner);
+                                (k.apply(&ar, ev), k.listed())
+                            };
+                            // Kept before announced: a snapshot taken for this generation
                             // holds the change.
-                            writer.apply_watcher_event(&ev);
                             if changed {
-                                generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+                                generation.fetch_add(1, Ordering::Release);
                             }
+                            listed_tx.send_if_modified(|l| !std::mem::replace(l, complete));
                         }
                         Err(e) => {
-                            tracing::warn!(kind = %kind, error = %e, "Watch of Calico datastore failed; retrying with backoff.")
+                            tracing::warn!(kind = %ar.kind, error = %e, "Watch of Calico datastore failed; retrying with backoff.")
                         }
                     }
                 }
             }));
         }
         Self {
-            stores,
+            resources: watched,
             tasks,
             generation,
         }
@@ -152,38 +176,31 @@ impl KubeDatastore {
 
     /// Changes with every watch event that changes what the agent reads.
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Waits until every resource has been listed once.
     pub async fn ready(&self, timeout: Duration) -> Result<(), KubeError> {
-        for (ar, store) in &self.stores {
-            match tokio::time::timeout(timeout, store.wait_until_ready()).await {
-                Err(_) => return Err(KubeError::Timeout(timeout, ar.plural.clone())),
-                Ok(Err(_)) => return Err(KubeError::Stopped(ar.plural.clone())),
-                Ok(Ok(())) => {}
+        for r in &self.resources {
+            let mut listed = r.listed.clone();
+            match tokio::time::timeout(timeout, listed.wait_for(|l| *l)).await {
+                Err(_) => return Err(KubeError::Timeout(timeout, r.ar.plural.clone())),
+                Ok(Err(_)) => return Err(KubeError::Stopped(r.ar.plural.clone())),
+                Ok(Ok(_)) => {}
             }
         }
         Ok(())
     }
 
-    /// The datastore as the stores hold it now.
+    /// The datastore as the watchers keep it now.
     pub fn snapshot(&self) -> Result<Datastore, KubeError> {
         let mut ds = Datastore::default();
-        for (ar, store) in &self.stores {
-            let source = format!("kube {}", ar.api_version);
-            let mut objects = store.state();
-            objects.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-            for obj in objects {
-                let mut value = serde_json::to_value(obj.as_ref()).unwrap_or_default();
-                // List items of built-in kinds come without apiVersion/kind.
-                if let Some(map) = value.as_object_mut() {
-                    map.entry("apiVersion")
-                        .or_insert_with(|| ar.api_version.clone().into());
-                    map.entry("kind").or_insert_with(|| ar.kind.clone().into());
-                }
-                files::load_object(&mut ds, &source, &value)?;
-            }
+        for r in &self.resources {
+            r.kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .gather(&mut ds)
+                .map_err(KubeError::Object)?;
         }
         Ok(ds)
     }
@@ -197,41 +214,24 @@ impl Drop for KubeDatastore {
     }
 }
 
-/// Drops what the agent never reads before the store keeps it. Every agent of a large cluster
-/// holds every Node, and a Kubernetes Node is mostly the kubelet's status (images, conditions,
-/// capacity) and managedFields: Calico's node data is in its `projectcalico.org/*` annotations
-/// and the labels BGPPeer selectors match. The resourceVersion goes too, so that an update of
-/// only what was dropped leaves the stored object as it was.
-fn prune(o: &mut DynamicObject, k8s_node: bool) {
-    let meta = &mut o.metadata;
-    meta.managed_fields = None;
-    meta.resource_version = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-        if k8s_node {
-            a.retain(|k, _| k.starts_with("projectcalico.org/"));
-        }
-    }
-    if k8s_node {
-        o.data = serde_json::Value::Object(serde_json::Map::new());
-    }
-}
-
-/// Whether `ev` changes what the store holds (pruned): a kubelet's status heartbeat on a Node
-/// does not, and must not make every agent rebuild its expected state.
-fn changes_content(
-    store: &reflector::Store<DynamicObject>,
+/// Loads `objects` of resource `ar` into `ds` through the YAML files' parser.
+pub fn load_objects<'a>(
+    ds: &mut Datastore,
     ar: &ApiResource,
-    ev: &watcher::Event<DynamicObject>,
-) -> bool {
-    match ev {
-        watcher::Event::Apply(o) => store
-            .get(&reflector::ObjectRef::from_obj_with(o, ar.clone()))
-            .is_none_or(|old| *old != *o),
-        watcher::Event::Delete(_) | watcher::Event::InitDone => true,
-        // A relist is applied whole at its end.
-        watcher::Event::Init | watcher::Event::InitApply(_) => false,
+    objects: impl IntoIterator<Item = &'a DynamicObject>,
+) -> Result<(), files::DatastoreError> {
+    let source = format!("kube {}", ar.api_version);
+    for obj in objects {
+        let mut value = serde_json::to_value(obj).unwrap_or_default();
+        // List items of built-in kinds come without apiVersion/kind.
+        if let Some(map) = value.as_object_mut() {
+            map.entry("apiVersion")
+                .or_insert_with(|| ar.api_version.clone().into());
+            map.entry("kind").or_insert_with(|| ar.kind.clone().into());
+        }
+        files::load_object(ds, &source, &value)?;
     }
+    Ok(())
 }
 
 /// One-shot read for `agent check --kube`: start the watchers, wait for their first lists,
@@ -273,144 +273,4 @@ fn where_config_was_looked_for(e: &kube::Error) -> String {
         )
     };
     format!("{in_cluster}; {kubeconfig} {reason}")
-}
-
-#[cfg(test)]
-mod tests {
-    use kube::ResourceExt as _;
-
-    use super::*;
-
-    /// A Node as an EKS API server returns it: the kubelet's status and managedFields, and
-    /// calico-node's annotations.
-    fn kubelet_node() -> DynamicObject {
-        serde_json::from_str(include_str!("testdata/kubelet-node.json")).expect("fixture")
-    }
-
-    fn pruned(mut o: DynamicObject) -> DynamicObject {
-        prune(&mut o, true);
-        o
-    }
-
-    fn nodes() -> ApiResource {
-        resources(CalicoGroup::CrdV1)
-            .into_iter()
-            .find(|r| r.kind == "Node")
-            .expect("Node resource")
-    }
-
-    fn calico_node(o: &DynamicObject) -> Vec<super::super::Node> {
-        let mut v = serde_json::to_value(o).expect("json");
-        v["apiVersion"] = "v1".into();
-        v["kind"] = "Node".into();
-        let mut ds = Datastore::default();
-        files::load_object(&mut ds, "test", &v).expect("node");
-        ds.nodes
-    }
-
-    #[test]
-    fn a_kubelet_node_is_stored_with_only_what_calico_reads() {
-        let full = kubelet_node();
-        let kept = pruned(full.clone());
-        let bytes = |o: &DynamicObject| serde_json::to_vec(o).map_or(0, |v| v.len());
-        assert!(
-            bytes(&kept) * 10 < bytes(&full),
-            "{} of {} bytes kept",
-            bytes(&kept),
-            bytes(&full)
-        );
-        assert_eq!(kept.data, serde_json::json!({}));
-        assert_eq!(kept.metadata.managed_fields, None);
-        assert_eq!(kept.metadata.resource_version, None);
-        let annotations: Vec<&str> = kept
-            .metadata
-            .annotations
-            .iter()
-            .flatten()
-            .map(|(k, _)| k.as_str())
-            .collect();
-        assert_eq!(
-            annotations,
-            [
-                "projectcalico.org/IPv4Address",
-                "projectcalico.org/IPv4VXLANTunnelAddr",
-                "projectcalico.org/VXLANTunnelMACAddr"
-            ]
-        );
-        assert_eq!(kept.metadata.labels, full.metadata.labels);
-        // Calico's node reads the same from either.
-        assert_eq!(calico_node(&kept), calico_node(&full));
-        assert_eq!(
-            calico_node(&kept)[0]
-                .ipv4_vxlan_tunnel
-                .map(|a| a.to_string())
-                .as_deref(),
-            Some("192.168.77.0")
-        );
-    }
-
-    #[test]
-    fn calico_resources_keep_their_spec() {
-        let mut pool: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "crd.projectcalico.org/v1",
-            "kind": "IPPool",
-            "metadata": {
-                "name": "default-ipv4-ippool",
-                "resourceVersion": "812",
-                "annotations": {
-                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
-                    "example.com/owner": "platform"
-                },
-                "managedFields": [{"manager": "kubectl", "operation": "Update"}]
-            },
-            "spec": {"cidr": "192.168.0.0/16", "vxlanMode": "Always", "natOutgoing": true}
-        }))
-        .expect("pool");
-        let spec = pool.data.clone();
-        prune(&mut pool, false);
-        assert_eq!(pool.data, spec);
-        assert_eq!(pool.metadata.managed_fields, None);
-        assert_eq!(
-            pool.metadata.annotations,
-            Some([("example.com/owner".to_string(), "platform".to_string())].into())
-        );
-    }
-
-    #[test]
-    fn only_what_the_store_keeps_counts_as_a_change() {
-        let ar = nodes();
-        let mut writer = reflector::store::Writer::new(ar.clone());
-        let store = writer.as_reader();
-        let mut apply = |ev: watcher::Event<DynamicObject>| {
-            let changed = changes_content(&store, &ar, &ev);
-            writer.apply_watcher_event(&ev);
-            changed
-        };
-        // The first list counts once, at its end.
-        assert!(!apply(watcher::Event::Init));
-        assert!(!apply(watcher::Event::InitApply(pruned(kubelet_node()))));
-        assert!(apply(watcher::Event::InitDone));
-        // The kubelet's heartbeat: a new resourceVersion and heartbeat time, nothing Calico reads.
-        let mut beat = kubelet_node();
-        beat.metadata.resource_version = Some("918273699".into());
-        beat.data["status"]["conditions"][1]["lastHeartbeatTime"] = "2026-11-28T10:17:44Z".into();
-        assert!(!apply(watcher::Event::Apply(pruned(beat))));
-        // calico-node gives the node another tunnel address.
-        let mut moved = kubelet_node();
-        moved.annotations_mut().insert(
-            "projectcalico.org/IPv4VXLANTunnelAddr".into(),
-            "192.168.77.64".into(),
-        );
-        assert!(apply(watcher::Event::Apply(pruned(moved.clone()))));
-        assert!(!apply(watcher::Event::Apply(pruned(moved.clone()))));
-        // A label a BGPPeer's nodeSelector may match.
-        let mut relabelled = moved.clone();
-        relabelled.labels_mut().insert("rack".into(), "r2".into());
-        assert!(apply(watcher::Event::Apply(pruned(relabelled.clone()))));
-        // Another node, and a node gone.
-        let mut other = moved;
-        other.metadata.name = Some("ip-10-0-12-35.eu-west-1.compute.internal".into());
-        assert!(apply(watcher::Event::Apply(pruned(other))));
-        assert!(apply(watcher::Event::Delete(pruned(relabelled))));
-    }
 }

@@ -12,6 +12,7 @@ pub mod kube;
 mod object;
 pub mod resources;
 pub mod selector;
+mod watched;
 
 use std::{
     collections::BTreeMap,
@@ -191,6 +192,30 @@ pub struct Datastore {
 }
 
 impl Datastore {
+    /// Adds `other`'s objects to these, as reading them after these would.
+    pub fn absorb(&mut self, other: &Self) {
+        let Self {
+            pools,
+            blocks,
+            affinities,
+            nodes,
+            felix,
+            bgp_configs,
+            bgp_peers,
+            warnings,
+        } = other;
+        self.pools.extend_from_slice(pools);
+        self.blocks.extend_from_slice(blocks);
+        self.affinities.extend_from_slice(affinities);
+        self.nodes.extend_from_slice(nodes);
+        self.felix
+            .extend(felix.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.bgp_configs
+            .extend(bgp_configs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.bgp_peers.extend_from_slice(bgp_peers);
+        self.warnings.extend_from_slice(warnings);
+    }
+
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
     }
