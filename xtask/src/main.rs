@@ -45,8 +45,9 @@ enum Command {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
-        /// Only one-shot `agent check` at cluster scale (100 to 10,000 nodes): its section of
-        /// BENCHMARKS.md is replaced, the others kept.
+        /// Only the cluster-scale sections (one-shot `agent check` at 100 to 10,000 nodes, the
+        /// Kubernetes datastore the daemon keeps at 1,000 and 5,000): they are replaced in
+        /// BENCHMARKS.md, the others kept.
         #[arg(long)]
         scale_only: bool,
     },
