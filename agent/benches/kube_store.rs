@@ -1,12 +1,13 @@
 //! What `agent run --kube` keeps of the Kubernetes datastore at real cluster sizes, and what
-//! a new snapshot of it costs: the real kube watchers and reflector stores against an
-//! in-process API server on loopback (there is no cluster here) serving 1,000 and 5,000 nodes
-//! as the API server lists them (`xtask::cluster::kube_lists`: Kubernetes Nodes with the
-//! kubelet's status and managedFields, IPAM blocks with their pods, affinities). The baseline
-//! in the same run is a reflector store of the same objects as served, which is what the agent
-//! kept before it pruned them. Heap is counted by a global allocator wrapper (live bytes), so
-//! the figures are exact rather than RSS estimates. Prints a Markdown table for BENCHMARKS.md;
-//! `cargo xtask bench` runs it.
+//! a new snapshot of it costs: the agent's watchers against an in-process API server (there is
+//! no cluster here) serving 1,000 and 5,000 nodes as the API server lists them, in pages
+//! (`xtask::cluster::kube_lists`: Kubernetes Nodes with the kubelet's status and managedFields,
+//! IPAM blocks with their pods, affinities). The baseline in the same run is a reflector store
+//! of the same objects as served and a snapshot parsing them all, which is what the agent did
+//! before. Heap is counted by a global allocator wrapper (live bytes), so those figures are
+//! exact. Then the whole daemon: the release binary in a network namespace holding node 0's
+//! real state, served there, and its resident memory. Prints a Markdown table for
+//! BENCHMARKS.md; needs root; `cargo xtask bench` runs it.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -90,20 +91,91 @@ fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Lists by plural; a watch is held open and sends nothing (a quiet cluster).
-type Lists = Arc<BTreeMap<&'static str, String>>;
+/// A list as the API server pages it: the list's kind and apiVersion, and its items' JSON.
+struct Paged {
+    kind: String,
+    api_version: String,
+    items: Vec<String>,
+}
 
-async fn serve(lists: Lists) -> anyhow::Result<(kube::Client, tokio::task::JoinHandle<()>)> {
+impl Paged {
+    fn new(list: &str) -> anyhow::Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(list)?;
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Ok(Self {
+            kind: text("kind"),
+            api_version: text("apiVersion"),
+            items: v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect(),
+        })
+    }
+
+    /// Items `from..` up to `limit` of them, with the token of the next page if any.
+    fn page(&self, from: usize, limit: usize) -> String {
+        let from = from.min(self.items.len());
+        let to = from.saturating_add(limit).min(self.items.len());
+        let next = if to < self.items.len() {
+            to.to_string()
+        } else {
+            String::new()
+        };
+        format!(
+            r#"{{"apiVersion":"{}","kind":"{}","metadata":{{"resourceVersion":"900001","continue":"{next}"}},"items":[{}]}}"#,
+            self.api_version,
+            self.kind,
+            self.items[from..to].join(",")
+        )
+    }
+}
+
+/// Lists by plural, paged by `limit` and `continue` as the API server pages them (the watcher
+/// asks for 500 at a time); a watch is held open and sends nothing (a quiet cluster).
+type Lists = Arc<BTreeMap<&'static str, Paged>>;
+
+/// Serves `lists` on `listener` (bound where its clients are: loopback here, or in the
+/// daemon's network namespace); the client is for this process.
+async fn serve(
+    lists: Lists,
+    listener: std::net::TcpListener,
+) -> anyhow::Result<(kube::Client, tokio::task::JoinHandle<()>)> {
     async fn answer(lists: &Lists, plural: &str, query: Option<String>) -> Response {
-        if query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1")) {
+        let query = query.unwrap_or_default();
+        let param = |key: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        };
+        if matches!(param("watch"), Some("true" | "1")) {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
+        let number = |key: &str| param(key).and_then(|v| v.parse::<usize>().ok());
         match lists.get(plural) {
-            Some(body) => ([("content-type", "application/json")], body.clone()).into_response(),
+            Some(list) => {
+                let page = list.page(
+                    number("continue").unwrap_or(0),
+                    number("limit").unwrap_or(usize::MAX),
+                );
+                ([("content-type", "application/json")], page).into_response()
+            }
             None => axum::http::StatusCode::NOT_FOUND.into_response(),
         }
     }
     let app = Router::new()
+        .route(
+            "/apis",
+            get(|| async {
+                let v1 = serde_json::json!({"groupVersion": "crd.projectcalico.org/v1", "version": "v1"});
+                let groups = serde_json::json!({
+                    "kind": "APIGroupList", "apiVersion": "v1",
+                    "groups": [{"name": "crd.projectcalico.org", "versions": [v1], "preferredVersion": v1}]
+                });
+                ([("content-type", "application/json")], groups.to_string()).into_response()
+            }),
+        )
         .route(
             "/api/v1/nodes",
             get(|State(l): State<Lists>, RawQuery(q): RawQuery| async move {
@@ -119,7 +191,8 @@ async fn serve(lists: Lists) -> anyhow::Result<(kube::Client, tokio::task::JoinH
             ),
         )
         .with_state(lists);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -132,10 +205,10 @@ async fn serve(lists: Lists) -> anyhow::Result<(kube::Client, tokio::task::JoinH
 fn as_served(lists: &Lists) -> anyhow::Result<Vec<(ApiResource, reflector::Store<DynamicObject>)>> {
     let mut stores = Vec::new();
     for ar in resources(CalicoGroup::CrdV1) {
-        let body = lists
+        let paged = lists
             .get(ar.plural.as_str())
             .context("a list per resource")?;
-        let list: serde_json::Value = serde_json::from_str(body)?;
+        let list: serde_json::Value = serde_json::from_str(&paged.page(0, usize::MAX))?;
         let mut writer = reflector::store::Writer::new(ar.clone());
         writer.apply_watcher_event(&watcher::Event::Init);
         for item in list["items"].as_array().into_iter().flatten() {
@@ -161,6 +234,120 @@ fn snapshot_of(
     Ok(ds)
 }
 
+/// A network namespace of ours holding node 0's real VXLAN state for the cluster; deleted on
+/// drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(cluster: Cluster) -> anyhow::Result<Self> {
+        let ns = Self(format!("cdpb-ks{}", std::process::id() % 10000));
+        xtask::sh::run(&["ip", "netns", "add", &ns.0])?;
+        xtask::sh::run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"])?;
+        cluster.program(&ns.0)?;
+        Ok(ns)
+    }
+
+    /// Runs `f` on a thread inside the namespace: sockets it binds and processes it starts
+    /// are in there.
+    fn within<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = format!("/var/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path)?;
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = xtask::sh::run(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// `agent run --kube` (the release binary, no eBPF) in a namespace holding node 0's real state,
+/// against the API server serving `lists` there: its resident memory (VmRSS, VmHWM in MiB) once
+/// it has verified for ten seconds.
+async fn daemon_rss(cluster: Cluster, lists: Lists) -> anyhow::Result<(f64, f64)> {
+    let ns = Netns::new(cluster)?;
+    let listener = ns.within(|| Ok(std::net::TcpListener::bind("127.0.0.1:0")?))?;
+    let port = listener.local_addr()?.port();
+    let (_, server) = serve(lists, listener).await?;
+    let dir = std::env::temp_dir().join(&ns.0);
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: bench\n\
+             clusters: [{{name: bench, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: bench, user: {{}}}}]\n\
+             contexts: [{{name: bench, context: {{cluster: bench, user: bench}}}}]\n"
+        ),
+    )?;
+    let socket = dir.join("agent.sock");
+    let log = dir.join("agent.log");
+    let agent = env!("CARGO_BIN_EXE_agent");
+    let (k, sock, stderr) = (
+        kubeconfig.clone(),
+        socket.clone(),
+        std::fs::File::create(&log)?,
+    );
+    let mut child = ns.within(move || {
+        Ok(std::process::Command::new(agent)
+            .args([
+                "run",
+                "--kube",
+                "--no-ebpf",
+                "--node-name",
+                &Cluster::local(),
+            ])
+            .args(["--listen", "127.0.0.1:0", "--grace", "0"])
+            .arg("--socket")
+            .arg(&sock)
+            .env("KUBECONFIG", &k)
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()?)
+    })?;
+    let result = async {
+        // The local API answers once the first lists are in and the first verification ran.
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(120),
+                "agent run never answered"
+            );
+            anyhow::ensure!(child.try_wait()?.is_none(), "agent run exited");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        anyhow::ensure!(child.try_wait()?.is_none(), "agent run exited");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .map(|k| k / 1024.0)
+                .context(format!("{field} in /proc/<pid>/status"))
+        };
+        Ok((kib("VmRSS:")?, kib("VmHWM:")?))
+    }
+    .await
+    .with_context(|| std::fs::read_to_string(&log).unwrap_or_default());
+    let _ = child.kill();
+    let _ = child.wait();
+    server.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn median_ms(mut f: impl FnMut() -> anyhow::Result<Datastore>) -> anyhow::Result<(f64, usize)> {
     let mut times = Vec::with_capacity(RUNS);
     let mut nodes = 0;
@@ -180,13 +367,20 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut md = String::from(
-        "| nodes | lists served (MiB of JSON) | store as served, before (MiB of heap) | store now (MiB of heap) | now / before | snapshot before (ms) | snapshot now (ms) | now / before |\n|---|---|---|---|---|---|---|---|\n",
+        "| nodes | lists served (MiB of JSON) | store as served, before (MiB of heap) | store now (MiB of heap) | now / before | snapshot before (ms) | snapshot now (ms) | now / before | `agent run --kube` RSS / peak (MiB) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for n in SIZES {
-        let lists: Lists = Arc::new(Cluster::new(n).kube_lists().into_iter().collect());
-        let served: usize = lists.values().map(String::len).sum();
-        let (kept, now_ms, before, before_ms) = rt.block_on(async {
-            let (client, server) = serve(lists.clone()).await?;
+        let lists: Lists = Arc::new(
+            Cluster::new(n)
+                .kube_lists()
+                .into_iter()
+                .map(|(plural, list)| Ok((plural, Paged::new(&list)?)))
+                .collect::<anyhow::Result<_>>()?,
+        );
+        let served: usize = lists.values().flat_map(|l| &l.items).map(String::len).sum();
+        let (kept, now_ms, before, before_ms, (rss, peak)) = rt.block_on(async {
+            let loopback = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let (client, server) = serve(lists.clone(), loopback).await?;
             let mark = LIVE.load(Ordering::Relaxed);
             let kds = KubeDatastore::start(&client, CalicoGroup::CrdV1);
             kds.ready(Duration::from_secs(120)).await?;
@@ -203,11 +397,13 @@ fn main() -> anyhow::Result<()> {
             let stores = as_served(&lists)?;
             let before = LIVE.load(Ordering::Relaxed).saturating_sub(mark);
             let (before_ms, _) = median_ms(|| snapshot_of(&stores))?;
-            anyhow::Ok((kept, now_ms, before, before_ms))
+            drop(stores);
+            let rss = daemon_rss(Cluster::new(n), lists.clone()).await?;
+            anyhow::Ok((kept, now_ms, before, before_ms, rss))
         })?;
         let _ = writeln!(
             md,
-            "| {n} | {:.1} | {:.1} | **{:.1}** | {:.2} | {before_ms:.1} | **{now_ms:.1}** | {:.2} |",
+            "| {n} | {:.1} | {:.1} | **{:.1}** | {:.2} | {before_ms:.1} | **{now_ms:.1}** | {:.2} | **{rss:.1}** / {peak:.1} |",
             mib(served),
             mib(before),
             mib(kept),
