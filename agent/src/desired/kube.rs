@@ -127,7 +127,7 @@ impl KubeDatastore {
     /// Starts one watcher per resource. Errors (API down, RBAC) are logged and retried with
     /// backoff; they never end the watch.
     pub fn start(client: &Client, group: CalicoGroup) -> Self {
-        let mut watched = Vec::new();
+        let mut all = Vec::new();
         let mut tasks = Vec::new();
         let generation = Arc::new(AtomicU64::new(0));
         for ar in resources(group) {
@@ -135,7 +135,7 @@ impl KubeDatastore {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             let kept = Arc::new(Mutex::new(Watched::default()));
             let (listed_tx, listed) = tokio::sync::watch::channel(false);
-            watched.push(Resource {
+            all.push(Resource {
                 ar: ar.clone(),
                 kept: kept.clone(),
                 listed,
@@ -158,7 +158,9 @@ impl KubeDatastore {
                             if changed {
                                 generation.fetch_add(1, Ordering::Release);
                             }
-                            listed_tx.send_if_modified(|l| !std::mem::replace(l, complete));
+                            if complete && !*listed_tx.borrow() {
+                                listed_tx.send_replace(true);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(kind = %ar.kind, error = %e, "Watch of Calico datastore failed; retrying with backoff.")
@@ -168,7 +170,7 @@ impl KubeDatastore {
             }));
         }
         Self {
-            resources: watched,
+            resources: all,
             tasks,
             generation,
         }
