@@ -207,6 +207,17 @@ async fn v3_only_clusters_are_read_through_projectcalico_org_v3() {
     server.abort();
 }
 
+/// Waits up to five seconds for the watched node-c to reach the datastore.
+async fn node_c_arrives(kds: &KubeDatastore) {
+    for _ in 0..50 {
+        if kds.snapshot().expect("snapshot").node("node-c").is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the watched ADDED event of node-c never reached the datastore");
+}
+
 #[tokio::test]
 async fn watch_events_update_the_store() {
     let node_c = r#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-c","resourceVersion":"40200","annotations":{"projectcalico.org/IPv4Address":"10.99.0.13/24","projectcalico.org/IPv4VXLANTunnelAddr":"10.244.2.0"}}}}"#;
@@ -219,15 +230,7 @@ async fn watch_events_update_the_store() {
     kds.ready(Duration::from_secs(10))
         .await
         .expect("first lists");
-    let mut seen = false;
-    for _ in 0..50 {
-        if kds.snapshot().expect("snapshot").node("node-c").is_some() {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen, "the watched ADDED event never reached the store");
+    node_c_arrives(&kds).await;
     let ds = kds.snapshot().expect("snapshot");
     assert_eq!(
         ds.node("node-c")
@@ -285,15 +288,7 @@ async fn a_kubelet_status_update_is_not_a_datastore_change() {
         .await
         .expect("first lists");
     let before = kds.snapshot().expect("snapshot");
-    let mut seen = false;
-    for _ in 0..50 {
-        if kds.snapshot().expect("snapshot").node("node-c").is_some() {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen, "node-c never reached the store");
+    node_c_arrives(&kds).await;
     // One change per first list of the seven resources, and node-c.
     let lists = mock
         .requests

@@ -34,36 +34,12 @@ struct Sample {
 pub fn run(root: &Path, seconds: u32) -> anyhow::Result<()> {
     crate::sh::stream(&["cargo", "build", "--quiet", "--release", "-p", "agent"])?;
     // Per-packet cost first, on an idle machine: the kernel times each program itself.
-    let per_packet = sh::run(&[
-        "cargo", "bench", "--quiet", "-p", "agent", "--bench", "tc_cost",
-    ])
-    .context("cargo bench --bench tc_cost")?;
-    let reverify = sh::run(&[
-        "cargo", "bench", "--quiet", "-p", "agent", "--bench", "reverify",
-    ])
-    .context("cargo bench --bench reverify")?;
-    let collector = sh::run(&[
-        "cargo",
-        "bench",
-        "--quiet",
-        "-p",
-        "agent",
-        "--bench",
-        "collector_ingest",
-    ])
-    .context("cargo bench --bench collector_ingest")?;
-    let push = sh::run(&[
-        "cargo",
-        "bench",
-        "--quiet",
-        "-p",
-        "agent",
-        "--bench",
-        "push_cost",
-    ])
-    .context("cargo bench --bench push_cost")?;
-    let scale = check_scale()?;
-    let kube = kube_store()?;
+    let per_packet = agent_bench("tc_cost")?;
+    let reverify = agent_bench("reverify")?;
+    let collector = agent_bench("collector_ingest")?;
+    let push = agent_bench("push_cost")?;
+    let scale = agent_bench("check_scale")?;
+    let kube = agent_bench("kube_store")?;
     let agent = root.join("target/release/agent");
     let lab = Lab::new(PREFIX);
     lab.up()?;
@@ -132,33 +108,13 @@ pub fn run(root: &Path, seconds: u32) -> anyhow::Result<()> {
 const SCALE_HEADING: &str = "## One-shot `agent check` at cluster scale (issue 13)";
 const READING: &str = "\nReading: the datastore is parsed on its own thread while the kernel is read, a List of several MiB in two halves on two threads, JSON from memory by serde_json and the block YAML that kubectl and calicoctl print by a reader of that subset (anything else by serde-saphyr, about 22 MB/s); IPAM allocations keep only who uses each address. Without a datastore, reading the kernel and verifying cost less than iproute2's dump of the same state from 5,000 nodes on.\n";
 
-fn check_scale() -> anyhow::Result<String> {
-    sh::run(&[
-        "cargo",
-        "bench",
-        "--quiet",
-        "-p",
-        "agent",
-        "--bench",
-        "check_scale",
-    ])
-    .context("cargo bench --bench check_scale")
+/// Runs one of the agent's benches (`agent/benches/<name>.rs`); what it prints.
+fn agent_bench(name: &str) -> anyhow::Result<String> {
+    sh::run(&["cargo", "bench", "--quiet", "-p", "agent", "--bench", name])
+        .with_context(|| format!("cargo bench --bench {name}"))
 }
 
 const KUBE_HEADING: &str = "## The Kubernetes datastore in `agent run` at cluster scale";
-
-fn kube_store() -> anyhow::Result<String> {
-    sh::run(&[
-        "cargo",
-        "bench",
-        "--quiet",
-        "-p",
-        "agent",
-        "--bench",
-        "kube_store",
-    ])
-    .context("cargo bench --bench kube_store")
-}
 
 fn kube_section(table: &str) -> String {
     format!(
@@ -176,8 +132,8 @@ fn scale_section(table: &str) -> String {
 /// the other sections of BENCHMARKS.md stay as the last full run wrote them.
 pub fn run_scale_only(root: &Path) -> anyhow::Result<()> {
     crate::sh::stream(&["cargo", "build", "--quiet", "--release", "-p", "agent"])?;
-    let scale = scale_section(&check_scale()?);
-    let kube = kube_section(&kube_store()?);
+    let scale = scale_section(&agent_bench("check_scale")?);
+    let kube = kube_section(&agent_bench("kube_store")?);
     let path = root.join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
     let md = replace_section(&old, SCALE_HEADING, &scale);
