@@ -161,12 +161,16 @@ mod tests {
             next_hop: None,
             ifindex: None,
         };
+        // A metric family's series come in no fixed order.
         let routes = |m: &Metrics| {
             let text = m.encode().expect("encode");
-            text.lines()
+            let mut series: Vec<String> = text
+                .lines()
                 .filter(|l| l.starts_with("calico_dpagent_calico_bpf_routes{"))
                 .map(str::to_string)
-                .collect::<Vec<_>>()
+                .collect();
+            series.sort();
+            series
         };
         let mut obs = node(0);
         if let Some(b) = obs.calico_bpf.as_mut() {
