@@ -2,7 +2,8 @@
 //! a new snapshot of it costs: the agent's watchers against an in-process API server (there is
 //! no cluster here) serving 1,000 and 5,000 nodes as the API server lists them, in pages
 //! (`xtask::cluster::kube_lists`: Kubernetes Nodes with the kubelet's status and managedFields,
-//! IPAM blocks with their pods, affinities). The baseline in the same run is a reflector store
+//! IPAM blocks with their pods, affinities); Nodes as metadata only to a client that asks for
+//! that, as the agent does. The baseline in the same run is a reflector store
 //! of the same objects as served and a snapshot parsing them all, which is what the agent did
 //! before. Heap is counted by a global allocator wrapper (live bytes), so those figures are
 //! exact. Then the whole daemon: the release binary in a network namespace holding node 0's
@@ -28,6 +29,7 @@ use anyhow::Context as _;
 use axum::{
     Router,
     extract::{Path, RawQuery, State},
+    http::{HeaderMap, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -35,7 +37,7 @@ use kube::{
     api::{ApiResource, DynamicObject},
     runtime::{reflector, watcher},
 };
-use xtask::cluster::Cluster;
+use xtask::cluster::{Cluster, metadata_only};
 
 const SIZES: [u32; 2] = [1_000, 5_000];
 /// Snapshots per measure; the median is reported.
@@ -91,43 +93,49 @@ fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// A list as the API server pages it: the list's kind and apiVersion, and its items' JSON.
+/// A list as the API server pages it: the list's kind and apiVersion, and its items' JSON,
+/// whole and as metadata only (`PartialObjectMetadata`, for a client that asks for that).
 struct Paged {
     kind: String,
     api_version: String,
     items: Vec<String>,
+    metadata: Vec<String>,
 }
 
 impl Paged {
     fn new(list: &str) -> anyhow::Result<Self> {
         let v: serde_json::Value = serde_json::from_str(list)?;
         let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let items = || v["items"].as_array().into_iter().flatten();
         Ok(Self {
             kind: text("kind"),
             api_version: text("apiVersion"),
-            items: v["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(ToString::to_string)
-                .collect(),
+            items: items().map(ToString::to_string).collect(),
+            metadata: items().map(|i| metadata_only(i).to_string()).collect(),
         })
     }
 
     /// Items `from..` up to `limit` of them, with the token of the next page if any.
-    fn page(&self, from: usize, limit: usize) -> String {
-        let from = from.min(self.items.len());
-        let to = from.saturating_add(limit).min(self.items.len());
-        let next = if to < self.items.len() {
+    fn page(&self, from: usize, limit: usize, metadata: bool) -> String {
+        let (kind, api_version, items) = if metadata {
+            (
+                "PartialObjectMetadataList",
+                "meta.k8s.io/v1",
+                &self.metadata,
+            )
+        } else {
+            (self.kind.as_str(), self.api_version.as_str(), &self.items)
+        };
+        let from = from.min(items.len());
+        let to = from.saturating_add(limit).min(items.len());
+        let next = if to < items.len() {
             to.to_string()
         } else {
             String::new()
         };
         format!(
-            r#"{{"apiVersion":"{}","kind":"{}","metadata":{{"resourceVersion":"900001","continue":"{next}"}},"items":[{}]}}"#,
-            self.api_version,
-            self.kind,
-            self.items[from..to].join(",")
+            r#"{{"apiVersion":"{api_version}","kind":"{kind}","metadata":{{"resourceVersion":"900001","continue":"{next}"}},"items":[{}]}}"#,
+            items[from..to].join(",")
         )
     }
 }
@@ -142,7 +150,16 @@ async fn serve(
     lists: Lists,
     listener: std::net::TcpListener,
 ) -> anyhow::Result<(kube::Client, tokio::task::JoinHandle<()>)> {
-    async fn answer(lists: &Lists, plural: &str, query: Option<String>) -> Response {
+    async fn answer(
+        lists: &Lists,
+        plural: &str,
+        query: Option<String>,
+        headers: HeaderMap,
+    ) -> Response {
+        let metadata = headers
+            .get(header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
         let query = query.unwrap_or_default();
         let param = |key: &str| {
             query
@@ -158,6 +175,7 @@ async fn serve(
                 let page = list.page(
                     number("continue").unwrap_or(0),
                     number("limit").unwrap_or(usize::MAX),
+                    metadata,
                 );
                 ([("content-type", "application/json")], page).into_response()
             }
@@ -178,16 +196,19 @@ async fn serve(
         )
         .route(
             "/api/v1/nodes",
-            get(|State(l): State<Lists>, RawQuery(q): RawQuery| async move {
-                answer(&l, "nodes", q).await
-            }),
+            get(
+                |State(l): State<Lists>, RawQuery(q): RawQuery, headers: HeaderMap| async move {
+                    answer(&l, "nodes", q, headers).await
+                },
+            ),
         )
         .route(
             "/apis/crd.projectcalico.org/v1/{plural}",
             get(
-                |State(l): State<Lists>, Path(plural): Path<String>, RawQuery(q): RawQuery| async move {
-                    answer(&l, &plural, q).await
-                },
+                |State(l): State<Lists>,
+                 Path(plural): Path<String>,
+                 RawQuery(q): RawQuery,
+                 headers: HeaderMap| async move { answer(&l, &plural, q, headers).await },
             ),
         )
         .with_state(lists);
@@ -208,7 +229,7 @@ fn as_served(lists: &Lists) -> anyhow::Result<Vec<(ApiResource, reflector::Store
         let paged = lists
             .get(ar.plural.as_str())
             .context("a list per resource")?;
-        let list: serde_json::Value = serde_json::from_str(&paged.page(0, usize::MAX))?;
+        let list: serde_json::Value = serde_json::from_str(&paged.page(0, usize::MAX, false))?;
         let mut writer = reflector::store::Writer::new(ar.clone());
         writer.apply_watcher_event(&watcher::Event::Init);
         for item in list["items"].as_array().into_iter().flatten() {
@@ -367,7 +388,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut md = String::from(
-        "| nodes | lists served (MiB of JSON) | store as served, before (MiB of heap) | store now (MiB of heap) | now / before | snapshot before (ms) | snapshot now (ms) | now / before | `agent run --kube` RSS / peak (MiB) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| nodes | lists served before / now (MiB of JSON) | store as served, before (MiB of heap) | store now (MiB of heap) | now / before | snapshot before (ms) | snapshot now (ms) | now / before | `agent run --kube` RSS / peak (MiB) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for n in SIZES {
         let lists: Lists = Arc::new(
@@ -377,7 +398,19 @@ fn main() -> anyhow::Result<()> {
                 .map(|(plural, list)| Ok((plural, Paged::new(&list)?)))
                 .collect::<anyhow::Result<_>>()?,
         );
-        let served: usize = lists.values().flat_map(|l| &l.items).map(String::len).sum();
+        // Now Nodes are served as metadata only.
+        let bytes = |items: &[String]| items.iter().map(String::len).sum::<usize>();
+        let served: usize = lists.values().map(|l| bytes(&l.items)).sum();
+        let served_now: usize = lists
+            .iter()
+            .map(|(plural, l)| {
+                bytes(if *plural == "nodes" {
+                    &l.metadata
+                } else {
+                    &l.items
+                })
+            })
+            .sum();
         let (kept, now_ms, before, before_ms, (rss, peak)) = rt.block_on(async {
             let loopback = std::net::TcpListener::bind("127.0.0.1:0")?;
             let (client, server) = serve(lists.clone(), loopback).await?;
@@ -403,8 +436,9 @@ fn main() -> anyhow::Result<()> {
         })?;
         let _ = writeln!(
             md,
-            "| {n} | {:.1} | {:.1} | **{:.1}** | {:.2} | {before_ms:.1} | **{now_ms:.1}** | {:.2} | **{rss:.1}** / {peak:.1} |",
+            "| {n} | {:.1} / **{:.1}** | {:.1} | **{:.1}** | {:.2} | {before_ms:.1} | **{now_ms:.1}** | {:.2} | **{rss:.1}** / {peak:.1} |",
             mib(served),
+            mib(served_now),
             mib(before),
             mib(kept),
             kept as f64 / before as f64,

@@ -22,7 +22,7 @@ use agent::desired::{
 use axum::{
     Router,
     extract::{Path, RawQuery, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -43,17 +43,37 @@ fn json(status: StatusCode, body: String) -> Response {
     (status, [("content-type", "application/json")], body).into_response()
 }
 
+/// Whether the client asked for metadata only, as the API server reads `Accept`.
+fn metadata_only(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
+/// Each JSON value of `text` (a list, or a watch's events one per line) as the API server
+/// sends it to a client that asked for metadata only.
+fn as_metadata(text: &str) -> String {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<serde_json::Value>()
+        .map(|v| format!("{}\n", xtask::cluster::metadata_only(&v.expect("JSON"))))
+        .collect()
+}
+
 async fn resource(
     mock: Mock,
     plural: String,
     api_version: &str,
     query: Option<String>,
+    headers: HeaderMap,
 ) -> Response {
     let watch = query
         .as_deref()
         .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let metadata = metadata_only(&headers);
     mock.requests.lock().expect("lock").push(format!(
-        "{api_version}/{plural}{}",
+        "{api_version}/{plural}{}{}",
+        if metadata { " as metadata" } else { "" },
         if watch { "?watch" } else { "" }
     ));
     if mock.forbidden.contains(&plural.as_str()) {
@@ -73,18 +93,27 @@ async fn resource(
             .get(plural.as_str())
             .cloned()
             .unwrap_or_default();
-        return json(StatusCode::OK, events);
+        return json(
+            StatusCode::OK,
+            if metadata {
+                as_metadata(&events)
+            } else {
+                events
+            },
+        );
     }
+    let list = list.replace("crd.projectcalico.org/v1", api_version);
     json(
         StatusCode::OK,
-        list.replace("crd.projectcalico.org/v1", api_version),
+        if metadata { as_metadata(&list) } else { list },
     )
 }
 
 async fn serve(mock: Mock) -> (kube::Client, tokio::task::JoinHandle<()>) {
     let calico = |m: Mock| {
         move |Path((group, version, plural)): Path<(String, String, String)>,
-              RawQuery(q): RawQuery| {
+              RawQuery(q): RawQuery,
+              headers: HeaderMap| {
             let m = m.clone();
             async move {
                 let expected = if m.v3_only {
@@ -96,7 +125,7 @@ async fn serve(mock: Mock) -> (kube::Client, tokio::task::JoinHandle<()>) {
                 if api_version != expected {
                     return json(StatusCode::NOT_FOUND, "{}".into());
                 }
-                resource(m, plural, &api_version, q).await
+                resource(m, plural, &api_version, q, headers).await
             }
         }
     };
@@ -114,9 +143,11 @@ async fn serve(mock: Mock) -> (kube::Client, tokio::task::JoinHandle<()>) {
         )
         .route(
             "/api/v1/nodes",
-            get(|State(m): State<Mock>, RawQuery(q): RawQuery| async move {
-                resource(m, "nodes".into(), "v1", q).await
-            }),
+            get(
+                |State(m): State<Mock>, RawQuery(q): RawQuery, headers: HeaderMap| async move {
+                    resource(m, "nodes".into(), "v1", q, headers).await
+                },
+            ),
         )
         .route(
             "/apis/{group}/{version}/{plural}",
@@ -174,7 +205,18 @@ async fn recorded_lists_give_the_same_datastore_as_the_yaml() {
         seen.contains(&"crd.projectcalico.org/v1/ipamblocks".to_string()),
         "{seen:?}"
     );
-    assert!(seen.contains(&"v1/nodes".to_string()), "{seen:?}");
+    // Nodes as metadata only (their labels and annotations are all the agent reads), Calico's
+    // resources whole.
+    assert!(
+        seen.contains(&"v1/nodes as metadata".to_string()),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r.starts_with("crd.") && r.contains("as metadata")),
+        "{seen:?}"
+    );
     server.abort();
 }
 
@@ -298,6 +340,15 @@ async fn a_kubelet_status_update_is_not_a_datastore_change() {
         .filter(|r| !r.ends_with("?watch"))
         .count();
     assert_eq!(lists, 7, "{:?}", mock.requests);
+    // The watch of Nodes too is of their metadata only, as the API server served the events.
+    assert!(
+        mock.requests
+            .lock()
+            .expect("lock")
+            .contains(&"v1/nodes as metadata?watch".to_string()),
+        "{:?}",
+        mock.requests
+    );
     assert_eq!(settled_generation(&kds).await, 7 + 1);
     assert_eq!(
         kds.snapshot().expect("snapshot").node("node-a"),

@@ -397,6 +397,28 @@ fn kubelet_node(i: u32) -> Value {
     })
 }
 
+/// What the API server answers a client that asks for metadata only (`Accept:
+/// application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`, as kube-rs's
+/// `metadata_watcher` does): a list's items, or a watch event's object, reduced to their
+/// metadata and typed as `meta.k8s.io/v1` `PartialObjectMetadata`.
+pub fn metadata_only(v: &Value) -> Value {
+    let partial = |o: &Value| {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": o["metadata"]})
+    };
+    let mut out = v.clone();
+    if let Some(items) = v["items"].as_array() {
+        out["apiVersion"] = "meta.k8s.io/v1".into();
+        out["kind"] = "PartialObjectMetadataList".into();
+        out["items"] = items.iter().map(partial).collect();
+    } else if v.get("object").is_some() {
+        out["object"] = partial(&v["object"]);
+    } else {
+        out = partial(v);
+    }
+    out
+}
+
 /// YAML as kubectl prints it (block style, sequences not indented under their key); strings
 /// that YAML would read as something else are double-quoted (JSON quoting is valid YAML).
 pub fn yaml(v: &Value) -> String {

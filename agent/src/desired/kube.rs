@@ -15,11 +15,14 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use kube::{
     Api, Client,
-    api::{ApiResource, DynamicObject},
-    runtime::{WatchStreamExt as _, watcher},
+    api::{ApiResource, DynamicObject, PartialObjectMeta, TypeMeta},
+    runtime::{
+        WatchStreamExt as _,
+        watcher::{self, Event, watcher},
+    },
 };
 use tokio::task::JoinHandle;
 
@@ -132,7 +135,6 @@ impl KubeDatastore {
         let generation = Arc::new(AtomicU64::new(0));
         for ar in resources(group) {
             let generation = generation.clone();
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             let kept = Arc::new(Mutex::new(Watched::default()));
             let (listed_tx, listed) = tokio::sync::watch::channel(false);
             all.push(Resource {
@@ -140,10 +142,7 @@ impl KubeDatastore {
                 kept: kept.clone(),
                 listed,
             });
-            let node = ar.group.is_empty() && ar.kind == "Node";
-            let stream = watcher(api, watcher::Config::default().any_semantic())
-                .default_backoff()
-                .modify(move |o| prune(o, node));
+            let stream = events(client, &ar);
             tasks.push(tokio::spawn(async move {
                 let mut events = std::pin::pin!(stream);
                 while let Some(event) = events.next().await {
@@ -206,6 +205,53 @@ impl KubeDatastore {
         }
         Ok(ds)
     }
+}
+
+/// The watch of one resource, each object pruned as it arrives. A Kubernetes Node is watched
+/// as metadata only (`PartialObjectMetadata`): the agent reads nothing but its labels and
+/// `projectcalico.org/*` annotations, and the kubelet's status and the Node's spec are most of
+/// its bytes, which the API server then never sends: every agent of a cluster receives every
+/// Node's updates.
+fn events(
+    client: &Client,
+    ar: &ApiResource,
+) -> BoxStream<'static, watcher::Result<Event<DynamicObject>>> {
+    let config = watcher::Config::default().any_semantic();
+    if !(ar.group.is_empty() && ar.kind == "Node") {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
+        return watcher(api, config)
+            .default_backoff()
+            .modify(|o| prune(o, false))
+            .boxed();
+    }
+    let types = TypeMeta {
+        api_version: ar.api_version.clone(),
+        kind: ar.kind.clone(),
+    };
+    // `Api<PartialObjectMeta<_>>` asks for metadata only.
+    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client.clone(), ar);
+    watcher(api, config)
+        .default_backoff()
+        .map_ok(move |event| {
+            // The API server types each item as meta.k8s.io's PartialObjectMetadata.
+            let node = |meta: PartialObjectMeta<DynamicObject>| {
+                let mut o = DynamicObject {
+                    types: Some(types.clone()),
+                    metadata: meta.metadata,
+                    data: serde_json::Value::Null,
+                };
+                prune(&mut o, true);
+                o
+            };
+            match event {
+                Event::Init => Event::Init,
+                Event::InitApply(m) => Event::InitApply(node(m)),
+                Event::InitDone => Event::InitDone,
+                Event::Apply(m) => Event::Apply(node(m)),
+                Event::Delete(m) => Event::Delete(node(m)),
+            }
+        })
+        .boxed()
 }
 
 impl Drop for KubeDatastore {
