@@ -1,6 +1,6 @@
 //! What `agent run --kube` keeps of the Kubernetes datastore at real cluster sizes, and what
 //! a new snapshot of it costs: the agent's watchers against an in-process API server (there is
-//! no cluster here) serving 1,000 and 5,000 nodes as the API server lists them, in pages
+//! no cluster here) serving 1,000, 5,000 and 10,000 nodes as the API server lists them, in pages
 //! (`xtask::cluster::kube_lists`: Kubernetes Nodes with the kubelet's status and managedFields,
 //! IPAM blocks with their pods, affinities); Nodes as metadata only to a client that asks for
 //! that, as the agent does. The baseline in the same run is a reflector store
@@ -39,7 +39,7 @@ use kube::{
 };
 use xtask::cluster::{Cluster, metadata_only};
 
-const SIZES: [u32; 2] = [1_000, 5_000];
+const SIZES: [u32; 3] = [1_000, 5_000, 10_000];
 /// Snapshots per measure; the median is reported.
 const RUNS: usize = 11;
 

@@ -447,6 +447,15 @@ fn gaps(netns: &str, node: &str) -> Vec<(u64, u64)> {
 }
 
 /// The spool's last assigned sequence and the sequences still waiting in it.
+/// The bytes of the reports waiting in the spool under `dir`.
+fn spool_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("spool/reports"))
+        .expect("spool")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 fn spool_state(dir: &Path) -> (u64, Vec<u64>) {
     let state: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("spool/state")).expect("spool state"),
@@ -593,33 +602,40 @@ fn a_full_spool_drops_the_oldest_reports_and_counts_each_exactly() {
     // With an interval of an hour each start sends exactly one report (its first
     // verification): every start is one report, so every drop is counted by one process.
     let once = ["--report-interval", "3600", "--spool-max-bytes", "4096"];
-    drop(agent(&ns.0, &dir, node, &once));
+    // Killed only once its report is in: a kill is the next start's business, not this one's.
+    let first = agent(&ns.0, &dir, node, &once);
     wait_until(Duration::from_secs(10), "the first report", || {
         stored(&ns.0, node).len() == 1
     });
+    drop(first);
     set_mode(&ns.0, "status:503").expect("proxy mode");
-    let mut dropped = 0.0;
+    let mut dropped = 0;
     let mut starts = 0;
-    while dropped < 4.0 {
+    while dropped < 4 {
         starts += 1;
         assert!(starts < 40, "the spool never filled");
+        let before = spool_state(&dir).1;
         let a = agent(&ns.0, &dir, node, &once);
         let seq = 1 + starts;
+        // The sequence is taken before the report is written and the oldest dropped, and the
+        // drops are counted after: wait for all three, the count being what left the disk.
+        let mut gone = 0;
         wait_until(Duration::from_secs(10), "the report spooled", || {
-            spool_state(&dir).0 == seq && agent_metric(&ns.0, "calico_dpagent_spool_bytes") > 0.0
+            let (last, waiting) = spool_state(&dir);
+            if last != seq || !waiting.contains(&seq) || spool_bytes(&dir) > 4096 {
+                return false;
+            }
+            gone = before.iter().filter(|s| !waiting.contains(s)).count();
+            agent_metric(
+                &ns.0,
+                "calico_dpagent_report_dropped_total{reason=\"spool_full\"}",
+            ) == gone as f64
         });
-        dropped += agent_metric(
-            &ns.0,
-            "calico_dpagent_report_dropped_total{reason=\"spool_full\"}",
-        );
+        dropped += gone;
         drop(a);
     }
     let (last, waiting) = spool_state(&dir);
-    let bytes: u64 = std::fs::read_dir(dir.join("spool/reports"))
-        .expect("spool")
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let bytes = spool_bytes(&dir);
     assert!(bytes <= 4096, "the spool holds {bytes} bytes");
     // The oldest were dropped: what waits is the newest, contiguous up to the last.
     assert_eq!(
