@@ -202,6 +202,30 @@ impl TrafficProbe {
         })
     }
 
+    /// Waits until the drop counters have not moved for `quiet`, at most `max`. The kernel
+    /// purges a closed netlink socket's queue (`iptables-nft-save` exits with replies unread:
+    /// QUEUE_PURGE) after RCU grace periods, not at close: within 200 ms in the lab, later on
+    /// a busy machine. A window opened after that holds none of the agent's own.
+    pub async fn settle(&self, quiet: std::time::Duration, max: std::time::Duration) {
+        let total = || {
+            self.session
+                .probe
+                .drops()
+                .map(|d| d.values().sum::<u64>())
+                .ok()
+        };
+        let start = std::time::Instant::now();
+        let (mut last, mut since) = (total(), start);
+        // Without the drop counters there is nothing to settle.
+        while last.is_some() && since.elapsed() < quiet && start.elapsed() < max {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            let now = total();
+            if now != last {
+                (last, since) = (now, std::time::Instant::now());
+            }
+        }
+    }
+
     /// Counts for `seconds` from now and returns what happened in that window only; the
     /// programs are detached when this returns.
     pub async fn sample(self, seconds: u64) -> Result<TrafficSample, crate::flows::FlowsError> {

@@ -234,9 +234,10 @@ fn live_pass(
     Ok(a)
 }
 
-/// How long the kernel's deferred frees of the analysis' sockets are given before the traffic
-/// sample's window opens.
-const SETTLE: Duration = Duration::from_millis(300);
+/// The kernel's deferred frees of the analysis' sockets are over once the drop counters have
+/// been still this long (at most `SETTLE_MAX`) before the traffic sample's window opens.
+const SETTLE_QUIET: Duration = Duration::from_millis(200);
+const SETTLE_MAX: Duration = Duration::from_secs(2);
 
 /// `diag` on the live node: the analysis, then the traffic sample. The programs are attached
 /// first, so they have settled while the analysis runs; the counting window opens only once
@@ -244,11 +245,8 @@ const SETTLE: Duration = Duration::from_millis(300);
 pub async fn diag_with_sample(input: &Input, sample_seconds: u64) -> anyhow::Result<Analysis> {
     let probe = attach(input, sample_seconds).await;
     let a = analyse(input).await?;
-    if probe.is_some() {
-        // The kernel purges a closed netlink socket's queue (`iptables-nft-save` exits with
-        // replies unread: QUEUE_PURGE) after RCU grace periods, not at close: measured in
-        // the lab within 200 ms. The window opens after that, so it holds none of it.
-        tokio::time::sleep(SETTLE).await;
+    if let Some(Ok(p)) = &probe {
+        p.settle(SETTLE_QUIET, SETTLE_MAX).await;
     }
     Ok(with_sample(a, sample(probe, sample_seconds).await))
 }

@@ -202,11 +202,9 @@ fn flows_detach_on_exit_and_on_sigterm() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(
-        !support::loaded_now().is_empty(),
-        "nothing attached while running"
-    );
+    wait_loaded("nothing attached while running");
+    // Past the load, its SIGTERM handler is in place a moment later.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = i32::try_from(child.id()).expect("pid");
     // `ip netns exec` execs the agent: the pid is the agent's.
     assert!(
@@ -241,6 +239,18 @@ fn flows_detach_on_exit_and_on_sigterm() {
     );
 }
 
+/// Waits until the agent's programs are loaded (their load is slow on a busy machine).
+fn wait_loaded(what: &str) {
+    let start = std::time::Instant::now();
+    while support::loaded_now().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn ip(args: &[&str]) {
     let ok = Command::new("ip")
         .args(args)
@@ -268,12 +278,12 @@ fn flows_attach_to_a_new_workload_veth_on_its_link_event() {
     }
     let child = Command::new("ip")
         .args(["netns", "exec", &node.0, env!("CARGO_BIN_EXE_agent")])
-        .args(["flows", "--seconds", "4", "--json"])
+        .args(["flows", "--seconds", "8", "--json"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn agent flows");
     // Loaded, with nothing to attach to yet.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_loaded("agent flows never loaded its programs");
     let (n, p) = (node.0.as_str(), pod.0.as_str());
     ip(&[
         "-n",

@@ -76,7 +76,13 @@ fn every_fault_is_published_within_a_second_after_grace_and_clears_after_repair(
         let check = fault_check(*fault);
         let injected = Instant::now();
         lab.0.fault(&node, *fault).expect("inject");
-        let took = d.wait_findings(grace * 3, check, |f| f.iter().any(|(c, _)| c == check));
+        // Seen where a scraper sees it, without waiting for the daemon's loop to answer.
+        let start = Instant::now();
+        while d.published(check) < 1.0 {
+            assert!(start.elapsed() < grace * 3, "{check} never published");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (took, since_injected) = (start.elapsed(), injected.elapsed());
         if *fault == Fault::RouteDelete {
             d.check_answers_from_the_daemon(check);
         }
@@ -93,23 +99,13 @@ fn every_fault_is_published_within_a_second_after_grace_and_clears_after_repair(
         );
         // Never before the grace window: Felix's own reprogramming must not page anyone.
         assert!(
-            injected.elapsed() >= grace,
-            "{check} published before the grace window"
+            since_injected >= grace,
+            "{check} published {since_injected:?} after the fault, inside the grace window"
         );
-        let gauge = d.metrics();
-        let total: f64 = ["critical", "warning", "info"]
-            .iter()
-            .map(|sev| {
-                sample(
-                    &gauge,
-                    &format!("calico_dpagent_findings{{check=\"{check}\",severity=\"{sev}\"}}"),
-                )
-            })
-            .sum();
-        assert!(total >= 1.0, "{check} not in /metrics");
+        d.wait_findings(grace, check, |f| f.iter().any(|(c, _)| c == check));
         lab.0.repair().expect("repair");
         d.wait_findings(
-            Duration::from_secs(3),
+            Duration::from_secs(5),
             "cleared after repair",
             BTreeSet::is_empty,
         );
@@ -186,7 +182,8 @@ fn a_burst_that_overruns_the_socket_ends_in_a_resync_and_the_right_state() {
     sh(&format!("ip -n {} -batch {}", node.netns, file.display()));
     let _ = std::fs::remove_file(&file);
     let block = remote.block.to_string();
-    d.wait_findings(Duration::from_secs(5), "the deleted block route", |f| {
+    // Overruns end in full re-reads, which may overrun again: give them time on a busy machine.
+    d.wait_findings(Duration::from_secs(15), "the deleted block route", |f| {
         *f == BTreeSet::from([("route.missing".to_string(), block.clone())])
     });
     let m = d.metrics();
@@ -196,7 +193,7 @@ fn a_burst_that_overruns_the_socket_ends_in_a_resync_and_the_right_state() {
     );
     assert!(sample(&m, "calico_dpagent_resyncs_total{kind=\"overrun\"}") >= 1.0);
     lab.0.repair().expect("repair");
-    d.wait_findings(Duration::from_secs(3), "repaired", BTreeSet::is_empty);
+    d.wait_findings(Duration::from_secs(5), "repaired", BTreeSet::is_empty);
 }
 
 #[test]
@@ -326,7 +323,8 @@ fn a_malformed_ipv4_header_is_logged_once_by_the_programs() {
     let d = Daemon::start(&lab, "5", &[]);
     let pod = &lab.0.spec.nodes[0].pods[0];
     // A frame that says IPv4 (EtherType 0x0800) but whose header is not: version 5. Ten of
-    // them: the programs log the first and hold the rest back (at most one a second).
+    // them: the programs log the first and hold the rest back (at most one a second). The
+    // limit is per CPU, and a frame is handled on its sender's: the sender stays on one.
     let script = r#"
 import socket
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -336,7 +334,8 @@ for _ in range(10):
     s.send(frame)
 "#;
     let ok = Command::new("ip")
-        .args(["netns", "exec", &pod.netns, "python3", "-c", script])
+        .args(["netns", "exec", &pod.netns, "taskset", "-c", "0"])
+        .args(["python3", "-c", script])
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "sending raw frames from {}", pod.netns);
@@ -566,7 +565,10 @@ fn with_kube_drift_becomes_node_events_and_the_node_condition() {
             "unexpected write {method} {path}"
         );
     }
-    assert!(d.metric("calico_dpagent_k8s_writes_total{kind=\"ok\"}") >= 3.0);
+    // Counted once the API server's answer is in, a moment after the mock saw the request.
+    wait("three writes counted", &|| {
+        d.metric("calico_dpagent_k8s_writes_total{kind=\"ok\"}") >= 3.0
+    });
     let _ = std::fs::remove_file(&kubeconfig);
 }
 

@@ -103,7 +103,8 @@ impl Drop for Prometheus {
 
 impl Prometheus {
     fn start(netns: &str, dir: &Path, target_port: u16, r: &Rendered) -> Self {
-        let port = 19900 + u16::try_from(std::process::id() % 90).unwrap_or(0);
+        // Outside the daemon's 19000-19999 (support::Daemon): they share the namespace.
+        let port = 18900 + u16::try_from(std::process::id() % 90).unwrap_or(0);
         // The chart's scrape settings, faster: a test cannot wait 30 s per scrape.
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n- {rules}\nscrape_configs:\n- job_name: {RELEASE}\n  metrics_path: {path}\n  scheme: http\n  static_configs:\n  - targets: ['127.0.0.1:{target_port}']\n    labels:\n      node: node-a\n",

@@ -503,16 +503,19 @@ fn through_outages_errors_resets_and_kills_the_collector_gets_every_report_in_or
             &format!("calico_dpagent_report_push_total{{signal=\"logs\",result=\"{result}\"}}"),
         );
         set_mode(&ns.0, mode).expect("proxy mode");
-        std::thread::sleep(Duration::from_secs(2));
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{mode} counted as {result} (from {before})"),
+            || {
+                agent_metric(
+                    &ns.0,
+                    &format!(
+                        "calico_dpagent_report_push_total{{signal=\"logs\",result=\"{result}\"}}"
+                    ),
+                ) > before
+            },
+        );
         set_mode(&ns.0, "ok").expect("proxy mode");
-        let after = agent_metric(
-            &ns.0,
-            &format!("calico_dpagent_report_push_total{{signal=\"logs\",result=\"{result}\"}}"),
-        );
-        assert!(
-            after > before,
-            "{mode}: no {result} counted ({before} → {after})"
-        );
         // Delivery resumes: the newest report reaches the collector.
         let (last, _) = spool_state(&dir);
         wait_until(
@@ -543,6 +546,12 @@ fn through_outages_errors_resets_and_kills_the_collector_gets_every_report_in_or
     a.kill();
     let (last_before_kill, waiting) = spool_state(&dir);
     assert!(waiting.len() >= 3, "spooled while refused: {waiting:?}");
+    // A kill between taking a sequence and writing its report loses that one report, by
+    // design: the collector sees it as a gap, never a reused number.
+    let lost: Vec<u64> = (waiting.last() != Some(&last_before_kill))
+        .then_some(last_before_kill)
+        .into_iter()
+        .collect();
     set_mode(&ns.0, "ok").expect("proxy mode");
     a = agent(&ns.0, &dir, node, &["--report-interval", "0.2"]);
     wait_until(Duration::from_secs(15), "the spool to drain", || {
@@ -556,7 +565,7 @@ fn through_outages_errors_resets_and_kills_the_collector_gets_every_report_in_or
     wait_until(
         Duration::from_secs(5),
         "every delivered report stored",
-        || stored(&ns.0, node).len() as u64 == last - waiting.len() as u64,
+        || stored(&ns.0, node).len() as u64 == last - waiting.len() as u64 - lost.len() as u64,
     );
 
     let reports = stored(&ns.0, node);
@@ -568,9 +577,14 @@ fn through_outages_errors_resets_and_kills_the_collector_gets_every_report_in_or
     );
     let seqs: Vec<u64> = reports.iter().map(|(_, s)| *s).collect();
     // Every report, once, in the order generated — across the restart, the sequence went on.
-    let expected: Vec<u64> = (1..=last).filter(|s| !waiting.contains(s)).collect();
+    let expected: Vec<u64> = (1..=last)
+        .filter(|s| !waiting.contains(s) && !lost.contains(s))
+        .collect();
     assert_eq!(seqs, expected, "stored in order without gap or duplicate");
-    assert!(gaps(&ns.0, node).is_empty());
+    assert_eq!(
+        gaps(&ns.0, node),
+        lost.iter().map(|s| (*s, *s)).collect::<Vec<_>>()
+    );
     assert!(
         last > last_before_kill,
         "the restarted agent continued the sequence"
@@ -843,8 +857,10 @@ fn an_https_endpoint_is_trusted_through_the_configured_ca_and_only_then() {
             ca.to_str().expect("utf-8"),
         ],
     );
+    // A delivered report is followed by its metrics: both are in before the agent goes.
     wait_until(Duration::from_secs(10), "a report over https", || {
-        !records(&requests(&log)).is_empty()
+        let reqs = requests(&log);
+        !records(&reqs).is_empty() && reqs.iter().any(|r| r["path"] == "/v1/metrics")
     });
     drop(a);
     let delivered = requests(&log).len();

@@ -469,7 +469,17 @@ fn mtu_signals_count_what_the_mtu_drops_and_not_gso_super_packets() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("iperf3 -s");
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Its start is slow on a busy machine: the client goes once the server listens.
+        let start = std::time::Instant::now();
+        while !sh::run(&["ip", "netns", "exec", &b2, "ss", "-Hltn", "sport = :5201"])
+            .is_ok_and(|out| !out.trim().is_empty())
+        {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = server.kill();
+                panic!("iperf3 -s never listened");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let sent = sh::run(&[
             "ip",
             "netns",
@@ -481,6 +491,10 @@ fn mtu_signals_count_what_the_mtu_drops_and_not_gso_super_packets() {
             "-n",
             "4M",
         ]);
+        if sent.is_err() {
+            // A one-off server that never had its client would wait forever.
+            let _ = server.kill();
+        }
         let _ = server.wait();
         sent.expect("iperf3 -c");
         let bulk = probe.counts().expect("counts");

@@ -287,22 +287,20 @@ fn diag_correlates_mtu_signals_with_the_mtu_finding() {
     let sample = |size: &'static str| {
         let (node, pod_ns, to) = (node.clone(), a1.netns.clone(), to.clone());
         in_netns(&node.netns, move |rt| {
+            // Attached before the traffic starts, however long loading takes: only the first
+            // oversize packet reaches the veth (its ICMP teaches the pod the path MTU).
+            let probe = rt
+                .block_on(agent::analysis::TrafficProbe::attach(&node.name))
+                .expect("attach");
             let traffic = std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(500));
+                std::thread::sleep(std::time::Duration::from_millis(200));
                 ping(
                     &pod_ns,
                     &to,
                     &["-M", "do", "-s", size, "-c", "2", "-i", "0.2", "-W", "1"],
                 )
             });
-            let mut t = rt
-                .block_on(async {
-                    agent::analysis::TrafficProbe::attach(&node.name)
-                        .await?
-                        .sample(2)
-                        .await
-                })
-                .expect("traffic sample");
+            let mut t = rt.block_on(probe.sample(2)).expect("traffic sample");
             let _ = traffic.join();
             let obs = rt.block_on(observed::read_live(&node.name));
             let policy = agent::verify::Policy {

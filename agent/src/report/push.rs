@@ -485,9 +485,12 @@ impl Delivery {
                 }
                 continue;
             }
-            tokio::select! {
-                () = stop.cancelled() => break,
-                delay = self.attempt() => not_before = Instant::now() + delay,
+            // Not raced against the stop: a request the endpoint may already have taken is
+            // finished (bounded by its timeout), so that the spool knows what was delivered.
+            let delay = self.attempt().await;
+            not_before = Instant::now() + delay;
+            if stop.is_cancelled() {
+                break;
             }
         }
     }

@@ -220,12 +220,19 @@ impl Daemon {
 
     /// The findings the local API reports: (check ID, subject).
     pub fn findings(&self) -> BTreeSet<(String, String)> {
-        let (code, body) = self
-            .try_get_local("/v1/analysis")
-            .expect("local API answers");
-        assert_eq!(code, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("analysis JSON");
-        v["verification"]["findings"]
+        self.try_findings()
+            .unwrap_or_else(|e| panic!("local API: {e}"))
+    }
+
+    /// The findings, or why the local API did not give them (a daemon busy re-reading
+    /// everything answers 503 after a while).
+    fn try_findings(&self) -> Result<BTreeSet<(String, String)>, String> {
+        let (code, body) = self.try_get_local("/v1/analysis").ok_or("no answer")?;
+        if code != 200 {
+            return Err(format!("{code}: {body}"));
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        Ok(v["verification"]["findings"]
             .as_array()
             .into_iter()
             .flatten()
@@ -235,7 +242,23 @@ impl Daemon {
                     f["subject"].as_str().unwrap_or_default().to_string(),
                 )
             })
-            .collect()
+            .collect())
+    }
+
+    /// The findings of `check` in `/metrics`, every severity: what the daemon published.
+    /// `/metrics` has a task of its own, so this is read without waiting for the daemon's
+    /// loop, as a scraper would.
+    pub fn published(&self, check: &str) -> f64 {
+        let text = self.metrics();
+        ["critical", "warning", "info"]
+            .iter()
+            .map(|sev| {
+                sample(
+                    &text,
+                    &format!("calico_dpagent_findings{{check=\"{check}\",severity=\"{sev}\"}}"),
+                )
+            })
+            .sum()
     }
 
     /// `/metrics`, fetched from inside the node's namespace.
@@ -260,8 +283,8 @@ impl Daemon {
     ) -> Duration {
         let start = Instant::now();
         loop {
-            let f = self.findings();
-            if cond(&f) {
+            let f = self.try_findings();
+            if f.as_ref().is_ok_and(&cond) {
                 return start.elapsed();
             }
             assert!(
@@ -273,7 +296,9 @@ impl Daemon {
     }
 
     /// `agent check` (run outside the node's namespace: only the socket connects them) gets
-    /// the daemon's analysis, in milliseconds, with the finding's age.
+    /// the daemon's analysis, with the finding's age. Outside the namespace a fresh read could
+    /// not see the lab's state: the finding is the daemon's. The bound only catches a hang;
+    /// on a loaded machine the debug binary's start alone can take hundreds of milliseconds.
     pub fn check_answers_from_the_daemon(&self, check: &str) {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&self.socket)
@@ -294,10 +319,7 @@ impl Daemon {
         assert!(text.contains(check), "{text}");
         assert!(text.contains("answered by `agent run`"), "{text}");
         assert!(text.contains("since:"), "{text}");
-        assert!(
-            took < Duration::from_millis(500),
-            "agent check took {took:?}"
-        );
+        assert!(took < Duration::from_secs(5), "agent check took {took:?}");
     }
 
     pub fn log(&self) -> String {

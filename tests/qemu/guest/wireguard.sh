@@ -49,7 +49,7 @@ if ! ip netns exec n1 ping -c 5 -i 0.2 -W 5 -I 10.244.0.1 10.244.1.1; then
     exit 10
 fi
 
-ip netns exec n1 agent flows --seconds 4 --json >/tmp/flows.json 2>/tmp/agent.err &
+ip netns exec n1 agent flows --seconds 6 --json >/tmp/flows.json 2>/tmp/agent.err &
 pid=$!
 sleep 1.5
 wait_attached n1 "$WG" "$pid"

@@ -32,7 +32,7 @@ if ! ping -c 1 -W 5 10.0.0.2 >/dev/null; then
     exit 10
 fi
 
-agent flows --seconds 4 --json --iface "$HOST_IF" >/tmp/flows.json 2>/tmp/agent.err &
+agent flows --seconds 6 --json --iface "$HOST_IF" >/tmp/flows.json 2>/tmp/agent.err &
 pid=$!
 sleep 1.5
 wait_attached "" "$HOST_IF" "$pid"
