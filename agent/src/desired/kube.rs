@@ -203,6 +203,8 @@ impl KubeDatastore {
                 .gather(&mut ds)
                 .map_err(KubeError::Object)?;
         }
+        // Kept until the next change: without the room its Vecs doubled into.
+        ds.shrink_to_fit();
         Ok(ds)
     }
 }

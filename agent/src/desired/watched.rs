@@ -21,8 +21,9 @@ use super::{Datastore, files::DatastoreError, kube::load_objects};
 struct Parsed {
     /// Of the pruned object: an event that leaves it as it was is no change.
     hash: u64,
-    /// What it adds to the datastore, or why it could not be read.
-    data: Result<Datastore, Arc<DatastoreError>>,
+    /// What it adds to the datastore, or why it could not be read. Boxed: a map of these
+    /// holds many to a node, most of a Datastore's room being its empty collections.
+    data: Result<Box<Datastore>, Arc<DatastoreError>>,
 }
 
 /// The objects of one resource by name, as the last list and the events since left them.
@@ -90,7 +91,10 @@ fn parse(ar: &ApiResource, o: &DynamicObject) -> (String, Parsed) {
     hasher.write(&serde_json::to_vec(o).unwrap_or_default());
     let mut ds = Datastore::default();
     let data = load_objects(&mut ds, ar, [o])
-        .map(|()| ds)
+        .map(|()| {
+            ds.shrink_to_fit();
+            Box::new(ds)
+        })
         .map_err(Arc::new);
     (
         name_of(o),
