@@ -362,32 +362,25 @@ fn agent(netns: &str, dir: &Path, name: &str, extra: &[&str]) -> Proc {
     ];
     let listen = format!("127.0.0.1:{AGENT_METRICS}");
     let proxied = format!("http://127.0.0.1:{PROXY}");
-    // The proxy unless the test names another endpoint.
-    let endpoint = extra
-        .iter()
-        .position(|a| *a == "--report-endpoint")
-        .and_then(|i| extra.get(i + 1))
-        .map_or(proxied.as_str(), |e| e);
-    let extra: Vec<&str> = match extra.iter().position(|a| *a == "--report-endpoint") {
-        Some(i) => [&extra[..i], &extra[i + 2..]].concat(),
-        None => extra.to_vec(),
-    };
     argv.push(&listen);
     argv.extend([
         "--socket",
         socket.to_str().expect("utf-8"),
         "--spool-dir",
         spool.to_str().expect("utf-8"),
-        "--report-endpoint",
-        endpoint,
-        "--report-retry-max",
-        "0.5",
-        "--report-timeout",
-        "1",
-        "--log",
-        "info",
     ]);
-    argv.extend_from_slice(&extra);
+    // The proxy, short retries and timeouts unless the test gives its own.
+    for (flag, value) in [
+        ("--report-endpoint", proxied.as_str()),
+        ("--report-retry-max", "0.5"),
+        ("--report-timeout", "1"),
+        ("--log", "info"),
+    ] {
+        if !extra.contains(&flag) {
+            argv.extend([flag, value]);
+        }
+    }
+    argv.extend_from_slice(extra);
     let p = Proc::spawn(netns, "agent run", dir, &argv);
     wait_until(Duration::from_secs(30), "agent run", || {
         get_in_netns(netns, AGENT_METRICS, "/readyz").is_some_and(|(c, _)| c == 200)
@@ -603,6 +596,37 @@ fn through_outages_errors_resets_and_kills_the_collector_gets_every_report_in_or
         );
     }
     drop(coll);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM while the endpoint holds a request it has already stored: the agent waits for the
+/// answer, so the report leaves its spool rather than being sent again by the next start.
+#[test]
+fn a_stopping_agent_finishes_the_request_in_flight() {
+    let ns = Netns::new("rpi");
+    let dir = scratch("inflight");
+    let _coll = collector(&ns.0, &dir);
+    let (_proxy, _log) = proxy(&ns.0, &dir, Some(&format!("http://127.0.0.1:{COLLECTOR}")));
+    // Stored at once, answered two seconds later.
+    set_mode(&ns.0, "slow:2").expect("proxy mode");
+    let node = "inflight-node";
+    let mut a = agent(
+        &ns.0,
+        &dir,
+        node,
+        &["--report-interval", "3600", "--report-timeout", "10"],
+    );
+    wait_until(Duration::from_secs(10), "the report stored", || {
+        !stored(&ns.0, node).is_empty()
+    });
+    a.terminate();
+    let (_, waiting) = spool_state(&dir);
+    assert!(
+        waiting.is_empty(),
+        "delivered, yet still spooled: {waiting:?}"
+    );
+    let sequences: Vec<u64> = stored(&ns.0, node).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(sequences, [1]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
