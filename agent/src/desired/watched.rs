@@ -21,17 +21,18 @@ use super::{Datastore, files::DatastoreError, kube::load_objects};
 struct Parsed {
     /// Of the pruned object: an event that leaves it as it was is no change.
     hash: u64,
-    /// What it adds to the datastore, or why it could not be read. Boxed: a map of these
-    /// holds many to a node, most of a Datastore's room being its empty collections.
-    data: Result<Box<Datastore>, Arc<DatastoreError>>,
+    /// What it adds to the datastore, or why it could not be read.
+    data: Result<Datastore, Arc<DatastoreError>>,
 }
 
 /// The objects of one resource by name, as the last list and the events since left them.
+/// Shared: a relist takes each unchanged object over as it is, rather than holding a second
+/// parsed copy of the resource until it is complete.
 #[derive(Debug, Default)]
 pub struct Watched {
-    objects: BTreeMap<String, Parsed>,
+    objects: BTreeMap<String, Arc<Parsed>>,
     /// A (re)list in progress: its objects replace the others when it is complete.
-    relist: Option<BTreeMap<String, Parsed>>,
+    relist: Option<BTreeMap<String, Arc<Parsed>>>,
     listed: bool,
 }
 
@@ -45,7 +46,11 @@ impl Watched {
                 false
             }
             watcher::Event::InitApply(o) => {
-                let (name, parsed) = parse(ar, &o);
+                let (name, hash) = (name_of(&o), hash_of(&o));
+                let parsed = match self.objects.get(&name) {
+                    Some(kept) if kept.hash == hash => Arc::clone(kept),
+                    _ => Arc::new(parse(ar, &o, hash)),
+                };
                 self.relist
                     .get_or_insert_with(BTreeMap::new)
                     .insert(name, parsed);
@@ -57,11 +62,17 @@ impl Watched {
                 true
             }
             watcher::Event::Apply(o) => {
-                let (name, parsed) = parse(ar, &o);
-                let hash = parsed.hash;
-                self.objects
-                    .insert(name, parsed)
-                    .is_none_or(|old| old.hash != hash)
+                let (name, hash) = (name_of(&o), hash_of(&o));
+                // Most events (a kubelet's status, a resourceVersion) leave it as it was.
+                if self
+                    .objects
+                    .get(&name)
+                    .is_some_and(|kept| kept.hash == hash)
+                {
+                    return false;
+                }
+                self.objects.insert(name, Arc::new(parse(ar, &o, hash)));
+                true
             }
             watcher::Event::Delete(o) => self.objects.remove(&name_of(&o)).is_some(),
         }
@@ -86,23 +97,22 @@ fn name_of(o: &DynamicObject) -> String {
     o.metadata.name.clone().unwrap_or_default()
 }
 
-fn parse(ar: &ApiResource, o: &DynamicObject) -> (String, Parsed) {
+/// Of the pruned object as JSON.
+fn hash_of(o: &DynamicObject) -> u64 {
     let mut hasher = foldhash::fast::FixedState::default().build_hasher();
     hasher.write(&serde_json::to_vec(o).unwrap_or_default());
+    hasher.finish()
+}
+
+fn parse(ar: &ApiResource, o: &DynamicObject, hash: u64) -> Parsed {
     let mut ds = Datastore::default();
     let data = load_objects(&mut ds, ar, [o])
         .map(|()| {
             ds.shrink_to_fit();
-            Box::new(ds)
+            ds
         })
         .map_err(Arc::new);
-    (
-        name_of(o),
-        Parsed {
-            hash: hasher.finish(),
-            data,
-        },
-    )
+    Parsed { hash, data }
 }
 
 /// Drops what the agent never reads before it is kept. Every agent of a large cluster holds
@@ -291,6 +301,7 @@ mod tests {
         assert_eq!(names, ["a", "b"], "in name order");
         // The watch expired and the relist finds "b" gone and "c" unreadable: "a" and "c"
         // remain, and the snapshot names "c" as a file read would.
+        let a_before = Arc::clone(&kept.objects["a"]);
         for ev in [
             watcher::Event::Init,
             watcher::Event::InitApply(named("a", "192.168.77.0")),
@@ -299,6 +310,23 @@ mod tests {
             assert!(!kept.apply(&ar, ev));
         }
         assert!(kept.apply(&ar, watcher::Event::InitDone));
+        // "a" came back as it was: taken over, not parsed and held a second time.
+        assert!(Arc::ptr_eq(&kept.objects["a"], &a_before));
+        // A relist that moved "a" parses it anew.
+        for ev in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(named("a", "192.168.77.128")),
+            watcher::Event::InitApply(named("c", "not-an-ip")),
+            watcher::Event::InitDone,
+        ] {
+            kept.apply(&ar, ev);
+        }
+        assert!(!Arc::ptr_eq(&kept.objects["a"], &a_before));
+        let moved = kept.objects["a"].data.as_ref().expect("a is readable");
+        assert_eq!(
+            moved.nodes[0].ipv4_vxlan_tunnel.map(|ip| ip.to_string()),
+            Some("192.168.77.128".to_string())
+        );
         let err = kept
             .gather(&mut Datastore::default())
             .expect_err("c is not readable");
