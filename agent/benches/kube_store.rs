@@ -37,7 +37,7 @@ use kube::{
     api::{ApiResource, DynamicObject},
     runtime::{reflector, watcher},
 };
-use xtask::cluster::{Cluster, metadata_only};
+use xtask::cluster::{Cluster, asks_for_metadata_only, metadata_only};
 
 const SIZES: [u32; 3] = [1_000, 5_000, 10_000];
 /// Snapshots per measure; the median is reported.
@@ -156,10 +156,8 @@ async fn serve(
         query: Option<String>,
         headers: HeaderMap,
     ) -> Response {
-        let metadata = headers
-            .get(header::ACCEPT)
-            .and_then(|a| a.to_str().ok())
-            .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
+        let metadata =
+            asks_for_metadata_only(headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()));
         let query = query.unwrap_or_default();
         let param = |key: &str| {
             query

@@ -105,7 +105,7 @@ fn every_fault_is_published_within_a_second_after_grace_and_clears_after_repair(
         d.wait_findings(grace, check, |f| f.iter().any(|(c, _)| c == check));
         lab.0.repair().expect("repair");
         d.wait_findings(
-            Duration::from_secs(5),
+            Duration::from_secs(3),
             "cleared after repair",
             BTreeSet::is_empty,
         );
@@ -193,7 +193,7 @@ fn a_burst_that_overruns_the_socket_ends_in_a_resync_and_the_right_state() {
     );
     assert!(sample(&m, "calico_dpagent_resyncs_total{kind=\"overrun\"}") >= 1.0);
     lab.0.repair().expect("repair");
-    d.wait_findings(Duration::from_secs(5), "repaired", BTreeSet::is_empty);
+    d.wait_findings(Duration::from_secs(3), "repaired", BTreeSet::is_empty);
 }
 
 #[test]

@@ -43,14 +43,6 @@ fn json(status: StatusCode, body: String) -> Response {
     (status, [("content-type", "application/json")], body).into_response()
 }
 
-/// Whether the client asked for metadata only, as the API server reads `Accept`.
-fn metadata_only(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
-}
-
 /// Each JSON value of `text` (a list, or a watch's events one per line) as the API server
 /// sends it to a client that asked for metadata only.
 fn as_metadata(text: &str) -> String {
@@ -70,7 +62,9 @@ async fn resource(
     let watch = query
         .as_deref()
         .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
-    let metadata = metadata_only(&headers);
+    let metadata = xtask::cluster::asks_for_metadata_only(
+        headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()),
+    );
     mock.requests.lock().expect("lock").push(format!(
         "{api_version}/{plural}{}{}",
         if metadata { " as metadata" } else { "" },

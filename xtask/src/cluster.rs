@@ -397,10 +397,16 @@ fn kubelet_node(i: u32) -> Value {
     })
 }
 
-/// What the API server answers a client that asks for metadata only (`Accept:
-/// application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`, as kube-rs's
-/// `metadata_watcher` does): a list's items, or a watch event's object, reduced to their
-/// metadata and typed as `meta.k8s.io/v1` `PartialObjectMetadata`.
+/// Whether a request's `Accept` asks for metadata only (`application/json;
+/// as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`, as kube-rs sends for an
+/// `Api<PartialObjectMeta<_>>`), as the API server reads it.
+pub fn asks_for_metadata_only(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
+/// What the API server answers a client that asks for metadata only: a list's items, or a
+/// watch event's object, reduced to their metadata and typed as `meta.k8s.io/v1`
+/// `PartialObjectMetadata`.
 pub fn metadata_only(v: &Value) -> Value {
     let partial = |o: &Value| {
         json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
